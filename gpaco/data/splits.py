@@ -1,0 +1,225 @@
+"""Split-file datasets: ImageNet-LT, iNaturalist 2018, Places-LT, full ImageNet and the demo.
+
+A split list has one sample per line, ``relative/path label`` separated by whitespace
+(SPEC §4), e.g. ``train/n01440764/n01440764_762.JPEG 0``. The path is joined to a data
+root. Blank lines are skipped. The path may contain spaces: the label is the last
+whitespace-separated token.
+
+Lists are parsed strictly (every problem names the list file and line number) but no
+image is touched at load time, so a 437k-line iNaturalist list loads in well under a
+second. Unreadable images are reported when they are first read.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Iterable, List, Optional, Tuple
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = ["DataError", "read_split", "infer_num_classes", "class_counts", "SplitDataset"]
+
+logger = logging.getLogger(__name__)
+
+_EXPECTED = 'expected "<relative/path> <integer label>"'
+
+# What PIL raises for missing, empty, truncated or garbled files (UnidentifiedImageError
+# and FileNotFoundError are OSErrors; some decoders raise the others).
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+class DataError(ValueError):
+    """A dataset file is missing, malformed or unreadable. The message names the file
+    (and line) and says what was expected."""
+
+
+def _parse_split(
+    list_path: str | os.PathLike,
+    data_root: str | os.PathLike,
+    num_classes: Optional[int],
+    allow_outside_root: bool,
+) -> Tuple[List[Tuple[str, int]], List[int]]:
+    """:func:`read_split` plus the 1-based line number of every sample."""
+    list_path = os.fspath(list_path)
+    if not os.path.isfile(list_path):
+        raise DataError(f"{list_path}: split list not found (expected a text file of '<relative/path> <label>' lines)")
+    if num_classes is not None and num_classes <= 0:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    root = os.path.abspath(os.fspath(data_root))
+    root_prefix = os.path.join(root, "")  # 'root/' so '/data2' is not inside '/data'
+    samples: List[Tuple[str, int]] = []
+    lines: List[int] = []
+    with open(list_path, encoding="utf-8-sig") as f:  # -sig: tolerate a BOM
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            parts = line.rsplit(None, 1)
+            where = f"{list_path}:{lineno}"
+            if len(parts) != 2:
+                raise DataError(f"{where}: {_EXPECTED}, got {line!r}")
+            rel, tok = parts
+            # isdigit alone would accept '²'; int() alone would accept '1_0' and '+1'.
+            digits = tok[1:] if tok.startswith("-") else tok
+            if not (digits.isascii() and digits.isdigit()):
+                raise DataError(f"{where}: {_EXPECTED}, got non-integer label {tok!r} in {line!r}")
+            label = int(tok)
+            if label < 0:
+                raise DataError(f"{where}: labels must be >= 0, got {label}")
+            if num_classes is not None and label >= num_classes:
+                raise DataError(
+                    f"{where}: label {label} out of range for num_classes={num_classes} (expected 0..{num_classes - 1})"
+                )
+            if os.path.isabs(rel):
+                if not allow_outside_root:
+                    raise DataError(
+                        f"{where}: absolute path {rel!r} refused; paths are relative to the data root {root} "
+                        "(pass --allow-outside-root to accept it)"
+                    )
+                path = os.path.normpath(rel)
+            else:
+                path = os.path.join(root, rel)
+                if ".." in rel:  # only these can leave the root; normpath is the slow part
+                    path = os.path.normpath(path)
+                    if not allow_outside_root and not path.startswith(root_prefix):
+                        raise DataError(
+                            f"{where}: path {rel!r} leaves the data root {root} "
+                            "(pass --allow-outside-root to accept it)"
+                        )
+            samples.append((path, label))
+            lines.append(lineno)
+    return samples, lines
+
+
+def read_split(
+    list_path: str | os.PathLike,
+    data_root: str | os.PathLike,
+    *,
+    num_classes: Optional[int] = None,
+    allow_outside_root: bool = False,
+) -> List[Tuple[str, int]]:
+    """Parse a split list into ``[(absolute image path, label), ...]`` in file order.
+
+    Args:
+        list_path: the ``relative/path label`` text file.
+        data_root: directory the relative paths are joined to.
+        num_classes: when given, labels must be in ``0..num_classes-1``.
+        allow_outside_root: accept absolute paths and ``..`` paths that leave ``data_root``.
+    Raises:
+        DataError: missing list, malformed line, bad label, path outside the root.
+            Images are not checked here.
+    """
+    return _parse_split(list_path, data_root, num_classes, allow_outside_root)[0]
+
+
+def infer_num_classes(samples: Iterable[Tuple[str, int]]) -> int:
+    """``max label + 1`` (0 for an empty list)."""
+    return max((label for _, label in samples), default=-1) + 1
+
+
+def class_counts(samples: Iterable[Tuple[str, int]], num_classes: int) -> List[int]:
+    """Number of samples per class, ``[num_classes]``; these set the log prior."""
+    counts = [0] * num_classes
+    for _, label in samples:
+        if not 0 <= label < num_classes:
+            raise ValueError(f"label {label} out of range for num_classes={num_classes}")
+        counts[label] += 1
+    return counts
+
+
+class SplitDataset(Dataset):
+    """Images listed in a split file; ``dataset[i] -> (transform(rgb_pil_image), label)``.
+
+    Attributes:
+        samples: ``[(absolute path, label)]`` in file order.
+        targets: ``[label]``, same order.
+        num_classes: as given, else inferred from the labels (pass the train split's
+            value for val/test lists, which may lack the last classes).
+        class_counts: ``[num_classes]`` samples per class (the train prior).
+        num_skipped: images skipped so far with ``skip_bad_images``. The count is per
+            process: every DataLoader worker has its own copy of the dataset, so the
+            main process sees only its own skips (0 when ``num_workers > 0``).
+
+    With ``skip_bad_images=False`` (default) an unreadable, missing or truncated image
+    raises :class:`DataError` naming the image and its list line. With ``True`` it is
+    logged and the next readable sample (wrapping around) is returned instead, which
+    keeps batch sizes fixed but duplicates that sample once.
+    """
+
+    def __init__(
+        self,
+        list_path: str | os.PathLike,
+        data_root: str | os.PathLike,
+        transform: Optional[Callable] = None,
+        *,
+        num_classes: Optional[int] = None,
+        allow_outside_root: bool = False,
+        skip_bad_images: bool = False,
+    ) -> None:
+        self.list_path = os.fspath(list_path)
+        self.data_root = os.fspath(data_root)
+        self.samples, self._lines = _parse_split(list_path, data_root, num_classes, allow_outside_root)
+        if not self.samples:
+            raise DataError(f"{self.list_path}: split list has no samples")
+        self.targets = [label for _, label in self.samples]
+        self.num_classes = num_classes if num_classes is not None else infer_num_classes(self.samples)
+        self.class_counts = class_counts(self.samples, self.num_classes)
+        self.transform = transform
+        self.skip_bad_images = skip_bad_images
+        self.num_skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_image(self, index: int) -> Image.Image:
+        """Decode sample ``index`` as an RGB PIL image; :class:`DataError` if unreadable."""
+        path = self.samples[index][0]
+        # Eval transforms expose draft_size (their Resize target). For JPEGs, draft() lets
+        # libjpeg decode at 1/2, 1/4 or 1/8 scale while keeping both sides >= draft_size,
+        # so the following Resize only sees a smaller input: several times faster on
+        # large images, pixel values differ slightly from a full decode (different
+        # downsampling filter). Train transforms expose none: a small random crop
+        # upscaled to full size would lose detail.
+        draft = getattr(self.transform, "draft_size", None)
+        try:
+            with Image.open(path) as img:
+                if draft and img.format == "JPEG":
+                    img.draft("RGB", (draft, draft))
+                return img.convert("RGB")  # convert() forces the full decode inside the try
+        except _IMAGE_ERRORS as exc:
+            raise DataError(
+                f"{path}: cannot read image ({type(exc).__name__}: {exc}); "
+                f"listed at {self.list_path}:{self._lines[index]}"
+            ) from exc
+
+    def __getitem__(self, index: int):
+        label = self.samples[index][1]
+        try:
+            img = self.load_image(index)
+        except DataError as err:
+            if not self.skip_bad_images:
+                raise
+            img, label = self._next_readable(index, err)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, label
+
+    def _next_readable(self, index: int, first_error: DataError) -> Tuple[Image.Image, int]:
+        n = len(self.samples)
+        err = first_error
+        for step in range(1, n + 1):
+            self.num_skipped += 1
+            logger.warning("skipping unreadable image (%d skipped in this process): %s", self.num_skipped, err)
+            j = (index + step) % n
+            try:
+                return self.load_image(j), self.samples[j][1]
+            except DataError as e:
+                err = e
+        raise DataError(f"{self.list_path}: no readable image in the whole split (last error: {err})")
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(list={self.list_path!r}, root={self.data_root!r}, "
+            f"samples={len(self)}, num_classes={self.num_classes})"
+        )

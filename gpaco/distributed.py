@@ -1,0 +1,186 @@
+"""Process-group helpers that also work in a plain single process.
+
+Every function here is safe to call without ``torch.distributed`` being initialised:
+then it behaves as a world of one process (identity gathers, local permutations).
+Launch multi-process runs with ``torchrun``; :func:`init_distributed` reads its
+environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR/PORT``).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = [
+    "DistInfo", "init_distributed", "get_rank", "get_world_size", "is_main_process",
+    "is_dist", "barrier", "cleanup", "all_gather_nograd", "batch_shuffle", "batch_unshuffle",
+    "reduce_tensor_sum",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    distributed: bool  # True when a process group is initialised (world_size > 1)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value.strip() else default
+    except ValueError as err:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from err
+
+
+def init_distributed(
+    *,
+    backend: Optional[str] = None,
+    timeout: Union[float, datetime.timedelta] = 600.0,
+) -> DistInfo:
+    """Initialise the process group from torchrun's environment, if there is one.
+
+    Args:
+        backend: ``"nccl"``/``"gloo"``; default nccl when CUDA is available, else gloo.
+        timeout: collective timeout (seconds or a timedelta); 10 minutes by default so a
+            dead peer fails the job instead of hanging it forever.
+    Returns:
+        A :class:`DistInfo`. With ``WORLD_SIZE`` unset or 1 no process group is created
+        and the device is ``cuda:LOCAL_RANK`` (or ``cpu`` without CUDA).
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                "launch at most one process per GPU (torchrun --nproc_per_node)"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+
+    if world_size <= 1:
+        return DistInfo(rank=0, world_size=1, local_rank=local_rank, device=device, distributed=False)
+
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed support")
+    if not dist.is_initialized():
+        if isinstance(timeout, (int, float)):
+            timeout = datetime.timedelta(seconds=float(timeout))
+        dist.init_process_group(
+            backend=backend or ("nccl" if cuda else "gloo"),
+            init_method="env://",
+            world_size=world_size,
+            rank=rank,
+            timeout=timeout,
+        )
+    return DistInfo(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+        device=device, distributed=True,
+    )
+
+
+def is_dist() -> bool:
+    """True when a process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist() and get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            # name the device, or NCCL guesses one and may hang with several GPUs per node
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def cleanup() -> None:
+    """Destroy the process group (no-op without one)."""
+    if is_dist():
+        dist.destroy_process_group()
+
+
+@torch.no_grad()
+def all_gather_nograd(t: Tensor) -> Tensor:
+    """Concatenate every process's ``t`` along dim 0, without gradient.
+
+    Args:
+        t: [B, ...], the same shape on every rank.
+    Returns:
+        [world_size * B, ...] in rank order; in one process, ``t`` detached.
+    """
+    if get_world_size() == 1:
+        return t.detach()
+    t = t.detach().contiguous()
+    parts = [torch.empty_like(t) for _ in range(get_world_size())]
+    dist.all_gather(parts, t)
+    return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def batch_shuffle(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """MoCo's shuffle-BN: hand each process a random chunk of the global batch.
+
+    The key encoder then normalises over samples from every process, so batch
+    statistics cannot leak which key belongs to which query.
+
+    Args:
+        x: [B, ...] local batch (same B on every rank).
+    Returns:
+        (x_shuffled [B, ...], unshuffle_idx [world_size * B]) for :func:`batch_unshuffle`.
+        In one process: a local random permutation and the indices that undo it.
+    """
+    world = get_world_size()
+    if world == 1:
+        perm = torch.randperm(x.shape[0], device=x.device)
+        return x[perm], torch.argsort(perm)
+    x_all = all_gather_nograd(x)
+    perm = torch.randperm(x_all.shape[0], device=x.device)
+    dist.broadcast(perm, src=0)  # every rank must use rank 0's permutation
+    mine = perm.view(world, -1)[get_rank()]
+    return x_all[mine], torch.argsort(perm)
+
+
+@torch.no_grad()
+def batch_unshuffle(x: Tensor, unshuffle_idx: Tensor) -> Tensor:
+    """Undo :func:`batch_shuffle`: ``x`` [B, ...] computed on the shuffled chunk -> this
+    process's original samples, in their original order. [B, ...]"""
+    world = get_world_size()
+    if world == 1:
+        return x[unshuffle_idx]
+    x_all = all_gather_nograd(x)
+    return x_all[unshuffle_idx.view(world, -1)[get_rank()]]
+
+
+def reduce_tensor_sum(t: Tensor) -> Tensor:
+    """Sum ``t`` over processes into a new tensor (``t`` is not modified); ``t`` itself in one process."""
+    if get_world_size() == 1:
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out

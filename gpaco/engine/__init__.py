@@ -1,0 +1,1 @@
+"""Training engine: LR schedules, checkpoints, run logging (and the loops built on them)."""

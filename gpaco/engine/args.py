@@ -1,0 +1,148 @@
+"""Command-line flags of tools/train.py and tools/eval.py.
+
+The sh/ recipe is the config: every hyperparameter is a flag, the resolved values are
+written to ``args.yaml`` in the run folder. Booleans use ``BooleanOptionalAction`` so
+they can be switched off (the original's ``type=bool`` flags could not).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+METHODS = ("ce", "balanced_ce", "paco", "gpaco", "multitask")
+CONTRASTIVE_METHODS = ("paco", "gpaco", "multitask")
+
+
+class FlagError(SystemExit):
+    """A flag combination that cannot work; the message names the flag."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="split", choices=("split", "cifar100", "cifar10"),
+                   help="split: image files named by split lists (ImageNet-LT, iNat, Places-LT, ImageNet, demo); "
+                        "cifar100/cifar10: the CIFAR python pickles under --data-root")
+    g.add_argument("--data-root", default="data", help="folder the split lists' paths are relative to")
+    g.add_argument("--train-list", default=None, help="split file: one 'relative/path label' per line")
+    g.add_argument("--val-list", default=None, help="selection split (best.pth is chosen on it)")
+    g.add_argument("--test-list", default=None, help="final report split (metrics.json)")
+    g.add_argument("--num-classes", type=int, default=None, help="default: what the train list implies")
+    g.add_argument("--imb-factor", type=float, default=0.01, help="CIFAR-LT imbalance factor (0.01 = ratio 100)")
+    g.add_argument("--image-size", type=int, default=224, help="training crop / evaluation crop size")
+    g.add_argument("--resize-size", type=int, default=None, help="evaluation resize before the center crop "
+                                                                  "(default image-size / 0.875)")
+    g.add_argument("--norm", default="imagenet", choices=("imagenet", "inat", "cifar", "mnist"),
+                   help="normalisation statistics")
+    g.add_argument("--workers", "-j", type=int, default=4, help="data loader workers per process")
+    g.add_argument("--allow-outside-root", action="store_true",
+                   help="accept split lines whose paths leave --data-root (absolute or '..')")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="skip and count unreadable images instead of stopping")
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", "-a", default="resnet50", help="resnet50/101/152/200, resnext50_32x4d, "
+                   "resnext101_32x4d, resnet32/resnet20/resnet8 (CIFAR), resnet50_cifar, any timm name")
+    g.add_argument("--method", default="gpaco", choices=METHODS)
+    g.add_argument("--pretrained", default=None,
+                   help="local weights file for the backbone (nothing is downloaded)")
+    g.add_argument("--proj-dim", type=int, default=128, help="contrastive embedding size (--moco-dim)")
+    g.add_argument("--queue-size", "-K", type=int, default=8192,
+                   help="contrast queue size K (--moco-k); a multiple of the global batch")
+    g.add_argument("--momentum-encoder", type=float, default=0.999, help="PaCo key-encoder EMA (--moco-m)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the model")
+    g.add_argument("--amp", default="none", choices=("none", "fp16", "bf16"),
+                   help="autocast dtype (fp16 uses a GradScaler); the losses run in float32 regardless")
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tools/train.py",
+        description="Train a long-tailed classifier with CE, balanced CE, PaCo, GPaCo or the multi-task baseline. "
+                    "Runs as one process (CPU or one GPU) or under torchrun.",
+    )
+    add_data_flags(p)
+    add_model_flags(p)
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--aug", default=None, help="augmentation strategy by the original's names: randcls_sim, "
+                   "randclsstack_sim, randcls_randclsstack, sim_sim, cifar100, ... (default per method)")
+    g.add_argument("--randaug-n", type=int, default=2)
+    g.add_argument("--randaug-m", type=int, default=10)
+
+    g = p.add_argument_group("loss")
+    g.add_argument("--alpha", type=float, default=0.05, help="weight of the sample positives")
+    g.add_argument("--beta", type=float, default=1.0, help="weight of the center positive")
+    g.add_argument("--gamma", type=float, default=1.0, help="weight of the sample terms in the denominator")
+    g.add_argument("--temperature", type=float, default=0.2, help="contrastive temperature (--moco-t)")
+    g.add_argument("--prior", action=argparse.BooleanOptionalAction, default=True,
+                   help="add log class prior to the center logits (long-tailed recipes); "
+                        "--no-prior for balanced data (full ImageNet, CIFAR-100)")
+    g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing of the center target "
+                   "(GPaCo full ImageNet: 0.1)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="CE label smoothing (ce, multitask)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=400)
+    g.add_argument("--batch-size", "-b", type=int, default=128, help="GLOBAL batch over all processes")
+    g.add_argument("--lr", type=float, default=0.02, help="learning rate for the global batch (no rescaling)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--wd", type=float, default=5e-4, help="weight decay (all parameters, as the original)")
+    g.add_argument("--schedule", default="cosine", choices=("cosine", "step_cifar"),
+                   help="cosine: per-epoch warmup + cosine; step_cifar: the CIFAR warmup + steps at 320/360")
+    g.add_argument("--warmup-epochs", type=int, default=10)
+    g.add_argument("--freeze", default="none", choices=("none", "all_but_last_block"),
+                   help="all_but_last_block: Places-LT fine-tuning (convs frozen except the last bottleneck)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--output-dir", default="runs/train")
+    g.add_argument("--resume", default=None, help="checkpoint path, or 'auto' for OUTPUT_DIR/checkpoint.pth")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms")
+    g.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                   help="leave after this many epochs of this run with a checkpoint, as if preempted; the "
+                        "schedule still follows --epochs and --resume auto continues")
+    g.add_argument("--print-freq", type=int, default=20, help="iterations between progress lines")
+    g.add_argument("--eval-freq", type=int, default=1, help="epochs between validations")
+    g.add_argument("--dry-run", action="store_true",
+                   help="check the configuration, build data (synthetic when --data-root is absent), model, "
+                        "loss and optimizer, run two small steps, write nothing")
+    g.add_argument("--dry-run-batch", type=int, default=4, help="per-process batch of the --dry-run steps")
+    g.add_argument("--dry-run-image-size", type=int, default=64)
+    return p
+
+
+def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = build_train_parser().parse_args(argv)
+    validate_train_args(args)
+    return args
+
+
+def validate_train_args(args: argparse.Namespace) -> None:
+    if args.batch_size <= 0:
+        raise FlagError(f"--batch-size must be > 0, got {args.batch_size}")
+    if args.epochs <= 0:
+        raise FlagError(f"--epochs must be > 0, got {args.epochs}")
+    if args.lr <= 0:
+        raise FlagError(f"--lr must be > 0, got {args.lr}")
+    if args.temperature <= 0:
+        raise FlagError(f"--temperature must be > 0, got {args.temperature}")
+    if args.method in CONTRASTIVE_METHODS and args.queue_size < 0:
+        raise FlagError(f"--queue-size must be >= 0, got {args.queue_size}")
+    if args.dataset == "split" and not args.train_list and not args.dry_run:
+        raise FlagError("--train-list is required with --dataset split")
+    if not 0.0 <= args.smoothing < 1.0 or not 0.0 <= args.label_smoothing < 1.0:
+        raise FlagError("--smoothing and --label-smoothing must be in [0, 1)")
+    if args.aug is None:
+        cifar = args.dataset.startswith("cifar")
+        args.aug = {
+            ("ce", False): "randcls", ("balanced_ce", False): "randcls",
+            ("paco", False): "randcls_sim", ("gpaco", False): "randcls_randclsstack",
+            ("multitask", False): "randcls_randclsstack",
+            ("ce", True): "cifar_regular", ("balanced_ce", True): "cifar_regular",
+        }.get((args.method, cifar), "cifar100" if cifar else "randcls_sim")

@@ -1,0 +1,224 @@
+"""Run logging: JSON-lines epoch log, TensorBoard scalars, progress lines, rank-0 printing."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "RunLogger", "save_args_yaml", "progress_line", "ProgressMeter", "print_main",
+    "is_main_process", "to_jsonable", "LOG_NAME",
+]
+
+LOG_NAME = "log.jsonl"
+PathLike = Union[str, os.PathLike]
+
+
+def is_main_process() -> bool:
+    """True on rank 0, or when no process group is initialised."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def print_main(*args: Any, **kwargs: Any) -> None:
+    """``print`` on rank 0 only (flushes by default so logs interleave sanely)."""
+    if is_main_process():
+        kwargs.setdefault("flush", True)
+        print(*args, **kwargs)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON values: tensors/numpy -> numbers/lists, NaN/inf -> None, paths -> str."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 and value.ndim == 0 else value.tolist()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # strict JSON has no NaN
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (os.PathLike, torch.device, torch.dtype)):
+        return str(value)
+    return repr(value)
+
+
+class RunLogger:
+    """Per-run log files, written by one process.
+
+    ``log_epoch`` appends one JSON object per call to ``output_dir/log.jsonl``;
+    ``log_scalars`` writes TensorBoard scalars into ``output_dir``. With
+    ``enabled=False`` (non-zero ranks) every method is a no-op and nothing is created.
+    """
+
+    def __init__(self, output_dir: PathLike, *, enabled: bool) -> None:
+        self.output_dir = Path(output_dir)
+        self.enabled = bool(enabled)
+        self._writer = None
+        self._jsonl = None
+        if self.enabled:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(self.output_dir / LOG_NAME, "a", encoding="utf-8")
+
+    @property
+    def jsonl_path(self) -> Path:
+        return self.output_dir / LOG_NAME
+
+    def log_epoch(self, record: Mapping[str, Any]) -> None:
+        """Append ``record`` as one JSON line (NaN -> null), flushed immediately."""
+        if not self.enabled:
+            return
+        if self._jsonl is None:
+            raise RuntimeError(f"RunLogger for {self.output_dir} is closed")
+        self._jsonl.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+        self._jsonl.flush()
+
+    def _tb(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # import lazily: tensorboard is slow to import
+
+            self._writer = SummaryWriter(log_dir=str(self.output_dir))
+        return self._writer
+
+    def log_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
+        """TensorBoard ``add_scalar`` for every numeric value (lists, strings, None are skipped)."""
+        if not self.enabled:
+            return
+        writer = self._tb()
+        for tag, value in scalars.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            elif isinstance(value, np.generic):
+                value = value.item()
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.add_scalar(tag, value, global_step=step)
+        writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+
+    def __enter__(self) -> "RunLogger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def save_args_yaml(args_namespace: Union[argparse.Namespace, Mapping[str, Any]], path: PathLike) -> None:
+    """Write the run's arguments as YAML (plain types only, so ``yaml.safe_load`` reads it back)."""
+    import yaml
+
+    args = vars(args_namespace) if isinstance(args_namespace, argparse.Namespace) else dict(args_namespace)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_jsonable(args), f, sort_keys=False, default_flow_style=None)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def _format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    return str(datetime.timedelta(seconds=int(round(seconds))))
+
+
+def _format_metric(name: str, value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        return f"{name} {value}"
+    if isinstance(value, (int, np.integer)):
+        return f"{name} {int(value)}"
+    value = float(value)
+    if name == "lr":
+        return f"lr {value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"lr {value:.2e}"
+    return f"{name} {value:.3f}"
+
+
+def progress_line(
+    epoch: int, it: int, iters: int, elapsed: float, images_seen: int, *, epochs: Optional[int] = None, **metrics: Any
+) -> str:
+    """One progress line, e.g. ``[epoch 3][ 40/120] loss 2.314 lr 0.0200 42.1 img/s eta 0:01:54``.
+
+    Args:
+        epoch: the epoch as displayed.
+        it: iterations done in this epoch (1-based position).
+        iters: iterations per epoch.
+        elapsed: seconds spent in this epoch so far.
+        images_seen: images processed in this epoch so far (by this process).
+        epochs: total epochs; when given (with 0-based ``epoch``) the ETA covers the
+            remaining epochs too, otherwise only the rest of this epoch.
+        metrics: extra ``name=value`` pairs printed in order (``lr`` gets 4 decimals).
+    """
+    width = len(str(iters))
+    parts = [f"[epoch {epoch}][{it:>{width}}/{iters}]"]
+    parts += [_format_metric(k, v) for k, v in metrics.items()]
+    rate = images_seen / elapsed if elapsed > 0 else float("nan")
+    parts.append(f"{rate:.1f} img/s" if math.isfinite(rate) else "- img/s")
+    remaining = iters - it
+    if epochs is not None:
+        remaining += iters * max(epochs - epoch - 1, 0)
+    eta = elapsed / it * remaining if it > 0 else float("nan")
+    parts.append(f"eta {_format_duration(eta)}")
+    return " ".join(parts)
+
+
+class ProgressMeter:
+    """Times an epoch and prints :func:`progress_line` every ``print_freq`` iterations (and the last).
+
+    Usage: ``pm.start_epoch(e)`` then ``pm.step(batch_size, loss=..., lr=...)`` per iteration.
+    """
+
+    def __init__(
+        self,
+        iters: int,
+        *,
+        epochs: Optional[int] = None,
+        print_freq: int = 10,
+        printer: Callable[[str], None] = print_main,
+    ) -> None:
+        self.iters = int(iters)
+        self.epochs = epochs
+        self.print_freq = max(int(print_freq), 1)
+        self.printer = printer
+        self.start_epoch(0)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.it = 0
+        self.images = 0
+        self._t0 = time.perf_counter()
+
+    def step(self, batch_size: int, **metrics: Any) -> Optional[str]:
+        """Record one iteration; returns the line when one was printed."""
+        self.it += 1
+        self.images += int(batch_size)
+        if self.it % self.print_freq and self.it != self.iters:
+            return None
+        line = progress_line(
+            self.epoch, self.it, self.iters, time.perf_counter() - self._t0, self.images,
+            epochs=self.epochs, **metrics,
+        )
+        self.printer(line)
+        return line

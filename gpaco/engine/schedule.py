@@ -1,0 +1,126 @@
+"""Learning-rate schedules of the reference recipes (SPEC §3.1, §3.3).
+
+* ``cosine`` (ResNet drivers): set once per epoch; linear warmup ``lr/W*(e+1)``, then the
+  original's off-by-one cosine ``lr*0.5*(1+cos(pi*(e-W+1)/(E-W+1)))``, which never
+  reaches 0 (400 epochs, W=10, lr .02 ends at ~3.2e-7).
+* ``step_cifar`` (CIFAR driver): warmup ``lr/10*(e+1)`` for ``e <= 10`` (so epoch 10
+  runs at 1.1*lr, a quirk kept on purpose), then x0.1 after each milestone.
+* ``mae_cosine`` (MAE ViT fine-tuning): per iteration on a fractional epoch; linear
+  warmup then half-cycle cosine down to ``min_lr``.
+
+The arithmetic order matches the original's, so values agree bit for bit with
+``refvectors/lr_schedules.json``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+__all__ = [
+    "lr_at_epoch_cosine", "lr_at_epoch_cifar_step", "lr_at_iter_mae",
+    "LRSchedule", "build_schedule", "apply_lr", "SCHEDULES",
+]
+
+
+def lr_at_epoch_cosine(epoch: int, *, base_lr: float, epochs: int, warmup_epochs: int) -> float:
+    """LR of 0-based ``epoch`` for the ResNet drivers (warmup + off-by-one cosine)."""
+    if epoch < warmup_epochs:
+        return base_lr / warmup_epochs * (epoch + 1)
+    w = warmup_epochs
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - w + 1) / (epochs - w + 1)))
+
+
+def lr_at_epoch_cifar_step(
+    epoch: int, *, base_lr: float, warmup_epochs: int = 10, milestones: Sequence[int] = (320, 360)
+) -> float:
+    """LR of 0-based ``epoch`` for the CIFAR driver.
+
+    Warmup covers ``epoch <= warmup_epochs`` (one epoch more than the name says, so the
+    last warmup epoch uses ``1.1*base_lr``); after it, x0.1 for every milestone ``m``
+    with ``epoch > m``.
+    """
+    if epoch <= warmup_epochs:
+        return base_lr / warmup_epochs * (epoch + 1)
+    passed = sum(1 for m in milestones if epoch > m)
+    # 10.0**-k is exactly the double nearest 0.1, 0.01, ... (0.1**2 is not).
+    return base_lr * 10.0 ** -passed if passed else base_lr
+
+
+def lr_at_iter_mae(epoch_float: float, *, base_lr: float, min_lr: float, epochs: int, warmup_epochs: float) -> float:
+    """LR at fractional epoch ``epoch + it/iters_per_epoch`` for MAE fine-tuning."""
+    if epoch_float < warmup_epochs:
+        return base_lr * epoch_float / warmup_epochs
+    w = warmup_epochs
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch_float - w) / (epochs - w)))
+
+
+def apply_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every param group's lr to ``lr * group.get('lr_scale', 1)`` (MAE layer decay)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """A named schedule: ``sched(epoch, iter_in_epoch, iters_per_epoch) -> lr``.
+
+    Per-epoch schedules ignore the iteration (the LR changes at epoch boundaries only).
+    """
+
+    name: str
+    per_iteration: bool
+    fn: Callable[..., float] = field(repr=False)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, epoch: int, iter_in_epoch: int = 0, iters_per_epoch: int = 1) -> float:
+        if self.per_iteration:
+            if iters_per_epoch < 1:
+                raise ValueError(f"iters_per_epoch must be >= 1, got {iters_per_epoch}")
+            return self.fn(epoch + iter_in_epoch / iters_per_epoch, **self.kwargs)
+        return self.fn(epoch, **self.kwargs)
+
+    @staticmethod
+    def apply(optimizer: torch.optim.Optimizer, lr: float) -> None:
+        """See :func:`apply_lr`."""
+        apply_lr(optimizer, lr)
+
+
+# name -> (function, per_iteration, required kwargs, optional kwargs)
+SCHEDULES: dict[str, tuple[Callable[..., float], bool, frozenset, frozenset]] = {
+    "cosine": (lr_at_epoch_cosine, False, frozenset({"base_lr", "epochs", "warmup_epochs"}), frozenset()),
+    "step_cifar": (lr_at_epoch_cifar_step, False, frozenset({"base_lr"}), frozenset({"warmup_epochs", "milestones"})),
+    "mae_cosine": (lr_at_iter_mae, True, frozenset({"base_lr", "min_lr", "epochs", "warmup_epochs"}), frozenset()),
+}
+
+
+def build_schedule(name: str, **kwargs: Any) -> LRSchedule:
+    """Build a schedule by name: ``'cosine'``, ``'step_cifar'`` or ``'mae_cosine'``.
+
+    Keyword arguments are those of the matching ``lr_at_*`` function; unknown or missing
+    ones raise ``TypeError`` here rather than at the first epoch.
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown LR schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    fn, per_iter, required, optional = SCHEDULES[name]
+    missing = sorted(required - kwargs.keys())
+    unknown = sorted(kwargs.keys() - required - optional)
+    if missing or unknown:
+        raise TypeError(
+            f"schedule {name!r}: missing {missing}, unknown {unknown} (accepts {sorted(required | optional)})"
+        )
+    if kwargs["base_lr"] < 0:
+        raise ValueError(f"base_lr must be >= 0, got {kwargs['base_lr']}")
+    w = kwargs.get("warmup_epochs", 10)
+    if w < 0 or (name == "step_cifar" and w == 0):
+        raise ValueError(f"warmup_epochs must be {'> 0' if name == 'step_cifar' else '>= 0'}, got {w}")
+    if "epochs" in kwargs:
+        e = kwargs["epochs"]
+        # mae_cosine divides by (E - W); cosine by (E - W + 1).
+        if e < 1 or w > e or (name == "mae_cosine" and w == e):
+            raise ValueError(f"schedule {name!r}: need epochs >= 1 and warmup_epochs < epochs, got {e}, {w}")
+    if "milestones" in kwargs:
+        kwargs["milestones"] = tuple(int(m) for m in kwargs["milestones"])
+    return LRSchedule(name=name, per_iteration=per_iter, fn=fn, kwargs=dict(kwargs))

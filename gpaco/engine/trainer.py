@@ -1,0 +1,246 @@
+"""tools/train.py: wire flags -> data -> model -> loss -> optimizer -> epochs -> checkpoints -> metrics.
+
+Runs as one plain process (CPU or one GPU) or one process per GPU under torchrun.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from gpaco.data.build import (
+    build_eval_dataset, build_train_dataset, class_counts_of, data_available, eval_loader, train_loader,
+)
+from gpaco.distributed import cleanup, init_distributed
+from gpaco.engine.args import CONTRASTIVE_METHODS, FlagError, parse_train_args
+from gpaco.engine.checkpoint import (
+    check_writable, find_resume, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+)
+from gpaco.engine.criterion import Criterion
+from gpaco.engine.logging import RunLogger, print_main, save_args_yaml, to_jsonable
+from gpaco.engine.loop import evaluate, train_one_epoch
+from gpaco.engine.report import write_eval_report
+from gpaco.engine.schedule import lr_at_epoch_cifar_step, lr_at_epoch_cosine
+from gpaco.models import build_model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_lr(args: argparse.Namespace, epoch: int) -> float:
+    if args.schedule == "step_cifar":
+        return lr_at_epoch_cifar_step(epoch, base_lr=args.lr, warmup_epochs=args.warmup_epochs)
+    return lr_at_epoch_cosine(epoch, base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
+
+
+def freeze_all_but_last_block(model: torch.nn.Module) -> int:
+    """Places-LT fine-tuning (SPEC §3.1): freeze every Conv2d weight except those of the last
+    residual block; BN affines, the projection and the classifier stay trainable. Returns the
+    number of frozen conv layers."""
+    backbone = model.backbone if hasattr(model, "backbone") else model.encoder_q.backbone
+    last = backbone.layer4[-1] if hasattr(backbone, "layer4") else None
+    keep = {id(m) for m in last.modules()} if last is not None else set()
+    frozen = 0
+    for m in backbone.modules():
+        if isinstance(m, torch.nn.Conv2d) and id(m) not in keep:
+            for p in m.parameters():
+                p.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+def check_batch_config(args: argparse.Namespace, world_size: int) -> int:
+    if args.batch_size % world_size:
+        raise FlagError(f"--batch-size {args.batch_size} is the global batch and must be divisible by the "
+                        f"number of processes ({world_size})")
+    if args.method in CONTRASTIVE_METHODS and args.queue_size and args.queue_size % args.batch_size:
+        raise FlagError(f"--queue-size K={args.queue_size} is not a multiple of the global batch "
+                        f"--batch-size {args.batch_size}: the queue is written one global batch at a time")
+    return args.batch_size // world_size
+
+
+def run(args: argparse.Namespace) -> dict:
+    dist = init_distributed()
+    rank, world, device = dist.rank, dist.world_size, dist.device
+    per_process_batch = check_batch_config(args, world)
+    main_proc = rank == 0
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    seed_everything(args.seed)
+
+    synthetic = args.dry_run and not data_available(args)
+    if args.dry_run and not args.dataset.startswith("cifar"):
+        args.image_size = min(args.image_size, args.dry_run_image_size)
+        args.resize_size = None
+    train_set = build_train_dataset(args, synthetic=synthetic)
+    num_classes = args.num_classes or train_set.num_classes
+    args.num_classes = num_classes
+    train_counts = class_counts_of(train_set, num_classes)
+    val_set = build_eval_dataset(args, args.val_list, num_classes=num_classes, synthetic=synthetic)
+    test_set = build_eval_dataset(args, args.test_list, num_classes=num_classes, synthetic=synthetic)
+
+    print_main(f"gpaco train: {args.method} {args.arch} on {len(train_set)} images, {num_classes} classes"
+               f"{' (synthetic stand-in: data root absent)' if synthetic else ''}")
+    print_main(f"processes {world} on {device.type}, global batch {args.batch_size} = {per_process_batch} per "
+               f"process, lr {args.lr} for the global batch (not rescaled), {args.epochs} epochs")
+
+    model = build_model(args.method, args.arch, num_classes, proj_dim=args.proj_dim, queue_size=args.queue_size,
+                        momentum=args.momentum_encoder, pretrained=args.pretrained,
+                        global_batch=args.batch_size)
+    if args.freeze == "all_but_last_block":
+        print_main(f"froze {freeze_all_but_last_block(model)} conv layers (all but the last block)")
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    criterion = Criterion.from_args(args, train_counts).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+
+    model_without_ddp = model
+    if dist.distributed:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_model = torch.compile(model) if args.compile else model
+
+    pin = device.type == "cuda"
+    batch = args.dry_run_batch if args.dry_run else per_process_batch
+    workers = 0 if args.dry_run else args.workers
+    train_dl = train_loader(train_set, batch_size=batch, workers=workers, rank=rank, world_size=world,
+                            seed=args.seed, pin_memory=pin)
+    val_dl = eval_loader(val_set, batch_size=batch, workers=workers, rank=rank, world_size=world,
+                         pin_memory=pin) if val_set is not None else None
+    test_dl = eval_loader(test_set, batch_size=batch, workers=workers, rank=rank, world_size=world,
+                          pin_memory=pin) if test_set is not None else None
+    if len(train_dl) == 0:
+        raise FlagError(f"the train split has {len(train_set)} images, fewer than one global batch "
+                        f"(--batch-size {args.batch_size}); lower --batch-size")
+
+    loop_kw = dict(device=device, amp=args.amp, channels_last=args.channels_last)
+    if args.dry_run:
+        stats = train_one_epoch(train_model, criterion, train_dl, optimizer, scaler, epoch=0, print_freq=1,
+                                max_steps=2, world_size=world, **loop_kw)
+        if val_dl is not None or test_dl is not None:
+            evaluate(model_without_ddp, val_dl or test_dl, num_classes=num_classes, train_counts=train_counts,
+                     max_steps=1, **loop_kw)
+        print_main(f"dry run ok: 2 steps, loss {stats['train_loss']:.4f}; nothing written")
+        cleanup()
+        return {"dry_run": True, **stats}
+
+    out = args.output_dir
+    if main_proc:
+        check_writable(out)
+    start_epoch, best_top1, best_epoch = 0, -1.0, -1
+    resume_path = find_resume(out, args.resume)
+    if resume_path:
+        ckpt = load_checkpoint(resume_path)
+        load_model_state(model_without_ddp, ckpt["model"], resume_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = int(ckpt["epoch"])
+        best_top1, best_epoch = float(ckpt.get("best_top1", -1.0)), int(ckpt.get("best_epoch", -1))
+        print_main(f"resumed from {resume_path}: epoch {start_epoch} done, best val top-1 {best_top1:.2f}")
+    elif args.resume == "auto":
+        print_main(f"--resume auto: no checkpoint in {out}, starting from scratch")
+    logger = RunLogger(out, enabled=main_proc)
+    if main_proc:
+        save_args_yaml(args, os.path.join(out, "args.yaml"))
+
+    last_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+    for epoch in range(start_epoch, last_epoch):
+        train_dl.sampler.set_epoch(epoch)
+        # Every epoch's randomness derives from (seed, epoch, rank): resuming at an epoch
+        # boundary reproduces the uninterrupted run exactly.
+        seed_everything(args.seed + 100_003 * (epoch + 1) + rank)
+        lr = epoch_lr(args, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        stats = train_one_epoch(train_model, criterion, train_dl, optimizer, scaler, epoch=epoch,
+                                print_freq=args.print_freq, world_size=world, **loop_kw)
+        record = {"epoch": epoch + 1, "lr": lr, **stats}
+        is_best = False
+        if val_dl is not None and ((epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs):
+            val = evaluate(model_without_ddp, val_dl, num_classes=num_classes, train_counts=train_counts,
+                           **loop_kw)
+            record.update({f"val_{k}": val[k] for k in ("top1", "top5", "many", "medium", "few")})
+            is_best = val["top1"] > best_top1
+            if is_best:
+                best_top1, best_epoch = val["top1"], epoch + 1
+            print_main(f"[epoch {epoch + 1}] val top-1 {val['top1']:.2f} (many {val['many']:.2f} / medium "
+                       f"{val['medium']:.2f} / few {val['few']:.2f}); best {best_top1:.2f} at epoch {best_epoch}")
+        if main_proc:
+            state = {
+                "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch + 1,
+                "best_top1": best_top1, "best_epoch": best_epoch, "rng": rng_state(), "args": vars(args),
+                "num_classes": num_classes, "arch": args.arch, "method": args.method,
+                "class_counts": train_counts,
+            }
+            save_checkpoint(state, os.path.join(out, "checkpoint.pth"))
+            if is_best:
+                save_checkpoint({k: state[k] for k in ("model", "epoch", "args", "num_classes", "arch", "method",
+                                                       "best_top1", "class_counts")}, os.path.join(out, "best.pth"))
+            logger.log_epoch(record)
+            logger.log_scalars({k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch + 1)
+
+    if last_epoch < args.epochs:
+        print_main(f"stopped after epoch {last_epoch} of {args.epochs} (--stop-after); continue with --resume auto")
+        logger.close()
+        cleanup()
+        return {"stopped_at_epoch": last_epoch}
+
+    # Final report on the test split with the checkpoint selected on val (the original selected on test).
+    selection = "last epoch (no --val-list)"
+    if val_dl is not None and best_epoch > 0:
+        if dist.distributed:
+            torch.distributed.barrier()
+        best = load_checkpoint(os.path.join(out, "best.pth"))
+        model_without_ddp.load_state_dict(best["model"])
+        selection = f"best val top-1 {best_top1:.2f} at epoch {best_epoch}"
+    result = {"selection": selection, "selected_epoch": best_epoch if best_epoch > 0 else args.epochs}
+    if test_dl is not None:
+        test = evaluate(model_without_ddp, test_dl, num_classes=num_classes, train_counts=train_counts, **loop_kw)
+        result.update(test)
+        print_main(f"test ({selection}): top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} | many "
+                   f"{test['many']:.2f} medium {test['medium']:.2f} few {test['few']:.2f} | {test['num_samples']} "
+                   f"images")
+        if main_proc:
+            write_eval_report(out, test, train_counts)
+    if main_proc:
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump(to_jsonable(result), f, indent=1)
+    logger.close()
+    cleanup()
+    return result
+
+
+def load_model_state(model: torch.nn.Module, state: dict, path: str) -> None:
+    """Strict load with a message that names the file and the mismatching keys."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise SystemExit(f"error: checkpoint {path} does not fit the model (--arch/--method/--num-classes?): "
+                         f"{str(e).splitlines()[-1].strip()}") from None
+    if missing or unexpected:
+        raise SystemExit(f"error: checkpoint {path} does not fit the model (--arch/--method/--num-classes?): "
+                         f"missing {list(missing)[:8]}, unexpected {list(unexpected)[:8]}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = parse_train_args(argv)
+    t0 = time.time()
+    result = run(args)
+    print_main(f"done in {time.time() - t0:.1f}s")
+    return result

@@ -1,0 +1,535 @@
+"""Evaluation metrics: top-k, many/medium/few shot accuracy, ImageNet-C/-R, segmentation.
+
+Conventions (SPEC §4, §5):
+
+* Top-1/top-5 are sample-weighted; many/medium/few are the **unweighted mean of
+  per-class accuracies** inside each group, over the classes present in the test
+  labels. Groups come from the *training* counts: ``> 100`` many, ``< 20`` few, else
+  medium (20..100 inclusive). An empty group reports 0.0 (the original's convention);
+  the group sizes are returned next to it so a 0.0 from an empty group is visible.
+* The meters keep integer counts only (int64 tensors), so summing them across
+  processes (:meth:`ClassificationMeter.all_reduce`) is exact. They assume every test
+  sample reaches exactly one process (no sampler padding).
+* Percentages: :class:`ClassificationMeter` and :class:`SegMeter` report percent;
+  the functional helpers (:func:`class_accuracy`, :func:`shot_accuracy`) report
+  fractions in 0..1, like the original ``shot_acc``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = [
+    "topk_correct", "ShotSplit", "shot_groups", "class_accuracy", "shot_accuracy",
+    "shot_accuracy_from_class_acc", "ClassificationMeter", "CORRUPTIONS", "ALEXNET_ERRORS",
+    "corruption_errors", "mce_normalised_by", "IMAGENET_R_INDICES", "imagenet_r_mask",
+    "confusion_matrix", "SegMeter",
+]
+
+ArrayLike = Union[Tensor, np.ndarray, Sequence[int], Sequence[float]]
+GROUPS = ("many", "medium", "few")
+
+
+def _as_long_tensor(x: ArrayLike, name: str) -> Tensor:
+    t = torch.as_tensor(x)
+    if t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{name} must hold integer class indices, got dtype {t.dtype}")
+    return t.reshape(-1).long()
+
+
+def _check_range(t: Tensor, num_classes: int, name: str) -> None:
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise ValueError(
+            f"{name} must be class indices in [0, {num_classes}), got min {int(t.min())}, max {int(t.max())}"
+        )
+
+
+# --------------------------------------------------------------------------- top-k
+
+
+def topk_correct(logits: Tensor, targets: Tensor, ks: Iterable[int] = (1, 5)) -> dict[int, int]:
+    """Number of samples whose target is among the ``k`` highest logits, per ``k``.
+
+    Args:
+        logits: [N, C] scores.
+        targets: [N] class indices.
+        ks: the ``k`` values; each is clipped to ``C`` (top-5 of a 3-class problem is top-3).
+    Returns:
+        ``{k: count}`` keyed by the *requested* ``k``.
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [N, C], got shape {tuple(logits.shape)}")
+    targets = targets.reshape(-1)
+    if targets.shape[0] != logits.shape[0]:
+        raise ValueError(f"logits have {logits.shape[0]} rows but targets has {targets.shape[0]} entries")
+    ks = tuple(int(k) for k in ks)
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every k must be >= 1, got {ks}")
+    num_classes = logits.shape[1]
+    if not ks or logits.shape[0] == 0:
+        return {k: 0 for k in ks}
+    maxk = min(max(ks), num_classes)
+    top = logits.topk(maxk, dim=1).indices  # [N, maxk], best first
+    hit = top == targets.to(top.device)[:, None]
+    # Cumulative hit: the target is in the first j columns.
+    cum = hit.cumsum(1).clamp_(max=1).sum(0)  # [maxk]
+    return {k: int(cum[min(k, num_classes) - 1]) for k in ks}
+
+
+# --------------------------------------------------------------------------- shot groups
+
+
+@dataclass(frozen=True)
+class ShotSplit:
+    """Many/medium/few thresholds on *training* counts: ``> many_thr`` many, ``< few_thr`` few."""
+
+    many_thr: int = 100
+    few_thr: int = 20
+
+    def groups(self, train_counts: ArrayLike) -> np.ndarray:
+        """[C] array of ``'many' | 'medium' | 'few'``, one per class."""
+        counts = np.asarray(torch.as_tensor(train_counts).cpu(), dtype=np.int64).reshape(-1)
+        out = np.full(counts.shape, "medium", dtype="<U6")
+        out[counts > self.many_thr] = "many"
+        out[counts < self.few_thr] = "few"
+        return out
+
+    def masks(self, train_counts: ArrayLike) -> dict[str, np.ndarray]:
+        """``{'many': [C] bool, 'medium': ..., 'few': ...}``."""
+        g = self.groups(train_counts)
+        return {name: g == name for name in GROUPS}
+
+
+def shot_groups(train_counts: ArrayLike, many_thr: int = 100, few_thr: int = 20) -> np.ndarray:
+    """[C] array of ``'many' | 'medium' | 'few'`` from training counts (SPEC §4)."""
+    return ShotSplit(many_thr, few_thr).groups(train_counts)
+
+
+def class_accuracy(preds: ArrayLike, targets: ArrayLike, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class accuracy (= recall) from hard predictions.
+
+    Args:
+        preds: [N] predicted class indices.
+        targets: [N] true class indices.
+    Returns:
+        ``(acc [C] float64 in 0..1, NaN for classes with no test sample, test_counts [C] int64)``.
+    """
+    p = _as_long_tensor(preds, "preds").cpu()
+    t = _as_long_tensor(targets, "targets").cpu()
+    if p.shape != t.shape:
+        raise ValueError(f"preds and targets must have the same length, got {p.numel()} and {t.numel()}")
+    _check_range(t, num_classes, "targets")
+    total = torch.bincount(t, minlength=num_classes).numpy()
+    correct = torch.bincount(t[p == t], minlength=num_classes).numpy()
+    return _ratio(correct, total), total.astype(np.int64)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num/den as float64, NaN where den == 0."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def shot_accuracy_from_class_acc(
+    acc_per_class: ArrayLike, train_counts: ArrayLike, *, many_thr: int = 100, few_thr: int = 20
+) -> dict[str, float]:
+    """Group means of per-class accuracies; NaN entries (classes absent from the test set) are skipped.
+
+    Returns:
+        ``many, medium, few`` (same unit as ``acc_per_class``; 0.0 for an empty group) and
+        ``many_classes, medium_classes, few_classes``: how many classes each mean covers.
+    """
+    acc = np.asarray(torch.as_tensor(acc_per_class, dtype=torch.float64).cpu()).reshape(-1)
+    counts = np.asarray(torch.as_tensor(train_counts).cpu()).reshape(-1)
+    if acc.shape != counts.shape:
+        raise ValueError(f"{acc.size} per-class accuracies but {counts.size} training counts")
+    masks = ShotSplit(many_thr, few_thr).masks(counts)
+    present = ~np.isnan(acc)
+    out: dict[str, float] = {}
+    for name in GROUPS:
+        sel = acc[masks[name] & present]
+        out[name] = float(np.mean(sel)) if sel.size else 0.0  # empty group: 0.0, as the original
+        out[f"{name}_classes"] = int(sel.size)
+    return out
+
+
+def shot_accuracy(
+    preds: ArrayLike, targets: ArrayLike, train_counts: ArrayLike, *, many_thr: int = 100, few_thr: int = 20
+) -> dict[str, float]:
+    """Many/medium/few accuracy (fractions) of hard predictions (SPEC §4, ``shot_acc``).
+
+    Args:
+        preds: [N] predicted classes (argmax of the logits).
+        targets: [N] true classes.
+        train_counts: [C] training images per class; ``C`` = ``len(train_counts)``.
+    Returns:
+        ``{'many', 'medium', 'few'}`` in 0..1 plus ``'{group}_classes'`` sizes.
+    """
+    counts = np.asarray(torch.as_tensor(train_counts).cpu()).reshape(-1)
+    acc, _ = class_accuracy(preds, targets, len(counts))
+    return shot_accuracy_from_class_acc(acc, counts, many_thr=many_thr, few_thr=few_thr)
+
+
+# --------------------------------------------------------------------------- distributed helpers
+
+
+def _dist_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_counts(tensors: list[Tensor]) -> list[Tensor]:
+    """Sum int64 tensors over all processes with one collective; no-op without a process group."""
+    if not _dist_active():
+        return tensors
+    # NCCL only reduces CUDA tensors; a rank that saw no data may still hold CPU buffers.
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    flat = torch.cat([t.reshape(-1).to(device=device, dtype=torch.int64) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    out, offset = [], 0
+    for t in tensors:
+        out.append(flat[offset:offset + t.numel()].view(t.shape).to(t.device))
+        offset += t.numel()
+    return out
+
+
+# --------------------------------------------------------------------------- classification meter
+
+
+class ClassificationMeter:
+    """Exact, DDP-summable classification counts.
+
+    Keeps per target class: samples, top-1 hits, top-k hits; per predicted class: the
+    number of predictions (for precision); and the [C, C] confusion matrix when
+    ``C <= confusion_max_classes``. All int64, on the device of the first batch.
+
+    Args:
+        num_classes: C.
+        topk: the second ``k`` reported (5 for ``top5``); clipped to C.
+        confusion_max_classes: keep a confusion matrix only up to this many classes.
+        device: where the counts live from the start (default CPU; they move to the
+            device of the first batch anyway).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        topk: int = 5,
+        confusion_max_classes: int = 100,
+        device: Optional[Union[torch.device, str]] = None,
+    ) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.topk = int(topk)
+        self.keep_confusion = self.num_classes <= confusion_max_classes
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero every count."""
+        c = self.num_classes
+        kw = dict(dtype=torch.int64, device=self.device)
+        self.total = torch.zeros(c, **kw)        # samples per target class
+        self.correct1 = torch.zeros(c, **kw)     # top-1 hits per target class
+        self.correctk = torch.zeros(c, **kw)     # top-k hits per target class
+        self.predicted = torch.zeros(c, **kw)    # top-1 predictions per class
+        self.confusion = torch.zeros(c, c, **kw) if self.keep_confusion else None  # [target, pred]
+        self._reduced = False
+
+    def _buffers(self) -> list[Tensor]:
+        bufs = [self.total, self.correct1, self.correctk, self.predicted]
+        return bufs + ([self.confusion] if self.confusion is not None else [])
+
+    def _set_buffers(self, bufs: list[Tensor]) -> None:
+        self.total, self.correct1, self.correctk, self.predicted = bufs[:4]
+        if self.confusion is not None:
+            self.confusion = bufs[4]
+
+    @torch.no_grad()
+    def update(self, logits: Tensor, targets: Tensor) -> None:
+        """Add a batch. logits [N, C], targets [N] (class indices)."""
+        if self._reduced:
+            raise RuntimeError("ClassificationMeter.update after all_reduce: call reset() first")
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must be [N, {self.num_classes}], got {tuple(logits.shape)}")
+        targets = targets.reshape(-1).to(logits.device).long()
+        if targets.shape[0] != logits.shape[0]:
+            raise ValueError(f"logits have {logits.shape[0]} rows but targets has {targets.shape[0]} entries")
+        _check_range(targets, self.num_classes, "targets")
+        if self.total.device != logits.device:
+            self._set_buffers([b.to(logits.device) for b in self._buffers()])
+        c = self.num_classes
+        k = min(self.topk, c)
+        top = logits.topk(k, dim=1).indices  # same tie-breaking for top-1 and top-k
+        pred = top[:, 0]
+        hit1 = pred == targets
+        hitk = (top == targets[:, None]).any(1)
+        self.total += torch.bincount(targets, minlength=c)
+        self.correct1 += torch.bincount(targets[hit1], minlength=c)
+        self.correctk += torch.bincount(targets[hitk], minlength=c)
+        self.predicted += torch.bincount(pred, minlength=c)
+        if self.confusion is not None:
+            self.confusion += torch.bincount(targets * c + pred, minlength=c * c).view(c, c)
+
+    def all_reduce(self) -> None:
+        """Sum the counts over all processes (no-op without an initialised process group).
+
+        Call once, after the last update; a second call would double-count and raises.
+        """
+        if self._reduced:
+            raise RuntimeError("ClassificationMeter.all_reduce called twice (counts would be double-summed)")
+        self._set_buffers(_all_reduce_counts(self._buffers()))
+        self._reduced = True
+
+    def compute(self, train_counts: Optional[ArrayLike] = None, *, many_thr: int = 100, few_thr: int = 20) -> dict:
+        """Summary in percent.
+
+        Returns:
+            ``num_samples``, ``top1``, ``top5`` (top-``topk``), ``mean_class_acc``,
+            ``per_class`` (accuracy = recall per class, NaN where the class has no test
+            sample), ``per_class_precision`` (NaN where never predicted),
+            ``per_class_recall``; with ``train_counts`` also ``many/medium/few`` (percent,
+            0.0 for an empty group) and ``many_classes/medium_classes/few_classes``.
+        """
+        total = self.total.cpu().numpy()
+        correct1 = self.correct1.cpu().numpy()
+        n = int(total.sum())
+        acc = _ratio(correct1, total) * 100.0
+        precision = _ratio(correct1, self.predicted.cpu().numpy()) * 100.0
+        out: dict = {
+            "num_samples": n,
+            "top1": 100.0 * float(correct1.sum()) / n if n else 0.0,
+            "top5": 100.0 * float(self.correctk.sum()) / n if n else 0.0,
+            "mean_class_acc": float(np.nanmean(acc)) if n else 0.0,
+        }
+        if train_counts is not None:
+            counts = np.asarray(torch.as_tensor(train_counts).cpu()).reshape(-1)
+            if counts.size != self.num_classes:
+                raise ValueError(f"train_counts has {counts.size} classes, the meter {self.num_classes}")
+            out.update(shot_accuracy_from_class_acc(acc, counts, many_thr=many_thr, few_thr=few_thr))
+        out["per_class"] = acc.tolist()
+        out["per_class_precision"] = precision.tolist()
+        out["per_class_recall"] = acc.tolist()
+        out["per_class_test_count"] = total.astype(int).tolist()
+        return out
+
+
+# --------------------------------------------------------------------------- ImageNet-C
+
+CORRUPTIONS: tuple[str, ...] = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
+    "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
+    "elastic_transform", "pixelate", "jpeg_compression",
+)
+
+#: AlexNet top-1 error per corruption, averaged over severities 1..5 (Hendrycks & Dietterich).
+ALEXNET_ERRORS: dict[str, float] = dict(zip(CORRUPTIONS, (
+    0.886428, 0.894468, 0.922640, 0.819880, 0.826268, 0.785948, 0.798360, 0.866816,
+    0.826572, 0.819324, 0.564592, 0.853204, 0.646056, 0.717840, 0.606500,
+)))
+
+
+def _mean_errors(acc_by_corruption: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    if not acc_by_corruption:
+        raise ValueError("acc_by_corruption is empty")
+    errors = {}
+    for name, accs in acc_by_corruption.items():
+        accs = [float(a) for a in accs]
+        if not accs:
+            raise ValueError(f"no severities given for corruption {name!r}")
+        if any(not 0.0 <= a <= 1.0 for a in accs):
+            raise ValueError(f"accuracies of {name!r} must be fractions in 0..1 (not percent), got {accs}")
+        errors[name] = 1.0 - sum(accs) / len(accs)
+    return errors
+
+
+def mce_normalised_by(errors: Mapping[str, float], baseline_errors: Mapping[str, float]) -> float:
+    """``100 * mean_c E_c / B_c``: mCE normalised by a chosen baseline's per-corruption errors.
+
+    With ``baseline_errors=ALEXNET_ERRORS`` this is the standard (Hendrycks) mCE.
+    """
+    missing = [c for c in errors if c not in baseline_errors]
+    if missing:
+        raise ValueError(f"baseline errors missing for corruptions {missing}")
+    if any(baseline_errors[c] <= 0 for c in errors):
+        raise ValueError("baseline errors must be > 0")
+    return 100.0 * sum(errors[c] / baseline_errors[c] for c in errors) / len(errors)
+
+
+def corruption_errors(
+    acc_by_corruption: Mapping[str, Sequence[float]],
+    *,
+    baseline_errors: Optional[Mapping[str, float]] = None,
+) -> dict:
+    """Mean corruption errors from top-1 accuracy per corruption and severity.
+
+    Naming trap (SPEC §5): the GPaCo code and README call the *unnormalised* mean error
+    "mCE" (README column "ImageNet-C (mCE)", 50.9 for GPaCo R50) and the
+    AlexNet-normalised one "rel. mCE" (64.4). The AlexNet-normalised value is in fact
+    the standard Hendrycks mCE, and neither is Hendrycks' "relative mCE" (which
+    subtracts clean error). The keys here say what each number is.
+
+    Args:
+        acc_by_corruption: ``{corruption: [top-1 accuracy per severity, 0..1]}``.
+        baseline_errors: optional ``{corruption: error}`` of a baseline run (any dataset)
+            to normalise by, reported as ``mce_baseline_normalised``.
+    Returns:
+        ``corruption_errors`` ({c: E_c = 1 - mean_s acc}, fractions),
+        ``mce_unnormalised`` = 100 * mean_c E_c (the paper's "mCE"),
+        ``mce_alexnet_normalised`` = 100 * mean_c E_c / E_c^AlexNet (the paper's "rel. mCE",
+        the standard mCE; None unless every corruption has an AlexNet constant),
+        ``mce_baseline_normalised`` (only with ``baseline_errors``), ``num_corruptions``.
+    """
+    errors = _mean_errors(acc_by_corruption)
+    out: dict = {
+        "corruption_errors": errors,
+        "mce_unnormalised": 100.0 * sum(errors.values()) / len(errors),
+        "mce_alexnet_normalised": (
+            mce_normalised_by(errors, ALEXNET_ERRORS) if all(c in ALEXNET_ERRORS for c in errors) else None
+        ),
+        "num_corruptions": len(errors),
+    }
+    if baseline_errors is not None:
+        out["mce_baseline_normalised"] = mce_normalised_by(errors, baseline_errors)
+    return out
+
+
+# --------------------------------------------------------------------------- ImageNet-R
+
+#: ImageNet-1k class indices (sorted wnids) of the 200 ImageNet-R classes (SPEC §5).
+IMAGENET_R_INDICES: tuple[int, ...] = (
+    1, 2, 4, 6, 8, 9, 11, 13, 22, 23, 26, 29, 31, 39, 47, 63, 71, 76, 79, 84, 90, 94, 96, 97, 99,
+    100, 105, 107, 113, 122, 125, 130, 132, 144, 145, 147, 148, 150, 151, 155, 160, 161, 162, 163,
+    171, 172, 178, 187, 195, 199, 203, 207, 208, 219, 231, 232, 234, 235, 242, 245, 247, 250, 251,
+    254, 259, 260, 263, 265, 267, 269, 276, 277, 281, 288, 289, 291, 292, 293, 296, 299, 301, 308,
+    309, 310, 311, 314, 315, 319, 323, 327, 330, 334, 335, 337, 338, 340, 341, 344, 347, 353, 355,
+    361, 362, 365, 366, 367, 368, 372, 388, 390, 393, 397, 401, 407, 413, 414, 425, 428, 430, 435,
+    437, 441, 447, 448, 457, 462, 463, 469, 470, 471, 472, 476, 483, 487, 515, 546, 555, 558, 570,
+    579, 583, 587, 593, 594, 596, 609, 613, 617, 621, 629, 637, 657, 658, 701, 717, 724, 763, 768,
+    774, 776, 779, 780, 787, 805, 812, 815, 820, 824, 833, 847, 852, 866, 875, 883, 889, 895, 907,
+    928, 931, 932, 933, 934, 936, 937, 943, 945, 947, 948, 949, 951, 953, 954, 957, 963, 965, 967,
+    980, 981, 983, 988,
+)
+assert len(IMAGENET_R_INDICES) == 200 and list(IMAGENET_R_INDICES) == sorted(set(IMAGENET_R_INDICES))
+
+
+def imagenet_r_mask(num_classes: int = 1000) -> Tensor:
+    """[num_classes] bool mask of the ImageNet-R classes; ``logits[:, mask]`` gives the 200-way scores,
+    whose column order matches ImageNet-R's sorted wnid folders."""
+    if num_classes <= IMAGENET_R_INDICES[-1]:
+        raise ValueError(f"num_classes must be > {IMAGENET_R_INDICES[-1]} (an ImageNet-1k head), got {num_classes}")
+    mask = torch.zeros(num_classes, dtype=torch.bool)
+    mask[list(IMAGENET_R_INDICES)] = True
+    return mask
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def confusion_matrix(
+    preds: Tensor, targets: Tensor, num_classes: int, *, ignore_index: Optional[int] = None
+) -> Tensor:
+    """[C, C] int64 counts, rows = target class, columns = predicted class.
+
+    Args:
+        preds, targets: integer tensors of the same shape (any number of dims).
+        ignore_index: target value to skip (e.g. 255 for segmentation), or None.
+    """
+    preds = torch.as_tensor(preds)
+    targets = torch.as_tensor(targets).to(preds.device)
+    if preds.shape != targets.shape:
+        raise ValueError(f"preds {tuple(preds.shape)} and targets {tuple(targets.shape)} differ in shape")
+    p = preds.reshape(-1).long()
+    t = targets.reshape(-1).long()
+    if ignore_index is not None:
+        keep = t != ignore_index
+        p, t = p[keep], t[keep]
+    _check_range(t, num_classes, "targets")
+    _check_range(p, num_classes, "preds")
+    c = num_classes
+    return torch.bincount(t * c + p, minlength=c * c).view(c, c)
+
+
+class SegMeter:
+    """Semantic-segmentation IoU over a whole validation set (mmseg's ``mIoU`` convention).
+
+    Accumulates one [C, C] confusion matrix (int64, exact under DDP). ``compute`` gives
+    per-class IoU and accuracy with NaN for classes absent from both prediction and
+    label (IoU) or from the label (accuracy); means skip the NaNs.
+    """
+
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, *, device: Optional[Union[torch.device, str]] = None
+    ) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = ignore_index
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the confusion matrix."""
+        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=self.device)
+        self._reduced = False
+
+    @torch.no_grad()
+    def update(self, preds: Tensor, labels: Tensor) -> None:
+        """Add a batch.
+
+        Args:
+            preds: [N, H, W] predicted class map, or [N, C, H, W] scores (argmax over C).
+            labels: [N, H, W] ground truth; ``ignore_index`` pixels are skipped.
+        """
+        if self._reduced:
+            raise RuntimeError("SegMeter.update after all_reduce: call reset() first")
+        if preds.ndim == labels.ndim + 1:
+            if preds.shape[1] != self.num_classes:
+                raise ValueError(f"score map has {preds.shape[1]} channels, expected {self.num_classes}")
+            preds = preds.argmax(1)
+        cm = confusion_matrix(preds, labels, self.num_classes, ignore_index=self.ignore_index)
+        if self.confusion.device != cm.device:
+            self.confusion = self.confusion.to(cm.device)
+        self.confusion += cm
+
+    def all_reduce(self) -> None:
+        """Sum the confusion matrix over processes (no-op without a process group); call once."""
+        if self._reduced:
+            raise RuntimeError("SegMeter.all_reduce called twice (counts would be double-summed)")
+        (self.confusion,) = _all_reduce_counts([self.confusion])
+        self._reduced = True
+
+    def compute(self) -> dict:
+        """Percent: ``per_class_iou``, ``per_class_acc`` (lists, NaN where undefined), ``miou``,
+        ``macc`` (NaN-skipping means), ``aacc`` (pixel accuracy), ``num_pixels``."""
+        cm = self.confusion.cpu().numpy().astype(np.float64)
+        inter = np.diag(cm)
+        area_label = cm.sum(1)
+        area_pred = cm.sum(0)
+        iou = _ratio(inter, area_label + area_pred - inter) * 100.0
+        acc = _ratio(inter, area_label) * 100.0
+        total = area_label.sum()
+
+        def nanmean(x: np.ndarray) -> float:
+            return float(np.nanmean(x)) if np.any(~np.isnan(x)) else float("nan")
+
+        return {
+            "per_class_iou": iou.tolist(),
+            "per_class_acc": acc.tolist(),
+            "miou": nanmean(iou),
+            "macc": nanmean(acc),
+            "aacc": float(100.0 * inter.sum() / total) if total else float("nan"),
+            "num_pixels": int(total),
+        }

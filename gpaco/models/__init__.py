@@ -1,0 +1,20 @@
+"""Backbones, projection heads and the PaCo / GPaCo / CE models."""
+from .backbones import create_backbone, list_archs, load_backbone_weights
+from .contrastive import (
+    METHODS,
+    Classifier,
+    ContrastiveOutput,
+    Encoder,
+    FeatureQueue,
+    GPaCoModel,
+    PaCoModel,
+    build_model,
+)
+from .heads import GPaCoProjection, PaCoProjection
+
+__all__ = [
+    "create_backbone", "list_archs", "load_backbone_weights",
+    "PaCoProjection", "GPaCoProjection",
+    "ContrastiveOutput", "FeatureQueue", "Encoder", "Classifier", "PaCoModel", "GPaCoModel",
+    "build_model", "METHODS",
+]

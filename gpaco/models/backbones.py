@@ -1,0 +1,205 @@
+"""Backbones: images [B, 3, H, W] -> pooled features [B, F].
+
+ImageNet-scale ResNets come from timm (created with ``num_classes=0`` so the forward
+already returns the global-average-pooled feature the classifier and the projection
+both read). The CIFAR ResNets are ours (:mod:`gpaco.models.cifar_resnet`).
+
+``pretrained``:
+
+* ``False``: random init, nothing is downloaded.
+* a path: a local state dict (``.pth``/``.pt``/``.bin`` via ``torch.load(weights_only=True)``
+  or ``.safetensors``), e.g. torchvision's ImageNet weights or one of our checkpoints;
+  see :func:`load_backbone_weights`.
+* ``True``: timm's hub weights (torchvision's ImageNet weights where timm has them, as
+  the original used). Fails fast, with a hint, when the hub is unreachable.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from . import cifar_resnet
+
+__all__ = ["create_backbone", "list_archs", "load_backbone_weights", "CIFAR_ARCHS", "TIMM_ARCHS"]
+
+_logger = logging.getLogger(__name__)
+
+CIFAR_ARCHS: Dict[str, Callable[[], nn.Module]] = {
+    "resnet8": cifar_resnet.resnet8,
+    "resnet20": cifar_resnet.resnet20,
+    "resnet32": cifar_resnet.resnet32,
+    "resnet50_cifar": cifar_resnet.resnet50_cifar,
+}
+
+# The ImageNet-scale archs of the paper -> the timm weight tag matching the original's
+# init (torchvision ImageNet weights) where timm has one; None = timm's default tag.
+TIMM_ARCHS: Dict[str, Union[str, None]] = {
+    "resnet50": "tv_in1k",
+    "resnet101": "tv_in1k",
+    "resnet152": "tv_in1k",
+    "resnet200": None,  # timm has no ImageNet weights for it (the original had none either)
+    "resnext50_32x4d": "tv_in1k",
+    "resnext101_32x4d": None,  # [3, 4, 23, 3], 32 groups, width 4, as the original's local model
+}
+
+_HEAD_PREFIXES = ("fc.", "head.", "classifier.", "linear.", "last_linear.")
+_WRAPPER_PREFIXES = ("encoder_q.backbone.", "encoder.backbone.", "backbone.", "encoder_q.", "encoder.")
+_PRETRAINED_HINT = (
+    "pass a local weights file instead: --pretrained /path/to/weights.pth "
+    "(Python: pretrained='/path/to/weights.pth'; a torchvision/timm state dict, "
+    ".pth/.pt/.bin/.safetensors)"
+)
+
+
+def list_archs() -> List[str]:
+    """The backbone names we document (any other timm model name also works)."""
+    return list(CIFAR_ARCHS) + list(TIMM_ARCHS)
+
+
+def create_backbone(
+    arch: str,
+    *,
+    pretrained: Union[bool, str, os.PathLike] = False,
+    drop_path_rate: float = 0.0,
+    **timm_kwargs: Any,
+) -> Tuple[nn.Module, int]:
+    """Build a feature extractor.
+
+    Args:
+        arch: one of :func:`list_archs`, or any timm model name (passthrough).
+        pretrained: False, True (timm hub weights) or a path to a local weights file.
+        drop_path_rate: stochastic depth (timm models only; CIFAR archs need 0).
+        **timm_kwargs: extra ``timm.create_model`` arguments (e.g. ``global_pool`` for ViTs).
+    Returns:
+        (module mapping [B,3,H,W] -> [B,F], F).
+    """
+    if arch in CIFAR_ARCHS:
+        if drop_path_rate:
+            raise ValueError(f"drop_path_rate is not supported by the CIFAR backbone '{arch}'")
+        if timm_kwargs:
+            raise TypeError(f"'{arch}' is not a timm model; unexpected arguments {sorted(timm_kwargs)}")
+        if pretrained is True:
+            raise RuntimeError(f"there are no hub weights for the CIFAR backbone '{arch}'; {_PRETRAINED_HINT}")
+        model = CIFAR_ARCHS[arch]()
+    else:
+        model = _create_timm(arch, pretrained is True, drop_path_rate, timm_kwargs)
+    if isinstance(pretrained, (str, os.PathLike)):
+        load_backbone_weights(model, pretrained)
+    return model, int(model.num_features)
+
+
+def _create_timm(arch: str, hub: bool, drop_path_rate: float, kwargs: Dict[str, Any]) -> nn.Module:
+    import timm
+
+    name = arch
+    if arch in TIMM_ARCHS:
+        # torchvision-like init: no zero-init of the last BN gamma in each block.
+        kwargs = {"zero_init_last": False, **kwargs}
+        if hub and TIMM_ARCHS[arch]:
+            name = f"{arch}.{TIMM_ARCHS[arch]}"
+    elif not timm.is_model(arch.split(".")[0]):
+        raise ValueError(f"unknown arch '{arch}'; known: {', '.join(list_archs())} (or any timm model name)")
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if hub:
+        _check_hub_weights(arch, name)
+    try:
+        return timm.create_model(name, pretrained=hub, num_classes=0, **kwargs)
+    except Exception as err:
+        if not hub:
+            raise
+        raise RuntimeError(f"could not load pretrained weights for '{arch}' ({type(err).__name__}: {err}); "
+                           f"{_PRETRAINED_HINT}") from err
+
+
+def _check_hub_weights(arch: str, name: str) -> None:
+    """Fail in well under a second when the weights cannot come from the hub.
+
+    timm silently falls back to random init for models without weights, and
+    huggingface_hub retries an unreachable host for ~45 s before giving up.
+    """
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise RuntimeError(f"timm has no pretrained weights for '{arch}'; {_PRETRAINED_HINT}")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return  # huggingface_hub then only looks in its local cache, which is fast
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3.0).close()
+    except OSError as err:
+        raise RuntimeError(
+            f"cannot reach {host} to download pretrained weights for '{arch}' ({err}). "
+            f"Set HF_HUB_OFFLINE=1 to use weights already in the Hugging Face cache, or {_PRETRAINED_HINT}"
+        ) from err
+
+
+def _read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        obj: Any = load_file(path, device="cpu")
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    # Unwrap training checkpoints: {'state_dict': ...}, {'model': ...}.
+    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in ("state_dict", "model", "module", "model_state") if k in obj), None)
+        if not isinstance(inner, Mapping):
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_backbone_weights(model: nn.Module, path: Union[str, os.PathLike]) -> Tuple[List[str], List[str]]:
+    """Load a local state dict into a backbone, leniently.
+
+    ``module.`` prefixes (DDP) and a wrapping prefix (``encoder_q.``, ``backbone.``, our
+    ``encoder_q.backbone.``...) are stripped; classifier/projection keys (``fc.``,
+    ``head.``...) that the backbone does not have are dropped. Missing and unexpected
+    keys are reported with a warning; a shape mismatch or no matching key at all is an error.
+
+    Returns:
+        (missing_keys, unexpected_keys).
+    """
+    state = _read_state_dict(path)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    if not any(k in own for k in state):
+        for prefix in _WRAPPER_PREFIXES:
+            stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if any(k in own for k in stripped):
+                state = stripped
+                break
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(_HEAD_PREFIXES)}
+    bad_shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if bad_shapes:
+        raise RuntimeError(f"weights in {os.fspath(path)} do not fit this backbone: " + "; ".join(bad_shapes[:5])
+                           + (f" (+{len(bad_shapes) - 5} more)" if len(bad_shapes) > 5 else ""))
+    matched = [k for k in state if k in own]
+    if not matched:
+        raise RuntimeError(f"no key of {os.fspath(path)} matches this backbone "
+                           f"(file keys like {list(state)[:3]}, model keys like {list(own)[:3]})")
+    result = model.load_state_dict(state, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    _logger.info("loaded %d tensors from %s", len(matched), os.fspath(path))
+    if missing or unexpected:
+        warnings.warn(
+            f"pretrained weights {os.fspath(path)}: {len(missing)} missing keys {missing[:5]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:5]}",
+            stacklevel=2,
+        )
+    return missing, unexpected

@@ -1,0 +1,337 @@
+"""The models that produce the PaCo / GPaCo loss inputs.
+
+Training forward returns a :class:`ContrastiveOutput` that goes straight into
+``gpaco.losses.paco_loss(out.features, out.labels, out.logits, out.num_anchors, ...)``
+(or ``multitask_loss``). Eval forward returns classifier logits only.
+
+Layout (local batch B, queue size K, SPEC §1.2, §2.2):
+
+==============  ======================  ======================  ===============
+model           features                labels                  anchors
+==============  ======================  ======================  ===============
+PaCoModel       cat(q, k, queue) [2B+K] cat(y, y, queue_labels) B   (the q rows)
+GPaCoModel      cat(q, k, queue) [2B+K] cat(y, y, queue_labels) 2B  (q and k rows)
+GPaCo 1-view    cat(q, queue)    [B+K]  cat(y, queue_labels)    B
+==============  ======================  ======================  ===============
+
+q/k are L2-normalised projections; ``logits`` are the linear classifier ``fc`` on the
+pooled backbone feature (its weight rows are the class centers). The queue holds the
+all-gathered keys of previous steps and is always detached.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..distributed import all_gather_nograd, batch_shuffle, batch_unshuffle
+from .backbones import create_backbone
+from .heads import GPaCoProjection, PaCoProjection
+
+__all__ = [
+    "ContrastiveOutput", "FeatureQueue", "Encoder", "Classifier", "PaCoModel", "GPaCoModel",
+    "build_model", "METHODS",
+]
+
+
+class ContrastiveOutput(NamedTuple):
+    """Loss inputs of one training step."""
+
+    features: Tensor  # [M, D] L2-normalised; rows [:num_anchors] are the anchors
+    labels: Tensor  # [M] long
+    logits: Tensor  # [num_anchors, C] classifier logits of the anchors
+    num_anchors: int
+
+
+def _queue_message(size: int, global_batch: int) -> str:
+    return (f"queue size K={size} is not a multiple of the global batch {global_batch} "
+            f"(per-process batch x world size); choose K as a multiple of {global_batch}, "
+            f"and drop the last incomplete batch (drop_last=True)")
+
+
+class FeatureQueue(nn.Module):
+    """Ring buffer of past (key, label) pairs shared by all processes.
+
+    Buffers (saved in the state dict): ``features`` [K, dim], ``labels`` [K] long,
+    ``ptr`` [1] long. Initialised like the original (SPEC §1.4): ``randn`` normalised
+    along dim 0 (column-wise, so the initial rows are *not* unit vectors) and random
+    labels in [0, num_classes), both from torch's global RNG, so early steps see fake
+    positives until the queue has been overwritten once. ``size=0`` disables the queue.
+    """
+
+    features: Tensor
+    labels: Tensor
+    ptr: Tensor
+
+    def __init__(self, size: int, dim: int, num_classes: int, global_batch: Optional[int] = None) -> None:
+        super().__init__()
+        if size < 0:
+            raise ValueError(f"queue size must be >= 0, got {size}")
+        if size and global_batch is not None and size % global_batch:
+            raise ValueError(_queue_message(size, global_batch))
+        self.size, self.dim, self.num_classes = size, dim, num_classes
+        self.register_buffer("features", F.normalize(torch.randn(size, dim), dim=0))
+        self.register_buffer("labels", torch.randint(0, num_classes, (size,), dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, dim={self.dim}, num_classes={self.num_classes}"
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor, labels: Tensor) -> None:
+        """Gather ``keys`` [B, dim] and ``labels`` [B] from every process and write them at ``ptr``."""
+        if self.size == 0:
+            return
+        keys = all_gather_nograd(keys)
+        labels = all_gather_nograd(labels)
+        batch = keys.shape[0]
+        if self.size % batch:
+            raise ValueError(_queue_message(self.size, batch))
+        ptr = int(self.ptr.item())
+        self.features[ptr:ptr + batch] = keys.to(self.features.dtype)
+        self.labels[ptr:ptr + batch] = labels.to(self.labels.dtype)
+        self.ptr[0] = (ptr + batch) % self.size
+
+    def snapshot(self) -> Tuple[Tensor, Tensor]:
+        """Detached copies (features [K, dim], labels [K]) for building the contrast set;
+        copies so the in-place enqueue after it cannot alter them."""
+        return self.features.detach().clone(), self.labels.clone()
+
+
+class Encoder(nn.Module):
+    """Backbone + projection. [B,3,H,W] -> (pooled [B, F], embedding [B, D] unnormalised)."""
+
+    def __init__(self, backbone: nn.Module, projection: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projection = projection
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        pooled = self.backbone(x)
+        return pooled, self.projection(pooled)
+
+
+def _make_backbone(arch: Union[str, nn.Module], feat_dim: Optional[int], pretrained: Union[bool, str],
+                   drop_path_rate: float, backbone_kwargs: Optional[Dict[str, Any]]) -> Tuple[nn.Module, int]:
+    if isinstance(arch, nn.Module):
+        dim = feat_dim if feat_dim is not None else getattr(arch, "num_features", None)
+        if dim is None:
+            raise ValueError("pass feat_dim when giving a backbone module without `num_features`")
+        return arch, int(dim)
+    return create_backbone(arch, pretrained=pretrained, drop_path_rate=drop_path_rate, **(backbone_kwargs or {}))
+
+
+class Classifier(nn.Module):
+    """Backbone + linear classifier ``fc`` for the CE / balanced-CE baselines.
+
+    ``forward(x)``: [B,3,H,W] -> logits [B, C].
+    """
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feat_dim, self.num_classes = feat_dim, num_classes
+        self.fc = nn.Linear(feat_dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.backbone(x))
+
+
+class PaCoModel(nn.Module):
+    """PaCo (SPEC §1.2, §1.4): query encoder + momentum key encoder + queue + classifier ``fc``.
+
+    Submodules: ``encoder_q`` (backbone + :class:`PaCoProjection`), ``encoder_k`` (its
+    momentum copy, no gradient), ``fc`` (Linear(F, C) on the pooled feature: the class
+    centers), ``queue`` (:class:`FeatureQueue`).
+
+    ``forward(im_q, im_k, labels)`` in training -> :class:`ContrastiveOutput` with B anchors;
+    ``forward(x)`` (eval mode, or ``im_k`` None) -> logits [B, C].
+    """
+
+    def __init__(
+        self,
+        arch: Union[str, nn.Module],
+        num_classes: int,
+        *,
+        proj_dim: int = 128,
+        hidden_dim: Optional[int] = None,
+        queue_size: int = 8192,
+        momentum: float = 0.999,
+        pretrained: Union[bool, str] = False,
+        drop_path_rate: float = 0.0,
+        global_batch: Optional[int] = None,
+        normalize_pooled: bool = False,
+        feat_dim: Optional[int] = None,
+        backbone_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        backbone, dim = _make_backbone(arch, feat_dim, pretrained, drop_path_rate, backbone_kwargs)
+        self.feat_dim, self.num_classes, self.proj_dim = dim, num_classes, proj_dim
+        self.momentum = momentum
+        self.normalize_pooled = normalize_pooled
+        self.encoder_q = Encoder(backbone, PaCoProjection(dim, hidden_dim, proj_dim))
+        self.fc = nn.Linear(dim, num_classes)
+        # The key encoder starts as an exact copy; afterwards only its parameters follow
+        # the query encoder (EMA); its BN running statistics stay its own (SPEC §1.4).
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)
+        self.queue = FeatureQueue(queue_size, proj_dim, num_classes, global_batch)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The query backbone (the one evaluated)."""
+        return self.encoder_q.backbone
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """theta_k <- m * theta_k + (1 - m) * theta_q, parameters only."""
+        m = self.momentum
+        for p_q, p_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Logits [B, C] from the query backbone (the projection is not needed)."""
+        pooled = self.encoder_q.backbone(x)
+        if self.normalize_pooled:
+            pooled = F.normalize(pooled, dim=1)
+        return self.fc(pooled)
+
+    def forward(
+        self, im_q: Tensor, im_k: Optional[Tensor] = None, labels: Optional[Tensor] = None
+    ) -> Union[Tensor, ContrastiveOutput]:
+        if not self.training or im_k is None:
+            return self.classify(im_q)
+        if labels is None:
+            raise ValueError("training forward needs labels: model(im_q, im_k, labels)")
+        labels = labels.long()
+        pooled, z_q = self.encoder_q(im_q)
+        q = F.normalize(z_q, dim=1)
+        logits = self.fc(F.normalize(pooled, dim=1) if self.normalize_pooled else pooled)
+
+        with torch.no_grad():
+            self.momentum_update()  # before computing k, as MoCo does
+            # Shuffle-BN: the key encoder's BN sees a batch mixed across processes.
+            im_k_shuffled, unshuffle_idx = batch_shuffle(im_k)
+            _, z_k = self.encoder_k(im_k_shuffled)
+            k = batch_unshuffle(F.normalize(z_k, dim=1), unshuffle_idx)
+
+        queue_feats, queue_labels = self.queue.snapshot()
+        features = torch.cat([q, k, queue_feats], dim=0)
+        all_labels = torch.cat([labels, labels, queue_labels], dim=0)
+        # Enqueue after building features: the batch does not meet its own keys in the queue.
+        self.queue.enqueue(k, labels)
+        return ContrastiveOutput(features, all_labels, logits, q.shape[0])
+
+
+class GPaCoModel(nn.Module):
+    """GPaCo (SPEC §2.2): one encoder, both views with gradient, queue + classifier ``fc``.
+
+    The two views go through two separate forward passes, so BatchNorm statistics are
+    per view, as in the original. No momentum encoder, no shuffle-BN.
+
+    Submodules: ``encoder`` (backbone + :class:`GPaCoProjection`), ``fc``, ``queue``.
+
+    Training: ``forward(im_q, im_k, labels)`` -> :class:`ContrastiveOutput` with 2B anchors
+    (features cat(q, k, queue), logits cat(fc(h_q), fc(h_k))), enqueues k. With
+    ``single_view=True``: ``forward(im_q, None, labels)`` -> features cat(q, queue),
+    B anchors, enqueues q. Eval mode (or no second view / no labels): logits [B, C].
+    """
+
+    def __init__(
+        self,
+        arch: Union[str, nn.Module],
+        num_classes: int,
+        *,
+        proj_dim: int = 128,
+        hidden_dim: Optional[int] = None,
+        queue_size: int = 8192,
+        pretrained: Union[bool, str] = False,
+        drop_path_rate: float = 0.0,
+        global_batch: Optional[int] = None,
+        single_view: bool = False,
+        feat_dim: Optional[int] = None,
+        backbone_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        backbone, dim = _make_backbone(arch, feat_dim, pretrained, drop_path_rate, backbone_kwargs)
+        self.feat_dim, self.num_classes, self.proj_dim = dim, num_classes, proj_dim
+        self.single_view = single_view
+        self.encoder = Encoder(backbone, GPaCoProjection(dim, hidden_dim, proj_dim))
+        self.fc = nn.Linear(dim, num_classes)
+        self.queue = FeatureQueue(queue_size, proj_dim, num_classes, global_batch)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder.backbone
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Logits [B, C] (the projection is not needed)."""
+        return self.fc(self.encoder.backbone(x))
+
+    def forward(
+        self, im_q: Tensor, im_k: Optional[Tensor] = None, labels: Optional[Tensor] = None
+    ) -> Union[Tensor, ContrastiveOutput]:
+        if not self.training or labels is None or (im_k is None and not self.single_view):
+            return self.classify(im_q)
+        labels = labels.long()
+        pooled_q, z_q = self.encoder(im_q)
+        q = F.normalize(z_q, dim=1)
+        queue_feats, queue_labels = self.queue.snapshot()
+        if self.single_view:
+            out = ContrastiveOutput(
+                torch.cat([q, queue_feats], dim=0), torch.cat([labels, queue_labels], dim=0),
+                self.fc(pooled_q), q.shape[0],
+            )
+            self.queue.enqueue(q.detach(), labels)
+            return out
+        pooled_k, z_k = self.encoder(im_k)  # separate pass: per-view BN statistics
+        k = F.normalize(z_k, dim=1)
+        out = ContrastiveOutput(
+            torch.cat([q, k, queue_feats], dim=0),
+            torch.cat([labels, labels, queue_labels], dim=0),
+            torch.cat([self.fc(pooled_q), self.fc(pooled_k)], dim=0),
+            2 * q.shape[0],
+        )
+        self.queue.enqueue(k.detach(), labels)
+        return out
+
+
+METHODS = ("ce", "balanced_ce", "paco", "gpaco", "multitask")
+# Keyword arguments that only some model classes take; build_model drops the others so
+# a training driver can pass one uniform set.
+_CONTRASTIVE_ONLY = {"proj_dim", "hidden_dim", "queue_size", "momentum", "global_batch",
+                     "normalize_pooled", "single_view"}
+
+
+def build_model(method: str, arch: Union[str, nn.Module], num_classes: int, **kw: Any) -> nn.Module:
+    """Model for a training method.
+
+    ``ce``/``balanced_ce`` -> :class:`Classifier`; ``paco`` -> :class:`PaCoModel`;
+    ``gpaco``/``multitask`` -> :class:`GPaCoModel`. ``kw`` go to the constructor
+    (``pretrained``, ``drop_path_rate``, ``proj_dim``, ``queue_size``...); options that
+    the chosen model does not have (e.g. ``queue_size`` for ``ce``, ``momentum`` for
+    ``gpaco``, which has no momentum encoder) are ignored.
+    """
+    method = method.lower()
+    if method in ("ce", "balanced_ce"):
+        kw = {k: v for k, v in kw.items() if k not in _CONTRASTIVE_ONLY}
+        backbone, dim = _make_backbone(arch, kw.pop("feat_dim", None), kw.pop("pretrained", False),
+                                       kw.pop("drop_path_rate", 0.0), kw.pop("backbone_kwargs", None))
+        if kw:
+            raise TypeError(f"build_model('{method}') got unexpected arguments {sorted(kw)}")
+        return Classifier(backbone, dim, num_classes)
+    if method == "paco":
+        if kw.pop("single_view", False):
+            raise ValueError("single_view is a GPaCo option; PaCo always uses two views")
+        return PaCoModel(arch, num_classes, **kw)
+    if method in ("gpaco", "multitask"):
+        kw.pop("momentum", None)
+        kw.pop("normalize_pooled", None)
+        return GPaCoModel(arch, num_classes, **kw)
+    raise ValueError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# PaCo, ImageNet-LT, ResNeXt-50 32x4d: train.
+#
+# Paper row: PaCo (ICCV 2021) ImageNet-LT, ResNeXt-50 32x4d: 58.2 top-1 (README table).
+# Original: PaCo/LT/sh/ImageNetLT_train_X50.sh (paco_lt.py); 4 GPUs, total batch 128.
+# --batch-size is the GLOBAL batch: 128 on any GPU count (NGPUS=4 -> 32/GPU); lr is not rescaled.
+# Hyperparameters (SPEC 3.4): 400 epochs, SGD lr 0.02 (10 warmup + cosine, per epoch),
+# wd 5e-4, alpha 0.05, beta = gamma = 1, T 0.07, K 8192, dim 128, key-encoder m 0.999,
+# log-prior on, aug randclsstack_sim (RandAugment n 2, m 10).
+#
+# Data: DATA_ROOT is the ImageNet-2012 folder (train/, val/) holding the ImageNet-LT split
+# lists ImageNet_LT_{train,val,test}.txt ('relative/path label' lines). best.pth is
+# selected on ImageNet_LT_val (20k images from the train folder); metrics.json reports
+# ImageNet_LT_test (50k = the ImageNet val set), the split of the paper's number (the
+# original also selected its checkpoint on it).
+# Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
+# MASTER_PORT, DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent), EXTRA_ARGS="--flag value" (appended last:
+# overrides any flag here). Relative paths are relative to the repository root.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+DATA_ROOT="${DATA_ROOT:-data/imagenet}"
+TRAIN_LIST="${TRAIN_LIST:-$DATA_ROOT/ImageNet_LT_train.txt}"
+VAL_LIST="${VAL_LIST:-$DATA_ROOT/ImageNet_LT_val.txt}"
+TEST_LIST="${TEST_LIST:-$DATA_ROOT/ImageNet_LT_test.txt}"
+OUTPUT_DIR="${OUTPUT_DIR:-runs/PaCo/LT/ImageNetLT_train_X50}"
+exec bash "$ROOT/sh/launch.sh" tools/train.py \
+    --method paco --arch resnext50_32x4d \
+    --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$TEST_LIST" \
+    --num-classes 1000 --image-size 224 --norm imagenet \
+    --epochs 400 --batch-size 128 --lr 0.02 --wd 5e-4 --schedule cosine --warmup-epochs 10 \
+    --alpha 0.05 --beta 1.0 --gamma 1.0 --temperature 0.07 --queue-size 8192 --proj-dim 128 --momentum-encoder 0.999 --prior \
+    --aug randclsstack_sim --randaug-n 2 --randaug-m 10 \
+    --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto

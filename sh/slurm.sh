@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Run any recipe under SLURM: one torchrun per node (via srun), all nodes rendezvousing on
+# the job's first host.
+#
+#   bash sh/slurm.sh RECIPE [sbatch args...]
+#   bash sh/slurm.sh sh/GPaCo/ImageNet/train_resnet50.sh --nodes=2 --gpus-per-node=4 --partition=gpu --time=72:00:00
+#
+# Outside a job this submits itself with sbatch (the sbatch args pass through, one task per
+# node is forced). Inside an allocation (the batch job, or an `salloc` shell) it runs srun
+# directly. Recipe variables (DATA_ROOT, OUTPUT_DIR, EXTRA_ARGS, ...) are exported into the
+# job. Train recipes use `--resume auto`, so a requeued/preempted job continues.
+#SBATCH --job-name=gpaco
+#SBATCH --ntasks-per-node=1
+#SBATCH --output=slurm-%j.out
+set -euo pipefail
+
+if [ $# -lt 1 ]; then
+    echo "usage: bash sh/slurm.sh RECIPE [sbatch args...]" >&2
+    exit 2
+fi
+RECIPE="$1"
+shift
+
+if [ -z "${SLURM_JOB_ID:-}" ]; then
+    # Submit. sbatch copies this file to a spool folder, so pass the repo root and an
+    # absolute recipe path along.
+    ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    RECIPE="$(cd "$(dirname "$RECIPE")" && pwd)/$(basename "$RECIPE")"
+    [ -f "$RECIPE" ] || { echo "error: no recipe $RECIPE" >&2; exit 2; }
+    exec sbatch --ntasks-per-node=1 --chdir="$ROOT" --export=ALL,GPACO_ROOT="$ROOT" "$@" \
+        "$ROOT/sh/slurm.sh" "$RECIPE"
+fi
+
+# Inside the allocation.
+cd "${GPACO_ROOT:-${SLURM_SUBMIT_DIR:-.}}"
+export NNODES="${SLURM_NNODES:-1}"
+export MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}"
+# A port derived from the job id, so two jobs sharing a node do not collide.
+export MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"
+# GPUs per node: SLURM_GPUS_ON_NODE (--gpus-per-node / --gres), else SLURM_GPUS_PER_NODE
+# ("8" or "a100:8"); if neither is set, launch.sh counts the visible GPUs itself.
+if [ -z "${NGPUS:-}" ]; then
+    if [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then
+        export NGPUS="$SLURM_GPUS_ON_NODE"
+    elif [ -n "${SLURM_GPUS_PER_NODE:-}" ]; then
+        export NGPUS="${SLURM_GPUS_PER_NODE##*:}"
+    fi
+fi
+echo "[slurm] job $SLURM_JOB_ID: $NNODES node(s), master $MASTER_ADDR:$MASTER_PORT, NGPUS=${NGPUS:-auto}, recipe $RECIPE"
+
+# One task per node; NODE_RANK comes from that task's SLURM_NODEID (evaluated on each node).
+exec srun --nodes="$NNODES" --ntasks="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \
+    bash -c 'export NODE_RANK="$SLURM_NODEID"; exec bash "$0"' "$RECIPE"

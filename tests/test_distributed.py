@@ -1,0 +1,94 @@
+"""Two CPU processes under torchrun (gloo): queue gathering and shuffle-BN across ranks.
+
+One torchrun launch (~10 s) serves every test of the module.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+NPROC = 2
+LOCAL_BATCH = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+               HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
+           str(WORKER), str(out_dir)]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"torchrun timed out after 120 s\nstdout:\n{err.stdout}\nstderr:\n{err.stderr}")
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode})\nstdout:\n{proc.stdout[-3000:]}\n" \
+                                 f"stderr:\n{proc.stderr[-6000:]}"
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(NPROC)]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("method", ["paco", "gpaco"])
+def test_queue_identical_and_holds_every_rank_keys(ranks, method):
+    res = [r[method] for r in ranks]
+    assert all(r["num_anchors"] == (1 if method == "paco" else 2) * LOCAL_BATCH for r in res)
+    # identical queues on every rank
+    for r in res[1:]:
+        assert torch.equal(r["queue"], res[0]["queue"])
+        assert torch.equal(r["queue_labels"], res[0]["queue_labels"])
+        assert torch.equal(r["queue_before"], res[0]["queue_before"])
+    global_batch = LOCAL_BATCH * NPROC
+    assert all(r["ptr"].item() == global_batch for r in res)
+    # slot block `rank` holds that rank's keys and labels, in rank order
+    for rank, r in enumerate(res):
+        sl = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        assert torch.equal(res[0]["queue"][sl], r["keys"])
+        assert torch.equal(res[0]["queue_labels"][sl], r["labels"])
+    assert not torch.equal(res[0]["keys"], res[1]["keys"])  # different data per rank
+    # the rest of the queue is untouched
+    assert torch.equal(res[0]["queue"][global_batch:], res[0]["queue_before"][global_batch:])
+    assert torch.equal(res[0]["queue_labels"][global_batch:], res[0]["labels_before"][global_batch:])
+    # DDP kept the trained classifier in sync
+    assert torch.allclose(res[0]["fc_weight"], res[1]["fc_weight"], atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_paco_keys_return_to_their_rank(ranks):
+    for r in ranks:
+        assert torch.allclose(r["paco_key_order"]["keys"], r["paco_key_order"]["expected"], atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_batch_shuffle_across_ranks(ranks):
+    sh = [r["shuffle"] for r in ranks]
+    for s in sh:
+        assert torch.equal(s["restored"], s["x"])  # exact order restored
+        assert torch.equal(s["unshuffle_idx"], sh[0]["unshuffle_idx"])  # rank 0's permutation everywhere
+    global_x = torch.cat([s["x"] for s in sh])
+    perm = torch.argsort(sh[0]["unshuffle_idx"])
+    chunk = global_x.shape[0] // NPROC
+    for rank, s in enumerate(sh):
+        assert torch.equal(s["shuffled"], global_x[perm[rank * chunk:(rank + 1) * chunk]])
+    # the shuffle really mixed the ranks: rank 0 received some of rank 1's samples
+    own = set(sh[0]["x"][:, 0].tolist())
+    assert not set(sh[0]["shuffled"][:, 0].tolist()) <= own
+    assert torch.equal(torch.cat([s["shuffled"] for s in sh]).sort(dim=0).values, global_x)
+    assert all(s["sum"].item() == sum(range(1, NPROC + 1)) for s in sh)
