@@ -23,7 +23,8 @@ def build_eval_parser() -> argparse.ArgumentParser:
                                 "many/medium/few and per-class accuracy, exact under torchrun.")
     add_data_flags(p)
     add_model_flags(p)
-    p.set_defaults(method=None, arch=None)
+    # Unset model/data flags fall back to the checkpoint's training flags, then to the defaults.
+    p.set_defaults(method=None, arch=None, proj_dim=None, queue_size=None, norm=None, image_size=None)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by tools/train.py (best.pth, checkpoint.pth)")
     p.add_argument("--batch-size", "-b", type=int, default=128, help="global evaluation batch")
     p.add_argument("--output-dir", default=None, help="where metrics.json and per_class.* go "
@@ -45,8 +46,8 @@ def run(args: argparse.Namespace) -> dict:
     elif not args.dry_run:
         raise FlagError(f"--checkpoint {args.checkpoint}: no such file")
     meta = ckpt or {}
-    method = args.method or meta.get("method") or "ce"
-    arch = args.arch or meta.get("arch") or "resnet50"
+    resolve_from_checkpoint(args, meta.get("args") or {})
+    method, arch = args.method, args.arch
     if method not in METHODS:
         raise FlagError(f"--method {method} is not one of {METHODS}")
     num_classes = args.num_classes or meta.get("num_classes")
@@ -95,6 +96,18 @@ def run(args: argparse.Namespace) -> dict:
         print_main(f"wrote {out}/metrics.json")
     cleanup()
     return metrics
+
+
+FALLBACKS = {"method": "ce", "arch": "resnet50", "proj_dim": 128, "queue_size": 8192, "norm": "imagenet",
+             "image_size": 224}
+
+
+def resolve_from_checkpoint(args: argparse.Namespace, train_args: dict) -> None:
+    for name, default in FALLBACKS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, train_args.get(name, default))
+    if args.resize_size is None and train_args.get("resize_size") and args.image_size == train_args.get("image_size"):
+        args.resize_size = train_args["resize_size"]
 
 
 def data_available_for_eval(args: argparse.Namespace) -> bool:

@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> dict:
     print_main(f"processes {world} on {device.type}, global batch {args.batch_size} = {per_process_batch} per "
                f"process, lr {args.lr} for the global batch (not rescaled), {args.epochs} epochs")
 
+    if args.dry_run and args.pretrained and not os.path.exists(args.pretrained):
+        print_main(f"warning: --pretrained {args.pretrained} not found; the dry run uses random weights")
+        args.pretrained = None
     model = build_model(args.method, args.arch, num_classes, proj_dim=args.proj_dim, queue_size=args.queue_size,
                         momentum=args.momentum_encoder, pretrained=args.pretrained,
                         global_batch=args.batch_size)

@@ -2,7 +2,8 @@
 # Multi-task baseline (CE + alpha * SupCon), full CIFAR-100, ResNet-50 (CIFAR stem): train.
 #
 # Paper row: multi-task CIFAR-100, ResNet-50: 79.1 top-1 (README "CIFAR Classification").
-# Original: GPaCo/LT/sh/CIFAR/CIFAR100_train_multitask.sh (G multitask_cifar.py); batch 128 (GPU count not stated).
+# Original: GPaCo/LT/sh/CIFAR/CIFAR100_train_multitask.sh (G multitask_cifar.py);
+# batch 128 (GPU count not stated).
 # --batch-size is the GLOBAL batch: 128 on any GPU count; lr is not rescaled.
 # Hyperparameters (SPEC 3.4): balanced CIFAR-100 (--imb-factor 1.0), SupCon-style ResNet-50
 # (3x3 stem, no max-pool, feature 2048), 400 epochs, SGD lr 0.05 with the CIFAR step
@@ -15,8 +16,9 @@
 # (seed 0); validation and the report are both the full CIFAR-100 test set, as in the
 # original (there is no selection split).
 # Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
-# MASTER_PORT, DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent), EXTRA_ARGS="--flag value" (appended last:
-# overrides any flag here). Relative paths are relative to the repository root.
+# MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent);
+# EXTRA_ARGS="--flag value" (appended last: overrides any flag here). Relative paths are
+# relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 DATA_ROOT="${DATA_ROOT:-data/cifar}"

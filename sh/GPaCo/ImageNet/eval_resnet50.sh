@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # GPaCo, full ImageNet-1k, ResNet-50: evaluate a checkpoint (clean val top-1/top-5).
 #
-# Paper row: GPaCo full ImageNet, ResNet-50: 79.7 top-1. Original: GPaCo/LT/sh/ImageNet/eval_resnet50.sh
+# Paper row: GPaCo full ImageNet, ResNet-50: 79.7 top-1.
+# Original: GPaCo/LT/sh/ImageNet/eval_resnet50.sh
 # (--evaluate --resume ...). CHECKPOINT defaults to the best.pth of
 # sh/GPaCo/ImageNet/train_resnet50.sh (a gpaco checkpoint).
 #
 # Data: DATA_ROOT is the ImageNet-2012 folder with val.txt; the report is on the 50k val set.
 # Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
-# MASTER_PORT, DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent), EXTRA_ARGS="--flag value" (appended last:
-# overrides any flag here). Relative paths are relative to the repository root.
+# MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent);
+# EXTRA_ARGS="--flag value" (appended last: overrides any flag here). Relative paths are
+# relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 DATA_ROOT="${DATA_ROOT:-data/imagenet}"

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # GPaCo, iNaturalist 2018, ResNet-50: evaluate a checkpoint.
 #
-# Paper row: GPaCo iNaturalist 2018, ResNet-50: 75.4 top-1. Original: GPaCo/LT/sh/LT/Inat_eval_R50.sh.
+# Paper row: GPaCo iNaturalist 2018, ResNet-50: 75.4 top-1.
+# Original: GPaCo/LT/sh/LT/Inat_eval_R50.sh.
 # CHECKPOINT defaults to the best.pth of sh/GPaCo/LT/Inat_train_R50.sh (a gpaco checkpoint).
 #
 # Data: DATA_ROOT is the iNaturalist 2018 folder with iNaturalist18_{train,val}.txt; the
 # report is on iNaturalist18_val.txt (the paper's split; there is no labelled test set).
 # Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
-# MASTER_PORT, DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent), EXTRA_ARGS="--flag value" (appended last:
-# overrides any flag here). Relative paths are relative to the repository root.
+# MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent);
+# EXTRA_ARGS="--flag value" (appended last: overrides any flag here). Relative paths are
+# relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 DATA_ROOT="${DATA_ROOT:-data/inat2018}"

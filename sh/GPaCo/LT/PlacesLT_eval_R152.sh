@@ -9,8 +9,9 @@
 # Places_LT_test (36,500). The paper's number is on Places_LT_val (7,300):
 # TEST_LIST=$DATA_ROOT/Places_LT_val.txt reproduces that protocol.
 # Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
-# MASTER_PORT, DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent), EXTRA_ARGS="--flag value" (appended last:
-# overrides any flag here). Relative paths are relative to the repository root.
+# MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent);
+# EXTRA_ARGS="--flag value" (appended last: overrides any flag here). Relative paths are
+# relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 DATA_ROOT="${DATA_ROOT:-data/places365}"

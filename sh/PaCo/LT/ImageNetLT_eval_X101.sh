@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # PaCo, ImageNet-LT, ResNeXt-101 32x4d: evaluate a checkpoint.
 #
-# Paper row: PaCo ImageNet-LT, ResNeXt-101 32x4d: 60.0 top-1. Original: PaCo/LT/sh/ImageNetLT_eval_X101.sh
+# Paper row: PaCo ImageNet-LT, ResNeXt-101 32x4d: 60.0 top-1.
+# Original: PaCo/LT/sh/ImageNetLT_eval_X101.sh
 # (--evaluate --reload pretrained_models/...). CHECKPOINT defaults to the best.pth of
 # sh/PaCo/LT/ImageNetLT_train_X101.sh; it must be a gpaco checkpoint (tools/train.py), the
 # original's .pth files are a different format. Writes metrics.json, per-class accuracy
@@ -10,8 +11,9 @@
 # Data: DATA_ROOT is the ImageNet-2012 folder with ImageNet_LT_{train,test}.txt; the report is
 # on ImageNet_LT_test (50k = the ImageNet val set), many/medium/few from the train counts.
 # Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
-# MASTER_PORT, DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent), EXTRA_ARGS="--flag value" (appended last:
-# overrides any flag here). Relative paths are relative to the repository root.
+# MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent);
+# EXTRA_ARGS="--flag value" (appended last: overrides any flag here). Relative paths are
+# relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 DATA_ROOT="${DATA_ROOT:-data/imagenet}"
