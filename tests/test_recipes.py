@@ -34,6 +34,7 @@ INFRA_NAMES = {"launch.sh", "slurm.sh", "setup_env.sh", "test.sh"}
 ENTRY_MODULES: Dict[str, str] = {
     "tools/train.py": "gpaco.engine.trainer",
     "tools/eval.py": "gpaco.engine.evaluator",
+    "tools/train_seg.py": "gpaco.engine.seg", "tools/eval_seg.py": "gpaco.engine.seg_eval",
 }
 # Environment the recipes read that must not leak in from the caller's shell.
 RECIPE_ENV = ("DATA_ROOT", "TRAIN_LIST", "VAL_LIST", "TEST_LIST", "OUTPUT_DIR", "CHECKPOINT", "TRAIN_DIR",
@@ -147,7 +148,7 @@ def test_recipe_argv(recipe, tmp_path):
         from gpaco.data.transforms import SINGLE_VIEW_STRATEGIES, TWO_VIEW_STRATEGIES
 
         assert args.aug in TWO_VIEW_STRATEGIES or args.aug in SINGLE_VIEW_STRATEGIES, args.aug
-        if args.method in ("paco", "gpaco", "multitask"):
+        if args.method in ("paco", "gpaco", "multitask") and not args.single_view:
             assert args.aug in TWO_VIEW_STRATEGIES, f"{args.method} needs a two-view --aug, got {args.aug}"
             assert args.queue_size % args.batch_size == 0, "K must be a multiple of the global batch"
         assert args.resume == "auto", "train recipes resume automatically"

@@ -75,7 +75,8 @@ def build_eval_dataset(args: argparse.Namespace, list_path: Optional[str], *, nu
                        synthetic: bool = False) -> Optional[Dataset]:
     """The val/test split (None if not given); CIFAR's test set for the CIFAR datasets."""
     mean, std = _normalization(args)
-    transform = build_eval_transform(args.image_size, resize_size=args.resize_size, mean=mean, std=std)
+    transform = build_eval_transform(args.image_size, resize_size=args.resize_size, mean=mean, std=std,
+                                     interpolation=getattr(args, "interpolation", "bilinear"))
     if synthetic:
         return SyntheticDataset(16, num_classes, args.image_size, transform, seed=1)
     if args.dataset.startswith("cifar"):

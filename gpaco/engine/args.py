@@ -36,6 +36,8 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
                                                                   "(default image-size / 0.875)")
     g.add_argument("--norm", default="imagenet", choices=("imagenet", "inat", "cifar", "mnist"),
                    help="normalisation statistics")
+    g.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic"),
+                   help="resize interpolation of the evaluation transform (ResNets: bilinear; MAE ViTs: bicubic)")
     g.add_argument("--workers", "-j", type=int, default=4, help="data loader workers per process")
     g.add_argument("--allow-outside-root", action="store_true",
                    help="accept split lines whose paths leave --data-root (absolute or '..')")
@@ -46,7 +48,8 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--arch", "-a", default="resnet50", help="resnet50/101/152/200, resnext50_32x4d, "
-                   "resnext101_32x4d, resnet32/resnet20/resnet8 (CIFAR), resnet50_cifar, any timm name")
+                   "resnext101_32x4d, resnet32/resnet20/resnet8 (CIFAR), resnet50_cifar, mae_vit_base_patch16, "
+                   "mae_vit_large_patch16 (MAE fine-tuning ViTs: avg pool + fc_norm), any timm name")
     g.add_argument("--method", default="gpaco", choices=METHODS)
     g.add_argument("--pretrained", default=None,
                    help="local weights file for the backbone (nothing is downloaded)")
@@ -72,8 +75,20 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("augmentation")
     g.add_argument("--aug", default=None, help="augmentation strategy by the original's names: randcls_sim, "
                    "randclsstack_sim, randcls_randclsstack, sim_sim, cifar100, ... (default per method)")
+    g.add_argument("--single-view", action=argparse.BooleanOptionalAction, default=False,
+                   help="GPaCo with one view: features cat(q, queue), B anchors, q enqueued; needs a "
+                        "single-view --aug (default randclsstack)")
     g.add_argument("--randaug-n", type=int, default=2)
     g.add_argument("--randaug-m", type=int, default=10)
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (> 0 enables; CE baselines only)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (> 0 enables; CE baselines only)")
+    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5,
+                   help="probability of cutmix instead of mixup when both are on")
+    g.add_argument("--reprob", type=float, default=0.0,
+                   help="random erasing probability per image (timm RandomErasing, applied to every view)")
+    g.add_argument("--remode", default="pixel", choices=("pixel", "rand", "const"), help="random erasing fill")
+    g.add_argument("--recount", type=int, default=1, help="random erasing boxes per image")
 
     g = p.add_argument_group("loss")
     g.add_argument("--alpha", type=float, default=0.05, help="weight of the sample positives")
@@ -89,13 +104,37 @@ def build_train_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=400)
-    g.add_argument("--batch-size", "-b", type=int, default=128, help="GLOBAL batch over all processes")
+    g.add_argument("--batch-size", "-b", type=int, default=128,
+                   help="GLOBAL batch over all processes per forward (micro-batch); one optimizer step "
+                        "sees batch-size x accum-iter images")
+    g.add_argument("--accum-iter", type=int, default=1,
+                   help="gradient accumulation: micro-batches per optimizer step (the queue is still "
+                        "updated every micro-batch, as the original)")
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                   help="sgd: one group, weight decay on everything (ResNet recipes); adamw: no weight "
+                        "decay on biases, norms, pos/cls tokens (MAE fine-tuning)")
     g.add_argument("--lr", type=float, default=0.02, help="learning rate for the global batch (no rescaling)")
+    g.add_argument("--blr", type=float, default=None,
+                   help="base LR: if given, lr = blr * batch-size * accum-iter / 256 (overrides --lr)")
+    g.add_argument("--min-lr", type=float, default=1e-6, help="floor of the mae_cosine schedule")
+    g.add_argument("--layer-decay", type=float, default=None,
+                   help="layer-wise LR decay of a ViT (MAE: 0.65 ViT-B, 0.75 ViT-L); default off")
     g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--wd", type=float, default=5e-4, help="weight decay (all parameters, as the original)")
-    g.add_argument("--schedule", default="cosine", choices=("cosine", "step_cifar"),
-                   help="cosine: per-epoch warmup + cosine; step_cifar: the CIFAR warmup + steps at 320/360")
+    g.add_argument("--wd", type=float, default=5e-4, help="weight decay (sgd: all parameters, as the original)")
+    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (default: off)")
+    g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (timm backbones)")
+    g.add_argument("--schedule", "--sched", default="cosine",
+                   choices=("cosine", "cosine_epoch", "step_cifar", "mae_cosine"),
+                   help="cosine (= cosine_epoch): per-epoch warmup + off-by-one cosine; step_cifar: the CIFAR "
+                        "warmup + steps at 320/360; mae_cosine: per-iteration warmup + half-cycle cosine to "
+                        "--min-lr (MAE fine-tuning)")
     g.add_argument("--warmup-epochs", type=int, default=10)
+    g.add_argument("--finetune", default=None, metavar="PATH",
+                   help="local MAE pre-training checkpoint ({'model': ...}) for a ViT backbone: the head is "
+                        "dropped, pos_embed resampled, the rest loaded non-strictly; the class centers start "
+                        "from trunc-normal(2e-5). Ignored when resuming")
+    g.add_argument("--proj-act", default="auto", choices=("auto", "relu", "gelu"),
+                   help="activation of the GPaCo projection MLP; auto: gelu for ViTs (MAE), relu otherwise")
     g.add_argument("--freeze", default="none", choices=("none", "all_but_last_block"),
                    help="all_but_last_block: Places-LT fine-tuning (convs frozen except the last bottleneck)")
 
@@ -130,6 +169,30 @@ def validate_train_args(args: argparse.Namespace) -> None:
         raise FlagError(f"--epochs must be > 0, got {args.epochs}")
     if args.lr <= 0:
         raise FlagError(f"--lr must be > 0, got {args.lr}")
+    if args.schedule == "cosine_epoch":
+        args.schedule = "cosine"
+    if args.accum_iter < 1:
+        raise FlagError(f"--accum-iter must be >= 1, got {args.accum_iter}")
+    if args.blr is not None:
+        if args.blr <= 0:
+            raise FlagError(f"--blr must be > 0, got {args.blr}")
+        args.lr = args.blr * args.batch_size * args.accum_iter / 256
+    if args.layer_decay is not None and not 0.0 < args.layer_decay <= 1.0:
+        raise FlagError(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
+    if args.min_lr < 0:
+        raise FlagError(f"--min-lr must be >= 0, got {args.min_lr}")
+    if args.schedule == "mae_cosine" and args.warmup_epochs >= args.epochs:
+        raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be < --epochs ({args.epochs}) with "
+                        f"--schedule mae_cosine")
+    if not 0.0 <= args.drop_path < 1.0:
+        raise FlagError(f"--drop-path must be in [0, 1), got {args.drop_path}")
+    if args.mixup < 0 or args.cutmix < 0 or not 0.0 <= args.reprob <= 1.0:
+        raise FlagError("--mixup and --cutmix must be >= 0 and --reprob in [0, 1]")
+    if (args.mixup > 0 or args.cutmix > 0) and args.method not in ("ce", "balanced_ce"):
+        raise FlagError(f"--mixup/--cutmix mix the labels, which --method {args.method} needs unmixed; "
+                        f"use them with --method ce (the MAE baseline)")
+    if args.single_view and args.method != "gpaco":
+        raise FlagError(f"--single-view is a GPaCo option, not --method {args.method}")
     if args.temperature <= 0:
         raise FlagError(f"--temperature must be > 0, got {args.temperature}")
     if args.method in CONTRASTIVE_METHODS and args.queue_size < 0:
@@ -138,6 +201,8 @@ def validate_train_args(args: argparse.Namespace) -> None:
         raise FlagError("--train-list is required with --dataset split")
     if not 0.0 <= args.smoothing < 1.0 or not 0.0 <= args.label_smoothing < 1.0:
         raise FlagError("--smoothing and --label-smoothing must be in [0, 1)")
+    if args.aug is None and args.single_view:
+        args.aug = "randclsstack"
     if args.aug is None:
         cifar = args.dataset.startswith("cifar")
         args.aug = {
@@ -146,3 +211,9 @@ def validate_train_args(args: argparse.Namespace) -> None:
             ("multitask", False): "randcls_randclsstack",
             ("ce", True): "cifar_regular", ("balanced_ce", True): "cifar_regular",
         }.get((args.method, cifar), "cifar100" if cifar else "randcls_sim")
+    if args.single_view:
+        from gpaco.data.transforms import SINGLE_VIEW_STRATEGIES
+
+        if args.aug not in SINGLE_VIEW_STRATEGIES:
+            raise FlagError(f"--single-view needs a single-view --aug ({', '.join(SINGLE_VIEW_STRATEGIES)}), "
+                            f"got {args.aug}")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gpaco.engine.logging import print_main, progress_line
+from gpaco.engine.schedule import LRSchedule
 from gpaco.metrics import ClassificationMeter
 
 
@@ -31,13 +32,24 @@ def to_device(images, device: torch.device, channels_last: bool):
     return images.to(device, non_blocking=True, memory_format=fmt)
 
 
-def forward_train(model: nn.Module, images, targets: torch.Tensor):
-    """Two-view contrastive models take (view1, view2, labels); classifiers take one image batch."""
+def forward_train(model: nn.Module, images, targets: torch.Tensor, single_view: bool = False):
+    """Two-view contrastive models take (view1, view2, labels); single-view GPaCo takes
+    (view, None, labels); classifiers take one image batch."""
     if isinstance(images, list):
         if len(images) == 2:
             return model(images[0], images[1], targets)
         return model(images[0], None, targets)
+    if single_view:
+        return model(images, None, targets)
     return model(images)
+
+
+def _sync_context(model: nn.Module, sync: bool):
+    """DDP ``no_sync`` for the micro-batches that do not end an accumulation cycle."""
+    no_sync = getattr(model, "no_sync", None)
+    if sync or no_sync is None:
+        return contextlib.nullcontext()
+    return no_sync()
 
 
 def train_one_epoch(
@@ -54,30 +66,72 @@ def train_one_epoch(
     print_freq: int = 20,
     max_steps: Optional[int] = None,
     world_size: int = 1,
+    accum_iter: int = 1,
+    lr_schedule: Optional[LRSchedule] = None,
+    mixup_fn: Optional[Callable] = None,
+    random_erasing: Optional[Callable] = None,
+    clip_grad: Optional[float] = None,
+    single_view: bool = False,
 ) -> Dict[str, float]:
-    """Returns the epoch's mean loss, train top-1 (view 1) and throughput."""
+    """Returns the epoch's mean loss, train top-1 (view 1) and throughput (and, with a
+    per-iteration schedule, ``lr``: the last LR it set).
+
+    ``accum_iter``: an optimizer step every ``accum_iter`` micro-batches (loss divided by
+    it; DDP gradient sync only on the last one). A trailing incomplete cycle at the end of
+    the epoch is discarded, as MAE's loop does (its gradients are zeroed).
+    ``lr_schedule``: a per-iteration schedule (``mae_cosine``) sets the LR at the start of
+    each accumulation cycle from the fractional epoch ``epoch + it / len(loader)``;
+    per-epoch schedules are applied by the caller.
+    ``random_erasing`` (every view) then ``mixup_fn`` (CE baselines: soft targets) act on
+    the batch on the device; train top-1 is measured against the unmixed labels.
+    """
     model.train()
     iters = len(loader) if max_steps is None else min(max_steps, len(loader))
+    per_iteration = lr_schedule is not None and lr_schedule.per_iteration
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+    first = optimizer.param_groups[0]
+    lr = first["lr"] / first.get("lr_scale", 1.0)  # the unscaled LR (layer decay scales the groups)
     start = time.time()
+    optimizer.zero_grad(set_to_none=True)
     for it, (images, targets) in enumerate(loader):
         if it >= iters:
             break
+        if per_iteration and it % accum_iter == 0:
+            lr = lr_schedule(epoch, it, len(loader))
+            LRSchedule.apply(optimizer, lr)
         images = to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
-        with autocast_context(device, amp):
-            output = forward_train(model, images, targets)
-        loss = criterion(output, targets)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch} step {it}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        if random_erasing is not None:
+            images = [random_erasing(v) for v in images] if isinstance(images, list) else random_erasing(images)
+        loss_targets = targets
+        if mixup_fn is not None:
+            images, loss_targets = mixup_fn(images, targets)
+        step_now = (it + 1) % accum_iter == 0
+        # The contrastive models enqueue inside forward, so the queue advances every
+        # micro-batch even with accum_iter > 1 (as the original MAE-ViT GPaCo code).
+        with _sync_context(model, step_now):
+            with autocast_context(device, amp):
+                output = forward_train(model, images, targets, single_view)
+            loss = criterion(output, loss_targets)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch} step {it}")
+            scaled = loss / accum_iter if accum_iter > 1 else loss
+            if scaler is not None:
+                scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        if step_now:
+            if scaler is not None:
+                if clip_grad is not None:
+                    scaler.unscale_(optimizer)
+                    _clip(optimizer, clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                if clip_grad is not None:
+                    _clip(optimizer, clip_grad)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
         logits = output if isinstance(output, torch.Tensor) else output.logits
         batch = targets.shape[0]
@@ -87,9 +141,11 @@ def train_one_epoch(
         steps += 1
         if print_freq and (it % print_freq == 0 or it == iters - 1):
             print_main(progress_line(epoch + 1, it + 1, iters, time.time() - start, seen * world_size,
-                                     loss=loss.item(), lr=optimizer.param_groups[0]["lr"]))
+                                     loss=loss.item(), lr=lr))
+    optimizer.zero_grad(set_to_none=True)  # drop a trailing incomplete accumulation cycle
     elapsed = time.time() - start
     return {
+        **({"lr": lr} if per_iteration else {}),
         "train_loss": loss_sum / max(steps, 1),
         "train_top1": 100.0 * correct / max(seen, 1),
         "train_images_per_s": seen * world_size / max(elapsed, 1e-9),
@@ -133,6 +189,11 @@ def evaluate(
     if return_logits:
         return metrics, (torch.cat(all_logits) if all_logits else torch.zeros(0, num_classes))
     return metrics
+
+
+def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def finite_or_none(x: float) -> Optional[float]:

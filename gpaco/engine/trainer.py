@@ -26,9 +26,11 @@ from gpaco.engine.checkpoint import (
 from gpaco.engine.criterion import Criterion
 from gpaco.engine.logging import RunLogger, print_main, save_args_yaml, to_jsonable
 from gpaco.engine.loop import evaluate, train_one_epoch
+from gpaco.engine.optim import build_optimizer
 from gpaco.engine.report import write_eval_report
-from gpaco.engine.schedule import lr_at_epoch_cifar_step, lr_at_epoch_cosine
+from gpaco.engine.schedule import LRSchedule, build_schedule, lr_at_epoch_cifar_step, lr_at_epoch_cosine
 from gpaco.models import build_model
+from gpaco.models.vit import init_center_head, is_vit, load_mae_checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -38,9 +40,75 @@ def seed_everything(seed: int) -> None:
 
 
 def epoch_lr(args: argparse.Namespace, epoch: int) -> float:
+    """LR of a per-epoch schedule (kept for callers; the trainer uses :func:`build_lr_schedule`)."""
     if args.schedule == "step_cifar":
         return lr_at_epoch_cifar_step(epoch, base_lr=args.lr, warmup_epochs=args.warmup_epochs)
     return lr_at_epoch_cosine(epoch, base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
+
+
+def build_lr_schedule(args: argparse.Namespace) -> LRSchedule:
+    """The ``--schedule`` of a run at its resolved ``--lr``: ``sched(epoch, it, iters_per_epoch)``.
+
+    Per-epoch schedules (cosine, step_cifar) ignore the iteration and are applied once per
+    epoch; ``mae_cosine`` is applied by the loop at every optimizer step.
+    """
+    if args.schedule == "step_cifar":
+        return build_schedule("step_cifar", base_lr=args.lr, warmup_epochs=args.warmup_epochs)
+    if args.schedule == "mae_cosine":
+        return build_schedule("mae_cosine", base_lr=args.lr, min_lr=args.min_lr, epochs=args.epochs,
+                              warmup_epochs=args.warmup_epochs)
+    return build_schedule("cosine", base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """build_model keywords of the training flags (ViTs: drop path, the training grid, GELU MLP)."""
+    kw = dict(proj_dim=args.proj_dim, queue_size=args.queue_size, momentum=args.momentum_encoder,
+              pretrained=args.pretrained, global_batch=args.batch_size)
+    if args.drop_path:
+        kw["drop_path_rate"] = args.drop_path
+    vit = is_vit(args.arch)
+    if vit:
+        kw["backbone_kwargs"] = {"img_size": args.image_size}
+    if args.method == "gpaco":
+        kw["single_view"] = args.single_view
+    if args.method in ("gpaco", "multitask"):
+        act = args.proj_act if args.proj_act != "auto" else ("gelu" if vit else "relu")
+        kw["projection_act"] = act
+    elif args.proj_act == "gelu":
+        raise FlagError(f"--proj-act gelu is for --method gpaco/multitask, not {args.method}")
+    return kw
+
+
+def finetune_from(model: torch.nn.Module, path: str) -> None:
+    """``--finetune``: MAE pre-trained weights into the ViT backbone, fresh class centers."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or not is_vit(backbone):
+        raise FlagError(f"--finetune loads MAE ViT weights into a ViT backbone, not a {type(backbone).__name__}")
+    result = load_mae_checkpoint(backbone, load_checkpoint(path))
+    print_main(f"--finetune {path}: missing {result.missing}, unexpected {result.unexpected}"
+               + (f", dropped head {result.dropped_head}" if result.dropped_head else "")
+               + (f", pos_embed resized {result.pos_embed_resized[0]} -> {result.pos_embed_resized[1]}"
+                  if result.pos_embed_resized else ""))
+    init_center_head(model.fc, std=2e-5)
+
+
+def build_batch_augment(args: argparse.Namespace, num_classes: int, device: torch.device, per_process_batch: int):
+    """(random_erasing, mixup_fn) of the flags, or None each (timm's RandomErasing and Mixup)."""
+    erasing = mixup = None
+    if args.reprob > 0:
+        from timm.data.random_erasing import RandomErasing
+
+        erasing = RandomErasing(args.reprob, mode=args.remode, max_count=args.recount, device=str(device))
+    if args.mixup > 0 or args.cutmix > 0:
+        from timm.data.mixup import Mixup
+
+        if per_process_batch % 2:
+            raise FlagError(f"--mixup/--cutmix pair each image with the batch flipped: the per-process batch "
+                            f"({per_process_batch}) must be even")
+        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                      switch_prob=args.mixup_switch_prob, mode="batch", label_smoothing=args.label_smoothing,
+                      num_classes=num_classes)
+    return erasing, mixup
 
 
 def freeze_all_but_last_block(model: torch.nn.Module) -> int:
@@ -93,23 +161,34 @@ def run(args: argparse.Namespace) -> dict:
 
     print_main(f"gpaco train: {args.method} {args.arch} on {len(train_set)} images, {num_classes} classes"
                f"{' (synthetic stand-in: data root absent)' if synthetic else ''}")
-    print_main(f"processes {world} on {device.type}, global batch {args.batch_size} = {per_process_batch} per "
-               f"process, lr {args.lr} for the global batch (not rescaled), {args.epochs} epochs")
+    if args.accum_iter > 1 or args.blr is not None:
+        lr_note = (f"lr {args.lr:g} = blr {args.blr:g} x {args.batch_size * args.accum_iter} / 256"
+                   if args.blr is not None else f"lr {args.lr} (not rescaled)")
+        print_main(f"processes {world} on {device.type}, global micro-batch {args.batch_size} = {per_process_batch} "
+                   f"per process, {args.accum_iter} per step: effective batch {args.batch_size * args.accum_iter}, "
+                   f"{lr_note}, {args.epochs} epochs")
+    else:
+        print_main(f"processes {world} on {device.type}, global batch {args.batch_size} = {per_process_batch} per "
+                   f"process, lr {args.lr} for the global batch (not rescaled), {args.epochs} epochs")
 
     if args.dry_run and args.pretrained and not os.path.exists(args.pretrained):
         print_main(f"warning: --pretrained {args.pretrained} not found; the dry run uses random weights")
         args.pretrained = None
-    model = build_model(args.method, args.arch, num_classes, proj_dim=args.proj_dim, queue_size=args.queue_size,
-                        momentum=args.momentum_encoder, pretrained=args.pretrained,
-                        global_batch=args.batch_size)
+    model = build_model(args.method, args.arch, num_classes, **model_kwargs(args))
+    out = args.output_dir
+    resume_path = None if args.dry_run else find_resume(out, args.resume)
+    if args.finetune and args.dry_run and not os.path.exists(args.finetune):
+        print_main(f"warning: --finetune {args.finetune} not found; the dry run uses random weights")
+    elif args.finetune and resume_path is None:
+        finetune_from(model, args.finetune)  # a resumed run takes every weight from its checkpoint
     if args.freeze == "all_but_last_block":
         print_main(f"froze {freeze_all_but_last_block(model)} conv layers (all but the last block)")
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     criterion = Criterion.from_args(args, train_counts).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    optimizer = build_optimizer(args, model)
+    schedule = build_lr_schedule(args)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
 
     model_without_ddp = model
@@ -130,10 +209,20 @@ def run(args: argparse.Namespace) -> dict:
         raise FlagError(f"the train split has {len(train_set)} images, fewer than one global batch "
                         f"(--batch-size {args.batch_size}); lower --batch-size")
 
-    loop_kw = dict(device=device, amp=args.amp, channels_last=args.channels_last)
+    amp = args.amp
+    if args.dry_run and device.type == "cpu" and amp == "fp16":
+        # CPU float16 autocast runs at a small fraction of float32 speed (a ViT-B step takes
+        # ~15 s); the dry run autocasts to bfloat16 instead and still goes through the GradScaler.
+        amp = "bf16"
+    loop_kw = dict(device=device, amp=amp, channels_last=args.channels_last)
+    erasing, mixup = build_batch_augment(args, num_classes, device, batch)
+    train_kw = dict(lr_schedule=schedule if schedule.per_iteration else None, random_erasing=erasing,
+                    mixup_fn=mixup, clip_grad=args.clip_grad, single_view=args.single_view, **loop_kw)
     if args.dry_run:
+        # Two micro-batches; with --accum-iter > 1 they form one accumulation cycle, so the
+        # dry run goes through both the no-step and the step path.
         stats = train_one_epoch(train_model, criterion, train_dl, optimizer, scaler, epoch=0, print_freq=1,
-                                max_steps=2, world_size=world, **loop_kw)
+                                max_steps=2, world_size=world, accum_iter=min(args.accum_iter, 2), **train_kw)
         if val_dl is not None or test_dl is not None:
             evaluate(model_without_ddp, val_dl or test_dl, num_classes=num_classes, train_counts=train_counts,
                      max_steps=1, **loop_kw)
@@ -141,11 +230,9 @@ def run(args: argparse.Namespace) -> dict:
         cleanup()
         return {"dry_run": True, **stats}
 
-    out = args.output_dir
     if main_proc:
         check_writable(out)
     start_epoch, best_top1, best_epoch = 0, -1.0, -1
-    resume_path = find_resume(out, args.resume)
     if resume_path:
         ckpt = load_checkpoint(resume_path)
         load_model_state(model_without_ddp, ckpt["model"], resume_path)
@@ -167,11 +254,12 @@ def run(args: argparse.Namespace) -> dict:
         # Every epoch's randomness derives from (seed, epoch, rank): resuming at an epoch
         # boundary reproduces the uninterrupted run exactly.
         seed_everything(args.seed + 100_003 * (epoch + 1) + rank)
-        lr = epoch_lr(args, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = schedule(epoch)  # per-iteration schedules: the LR at the epoch start; the loop sets each step's
+        if not schedule.per_iteration:
+            LRSchedule.apply(optimizer, lr)  # honours the groups' lr_scale (layer decay)
         stats = train_one_epoch(train_model, criterion, train_dl, optimizer, scaler, epoch=epoch,
-                                print_freq=args.print_freq, world_size=world, **loop_kw)
+                                print_freq=args.print_freq, world_size=world, accum_iter=args.accum_iter,
+                                **train_kw)
         record = {"epoch": epoch + 1, "lr": lr, **stats}
         is_best = False
         if val_dl is not None and ((epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs):

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ..distributed import all_gather_nograd, batch_shuffle, batch_unshuffle
 from .backbones import create_backbone
 from .heads import GPaCoProjection, PaCoProjection
+from .vit import MAE_ARCHS, MAEProjection, register_archs
 
 __all__ = [
     "ContrastiveOutput", "FeatureQueue", "Encoder", "Classifier", "PaCoModel", "GPaCoModel",
@@ -121,6 +122,8 @@ def _make_backbone(arch: Union[str, nn.Module], feat_dim: Optional[int], pretrai
         if dim is None:
             raise ValueError("pass feat_dim when giving a backbone module without `num_features`")
         return arch, int(dim)
+    if arch.split(".")[0] in MAE_ARCHS:
+        register_archs()
     return create_backbone(arch, pretrained=pretrained, drop_path_rate=drop_path_rate, **(backbone_kwargs or {}))
 
 
@@ -235,7 +238,8 @@ class GPaCoModel(nn.Module):
     The two views go through two separate forward passes, so BatchNorm statistics are
     per view, as in the original. No momentum encoder, no shuffle-BN.
 
-    Submodules: ``encoder`` (backbone + :class:`GPaCoProjection`), ``fc``, ``queue``.
+    Submodules: ``encoder`` (backbone + :class:`GPaCoProjection`, or :class:`MAEProjection` with
+    ``projection_act="gelu"``), ``fc``, ``queue``.
 
     Training: ``forward(im_q, im_k, labels)`` -> :class:`ContrastiveOutput` with 2B anchors
     (features cat(q, k, queue), logits cat(fc(h_q), fc(h_k))), enqueues k. With
@@ -257,12 +261,18 @@ class GPaCoModel(nn.Module):
         single_view: bool = False,
         feat_dim: Optional[int] = None,
         backbone_kwargs: Optional[Dict[str, Any]] = None,
+        projection_act: str = "relu",
     ) -> None:
         super().__init__()
         backbone, dim = _make_backbone(arch, feat_dim, pretrained, drop_path_rate, backbone_kwargs)
         self.feat_dim, self.num_classes, self.proj_dim = dim, num_classes, proj_dim
         self.single_view = single_view
-        self.encoder = Encoder(backbone, GPaCoProjection(dim, hidden_dim, proj_dim))
+        if projection_act not in ("relu", "gelu"):
+            raise ValueError(f"projection_act must be 'relu' or 'gelu', got {projection_act!r}")
+        # relu: the ResNet recipes' MLP; gelu: the MAE ViT one (gpaco.models.vit.MAEProjection).
+        # Both have the same state-dict keys.
+        projection = GPaCoProjection if projection_act == "relu" else MAEProjection
+        self.encoder = Encoder(backbone, projection(dim, hidden_dim, proj_dim))
         self.fc = nn.Linear(dim, num_classes)
         self.queue = FeatureQueue(queue_size, proj_dim, num_classes, global_batch)
 
@@ -306,7 +316,7 @@ METHODS = ("ce", "balanced_ce", "paco", "gpaco", "multitask")
 # Keyword arguments that only some model classes take; build_model drops the others so
 # a training driver can pass one uniform set.
 _CONTRASTIVE_ONLY = {"proj_dim", "hidden_dim", "queue_size", "momentum", "global_batch",
-                     "normalize_pooled", "single_view"}
+                     "normalize_pooled", "single_view", "projection_act"}
 
 
 def build_model(method: str, arch: Union[str, nn.Module], num_classes: int, **kw: Any) -> nn.Module:
@@ -329,6 +339,8 @@ def build_model(method: str, arch: Union[str, nn.Module], num_classes: int, **kw
     if method == "paco":
         if kw.pop("single_view", False):
             raise ValueError("single_view is a GPaCo option; PaCo always uses two views")
+        if kw.pop("projection_act", "relu") != "relu":
+            raise ValueError("projection_act is a GPaCo option; PaCo's projection is Linear-BN-ReLU-Linear")
         return PaCoModel(arch, num_classes, **kw)
     if method in ("gpaco", "multitask"):
         kw.pop("momentum", None)

@@ -1,0 +1,117 @@
+"""Optimizers and their parameter groups (SPEC §3.1, §3.3).
+
+* ``sgd`` without ``--layer-decay`` (the ResNet recipes): ONE group over every trainable
+  parameter, weight decay on all of them (BN and biases included, as the original).
+* ``adamw`` (MAE ViT fine-tuning): groups by (layer, decay). Layer-wise LR decay gives
+  parameter ``p`` the scale ``layer_decay ** (L + 1 - layer_id(p))`` for a ViT of depth L:
+
+  ============================================  ========
+  parameter (names relative to the ViT)         layer_id
+  ============================================  ========
+  ``cls_token``, ``pos_embed``, ``patch_embed.*``   0
+  ``blocks.i.*``                                 i + 1
+  everything else: ``fc_norm``, and outside the  L + 1 (scale 1)
+  ViT the projection MLP and the centers ``fc``
+  ============================================  ========
+
+  No weight decay for 1-D parameters (biases, LayerNorm weights) and the ViT's
+  ``no_weight_decay()`` set (``pos_embed``, ``cls_token``...). Each group carries
+  ``lr_scale``, which :meth:`gpaco.engine.schedule.LRSchedule.apply` honours.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Dict, Iterable, List, Optional, Set
+
+import torch
+from torch import nn
+
+from gpaco.engine.schedule import apply_lr
+from gpaco.models.vit import find_vit
+
+__all__ = ["vit_layer_id", "param_groups", "build_optimizer", "OPTIMIZERS"]
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def vit_layer_id(name: str, depth: int) -> int:
+    """Layer index of a parameter named relative to a ViT of ``depth`` blocks (0 .. depth + 1)."""
+    if name in ("cls_token", "pos_embed", "reg_token", "dist_token") or name.startswith("patch_embed."):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups(
+    model: nn.Module,
+    *,
+    weight_decay: float,
+    layer_decay: Optional[float] = None,
+    no_weight_decay: Optional[Iterable[str]] = None,
+    decay_1d: bool = False,
+) -> List[Dict]:
+    """Parameter groups with ``weight_decay`` and ``lr_scale`` (and a ``name`` for logs).
+
+    Args:
+        model: any model; layer decay needs a ViT inside it (:func:`gpaco.models.vit.find_vit`).
+        weight_decay: for the decayed parameters.
+        layer_decay: None = every ``lr_scale`` is 1; else the ViT rule above.
+        no_weight_decay: extra full parameter names without weight decay (added to the
+            ViT's ``no_weight_decay()`` names and, unless ``decay_1d``, the 1-D parameters).
+        decay_1d: decay 1-D parameters too.
+    Frozen parameters (``requires_grad=False``) are left out. Groups appear in the order
+    their first parameter appears in ``model.named_parameters()``.
+    """
+    found = find_vit(model)
+    if layer_decay is not None:
+        if found is None:
+            raise ValueError("layer-wise LR decay needs a ViT backbone (a module with `blocks` and `patch_embed`)")
+        if not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    prefix, vit = found if found is not None else ("", None)
+    depth = len(vit.blocks) if vit is not None else 0
+    skip: Set[str] = set(no_weight_decay or ())
+    if vit is not None and hasattr(vit, "no_weight_decay"):
+        skip |= {prefix + n for n in vit.no_weight_decay()}
+
+    groups: Dict[str, Dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = (p.ndim <= 1 and not decay_1d) or name in skip
+        if layer_decay is not None:
+            inside = name.startswith(prefix)
+            layer = vit_layer_id(name[len(prefix):], depth) if inside else depth + 1
+            scale = layer_decay ** (depth + 1 - layer)
+            key = f"layer_{layer}_{'no_decay' if no_decay else 'decay'}"
+        else:
+            scale = 1.0
+            key = "no_decay" if no_decay else "decay"
+        if key not in groups:
+            groups[key] = {"name": key, "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                           "lr_scale": scale}
+        groups[key]["params"].append(p)
+    return list(groups.values())
+
+
+def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of ``--optimizer`` (sgd | adamw) at ``--lr`` (already resolved from ``--blr``).
+
+    ``sgd`` without ``--layer-decay`` is exactly the ResNet recipes' single-group SGD;
+    ``adamw`` uses :func:`param_groups` (betas 0.9/0.999, eps 1e-8, as MAE fine-tuning).
+    """
+    name = getattr(args, "optimizer", "sgd")
+    layer_decay = getattr(args, "layer_decay", None)
+    if name == "sgd" and layer_decay is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    groups = param_groups(model, weight_decay=args.wd, layer_decay=layer_decay)
+    if name == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    apply_lr(optimizer, args.lr)  # each group starts at lr * lr_scale
+    return optimizer

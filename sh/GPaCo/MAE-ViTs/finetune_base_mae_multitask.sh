@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Multi-task baseline (LS-CE + 0.5 SupCon), full ImageNet-1k, MAE ViT-B/16: fine-tune.
+#
+# Paper row: the GPaCo paper's multi-task ViT-B/16 comparison.
+# Original: GPaCo/MAE-ViTs/sh/finetune_base_mae_multitask.sh (main_finetune_multitask.py).
+# Effective batch 1024 = --batch-size 256 (GLOBAL micro-batch, any GPU count: NGPUS=8 -> 32/GPU,
+# as the original's 8 GPUs x 32) x --accum-iter 4; lr = blr x 1024 / 256 = 2e-3.
+# Hyperparameters (SPEC 2.3, 3.4): as finetune_base_mae_gpaco.sh with the loss
+# CE(label smoothing 0.1) + 0.5 x SupCon (T 0.2) over the same two views and queue.
+# Starts from the MAE self-supervised pre-training checkpoint PRETRAINED ({'model': ...}, a
+# local file: nothing is downloaded; set PRETRAINED= (empty) to start from random weights).
+# --finetune drops its head, resamples pos_embed if its grid differs, loads the rest
+# non-strictly (prints missing/unexpected keys) and starts the class centers at
+# trunc-normal(std 2e-5).
+#
+# Data: DATA_ROOT is the ImageNet-2012 folder (train/, val/) with the split lists train.txt
+# and val.txt ('relative/path label' lines, labels 0..999 in sorted-wnid order); VAL_LIST and
+# TEST_LIST are both val.txt (the 50k val set), as MAE evaluates. Evaluation: Resize 256
+# (bicubic) > CenterCrop 224.
+# Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
+# MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent);
+# EXTRA_ARGS="--flag value" (appended last: overrides any flag here). Relative paths are
+# relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+DATA_ROOT="${DATA_ROOT:-data/imagenet}"
+TRAIN_LIST="${TRAIN_LIST:-$DATA_ROOT/train.txt}"
+VAL_LIST="${VAL_LIST:-$DATA_ROOT/val.txt}"
+TEST_LIST="${TEST_LIST:-$DATA_ROOT/val.txt}"
+PRETRAINED="${PRETRAINED-pretrained/mae_pretrain_vit_base.pth}"  # MAE pre-training checkpoint
+OUTPUT_DIR="${OUTPUT_DIR:-runs/GPaCo/MAE-ViTs/finetune_base_mae_multitask}"
+exec bash "$ROOT/sh/launch.sh" tools/train.py \
+    --arch mae_vit_base_patch16 \
+    --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$TEST_LIST" \
+    --num-classes 1000 --image-size 224 --resize-size 256 --interpolation bicubic --norm imagenet \
+    --method multitask --alpha 0.5 --temperature 0.2 --label-smoothing 0.1 --no-prior \
+    --queue-size 8192 --proj-dim 128 --proj-act gelu \
+    --aug randclsstack_sim --randaug-n 12 --randaug-m 10 --mixup 0 --cutmix 0 --reprob 0 \
+    --epochs 100 --batch-size 256 --accum-iter 4 --optimizer adamw --blr 5e-4 --layer-decay 0.65 --wd 0.05 \
+    --schedule mae_cosine --warmup-epochs 5 --min-lr 1e-6 --drop-path 0.1 \
+    --amp fp16 ${PRETRAINED:+--finetune "$PRETRAINED"} \
+    --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto
