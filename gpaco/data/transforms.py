@@ -16,19 +16,35 @@ Components (``S`` = ``image_size``, 224 for ImageNet recipes, 32 for CIFAR):
 ``cifar_regular``         [fit to SxS] > RandomCrop(S, pad S/8) > HFlip > AutoAugment(CIFAR10) > Cutout(1, S/2)
 ``sim_cifar``             RRC(S, .2-1) > HFlip > ColorJitter(.4,.4,.4,.1) p.8 > Gray .2 > Blur p.5
 ``aug_cifar``             ``sim_cifar`` with Blur p.2 (GPaCo CIFAR-LT)
+``timm_randaug``          RRC(S, bicubic) > HFlip > RandAugment(rand-m{m}-n{n}-mstd0.5-inc1, bicubic): timm's
+                          training transform as the MAE CE baseline uses it (random erasing: ``--reprob``)
 ``none``                  Resize(S) > CenterCrop(S)
 ========================  ===============================================================
 
 Every component ends with ToTensor > Normalize(mean, std) (Cutout sits between them).
 Blur is PIL's GaussianBlur with radius sigma ~ U[.1, 2] pixels, as in MoCo v2; like
 the original it is not rescaled for small images.
+
+Fast path (``regular``, ``sim``, ``sim02``, ``randcls``, ``randclsstack``): the same ops
+in the same order, drawing the same random numbers from the same generators as the
+original's torchvision/PIL composition, but computed on a float tensor holding 0..255
+pixel values after the crop: the crop+resize is torch's uint8 antialiased bilinear
+(PIL's filter; pixels within +-1), ColorJitter and Grayscale replicate PIL's
+ImageEnhance/convert('L') arithmetic exactly, the blur applies PIL's 3-pass box-blur
+kernel as one separable filter (rounded once instead of per pass), and RandAugment still
+runs on a PIL image. ``TwoViews`` converts the decoded image once for both views.
+tests/test_pipeline_stats.py checks the outputs against the original composition.
 """
 from __future__ import annotations
 
+import math
 import random
+from functools import lru_cache
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import Tensor
 from torchvision import transforms as T
@@ -67,7 +83,7 @@ TWO_VIEW_STRATEGIES: Dict[str, Tuple[str, str]] = {
 }
 SINGLE_VIEW_STRATEGIES: Tuple[str, ...] = (
     "randcls", "randclsstack", "regular", "sim", "sim02", "mocov2",
-    "cifar_regular", "sim_cifar", "aug_cifar", "digits", "none",
+    "cifar_regular", "sim_cifar", "aug_cifar", "digits", "timm_randaug", "none",
 )
 
 
@@ -81,8 +97,11 @@ class PILGaussianBlur:
     def __init__(self, sigma: Tuple[float, float] = (0.1, 2.0)) -> None:
         self.sigma = sigma
 
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+    def __call__(self, img: Union[Image.Image, "_Pixels"]) -> Union[Image.Image, "_Pixels"]:
+        radius = random.uniform(*self.sigma)
+        if isinstance(img, _Pixels):
+            return _Pixels(_box_blur_3pass(img.t, radius))
+        return img.filter(ImageFilter.GaussianBlur(radius=radius))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sigma={self.sigma})"
@@ -124,6 +143,9 @@ class Pipeline(T.Compose):
         super().__init__(list(ops))
         self.image_size = image_size
         self.draft_size = draft_size
+        # True when the first op also takes a uint8 [3, H, W] tensor (TwoViews then
+        # converts the decoded image once for both views).
+        self.accepts_uint8 = bool(self.transforms) and isinstance(self.transforms[0], _RandomResizedCrop)
 
 
 class TwoViews:
@@ -136,8 +158,12 @@ class TwoViews:
         self.view1 = view1
         self.view2 = view2
         self.image_size = image_size
+        # Both views start with the tensor-path crop: convert the decoded image once.
+        self._share = all(getattr(v, "accepts_uint8", False) for v in (view1, view2))
 
     def __call__(self, img: Image.Image) -> List[Tensor]:
+        if self._share and isinstance(img, Image.Image) and img.mode == "RGB":
+            img = _pil_to_uint8(img)
         return [self.view1(img), self.view2(img)]
 
     def __repr__(self) -> str:
@@ -162,6 +188,170 @@ class _FitSquare:
         return f"{type(self).__name__}(size={self.size})"
 
 
+# --------------------------------------------------------------------------- tensor fast path
+#
+# Between the crop and ToTensor, the fast components carry the image as ``_Pixels``: a
+# float32 [3, H, W] tensor holding integer values 0..255, i.e. exactly the uint8 pixels
+# the PIL ops would hold. Every op below reproduces its torchvision/PIL counterpart
+# (same random draws from the same generators, same arithmetic where PIL's is exactly
+# reproducible) and falls back to it for any other input, so each op still works alone
+# on a PIL image.
+
+
+class _Pixels:
+    """A float32 [3, H, W] image of 0..255 integer values (the fast path's PIL stand-in)."""
+
+    __slots__ = ("t",)
+
+    def __init__(self, t: Tensor) -> None:
+        self.t = t
+
+
+def _pil_to_uint8(img: Image.Image) -> Tensor:
+    """RGB PIL image -> uint8 [3, H, W] (a channels-last view of the HWC array)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def _pixels_to_pil(img: "_Pixels") -> Image.Image:
+    planes = img.t.numpy().astype(np.uint8)  # numpy's cast is ~4x faster than torch's here
+    return Image.merge("RGB", [Image.fromarray(c) for c in planes])
+
+
+def _luma(t: Tensor) -> Tensor:
+    """PIL's convert('L') on 0..255 floats: (R*19595 + G*38470 + B*7471 + 2**15) >> 16.
+    Exact in float32 (every intermediate is an integer below 2**24). [1, H, W]."""
+    y = t[0] * 19595.0
+    y.add_(t[1], alpha=38470.0).add_(t[2], alpha=7471.0).add_(32768.0).mul_(1.0 / 65536.0).floor_()
+    return y.unsqueeze(0)
+
+
+def _blend_(x: Tensor, degenerate, factor: float) -> Tensor:
+    """PIL Image.blend(degenerate, x, factor) in place: float32 ``d + f * (x - d)``, clipped
+    to 0..255 and truncated, as ImagingBlend computes it (ImageEnhance's enhance())."""
+    f = float(np.float32(factor))
+    if isinstance(degenerate, Tensor) or degenerate != 0:
+        x.sub_(degenerate).mul_(f).add_(degenerate)
+    else:
+        x.mul_(f)
+    return x.clamp_(0.0, 255.0).floor_()  # = truncation on >= 0 (torch's trunc_ is slow)
+
+
+class _RandomResizedCrop(T.RandomResizedCrop):
+    """RandomResizedCrop (bilinear, antialiased) that also takes a uint8 [3, H, W] tensor
+    and returns ``_Pixels``: crop by slicing, resize with torch's uint8 antialiased bilinear
+    kernel (PIL's filter; pixel values within +-1 of PIL's). Same ``get_params`` draws."""
+
+    def forward(self, img):
+        if isinstance(img, Image.Image) and img.mode == "RGB":
+            img = _pil_to_uint8(img)
+        elif not (isinstance(img, Tensor) and img.dtype == torch.uint8 and img.ndim == 3):
+            return super().forward(img)
+        i, j, h, w = self.get_params(img, self.scale, self.ratio)
+        crop = img[:, i:i + h, j:j + w].unsqueeze(0)
+        out = F.interpolate(crop, size=list(self.size), mode="bilinear", align_corners=False, antialias=True)
+        return _Pixels(out[0].float())
+
+
+class _RandomHorizontalFlip(T.RandomHorizontalFlip):
+    def forward(self, img):
+        if isinstance(img, _Pixels):
+            return _Pixels(img.t.flip(-1)) if torch.rand(1) < self.p else img
+        return super().forward(img)
+
+
+class _ColorJitter(T.ColorJitter):
+    """ColorJitter without hue on ``_Pixels``: PIL's ImageEnhance Brightness / Contrast /
+    Color (blend with black, with the rounded mean luma, with the per-pixel luma), in the
+    same random order with the same factors, bit-exact."""
+
+    def forward(self, img):
+        if not isinstance(img, _Pixels) or self.hue is not None:
+            return super().forward(img)
+        fn_idx, b, c, s, _ = self.get_params(self.brightness, self.contrast, self.saturation, self.hue)
+        x = img.t.clone()
+        for fn_id in fn_idx:
+            if fn_id == 0 and b is not None:
+                _blend_(x, 0.0, b)
+            elif fn_id == 1 and c is not None:
+                # ImageEnhance.Contrast: int(mean of the L image + 0.5), the sum is exact
+                mean = int(float(_luma(x).sum()) / (x.shape[1] * x.shape[2]) + 0.5)
+                _blend_(x, float(mean), c)
+            elif fn_id == 2 and s is not None:
+                _blend_(x, _luma(x), s)
+        return _Pixels(x)
+
+
+class _RandomGrayscale(T.RandomGrayscale):
+    def forward(self, img):
+        if isinstance(img, _Pixels):
+            if torch.rand(1) < self.p:
+                return _Pixels(_luma(img.t).expand(3, -1, -1).contiguous())
+            return img
+        return super().forward(img)
+
+
+class _ToPIL:
+    """``_Pixels`` -> PIL RGB image (before PIL-only ops such as RandAugment); else identity."""
+
+    def __call__(self, img):
+        return _pixels_to_pil(img) if isinstance(img, _Pixels) else img
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class _ToTensor(T.ToTensor):
+    """ToTensor that also takes ``_Pixels`` (divides by 255, as ToTensor does to uint8)."""
+
+    def __call__(self, pic):
+        if isinstance(pic, _Pixels):
+            return pic.t.div(255.0)
+        if isinstance(pic, Image.Image) and pic.mode == "RGB":
+            # the same values as T.ToTensor (uint8 -> float32, / 255), one copy fewer
+            chw = np.asarray(pic).transpose(2, 0, 1).astype(np.float32, order="C")
+            return torch.from_numpy(chw).div_(255.0)
+        return super().__call__(pic)
+
+
+@lru_cache(maxsize=4096)
+def _pil_blur_kernel(radius: float) -> Tuple[float, ...]:
+    """The 1-D kernel equal to Pillow's GaussianBlur(radius): 3 passes of an 'extended'
+    box of radius l + a (ImagingGaussianBlur / _gaussian_blur_radius, after Gwosdek et
+    al. 2011): weights 1 on |i| <= l, a at |i| = l + 1, normalised; convolved 3 times."""
+    passes = 3
+    r = float(np.float32(radius))
+    sigma2 = r * r / passes
+    L = math.sqrt(12.0 * sigma2 + 1.0)
+    l = math.floor((L - 1.0) / 2.0)
+    a = (2 * l + 1) * (l * (l + 1) - 3 * sigma2) / (6 * (sigma2 - (l + 1) * (l + 1)))
+    box = np.ones(2 * l + 3)
+    box[0] = box[-1] = a
+    box /= box.sum()
+    k = np.array([1.0])
+    for _ in range(passes):
+        k = np.convolve(k, box)
+    return tuple(float(v) for v in k)
+
+
+def _box_blur_3pass(t: Tensor, radius: float) -> Tensor:
+    """Pillow's GaussianBlur(radius) on a [3, H, W] 0..255 float tensor: the same
+    separable kernel with edge replication, rounded once (Pillow rounds after every
+    pass, so pixels may differ by a level or two)."""
+    k = _pil_blur_kernel(radius)
+    r = (len(k) - 1) // 2
+    h, w = t.shape[-2:]
+    x = F.pad(t.unsqueeze(0), (r, r, r, r), mode="replicate")[0]
+    rows = x[:, :, r:r + w] * k[r]  # horizontal pass
+    for i, kv in enumerate(k):
+        if i != r:
+            rows.add_(x[:, :, i:i + w], alpha=kv)
+    out = rows[:, r:r + h, :] * k[r]  # vertical pass
+    for i, kv in enumerate(k):
+        if i != r:
+            out.add_(rows[:, i:i + h, :], alpha=kv)
+    return out.round_().clamp_(0.0, 255.0)
+
+
 def _color_jitter(hue: float, p: float) -> Callable:
     jitter = T.ColorJitter(0.4, 0.4, 0.4, hue)
     return jitter if p >= 1.0 else T.RandomApply([jitter], p=p)
@@ -178,22 +368,28 @@ def _rand_augment(image_size: int, n: int, m: int) -> Callable:
     return rand_augment_transform(f"rand-n{n}-m{m}-mstd0.5", hparams)
 
 
-def _component(name: str, size: int, randaug_n: int, randaug_m: int) -> List[Callable]:
+def _component(name: str, size: int, randaug_n: int, randaug_m: int,
+               mean: Sequence[float] = NORMALIZATION["imagenet"][0]) -> List[Callable]:
     """The PIL-stage ops of one component (before ToTensor)."""
     blur = T.RandomApply([PILGaussianBlur()], p=0.5)
     gray = T.RandomGrayscale(p=0.2)
     flip = T.RandomHorizontalFlip()
     if name == "mocov2":
         return [T.RandomResizedCrop(size, scale=(0.2, 1.0)), _color_jitter(0.1, 0.8), gray, blur, flip]
+    # The ImageNet components run on the tensor fast path (see the module docstring), with
+    # the original's op order and random draws (its ColorJitter sits in RandomApply p=1).
+    fast_jitter = T.RandomApply([_ColorJitter(0.4, 0.4, 0.4, 0.0)], p=1.0)
+    fast_gray, fast_flip = _RandomGrayscale(p=0.2), _RandomHorizontalFlip()
     if name == "regular":
-        return [T.RandomResizedCrop(size), flip, T.ColorJitter(0.4, 0.4, 0.4, 0.0)]
+        return [_RandomResizedCrop(size), fast_flip, _ColorJitter(0.4, 0.4, 0.4, 0.0)]
     if name in ("sim", "sim02"):
         scale = (0.2, 1.0) if name == "sim02" else (0.08, 1.0)
-        return [T.RandomResizedCrop(size, scale=scale), _color_jitter(0.0, 1.0), gray, blur, flip]
+        return [_RandomResizedCrop(size, scale=scale), fast_jitter, fast_gray, blur, fast_flip]
     if name == "randcls":
-        return [T.RandomResizedCrop(size), flip, _color_jitter(0.0, 1.0), _rand_augment(size, randaug_n, randaug_m)]
+        return [_RandomResizedCrop(size), fast_flip, fast_jitter, _ToPIL(),
+                _rand_augment(size, randaug_n, randaug_m)]
     if name == "randclsstack":
-        return [T.RandomResizedCrop(size), flip, _color_jitter(0.0, 1.0), gray, blur,
+        return [_RandomResizedCrop(size), fast_flip, fast_jitter, fast_gray, blur, _ToPIL(),
                 _rand_augment(size, randaug_n, randaug_m)]
     if name == "cifar_regular":
         # torchvision's CIFAR10 AutoAugment policy has the same sub-policies and magnitude
@@ -210,16 +406,27 @@ def _component(name: str, size: int, randaug_n: int, randaug_m: int) -> List[Cal
         # Demo strategy for small grayscale digits: mild crops and rotations, no flip
         # (a mirrored 2 or 7 is not a digit).
         return [T.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.85, 1.18)), T.RandomRotation(10)]
+    if name == "timm_randaug":
+        # MAE fine-tuning's timm create_transform(is_training=True, auto_augment='rand-m9-mstd0.5-inc1',
+        # interpolation='bicubic'): no color jitter; random erasing is applied per image on the
+        # normalised batch by the training loop (--reprob).
+        from PIL import Image as PILImage
+        from timm.data.auto_augment import rand_augment_transform
+
+        hparams = dict(translate_const=int(size * 0.45), img_mean=tuple(min(255, round(255 * x)) for x in mean),
+                       interpolation=PILImage.BICUBIC)
+        ra = rand_augment_transform(f"rand-m{randaug_m}-n{randaug_n}-mstd0.5-inc1", hparams)
+        return [T.RandomResizedCrop(size, interpolation=InterpolationMode.BICUBIC), flip, ra]
     if name == "none":
         return [T.Resize(size), T.CenterCrop(size)]
     raise AssertionError(f"internal: unknown component {name!r}")
 
 
 def _pipeline(name: str, size: int, mean, std, randaug_n: int, randaug_m: int) -> Pipeline:
-    ops = _component(name, size, randaug_n, randaug_m) + [T.ToTensor()]
+    ops = _component(name, size, randaug_n, randaug_m, mean) + [_ToTensor()]
     if name == "cifar_regular":
         ops.append(Cutout(max(1, size // 2)))  # 16 px at 32: one hole, on [0, 1] pixels
-    ops.append(T.Normalize(mean, std))
+    ops.append(T.Normalize(mean, std, inplace=True))  # its input is always a fresh tensor
     return Pipeline(ops, size)
 
 
