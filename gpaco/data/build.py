@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 from typing import Iterator, List, Optional
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from .cifar_lt import CIFARLT
 from .splits import SplitDataset
@@ -94,13 +95,122 @@ def data_available(args: argparse.Namespace) -> bool:
     return bool(args.train_list) and os.path.isfile(args.train_list) and os.path.isdir(args.data_root)
 
 
+class ResumableDistributedSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch at an offset (a mid-epoch resume).
+
+    ``set_epoch(e)`` also resets the offset; ``set_start(n)`` then skips the first ``n``
+    indices of this rank's order for that epoch, so the already-trained samples are
+    neither loaded nor augmented again. The order itself is DistributedSampler's
+    (seed + epoch), so the remaining indices are exactly those of the uninterrupted run.
+    """
+
+    start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"sampler start {start} outside 0..{self.num_samples}")
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.start:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed mixed from (seed, epoch, index) (splitmix64 steps): distinct streams per sample."""
+    h = 0
+    for x in (seed, epoch, index):
+        h = (h + (x & _MASK64) + 0x9E3779B97F4A7C15) & _MASK64
+        z = h
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h = z ^ (z >> 31)
+    return h >> 1
+
+
+class EpochSeededDataset(Dataset):
+    """Wraps a training dataset so that sample ``i`` of epoch ``e`` is augmented from its own
+    seed ``sample_seed(seed, e, i)`` (Python ``random``, NumPy's global RNG, torch's CPU RNG).
+
+    The augmentation of a sample then depends neither on the number of loader workers nor
+    on which worker or in which order it is loaded, so a run resumed mid-epoch with
+    ``--workers N`` re-creates exactly the batches of the uninterrupted run. In the main
+    process (``workers=0``) the global RNG states are saved and restored around each
+    sample, so the model's own random draws (shuffle-BN, drop path, mixup) keep one
+    stream that the checkpoint can restore. Other attributes are the wrapped dataset's.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        if name == "dataset":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def _seed(self, index: int) -> None:
+        s = sample_seed(self.seed, self.epoch, int(index))
+        random.seed(s)
+        np.random.seed(s & 0xFFFFFFFF)
+        torch.default_generator.manual_seed(s)  # CPU only: never touches the CUDA generators
+
+    def __getitem__(self, index: int):
+        if get_worker_info() is not None:  # a worker's RNGs serve only this loader
+            self._seed(index)
+            return self.dataset[index]
+        py, npy, th = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
+        try:
+            self._seed(index)
+            return self.dataset[index]
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+            torch.default_generator.set_state(th)
+
+
 def train_loader(dataset: Dataset, *, batch_size: int, workers: int, rank: int, world_size: int, seed: int,
                  pin_memory: bool) -> DataLoader:
-    """Shuffled, drop_last (the queue needs a constant global batch), reseeded by epoch via set_epoch."""
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                 drop_last=True)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-                      pin_memory=pin_memory)  # not persistent: workers re-seed from the per-epoch RNG
+    """Shuffled, drop_last (the queue needs a constant global batch); call :func:`set_train_epoch`
+    before every epoch. Each sample is augmented from its own (seed, epoch, index) seed
+    (:class:`EpochSeededDataset`), the loader's base seed comes from a per-epoch generator."""
+    sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                          drop_last=True)
+    loader = DataLoader(EpochSeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler,
+                        num_workers=workers, drop_last=True, pin_memory=pin_memory,
+                        generator=torch.Generator().manual_seed(seed))  # not persistent: set per epoch
+    return loader
+
+
+def set_train_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
+    """Point a :func:`train_loader` at ``epoch``, skipping its first ``start_batch`` batches
+    (mid-epoch resume): sampler order, per-sample augmentation seeds, worker base seed."""
+    loader.sampler.set_epoch(epoch)
+    loader.sampler.set_start(start_batch * loader.batch_size)
+    if isinstance(loader.dataset, EpochSeededDataset):
+        loader.dataset.set_epoch(epoch)
+        seed = loader.dataset.seed
+    else:
+        seed = getattr(loader.sampler, "seed", 0)
+    if loader.generator is not None:
+        loader.generator.manual_seed(sample_seed(seed, epoch, -1))
 
 
 def eval_loader(dataset: Dataset, *, batch_size: int, workers: int, rank: int, world_size: int,

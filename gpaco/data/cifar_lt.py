@@ -47,15 +47,38 @@ def lt_class_counts(n_max: float, num_classes: int, imb_factor: float) -> List[i
     return [int(n_max * imb_factor ** (c / (num_classes - 1.0))) for c in range(num_classes)]
 
 
+# What a CIFAR python pickle (or one re-saved by NumPy 1/2) may reference; anything else
+# (os.system, builtins.eval, ...) is refused before it is called.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays only: a CIFAR file is data, and a
+    full unpickler would run whatever code a tampered file names."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name} (a CIFAR pickle holds only arrays, "
+                                         f"lists and dicts)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: str, layout_hint: str) -> dict:
     if not os.path.isfile(path):
         raise DataError(f"{path}: CIFAR file not found; expected the python-version layout {layout_hint}")
     try:
         with open(path, "rb") as f:
             # latin1 reads the original Python 2 pickles; keys may then be str or bytes.
-            raw = pickle.load(f, encoding="latin1")
+            raw = _CifarUnpickler(f, encoding="latin1").load()
     except Exception as exc:  # any unpickling failure means a corrupt/foreign file
-        raise DataError(f"{path}: not a readable CIFAR python pickle ({type(exc).__name__}: {exc})") from exc
+        msg = " ".join(str(exc).split())[:200]
+        raise DataError(f"{path}: not a readable CIFAR python pickle ({type(exc).__name__}: {msg})") from None
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a pickled dict with 'data' and labels, got {type(raw).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in raw.items()}
@@ -71,9 +94,23 @@ def _load_cifar(root: str, num_classes: int, train: bool) -> Tuple[np.ndarray, n
         path = os.path.join(base, name)
         entry = _unpickle(path, hint)
         if "data" not in entry or label_key not in entry:
-            raise DataError(f"{path}: CIFAR-{num_classes} pickle must hold 'data' and '{label_key}', got {sorted(entry)}")
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        lab = np.asarray(entry[label_key], dtype=np.int64)
+            raise DataError(f"{path}: CIFAR-{num_classes} pickle must hold 'data' and '{label_key}', "
+                            f"got {sorted(map(repr, entry))[:10]}")
+        try:
+            data = np.asarray(entry["data"])
+            lab = np.asarray(entry[label_key])
+            if data.dtype != np.uint8 and np.issubdtype(data.dtype, np.integer) and data.ndim == 2:
+                if data.size and (data.min() < 0 or data.max() > 255):
+                    raise ValueError("pixel values outside 0..255")
+                data = data.astype(np.uint8)
+            if data.dtype != np.uint8 or lab.ndim != 1 or not (np.issubdtype(lab.dtype, np.integer) or len(lab) == 0):
+                raise TypeError(f"'data' must be uint8 and '{label_key}' a list of integers, got {data.dtype} "
+                                f"and {lab.dtype} of shape {lab.shape}")
+            lab = lab.astype(np.int64)
+        except Exception as exc:  # ragged lists, strings, objects, out-of-range integers
+            msg = " ".join(str(exc).split())[:200]
+            raise DataError(f"{path}: 'data'/'{label_key}' are not a CIFAR image array and label list "
+                            f"({type(exc).__name__}: {msg})") from None
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(lab):
             raise DataError(
                 f"{path}: expected 'data' of shape [N, 3072] and N labels, got {data.shape} and {lab.shape}"

@@ -11,8 +11,11 @@ second. Unreadable images are reported when they are first read.
 """
 from __future__ import annotations
 
+import io
 import logging
+import multiprocessing
 import os
+import zlib
 from typing import Callable, Iterable, List, Optional, Tuple
 
 from PIL import Image
@@ -27,6 +30,45 @@ _EXPECTED = 'expected "<relative/path> <integer label>"'
 # What PIL raises for missing, empty, truncated or garbled files (UnidentifiedImageError
 # and FileNotFoundError are OSErrors; some decoders raise the others).
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+#: Labels at or above this are refused as implausible (a corrupt line, not a class index).
+MAX_LABEL = 10_000_000
+
+
+def png_problem(data: bytes) -> Optional[str]:
+    """What is wrong with a PNG's chunk structure (bad CRC, truncated chunk, no IEND), or None.
+
+    PIL checks the CRCs of the header chunks only; a flipped bit inside the image data
+    can decode silently into wrong pixels, so every chunk is checked here (zlib.crc32,
+    about 1 GB/s). Non-PNG data: None.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    view = memoryview(data)
+    pos, size = len(_PNG_SIGNATURE), len(data)
+    while pos + 12 <= size:
+        length = int.from_bytes(view[pos:pos + 4], "big")
+        kind = bytes(view[pos + 4:pos + 8]).decode("latin1")
+        end = pos + 8 + length
+        if end + 4 > size:
+            return f"PNG chunk {kind!r} at byte {pos} is truncated"
+        if zlib.crc32(view[pos + 4:end]) != int.from_bytes(view[end:end + 4], "big"):
+            return f"bad CRC in PNG chunk {kind!r} at byte {pos}"
+        if kind == "IEND":
+            return None
+        pos = end + 4
+    return "PNG ends without an IEND chunk (truncated)"
+
+
+def _new_counter():
+    """A counter shared with forked DataLoader workers (None where shared memory is unavailable)."""
+    try:
+        return multiprocessing.Value("q", 0)
+    except (OSError, ImportError):  # no /dev/shm, no semaphores
+        return None
 
 
 class DataError(ValueError):
@@ -50,45 +92,64 @@ def _parse_split(
     root_prefix = os.path.join(root, "")  # 'root/' so '/data2' is not inside '/data'
     samples: List[Tuple[str, int]] = []
     lines: List[int] = []
-    with open(list_path, encoding="utf-8-sig") as f:  # -sig: tolerate a BOM
-        for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line:
-                continue
-            parts = line.rsplit(None, 1)
-            where = f"{list_path}:{lineno}"
-            if len(parts) != 2:
-                raise DataError(f"{where}: {_EXPECTED}, got {line!r}")
-            rel, tok = parts
-            # isdigit alone would accept '²'; int() alone would accept '1_0' and '+1'.
-            digits = tok[1:] if tok.startswith("-") else tok
-            if not (digits.isascii() and digits.isdigit()):
-                raise DataError(f"{where}: {_EXPECTED}, got non-integer label {tok!r} in {line!r}")
+    try:
+        with open(list_path, "rb") as f:
+            blob = f.read()
+    except OSError as exc:
+        raise DataError(f"{list_path}: cannot read split list ({type(exc).__name__}: {exc})") from None
+    try:
+        text = blob.decode("utf-8-sig")  # -sig: tolerate a BOM
+    except UnicodeDecodeError as exc:
+        lineno = blob.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{list_path}:{lineno}: not UTF-8 text (byte {blob[exc.start]:#04x} at offset {exc.start}); "
+                        f"a split list is a text file of '<relative/path> <label>' lines") from None
+    if "\x00" in text:
+        lineno = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataError(f"{list_path}:{lineno}: NUL byte in a split list (a binary file?)")
+    for lineno, raw in enumerate(io.StringIO(text, newline=None), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        parts = line.rsplit(None, 1)
+        where = f"{list_path}:{lineno}"
+        if len(parts) != 2:
+            raise DataError(f"{where}: {_EXPECTED}, got {line!r}")
+        rel, tok = parts
+        # isdigit alone would accept '²'; int() alone would accept '1_0' and '+1'.
+        digits = tok[1:] if tok.startswith("-") else tok
+        if not (digits.isascii() and digits.isdigit()):
+            raise DataError(f"{where}: {_EXPECTED}, got non-integer label {tok!r} in {line!r}")
+        if len(digits) > 9:  # int() of a huge token is slow, then refused below anyway
+            label = -MAX_LABEL if tok.startswith("-") else MAX_LABEL
+            tok = tok[:12] + "..."
+        else:
             label = int(tok)
-            if label < 0:
-                raise DataError(f"{where}: labels must be >= 0, got {label}")
-            if num_classes is not None and label >= num_classes:
+        if label < 0:
+            raise DataError(f"{where}: labels must be >= 0, got {tok if label == -MAX_LABEL else label}")
+        if label >= MAX_LABEL:
+            raise DataError(f"{where}: label {tok} is implausibly large (limit {MAX_LABEL - 1}): a corrupt line?")
+        if num_classes is not None and label >= num_classes:
+            raise DataError(
+                f"{where}: label {label} out of range for num_classes={num_classes} (expected 0..{num_classes - 1})"
+            )
+        if os.path.isabs(rel):
+            if not allow_outside_root:
                 raise DataError(
-                    f"{where}: label {label} out of range for num_classes={num_classes} (expected 0..{num_classes - 1})"
+                    f"{where}: absolute path {rel!r} refused; paths are relative to the data root {root} "
+                    "(pass --allow-outside-root to accept it)"
                 )
-            if os.path.isabs(rel):
-                if not allow_outside_root:
+            path = os.path.normpath(rel)
+        else:
+            path = os.path.join(root, rel)
+            if ".." in rel:  # only these can leave the root; normpath is the slow part
+                path = os.path.normpath(path)
+                if not allow_outside_root and not path.startswith(root_prefix):
                     raise DataError(
-                        f"{where}: absolute path {rel!r} refused; paths are relative to the data root {root} "
+                        f"{where}: path {rel!r} leaves the data root {root} "
                         "(pass --allow-outside-root to accept it)"
                     )
-                path = os.path.normpath(rel)
-            else:
-                path = os.path.join(root, rel)
-                if ".." in rel:  # only these can leave the root; normpath is the slow part
-                    path = os.path.normpath(path)
-                    if not allow_outside_root and not path.startswith(root_prefix):
-                        raise DataError(
-                            f"{where}: path {rel!r} leaves the data root {root} "
-                            "(pass --allow-outside-root to accept it)"
-                        )
-            samples.append((path, label))
-            lines.append(lineno)
+        samples.append((path, label))
+        lines.append(lineno)
     return samples, lines
 
 
@@ -137,9 +198,9 @@ class SplitDataset(Dataset):
         num_classes: as given, else inferred from the labels (pass the train split's
             value for val/test lists, which may lack the last classes).
         class_counts: ``[num_classes]`` samples per class (the train prior).
-        num_skipped: images skipped so far with ``skip_bad_images``. The count is per
-            process: every DataLoader worker has its own copy of the dataset, so the
-            main process sees only its own skips (0 when ``num_workers > 0``).
+        num_skipped: images skipped so far with ``skip_bad_images``, counted in shared
+            memory so that the skips of forked DataLoader workers add up in the main
+            process (per rank under DDP; spawned workers count on their own copy).
 
     With ``skip_bad_images=False`` (default) an unreadable, missing or truncated image
     raises :class:`DataError` naming the image and its list line. With ``True`` it is
@@ -167,10 +228,31 @@ class SplitDataset(Dataset):
         self.class_counts = class_counts(self.samples, self.num_classes)
         self.transform = transform
         self.skip_bad_images = skip_bad_images
-        self.num_skipped = 0
+        self._skips = _new_counter()
+        self._local_skips = 0
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def num_skipped(self) -> int:
+        return self._skips.value if self._skips is not None else self._local_skips
+
+    def _count_skip(self) -> int:
+        if self._skips is None:
+            self._local_skips += 1
+            return self._local_skips
+        with self._skips.get_lock():
+            self._skips.value += 1
+            return self._skips.value
+
+    def __getstate__(self) -> dict:
+        # A shared counter only crosses fork (inheritance); a pickled copy (spawn workers)
+        # counts on its own.
+        state = dict(self.__dict__)
+        state["_local_skips"] = self.num_skipped
+        state["_skips"] = None
+        return state
 
     def load_image(self, index: int) -> Image.Image:
         """Decode sample ``index`` as an RGB PIL image; :class:`DataError` if unreadable."""
@@ -183,7 +265,14 @@ class SplitDataset(Dataset):
         # upscaled to full size would lose detail.
         draft = getattr(self.transform, "draft_size", None)
         try:
-            with Image.open(path) as img:
+            with open(path, "rb") as f:
+                data = f.read()
+            if not data:
+                raise ValueError("empty file (0 bytes)")
+            problem = png_problem(data)
+            if problem:
+                raise ValueError(problem)
+            with Image.open(io.BytesIO(data)) as img:
                 if draft and img.format == "JPEG":
                     img.draft("RGB", (draft, draft))
                 return img.convert("RGB")  # convert() forces the full decode inside the try
@@ -209,8 +298,8 @@ class SplitDataset(Dataset):
         n = len(self.samples)
         err = first_error
         for step in range(1, n + 1):
-            self.num_skipped += 1
-            logger.warning("skipping unreadable image (%d skipped in this process): %s", self.num_skipped, err)
+            count = self._count_skip()
+            logger.warning("skipping unreadable image (%d skipped so far): %s", count, err)
             j = (index + step) % n
             try:
                 return self.load_image(j), self.samples[j][1]

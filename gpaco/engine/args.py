@@ -7,6 +7,7 @@ they can be switched off (the original's ``type=bool`` flags could not).
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Optional, Sequence
 
 METHODS = ("ce", "balanced_ce", "paco", "gpaco", "multitask")
@@ -142,7 +143,15 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", default="runs/train")
     g.add_argument("--resume", default=None, help="checkpoint path, or 'auto' for OUTPUT_DIR/checkpoint.pth")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms")
+    g.add_argument("--deterministic", action="store_true",
+                   help="torch deterministic algorithms: two CPU runs are bit-identical (docs/reliability.md "
+                        "says what differs on GPU)")
+    g.add_argument("--nan-policy", default="stop", choices=("stop", "skip"),
+                   help="non-finite loss: stop (name the step, keep the last checkpoint) or skip the "
+                        "micro-batch and count it in the log (nan_skipped)")
+    g.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="process-group collective timeout under torchrun: a dead or stuck peer fails the "
+                        "job after this long instead of hanging it")
     g.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="leave after this many epochs of this run with a checkpoint, as if preempted; the "
                         "schedule still follows --epochs and --resume auto continues")
@@ -162,7 +171,49 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
     return args
 
 
+_POSITIVE_INTS = ("batch_size", "epochs", "accum_iter", "image_size", "eval_freq", "dry_run_batch",
+                  "dry_run_image_size", "recount")
+_NON_NEGATIVE_INTS = ("workers", "warmup_epochs", "print_freq", "randaug_n", "randaug_m", "proj_dim")
+_FLOATS = ("imb_factor", "lr", "blr", "min_lr", "layer_decay", "momentum", "wd", "clip_grad", "drop_path",
+           "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob", "alpha", "beta", "gamma",
+           "temperature", "smoothing", "label_smoothing", "momentum_encoder", "dist_timeout")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def validate_common_args(args: argparse.Namespace) -> None:
+    """Range checks shared by every flag set: finite floats, positive sizes, sane seeds."""
+    for name in _FLOATS:
+        value = getattr(args, name, None)
+        if value is not None and not math.isfinite(value):
+            raise FlagError(f"{_flag(name)} must be a finite number, got {value}")
+    for name in _POSITIVE_INTS:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise FlagError(f"{_flag(name)} must be > 0, got {value}")
+    for name in _NON_NEGATIVE_INTS:
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            raise FlagError(f"{_flag(name)} must be >= 0, got {value}")
+    for name in ("num_classes", "stop_after", "resize_size"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise FlagError(f"{_flag(name)} must be > 0, got {value}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < 2**63:
+        raise FlagError(f"--seed must be in [0, 2^63), got {seed}")
+    imb = getattr(args, "imb_factor", None)
+    if imb is not None and not 0.0 < imb <= 1.0:
+        raise FlagError(f"--imb-factor must be in (0, 1] (0.01 = imbalance ratio 100), got {imb}")
+    timeout = getattr(args, "dist_timeout", None)
+    if timeout is not None and timeout <= 0:
+        raise FlagError(f"--dist-timeout must be > 0 seconds, got {timeout}")
+
+
 def validate_train_args(args: argparse.Namespace) -> None:
+    validate_common_args(args)
     if args.batch_size <= 0:
         raise FlagError(f"--batch-size must be > 0, got {args.batch_size}")
     if args.epochs <= 0:
@@ -181,6 +232,10 @@ def validate_train_args(args: argparse.Namespace) -> None:
         raise FlagError(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
     if args.min_lr < 0:
         raise FlagError(f"--min-lr must be >= 0, got {args.min_lr}")
+    if args.schedule == "cosine" and args.warmup_epochs > args.epochs:
+        raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be <= --epochs ({args.epochs})")
+    if args.schedule == "step_cifar" and args.warmup_epochs == 0:
+        raise FlagError("--schedule step_cifar needs --warmup-epochs > 0")
     if args.schedule == "mae_cosine" and args.warmup_epochs >= args.epochs:
         raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be < --epochs ({args.epochs}) with "
                         f"--schedule mae_cosine")
@@ -211,9 +266,12 @@ def validate_train_args(args: argparse.Namespace) -> None:
             ("multitask", False): "randcls_randclsstack",
             ("ce", True): "cifar_regular", ("balanced_ce", True): "cifar_regular",
         }.get((args.method, cifar), "cifar100" if cifar else "randcls_sim")
-    if args.single_view:
-        from gpaco.data.transforms import SINGLE_VIEW_STRATEGIES
+    from gpaco.data.transforms import SINGLE_VIEW_STRATEGIES, TWO_VIEW_STRATEGIES
 
+    if args.aug not in TWO_VIEW_STRATEGIES and args.aug not in SINGLE_VIEW_STRATEGIES:
+        raise FlagError(f"unknown --aug {args.aug!r}; two-view strategies: {', '.join(TWO_VIEW_STRATEGIES)}; "
+                        f"single-view: {', '.join(SINGLE_VIEW_STRATEGIES)}")
+    if args.single_view:
         if args.aug not in SINGLE_VIEW_STRATEGIES:
             raise FlagError(f"--single-view needs a single-view --aug ({', '.join(SINGLE_VIEW_STRATEGIES)}), "
                             f"got {args.aug}")

@@ -7,9 +7,11 @@ import time
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from gpaco.engine.logging import print_main, progress_line
+from gpaco.engine.preemption import agree as _agree
 from gpaco.engine.schedule import LRSchedule
 from gpaco.metrics import ClassificationMeter
 
@@ -72,6 +74,11 @@ def train_one_epoch(
     random_erasing: Optional[Callable] = None,
     clip_grad: Optional[float] = None,
     single_view: bool = False,
+    start_step: int = 0,
+    epoch_state: Optional[Dict[str, float]] = None,
+    nan_policy: str = "stop",
+    stop_requested: Optional[Callable[[], bool]] = None,
+    faults=None,
 ) -> Dict[str, float]:
     """Returns the epoch's mean loss, train top-1 (view 1) and throughput (and, with a
     per-iteration schedule, ``lr``: the last LR it set).
@@ -84,20 +91,44 @@ def train_one_epoch(
     per-epoch schedules are applied by the caller.
     ``random_erasing`` (every view) then ``mixup_fn`` (CE baselines: soft targets) act on
     the batch on the device; train top-1 is measured against the unmixed labels.
+
+    Fault tolerance:
+    ``start_step``: micro-batches of this epoch already done (a mid-epoch resume); the
+    loader yields only the rest (its sampler starts at that offset) and ``epoch_state``
+    (what a stopped call returned) continues the epoch's running sums.
+    ``nan_policy``: ``"stop"`` raises :class:`NonFiniteLossError` naming the step;
+    ``"skip"`` drops that micro-batch's gradient and counts it (``nan_skipped``).
+    ``stop_requested``: polled every micro-batch; once true (on any rank) the loop returns
+    after the next optimizer step with ``stopped_at_step`` (micro-batches of the epoch
+    done) and ``epoch_state``. Not honoured on the epoch's last micro-batch (the caller
+    finishes the epoch normally). Under DDP the ranks agree on both decisions.
+    ``faults``: a test-only :class:`~gpaco.engine.preemption.FaultInjector`.
     """
+    if nan_policy not in ("stop", "skip"):
+        raise ValueError(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
     model.train()
-    iters = len(loader) if max_steps is None else min(max_steps, len(loader))
+    epoch_iters = start_step + len(loader)  # the full epoch, whatever was already done
+    iters = epoch_iters if max_steps is None else min(max_steps, epoch_iters)
     per_iteration = lr_schedule is not None and lr_schedule.per_iteration
-    loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+    st = dict(epoch_state or {})
+    loss_sum, correct, seen = float(st.get("loss_sum", 0.0)), int(st.get("correct", 0)), int(st.get("seen", 0))
+    steps, nan_skipped = int(st.get("steps", 0)), int(st.get("nan_skipped", 0))
+    done_before = float(st.get("time_s", 0.0))
+    distributed = world_size > 1 and dist.is_available() and dist.is_initialized()
     first = optimizer.param_groups[0]
     lr = first["lr"] / first.get("lr_scale", 1.0)  # the unscaled LR (layer decay scales the groups)
     start = time.time()
+    stopped_at = None
+    cycle_has_grad = False
     optimizer.zero_grad(set_to_none=True)
-    for it, (images, targets) in enumerate(loader):
+    for it, (images, targets) in enumerate(loader, start_step):
         if it >= iters:
             break
+        global_step = epoch * epoch_iters + it + 1
+        if faults is not None:
+            faults.before(global_step)
         if per_iteration and it % accum_iter == 0:
-            lr = lr_schedule(epoch, it, len(loader))
+            lr = lr_schedule(epoch, it, epoch_iters)
             LRSchedule.apply(optimizer, lr)
         images = to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
@@ -113,44 +144,77 @@ def train_one_epoch(
             with autocast_context(device, amp):
                 output = forward_train(model, images, targets, single_view)
             loss = criterion(output, loss_targets)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch} step {it}")
-            scaled = loss / accum_iter if accum_iter > 1 else loss
-            if scaler is not None:
-                scaler.scale(scaled).backward()
+            if faults is not None:
+                loss = faults.loss(global_step, loss)
+            finite = bool(torch.isfinite(loss))
+            stop_local = stop_requested is not None and stop_requested()
+            if distributed:
+                nonfinite, stop_any = _agree([not finite, stop_local], loss.device)
             else:
-                scaled.backward()
+                nonfinite, stop_any = not finite, stop_local
+            if nonfinite:
+                where = f"epoch {epoch + 1} step {it + 1}/{epoch_iters} (global step {global_step})"
+                value = loss.item() if not finite else "finite here, non-finite on another rank"
+                if nan_policy == "stop":
+                    raise NonFiniteLossError(f"loss is {value} at {where}; stopped (--nan-policy stop), the last "
+                                             f"checkpoint is kept")
+                nan_skipped += 1
+                if step_now and distributed and accum_iter > 1:
+                    # The cycle's earlier micro-batches ran under no_sync and this one would have
+                    # all-reduced them: drop the whole cycle rather than step on unsynced gradients.
+                    cycle_has_grad = False
+                print_main(f"non-finite loss ({value}) at {where}: micro-batch skipped (--nan-policy skip), "
+                           f"{nan_skipped} skipped this epoch")
+            else:
+                scaled = loss / accum_iter if accum_iter > 1 else loss
+                if scaler is not None:
+                    scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+                cycle_has_grad = True
         if step_now:
-            if scaler is not None:
-                if clip_grad is not None:
-                    scaler.unscale_(optimizer)
-                    _clip(optimizer, clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                if clip_grad is not None:
-                    _clip(optimizer, clip_grad)
-                optimizer.step()
+            if cycle_has_grad:
+                if scaler is not None:
+                    if clip_grad is not None:
+                        scaler.unscale_(optimizer)
+                        _clip(optimizer, clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    if clip_grad is not None:
+                        _clip(optimizer, clip_grad)
+                    optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            cycle_has_grad = False
 
-        logits = output if isinstance(output, torch.Tensor) else output.logits
-        batch = targets.shape[0]
-        loss_sum += loss.item()
-        correct += (logits[:batch].argmax(1) == targets).sum().item()
-        seen += batch
-        steps += 1
+        if not nonfinite:
+            logits = output if isinstance(output, torch.Tensor) else output.logits
+            batch = targets.shape[0]
+            loss_sum += loss.item()
+            correct += (logits[:batch].argmax(1) == targets).sum().item()
+            seen += batch
+            steps += 1
         if print_freq and (it % print_freq == 0 or it == iters - 1):
             print_main(progress_line(epoch + 1, it + 1, iters, time.time() - start, seen * world_size,
                                      loss=loss.item(), lr=lr))
+        if stop_any and step_now and it + 1 < iters:
+            stopped_at = it + 1
+            break
     optimizer.zero_grad(set_to_none=True)  # drop a trailing incomplete accumulation cycle
     elapsed = time.time() - start
-    return {
+    stats = {
         **({"lr": lr} if per_iteration else {}),
         "train_loss": loss_sum / max(steps, 1),
         "train_top1": 100.0 * correct / max(seen, 1),
-        "train_images_per_s": seen * world_size / max(elapsed, 1e-9),
-        "train_time_s": elapsed,
+        "train_images_per_s": seen * world_size / max(done_before + elapsed, 1e-9),
+        "train_time_s": done_before + elapsed,
+        **({"nan_skipped": nan_skipped} if nan_policy == "skip" else {}),
     }
+    if stopped_at is not None:
+        stats["stopped_at_step"] = stopped_at
+        stats["epoch_state"] = {"loss_sum": loss_sum, "correct": correct, "seen": seen, "steps": steps,
+                                "nan_skipped": nan_skipped, "time_s": done_before + elapsed}
+    return stats
 
 
 @torch.no_grad()

@@ -5,9 +5,11 @@ Runs as one plain process (CPU or one GPU) or one process per GPU under torchrun
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import random
+import sys
 import time
 from typing import Optional, Sequence
 
@@ -16,16 +18,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from gpaco.data.build import (
-    build_eval_dataset, build_train_dataset, class_counts_of, data_available, eval_loader, train_loader,
+    build_eval_dataset, build_train_dataset, class_counts_of, data_available, eval_loader, set_train_epoch,
+    train_loader,
 )
+from gpaco.data.splits import DataError
 from gpaco.distributed import cleanup, init_distributed
 from gpaco.engine.args import CONTRASTIVE_METHODS, FlagError, parse_train_args
 from gpaco.engine.checkpoint import (
-    check_writable, find_resume, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+    RESUME_NAME, CheckpointError, check_writable, find_resume, load_checkpoint, rng_state, save_checkpoint,
+    set_rng_state,
 )
 from gpaco.engine.criterion import Criterion
 from gpaco.engine.logging import RunLogger, print_main, save_args_yaml, to_jsonable
-from gpaco.engine.loop import evaluate, train_one_epoch
+from gpaco.engine.loop import NonFiniteLossError, evaluate, train_one_epoch
+from gpaco.engine.preemption import FaultInjector, PreemptionHandler, agree
 from gpaco.engine.optim import build_optimizer
 from gpaco.engine.report import write_eval_report
 from gpaco.engine.schedule import LRSchedule, build_schedule, lr_at_epoch_cifar_step, lr_at_epoch_cosine
@@ -137,15 +143,65 @@ def check_batch_config(args: argparse.Namespace, world_size: int) -> int:
     return args.batch_size // world_size
 
 
+def remove_stale_temporaries(out: str) -> int:
+    """Delete ``.checkpoint.pth.<pid>.<id>.tmp`` (and best.pth's) left by a killed save of a process that
+    is gone (save_checkpoint writes such a file, then renames it). Returns how many were removed."""
+    removed = 0
+    for path in glob.glob(os.path.join(glob.escape(out), ".*.pth.*.tmp")):
+        try:
+            pid = int(os.path.basename(path).split(".")[-3])
+            os.kill(pid, 0)
+            continue  # the writer is alive
+        except (ValueError, IndexError):
+            continue  # not one of ours
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user
+        try:
+            os.remove(path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def gather_rng_states(distributed: bool) -> list:
+    """Every rank's RNG state (rank order); collective under DDP."""
+    state = rng_state()
+    if not distributed:
+        return [state]
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def save_or_explain(state: dict, path: str) -> None:
+    """save_checkpoint, whose failure (disk full, folder gone) says that the previous file is intact."""
+    try:
+        save_checkpoint(state, path)
+    except CheckpointError as e:
+        kept = "the previous one is intact" if os.path.exists(path) else "no earlier checkpoint exists"
+        raise CheckpointError(f"{e} ({kept}; free space or fix the folder, then --resume auto)") from e
+
+
 def run(args: argparse.Namespace) -> dict:
-    dist = init_distributed()
+    with PreemptionHandler() as preempt:
+        return _run(args, preempt)
+
+
+def _run(args: argparse.Namespace, preempt: PreemptionHandler) -> dict:
+    dist = init_distributed(timeout=getattr(args, "dist_timeout", 600.0))
     rank, world, device = dist.rank, dist.world_size, dist.device
     per_process_batch = check_batch_config(args, world)
     main_proc = rank == 0
     if args.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
+        # CPU: bit-identical runs. GPU: also deterministic cuDNN/cuBLAS kernels; ops without a
+        # deterministic CUDA kernel raise (see docs/reliability.md).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
+    faults = FaultInjector.from_env(rank)  # test-only (GPACO_FAULT_INJECT)
     seed_everything(args.seed)
 
     synthetic = args.dry_run and not data_available(args)
@@ -232,35 +288,89 @@ def run(args: argparse.Namespace) -> dict:
 
     if main_proc:
         check_writable(out)
-    start_epoch, best_top1, best_epoch = 0, -1.0, -1
+        if remove_stale_temporaries(out):
+            print_main(f"removed the temporary file(s) of an interrupted checkpoint save in {out}")
+    start_epoch, start_step, best_top1, best_epoch = 0, 0, -1.0, -1
+    resume_rng, resume_epoch_state = None, None
     if resume_path:
         ckpt = load_checkpoint(resume_path)
-        load_model_state(model_without_ddp, ckpt["model"], resume_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = int(ckpt["epoch"])
+        try:
+            load_model_state(model_without_ddp, ckpt["model"], resume_path)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            start_epoch, start_step = int(ckpt["epoch"]), int(ckpt.get("step") or 0)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{resume_path} is not a gpaco training checkpoint (--resume needs the "
+                                  f"checkpoint.pth of a run): {type(e).__name__}: {e}") from None
         best_top1, best_epoch = float(ckpt.get("best_top1", -1.0)), int(ckpt.get("best_epoch", -1))
-        print_main(f"resumed from {resume_path}: epoch {start_epoch} done, best val top-1 {best_top1:.2f}")
+        if start_step:
+            if start_step >= len(train_dl):
+                raise CheckpointError(f"{resume_path} stopped at step {start_step} of epoch {start_epoch + 1}, "
+                                      f"but an epoch now has {len(train_dl)} steps (--batch-size or data changed?)")
+            resume_epoch_state = ckpt.get("epoch_state")
+            states = ckpt.get("rng_per_rank") or []
+            if len(states) == world:
+                resume_rng = states[rank]
+            else:
+                print_main(f"warning: {resume_path} was written by {len(states)} process(es), this run has {world}: "
+                           f"the rest of epoch {start_epoch + 1} is not bit-identical to an uninterrupted run")
+            print_main(f"resumed from {resume_path}: epoch {start_epoch + 1} step {start_step}/{len(train_dl)}, "
+                       f"best val top-1 {best_top1:.2f}")
+        else:
+            print_main(f"resumed from {resume_path}: epoch {start_epoch} done, best val top-1 {best_top1:.2f}")
     elif args.resume == "auto":
         print_main(f"--resume auto: no checkpoint in {out}, starting from scratch")
     logger = RunLogger(out, enabled=main_proc)
     if main_proc:
         save_args_yaml(args, os.path.join(out, "args.yaml"))
 
+    def train_state(epoch_done: int) -> dict:
+        return {
+            "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch_done, "step": 0,
+            "best_top1": best_top1, "best_epoch": best_epoch, "rng": rng_state(), "args": vars(args),
+            "num_classes": num_classes, "arch": args.arch, "method": args.method,
+            "class_counts": train_counts,
+        }
+
+    ckpt_path = os.path.join(out, RESUME_NAME)
     last_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
     for epoch in range(start_epoch, last_epoch):
-        train_dl.sampler.set_epoch(epoch)
+        skip = start_step if epoch == start_epoch else 0
+        set_train_epoch(train_dl, epoch, skip)
         # Every epoch's randomness derives from (seed, epoch, rank): resuming at an epoch
-        # boundary reproduces the uninterrupted run exactly.
+        # boundary reproduces the uninterrupted run exactly. Mid-epoch, the RNG states of
+        # that moment (per rank) come from the checkpoint; augmentations are seeded per
+        # sample (EpochSeededDataset) and the sampler starts after the done batches.
         seed_everything(args.seed + 100_003 * (epoch + 1) + rank)
+        if skip and resume_rng is not None:
+            set_rng_state(resume_rng)
         lr = schedule(epoch)  # per-iteration schedules: the LR at the epoch start; the loop sets each step's
         if not schedule.per_iteration:
             LRSchedule.apply(optimizer, lr)  # honours the groups' lr_scale (layer decay)
         stats = train_one_epoch(train_model, criterion, train_dl, optimizer, scaler, epoch=epoch,
                                 print_freq=args.print_freq, world_size=world, accum_iter=args.accum_iter,
-                                **train_kw)
+                                start_step=skip, epoch_state=resume_epoch_state if skip else None,
+                                nan_policy=args.nan_policy, stop_requested=lambda: preempt.requested,
+                                faults=faults, **train_kw)
+        if "stopped_at_step" in stats:  # preempted mid-epoch: every rank stopped after the same step
+            step = stats["stopped_at_step"]
+            rngs = gather_rng_states(dist.distributed)
+            if main_proc:
+                state = train_state(epoch)
+                state.update(step=step, epoch_state=stats["epoch_state"], rng_per_rank=rngs, world_size=world)
+                save_or_explain(state, ckpt_path)
+            if dist.distributed:
+                torch.distributed.barrier()
+            return _preempted(preempt, ckpt_path, f"epoch {epoch + 1} step {step}/{len(train_dl) + skip}",
+                              logger, {"epoch": epoch, "step": step})
         record = {"epoch": epoch + 1, "lr": lr, **stats}
+        if args.skip_bad_images and hasattr(train_set, "num_skipped"):
+            record["skipped_images"] = train_set.num_skipped  # this rank's, since the start of this process
+            if train_set.num_skipped:
+                print_main(f"[epoch {epoch + 1}] --skip-bad-images: {train_set.num_skipped} unreadable image(s) "
+                           f"skipped so far (rank 0; each is named in a warning above)")
         is_best = False
         if val_dl is not None and ((epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs):
             val = evaluate(model_without_ddp, val_dl, num_classes=num_classes, train_counts=train_counts,
@@ -272,19 +382,19 @@ def run(args: argparse.Namespace) -> dict:
             print_main(f"[epoch {epoch + 1}] val top-1 {val['top1']:.2f} (many {val['many']:.2f} / medium "
                        f"{val['medium']:.2f} / few {val['few']:.2f}); best {best_top1:.2f} at epoch {best_epoch}")
         if main_proc:
-            state = {
-                "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch + 1,
-                "best_top1": best_top1, "best_epoch": best_epoch, "rng": rng_state(), "args": vars(args),
-                "num_classes": num_classes, "arch": args.arch, "method": args.method,
-                "class_counts": train_counts,
-            }
-            save_checkpoint(state, os.path.join(out, "checkpoint.pth"))
+            state = train_state(epoch + 1)
+            save_or_explain(state, ckpt_path)
             if is_best:
-                save_checkpoint({k: state[k] for k in ("model", "epoch", "args", "num_classes", "arch", "method",
+                save_or_explain({k: state[k] for k in ("model", "epoch", "args", "num_classes", "arch", "method",
                                                        "best_top1", "class_counts")}, os.path.join(out, "best.pth"))
             logger.log_epoch(record)
             logger.log_scalars({k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch + 1)
+        # A stop signal during the last step, the evaluation or the save: the epoch's checkpoint is written.
+        if epoch + 1 < args.epochs and agree([preempt.requested], device)[0]:
+            if dist.distributed:
+                torch.distributed.barrier()
+            return _preempted(preempt, ckpt_path, f"the end of epoch {epoch + 1}", logger,
+                              {"epoch": epoch + 1, "step": 0})
 
     if last_epoch < args.epochs:
         print_main(f"stopped after epoch {last_epoch} of {args.epochs} (--stop-after); continue with --resume auto")
@@ -317,6 +427,14 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def _preempted(preempt: PreemptionHandler, ckpt_path: str, where: str, logger: RunLogger, info: dict) -> dict:
+    print_main(f"preempted ({preempt.signal_name or 'stop signal on another rank'}): checkpoint saved at {where} "
+               f"to {ckpt_path}; continue with --resume auto")
+    logger.close()
+    cleanup()
+    return {"preempted": True, "signal": preempt.signal_name, **info}
+
+
 def load_model_state(model: torch.nn.Module, state: dict, path: str) -> None:
     """Strict load with a message that names the file and the mismatching keys."""
     try:
@@ -333,5 +451,45 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_train_args(argv)
     t0 = time.time()
     result = run(args)
-    print_main(f"done in {time.time() - t0:.1f}s")
+    if not result.get("preempted") and os.environ.get("RANK", "0") == "0":  # the group is gone: not print_main
+        print(f"done in {time.time() - t0:.1f}s", flush=True)
     return result
+
+
+def one_line_error(err: BaseException) -> str:
+    """``error: ...`` on one line. A DataError re-raised by a DataLoader worker carries the
+    worker's traceback in its message: keep the original message (its last line)."""
+    if isinstance(err, SystemExit):
+        text = str(err.code)
+    else:
+        text = str(err)
+        if "Original Traceback" in text:
+            last = [ln for ln in text.splitlines() if ln.strip()][-1]
+            text = last.split(": ", 1)[1] if ": " in last else last
+    text = " ".join(text.split()) or type(err).__name__
+    return text if text.startswith("error: ") else f"error: {text}"
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """tools/train.py: our errors (bad flags, data, checkpoints, a non-finite loss) as one
+    ``error: ...`` line on stderr with exit code 2 (1 for a non-finite loss), no traceback;
+    a preempted run exits 0. Anything else is a bug and keeps its traceback."""
+    rank = os.environ.get("RANK")
+    tag = f"[rank {rank}] " if rank is not None else ""
+    try:
+        main(argv)
+    except SystemExit as e:
+        if not isinstance(e.code, str):  # argparse (already printed), --help
+            raise
+        print(tag + one_line_error(e), file=sys.stderr, flush=True)
+        sys.exit(2)
+    except (DataError, CheckpointError, FileNotFoundError) as e:
+        print(tag + one_line_error(e), file=sys.stderr, flush=True)
+        sys.exit(2)
+    except NonFiniteLossError as e:
+        print(tag + one_line_error(e), file=sys.stderr, flush=True)
+        sys.exit(1)
+    except Exception as e:
+        # Under torchrun the failing rank's message must stand out among the teardown noise.
+        print(f"{tag}error: {type(e).__name__}: {' '.join(str(e).split())[:500]}", file=sys.stderr, flush=True)
+        raise

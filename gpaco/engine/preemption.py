@@ -1,0 +1,135 @@
+"""Surviving preemption: stop signals, cross-rank agreement, and test-only fault injection.
+
+* :class:`PreemptionHandler` turns SIGTERM / SIGUSR1 (what SLURM sends before it preempts
+  a job) into a flag. The training loop finishes the current optimizer step, the trainer
+  writes a checkpoint atomically and the process exits 0; ``--resume auto`` continues.
+  A second signal while the first is being honoured stops the process at once (the
+  previous handler is restored and the signal re-delivered); the atomic save keeps the
+  last complete checkpoint intact either way.
+* :func:`agree` makes every rank take the same decision (stop after this step, skip
+  this non-finite step): one tiny all-reduce, a no-op in a single process.
+* :class:`FaultInjector` reads ``GPACO_FAULT_INJECT`` **(test-only)** to raise, poison
+  the loss, or send a signal at a chosen micro-batch on a chosen rank, so the tests can
+  prove the behaviour above. Never set it in a real run.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["STOP_SIGNALS", "PreemptionHandler", "agree", "FaultInjector", "InjectedFault", "FAULT_ENV"]
+
+#: Signals that request a graceful stop (checkpoint, exit 0).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+#: Test-only fault injection; see :class:`FaultInjector`.
+FAULT_ENV = "GPACO_FAULT_INJECT"
+
+
+class PreemptionHandler:
+    """Context manager: while active, SIGTERM/SIGUSR1 set :attr:`signal_name` instead of killing.
+
+    Installs nothing outside the main thread (Python only delivers signals there); the
+    previous handlers are restored on exit.
+    """
+
+    def __init__(self, signals: Sequence[signal.Signals] = STOP_SIGNALS) -> None:
+        self.signals = tuple(signals)
+        self.signal_name: Optional[str] = None
+        self._previous: Dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signal_name is not None:  # second signal: stop now
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.signal_name = signal.Signals(signum).name
+        # No print here: the handler can interrupt a print in progress (reentrant call).
+
+    def install(self) -> "PreemptionHandler":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            try:
+                signal.signal(sig, previous)
+            except (TypeError, ValueError):
+                pass
+        self._previous.clear()
+
+    def __enter__(self) -> "PreemptionHandler":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+def agree(flags: Sequence[bool], device: torch.device) -> List[bool]:
+    """Each flag OR-ed over all ranks (one all-reduce of a few numbers); local values alone
+    without a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [bool(f) for f in flags]
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(x) for x in t.tolist()]
+
+
+class InjectedFault(RuntimeError):
+    """Raised by ``GPACO_FAULT_INJECT=...raise...`` (test-only)."""
+
+
+_ITEM = re.compile(r"^(?:rank(?P<rank>\d+)_)?(?:(?P<kind>raise|nan|sigterm|sigusr1|sigkill)_)?step(?P<step>\d+)$")
+
+
+class FaultInjector:
+    """**Test-only.** ``GPACO_FAULT_INJECT`` = comma-separated ``[rank<R>_][<kind>_]step<N>``.
+
+    ``N`` counts micro-batches from 1 over the whole run (``epoch * iters_per_epoch + it + 1``,
+    so it means the same micro-batch after a resume). Without ``rank<R>_`` the fault hits
+    every rank. Kinds: ``raise`` (default: :class:`InjectedFault` before the forward pass),
+    ``nan`` (the loss of that micro-batch becomes NaN), ``sigterm`` / ``sigusr1`` / ``sigkill``
+    (the process sends itself that signal before the forward pass).
+    Examples: ``rank1_step3`` (rank 1 dies at its 3rd micro-batch), ``nan_step5``,
+    ``rank0_sigterm_step4``.
+    """
+
+    def __init__(self, spec: str, rank: int) -> None:
+        self.spec = spec
+        self.rank = rank
+        self.faults: Dict[int, str] = {}
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            m = _ITEM.match(item)
+            if not m:
+                raise ValueError(f"{FAULT_ENV}={spec!r}: cannot parse {item!r} "
+                                 f"(expected [rank<R>_][raise|nan|sigterm|sigusr1|sigkill_]step<N>)")
+            if m["rank"] is None or int(m["rank"]) == rank:
+                self.faults[int(m["step"])] = m["kind"] or "raise"
+
+    @classmethod
+    def from_env(cls, rank: int) -> Optional["FaultInjector"]:
+        spec = os.environ.get(FAULT_ENV, "").strip()
+        return cls(spec, rank) if spec else None
+
+    def before(self, step: int) -> None:
+        kind = self.faults.get(step)
+        if kind == "raise":
+            raise InjectedFault(f"injected fault ({FAULT_ENV}={self.spec}) on rank {self.rank} at step {step}")
+        if kind in ("sigterm", "sigusr1", "sigkill"):
+            os.kill(os.getpid(), getattr(signal, kind.upper()))
+
+    def loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
+        return loss * float("nan") if self.faults.get(step) == "nan" else loss
