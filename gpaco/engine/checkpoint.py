@@ -16,15 +16,16 @@ import random
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 __all__ = [
     "CheckpointError", "UnsafeCheckpointError", "save_checkpoint", "load_checkpoint",
+    "load_checkpoint_trusting_pickle", "plain_data", "read_safetensors_metadata", "unsafe_globals",
     "check_writable", "strip_prefix", "rng_state", "set_rng_state", "find_resume",
-    "RESUME_NAME",
+    "RESUME_NAME", "DATA_GLOBALS",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -91,9 +92,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> None:
+def save_checkpoint(state: Mapping[str, Any], path: PathLike, *,
+                    metadata: Optional[Mapping[str, str]] = None) -> None:
     """Atomically write ``state`` to ``path`` (``torch.save``; ``.safetensors``: flat tensor dict).
 
+    ``metadata``: ``{str: str}`` stored in a ``.safetensors`` header (ignored for ``.pth``:
+    put it in ``state``); read it back with :func:`read_safetensors_metadata`.
     On any failure the temporary file is removed, an existing ``path`` is left untouched,
     and :class:`CheckpointError` naming ``path`` is raised.
     """
@@ -104,6 +108,9 @@ def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> None:
             bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
             if bad:
                 raise TypeError(f"a .safetensors file holds a flat {{str: Tensor}} dict; offending keys {bad[:5]}")
+            if metadata is not None and not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in metadata.items()):
+                raise TypeError("safetensors metadata must be a {str: str} dict")
         else:
             _check_weights_only_safe(dict(state))
     except TypeError as e:
@@ -119,7 +126,8 @@ def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> None:
             if safetensors_format:
                 from safetensors.torch import save as st_save
 
-                f.write(st_save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
+                f.write(st_save({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                                metadata=dict(metadata) if metadata else None))
             else:
                 torch.save(dict(state), f)
             f.flush()
@@ -162,23 +170,77 @@ def check_writable(directory: PathLike) -> Path:
 # --------------------------------------------------------------------------- load
 
 
+def _data_globals() -> list:
+    """Classes whose pickled form is pure data (no code runs to rebuild them), for
+    ``allow_data_objects``: ``argparse.Namespace`` (the original's ``args``) and NumPy
+    scalars / arrays / dtypes (``best_acc`` as ``np.float64``). Both spellings of NumPy's
+    module (1.x ``numpy.core``, 2.x ``numpy._core``) are listed, as files name the writer's."""
+    import argparse
+
+    out: list = [argparse.Namespace, np.dtype, np.ndarray]
+    try:
+        from numpy._core import multiarray as ma  # NumPy 2
+    except ImportError:  # pragma: no cover - NumPy 1.x
+        from numpy.core import multiarray as ma  # type: ignore[no-redef]
+    for fn in (ma.scalar, ma._reconstruct):
+        for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            out.append((fn, f"{mod}.{fn.__name__}"))
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:  # the per-dtype classes of NumPy >= 1.25 (np.dtypes.Float64DType...)
+        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and isinstance(getattr(dtypes, n), type)]
+    return out
+
+
+#: Names of the data-only classes :func:`load_checkpoint` restores with ``allow_data_objects=True``.
+DATA_GLOBALS = ("argparse.Namespace", "numpy scalars (numpy.core.multiarray.scalar)", "numpy arrays", "numpy dtypes")
+
+
+def unsafe_globals(path: PathLike) -> list:
+    """The Python globals (``module.name``) a zip-format checkpoint needs beyond what a weights-only
+    load accepts, read without unpickling anything ([] when unknown, e.g. legacy raw pickles)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(path)))
+    except Exception:
+        return []
+
+
 def _unsafe_message(path: Path, detail: str) -> str:
     # torch's message is long and suggests weights_only=False; keep only the reason.
     reason = next((ln.strip() for ln in detail.splitlines() if "Unsupported" in ln or "GLOBAL" in ln), "")
+    needed = unsafe_globals(path)
+    if needed:
+        reason = f"it needs {', '.join(needed)}"
+    data_only = bool(needed) and all(_is_data_global(n) for n in needed)
     return (
         f"refusing to load checkpoint {path}: it contains pickled Python objects beyond tensors and "
         f"plain containers{f' ({reason})' if reason else ''}. Restoring such objects means unpickling, "
         f"which can execute arbitrary code embedded in the file. If (and only if) you trust where this "
         f"file came from, convert it once into a weights-only checkpoint with "
         f"`{CONVERT_HINT} {path} <out.pth>` and load the converted file."
+        + (" (These are data-only classes: the conversion rebuilds them without running code from the file.)"
+           if data_only else "")
     )
 
 
-def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
+def _is_data_global(name: str) -> bool:
+    return name in ("argparse.Namespace", "numpy.dtype", "numpy.ndarray") or name.startswith("numpy.dtypes.") or \
+        name.rsplit(".", 1)[-1] in ("scalar", "_reconstruct") and name.startswith(("numpy.core.", "numpy._core."))
+
+
+def _is_weights_only_refusal(e: BaseException) -> bool:
+    return isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e)
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu", *, allow_data_objects: bool = False) -> dict:
     """Load a checkpoint dict without arbitrary unpickling.
 
     ``.safetensors`` files are read with safetensors (tensors only); anything else with
     ``torch.load(weights_only=True)``.
+
+    ``allow_data_objects``: also accept the data-only classes of :data:`DATA_GLOBALS`
+    (restored by torch's weights-only unpickler, so still no code from the file runs) and
+    return them as plain values (:func:`plain_data`: a Namespace becomes a dict, NumPy
+    scalars Python numbers, arrays tensors). Off by default.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -200,9 +262,15 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
         except Exception as e:
             raise CheckpointError(f"could not read safetensors file {path}: {type(e).__name__}: {e}") from e
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            if not (allow_data_objects and _is_weights_only_refusal(e)):
+                raise
+            with torch.serialization.safe_globals(_data_globals()):
+                obj = plain_data(torch.load(path, map_location=map_location, weights_only=True))
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+        if _is_weights_only_refusal(e):
             raise UnsafeCheckpointError(_unsafe_message(path, str(e))) from None
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
     except Exception as e:
@@ -213,6 +281,84 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a checkpoint dict")
     return obj
+
+
+def load_checkpoint_trusting_pickle(path: PathLike, map_location: Any = "cpu") -> Tuple[dict, List[str]]:
+    """Full unpickling (``weights_only=False``): **runs whatever code the file holds**.
+
+    Only for ``tools/convert_checkpoint.py --trust-pickle``, which the user runs knowingly on
+    a file they trust. The data-only path (:func:`load_checkpoint` with
+    ``allow_data_objects=True``) is tried first, so a file that merely holds an
+    ``argparse.Namespace`` or NumPy scalars is still read without full unpickling.
+
+    Returns:
+        (checkpoint dict made of plain values (:func:`plain_data`), notes on what was done).
+    """
+    path = Path(path)
+    try:
+        return load_checkpoint(path, map_location, allow_data_objects=True), [
+            "read with the weights-only unpickler (data-only classes allowed); nothing was executed"]
+    except UnsafeCheckpointError:
+        pass
+    needed = unsafe_globals(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"could not unpickle {path}: {type(e).__name__}: {e}") from e
+    notes: List[str] = [f"fully unpickled (--trust-pickle){': it needed ' + ', '.join(needed) if needed else ''}"]
+    if isinstance(obj, torch.nn.Module):
+        notes.append(f"the file holds a whole {type(obj).__name__} module; kept its state_dict()")
+        obj = {"state_dict": obj.state_dict()}
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a checkpoint dict")
+    return plain_data(obj, notes), notes
+
+
+def plain_data(obj: Any, notes: Optional[List[str]] = None, where: str = "checkpoint") -> Any:
+    """``obj`` rebuilt from values a weights-only load accepts: ``argparse.Namespace`` -> dict,
+    NumPy scalars -> Python numbers, arrays -> tensors, modules -> their ``state_dict()``,
+    ``OrderedDict`` kept. Anything else is dropped and named in ``notes`` (when given)."""
+    import argparse
+
+    if type(obj) in _SAFE_PRIMITIVES or isinstance(obj, _SAFE_CLASSES):
+        return obj
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj)) if obj.dtype != object else \
+            [plain_data(v, notes, f"{where}[{i}]") for i, v in enumerate(obj.tolist())]
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        out = OrderedDict() if isinstance(obj, OrderedDict) else {}
+        for k, v in obj.items():
+            clean = plain_data(v, notes, f"{where}[{k!r}]")
+            if clean is not _DROPPED:
+                out[k if type(k) in _SAFE_PRIMITIVES else str(k)] = clean
+        return out
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [plain_data(v, notes, f"{where}[{i}]") for i, v in enumerate(obj)]
+        items = [v for v in items if v is not _DROPPED]
+        return items if isinstance(obj, list) else tuple(items) if isinstance(obj, tuple) else type(obj)(items)
+    if notes is not None:
+        notes.append(f"dropped {where}: a {type(obj).__module__}.{type(obj).__qualname__}")
+    return _DROPPED
+
+
+_DROPPED = object()
+
+
+def read_safetensors_metadata(path: PathLike) -> dict:
+    """The ``{str: str}`` header metadata of a ``.safetensors`` file ({} if none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(f"could not read safetensors file {path}: {type(e).__name__}: {e}") from e
 
 
 # --------------------------------------------------------------------------- state helpers

@@ -1,49 +1,273 @@
-"""Per-class report files of an evaluation: per_class.csv and per_class.png."""
+"""Per-class report files of an evaluation, and the side-by-side comparison of two runs.
+
+``write_eval_report`` writes, into the evaluation's folder:
+
+* ``per_class.csv``: class, train_count, test_count, accuracy, precision, recall (percent;
+  empty where undefined: no test sample, never predicted, train counts unknown);
+* ``per_class.png``: per-class test accuracy against the class's training frequency (classes
+  sorted head to tail; many/medium/few boundaries dashed); class order when the train counts
+  are unknown;
+* ``confusion.png`` for up to 100 classes: the row-normalised confusion matrix (rows = true
+  class, columns = predicted class).
+
+``tools/compare_runs.py`` uses :func:`load_run`, :func:`compare_table` and
+:func:`plot_per_class_difference`.
+"""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
-from typing import Sequence
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["write_eval_report", "plot_per_class", "plot_confusion", "load_run", "compare_table",
+           "plot_per_class_difference", "CONFUSION_MAX_CLASSES"]
+
+CONFUSION_MAX_CLASSES = 100
 
 
-def write_eval_report(out_dir: str, metrics: dict, train_counts: Sequence[int]) -> None:
-    """per_class.csv (class, train count, test count, accuracy) and the accuracy-vs-frequency plot."""
-    per_class = metrics.get("per_class") or []
-    test_counts = metrics.get("per_class_test_count") or [None] * len(per_class)
-    with open(os.path.join(out_dir, "per_class.csv"), "w", newline="") as f:
+def _fmt(x) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.4f}"
+
+
+def write_eval_report(out_dir: str, metrics: dict, train_counts: Optional[Sequence[int]] = None, *,
+                      confusion=None) -> List[str]:
+    """per_class.csv, per_class.png and (<= 100 classes) confusion.png into ``out_dir``.
+
+    Args:
+        metrics: :meth:`gpaco.metrics.ClassificationMeter.compute` output (``per_class``,
+            ``per_class_precision``, ``per_class_recall``, ``per_class_test_count``); a
+            ``confusion`` entry there is used when the argument is not given.
+        train_counts: training images per class (None: unknown; the columns stay empty).
+        confusion: [C, C] counts, rows = target, columns = prediction.
+    Returns:
+        the paths written.
+    """
+    per_class = list(metrics.get("per_class") or [])
+    n = len(per_class)
+    test_counts = metrics.get("per_class_test_count") or [None] * n
+    precision = metrics.get("per_class_precision") or [None] * n
+    recall = metrics.get("per_class_recall") or per_class
+    train = list(train_counts) if train_counts is not None else None
+    written = []
+    path = os.path.join(out_dir, "per_class.csv")
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["class", "train_count", "test_count", "accuracy"])
-        for c, acc in enumerate(per_class):
-            w.writerow([c, train_counts[c] if c < len(train_counts) else "", test_counts[c],
-                        "" if acc is None or (isinstance(acc, float) and math.isnan(acc)) else f"{acc:.4f}"])
-    plot_per_class(per_class, train_counts, os.path.join(out_dir, "per_class.png"))
+        w.writerow(["class", "train_count", "test_count", "accuracy", "precision", "recall"])
+        for c in range(n):
+            w.writerow([c, train[c] if train is not None and c < len(train) else "",
+                        "" if test_counts[c] is None else test_counts[c],
+                        _fmt(per_class[c]), _fmt(precision[c]), _fmt(recall[c])])
+    written.append(path)
+    path = os.path.join(out_dir, "per_class.png")
+    plot_per_class(per_class, train, path)
+    written.append(path)
+    if confusion is None:
+        confusion = metrics.get("confusion")
+    if confusion is not None and 0 < len(confusion) <= CONFUSION_MAX_CLASSES:
+        path = os.path.join(out_dir, "confusion.png")
+        plot_confusion(confusion, path)
+        written.append(path)
+    return written
 
 
-def plot_per_class(per_class: Sequence[float], train_counts: Sequence[int], path: str) -> None:
-    """Per-class test accuracy against the class's training frequency, classes sorted head to tail."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = sorted(range(len(per_class)), key=lambda c: -train_counts[c])
+    return plt
+
+
+def _shot_boundaries(order: Sequence[int], train_counts: Sequence[int], many_thr: int = 100,
+                     few_thr: int = 20) -> List[float]:
+    """x positions between many|medium and medium|few in a head-to-tail class order."""
+    out = []
+    for is_upper in (lambda n: n > many_thr, lambda n: n >= few_thr):
+        idx = [i for i, c in enumerate(order) if is_upper(train_counts[c])]
+        if idx and idx[-1] + 1 < len(order):
+            out.append(idx[-1] + 0.5)
+    return out
+
+
+def plot_per_class(per_class: Sequence[float], train_counts: Optional[Sequence[int]], path: str) -> None:
+    """Per-class test accuracy against the class's training frequency, classes sorted head to tail
+    (class order when ``train_counts`` is None)."""
+    plt = _pyplot()
+    n = len(per_class)
+    if train_counts is not None:
+        order = sorted(range(n), key=lambda c: -train_counts[c])
+    else:
+        order = list(range(n))
     acc = [per_class[c] if per_class[c] is not None else float("nan") for c in order]
     fig, ax1 = plt.subplots(figsize=(7, 3.5), dpi=100)
-    ax1.bar(range(len(order)), [train_counts[c] for c in order], color="#c8d6e5", label="train images")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("class (sorted by training frequency)")
-    ax1.set_ylabel("train images")
-    ax2 = ax1.twinx()
-    ax2.plot(range(len(order)), acc, "o-" if len(order) <= 100 else "-", color="#c0392b", ms=3, lw=1,
-             label="test accuracy")
+    if train_counts is not None:
+        ax1.bar(range(n), [train_counts[c] for c in order], color="#c8d6e5", label="train images")
+        ax1.set_yscale("log")
+        ax1.set_xlabel("class (sorted by training frequency)")
+        ax1.set_ylabel("train images")
+        ax2 = ax1.twinx()
+        for x in _shot_boundaries(order, train_counts):
+            ax1.axvline(x, color="gray", ls="--", lw=0.8)
+    else:
+        ax1.set_xlabel("class (train counts unknown: pass --train-list)")
+        ax1.set_yticks([])
+        ax2 = ax1
+    ax2.plot(range(n), acc, "o-" if n <= 100 else "-", color="#c0392b", ms=3, lw=1, label="test accuracy")
     ax2.set_ylabel("test accuracy (%)")
     ax2.set_ylim(0, 100)
-    for thr in (100, 20):  # many / medium / few boundaries
-        idx = [i for i, c in enumerate(order) if train_counts[c] > thr] if thr == 100 else \
-              [i for i, c in enumerate(order) if train_counts[c] >= thr]
-        if idx and idx[-1] + 1 < len(order):
-            ax1.axvline(idx[-1] + 0.5, color="gray", ls="--", lw=0.8)
+    if n <= 30:
+        ax1.set_xticks(range(n), [str(c) for c in order])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_confusion(confusion, path: str) -> None:
+    """Row-normalised confusion matrix (percent of each true class); counts annotated up to 20 classes."""
+    plt = _pyplot()
+    cm = np.asarray(confusion, dtype=np.float64)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0) * 100.0
+    c = cm.shape[0]
+    side = min(12.0, max(5.5, 3.0 + 0.12 * c))
+    fig, ax = plt.subplots(figsize=(side, side * 0.85), dpi=100)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="% of the true class")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if c <= 20:
+        ax.set_xticks(range(c))
+        ax.set_yticks(range(c))
+        for i in range(c):
+            for j in range(c):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 50 else "black")
+    ax.set_title("confusion (colour: row %; numbers: counts)" if c <= 20 else "confusion (row-normalised)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- comparing two runs
+
+
+def load_run(path: str) -> dict:
+    """A run's numbers from a run folder, an evaluation folder or a metrics.json.
+
+    Returns ``{'path', 'metrics', 'per_class' [C] (percent, NaN undefined), 'train_counts'
+    ([C] or None), 'test_counts'}``. ``per_class.csv`` next to ``metrics.json`` supplies the
+    train counts (training's metrics.json does not hold them).
+    """
+    path = os.fspath(path)
+    mpath = os.path.join(path, "metrics.json") if os.path.isdir(path) else path
+    if not os.path.isfile(mpath):
+        raise FileNotFoundError(f"{path}: no metrics.json (give a run folder, an evaluation folder or the file)")
+    with open(mpath) as f:
+        metrics = json.load(f)
+    folder = os.path.dirname(mpath)
+    per_class = [float("nan") if v is None else float(v) for v in metrics.get("per_class") or []]
+    train = test = None
+    csv_path = os.path.join(folder, "per_class.csv")
+    if os.path.isfile(csv_path):
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and all(r.get("train_count") for r in rows):
+            train = [int(r["train_count"]) for r in rows]
+        if rows and all(r.get("test_count") for r in rows):
+            test = [int(r["test_count"]) for r in rows]
+        if not per_class:
+            per_class = [float(r["accuracy"]) if r.get("accuracy") else float("nan") for r in rows]
+    test = test or metrics.get("per_class_test_count")
+    return {"path": path, "metrics": metrics, "per_class": per_class, "train_counts": train, "test_counts": test}
+
+
+def _shot_means(per_class: Sequence[float], train: Optional[Sequence[int]]) -> Dict[str, Optional[float]]:
+    if train is None:
+        return {}
+    from gpaco.metrics import ShotSplit
+
+    groups = ShotSplit().groups(train)
+    out = {}
+    for g in ("many", "medium", "few"):
+        vals = [v for v, gg in zip(per_class, groups) if gg == g and not math.isnan(v)]
+        out[g] = float(np.mean(vals)) if vals else None
+        out[g + "_classes"] = int(sum(1 for gg in groups if gg == g))
+    return out
+
+
+def compare_table(a: dict, b: dict, names: Sequence[str] = ("A", "B")) -> str:
+    """Top-1/top-5, many/medium/few (with class counts), mean class accuracy and, when both
+    have them, the robustness figures, side by side with the difference B - A."""
+    ma, mb = a["metrics"], b["metrics"]
+    sa = {**_shot_means(a["per_class"], a["train_counts"]), **{k: ma[k] for k in ("many", "medium", "few",
+                                                                                   "many_classes", "medium_classes",
+                                                                                   "few_classes") if k in ma}}
+    sb = {**_shot_means(b["per_class"], b["train_counts"]), **{k: mb[k] for k in ("many", "medium", "few",
+                                                                                   "many_classes", "medium_classes",
+                                                                                   "few_classes") if k in mb}}
+    rows = []
+    for key, label in (("top1", "top-1"), ("top5", "top-5")):
+        rows.append((label, ma.get(key), mb.get(key)))
+    for g in ("many", "medium", "few"):
+        na, nb = sa.get(g + "_classes"), sb.get(g + "_classes")
+        cls = f" ({na} cls)" if na == nb and na is not None else f" ({na}/{nb} cls)" if na or nb else ""
+        rows.append((f"{g}{cls}", sa.get(g), sb.get(g)))
+    rows.append(("mean class acc", ma.get("mean_class_acc"), mb.get("mean_class_acc")))
+    ca, cb = ma.get("corruption") or {}, mb.get("corruption") or {}
+    for key, label in (("mce_unnormalised", "mCE (unnormalised)"), ("mce_alexnet_normalised", "rel. mCE (AlexNet)"),
+                       ("mce_baseline_normalised", "mCE / baseline")):
+        if ca.get(key) is not None or cb.get(key) is not None:
+            rows.append((label, ca.get(key), cb.get(key)))
+    for key, label in (("imagenet_r", "ImageNet-R top-1"), ("imagenet_sketch", "ImageNet-Sketch top-1")):
+        if (ma.get(key) or {}).get("top1") is not None or (mb.get(key) or {}).get("top1") is not None:
+            rows.append((label, (ma.get(key) or {}).get("top1"), (mb.get(key) or {}).get("top1")))
+    wa = max(10, len(names[0]))
+    wb = max(10, len(names[1]))
+    width = max(len(r[0]) for r in rows) + 2
+    out = [f"{'':<{width}s}{names[0]:>{wa}s} {names[1]:>{wb}s} {'B - A':>8s}"]
+
+    def f(v, w):
+        return f"{v:>{w}.2f}" if isinstance(v, (int, float)) and not math.isnan(v) else "-".rjust(w)
+
+    for label, va, vb in rows:
+        d = vb - va if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
+        out.append(f"{label:<{width}s}{f(va, wa)} {f(vb, wb)} {f(d, 8)}")
+    n_a, n_b = ma.get("num_samples"), mb.get("num_samples")
+    if n_a != n_b:
+        out.append(f"note: the runs were evaluated on different numbers of images ({n_a} vs {n_b})")
+    return "\n".join(out)
+
+
+def plot_per_class_difference(a: dict, b: dict, path: str, names: Sequence[str] = ("A", "B")) -> None:
+    """Bar per class of accuracy(B) - accuracy(A), classes sorted head to tail by A's train counts."""
+    if len(a["per_class"]) != len(b["per_class"]):
+        raise ValueError(f"the runs have {len(a['per_class'])} and {len(b['per_class'])} classes")
+    plt = _pyplot()
+    n = len(a["per_class"])
+    train = a["train_counts"] or b["train_counts"]
+    order = sorted(range(n), key=lambda c: -train[c]) if train is not None else list(range(n))
+    diff = [b["per_class"][c] - a["per_class"][c] for c in order]
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    colors = ["#27ae60" if (d == d and d >= 0) else "#c0392b" for d in diff]
+    ax.bar(range(n), [0 if d != d else d for d in diff], color=colors, width=1.0 if n > 100 else 0.8)
+    ax.axhline(0, color="black", lw=0.6)
+    if n <= 30:
+        ax.set_xticks(range(n), [str(c) for c in order])
+    if train is not None:
+        for x in _shot_boundaries(order, train):
+            ax.axvline(x, color="gray", ls="--", lw=0.8)
+        ax.set_xlabel("class (sorted by training frequency; dashed: many | medium | few)")
+    else:
+        ax.set_xlabel("class")
+    ax.set_ylabel(f"accuracy {names[1]} - {names[0]} (points)")
+    ax.set_title(f"per-class accuracy difference: {names[1]} vs {names[0]}")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,0 +1,538 @@
+"""Checkpoints from anywhere: detect a file's key layout and map it onto our models.
+
+Layouts (after stripping any ``module.`` prefixes, SPEC §1.4, §3.1, §3.3):
+
+=================  =================================================================  ==========
+layout             keys                                                               method
+=================  =================================================================  ==========
+``gpaco``          ours (tools/train.py): ``backbone.*`` | ``encoder.backbone.*`` |   the file's
+                   ``encoder_q.backbone.*``, ``*.projection.*``, ``fc.*``, ``queue.*``
+``paco_original``  the original PaCo ResNets: ``encoder_q.*`` (a torchvision ResNet whose ``paco``
+                   ``fc`` is the projection MLP ``fc.0`` Linear, ``fc.1`` BN1d, ``fc.3``
+                   Linear), ``encoder_k.*``, ``linear.*`` (the classifier), the unused
+                   ``linear_k.*``, ``queue``, ``queue_l``, ``queue_ptr``
+``gpaco_original`` the original GPaCo ResNets: the same with ``fc.0/2/4`` Linears and no  ``gpaco``
+                   key encoder
+``mae_gpaco``      GPaCo MAE ViTs ``{'model': ...}``: timm ViT keys, ``head.*`` (the       ``gpaco``
+                   classifier), ``mlp.*`` (projection), ``queue*``
+``mae``            MAE-style ViT without projection/queue: ViT keys + ``head.*``         ``ce``
+``classifier``     a plain torchvision/timm classifier: backbone keys + ``fc.*``          ``ce``
+=================  =================================================================  ==========
+
+Every source key is given a *role* (``backbone``, ``projection``, ``backbone_k``,
+``projection_k``, ``classifier``, ``queue``); the roles are then placed under the target
+model's prefixes (:data:`TARGET_PREFIXES`). Whatever has no place, does not exist in the
+model or is missing from the file is listed in a :class:`LoadReport`, never silently
+ignored. Evaluation needs only the classification path (backbone + ``fc``): a missing or
+misshapen key there is an error; the rest (projection, key encoder, queue) is reported.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from torch import Tensor, nn
+
+from gpaco.engine.checkpoint import (
+    CheckpointError, load_checkpoint, load_checkpoint_trusting_pickle, read_safetensors_metadata,
+)
+
+__all__ = [
+    "LAYOUTS", "TARGET_PREFIXES", "LoadedCheckpoint", "LoadReport", "CheckpointMismatchError", "read_checkpoint",
+    "unwrap", "detect_layout", "assign_roles", "render_for_method", "infer_model_kwargs", "load_into_model",
+    "build_model_from_checkpoint", "classification_prefixes", "MAE_ARCH_NAMES",
+]
+
+LAYOUTS = ("gpaco", "paco_original", "gpaco_original", "mae_gpaco", "mae", "classifier")
+ROLES = ("backbone", "projection", "backbone_k", "projection_k", "classifier", "queue")
+
+#: Where each role lives in our models (``build_model(method, ...)``); roles a method lacks are unused.
+TARGET_PREFIXES: Dict[str, Dict[str, str]] = {
+    "ce": {"backbone": "backbone.", "classifier": "fc."},
+    "paco": {"backbone": "encoder_q.backbone.", "projection": "encoder_q.projection.",
+             "backbone_k": "encoder_k.backbone.", "projection_k": "encoder_k.projection.",
+             "classifier": "fc.", "queue": "queue."},
+    "gpaco": {"backbone": "encoder.backbone.", "projection": "encoder.projection.", "classifier": "fc.",
+              "queue": "queue."},
+}
+TARGET_PREFIXES["balanced_ce"] = TARGET_PREFIXES["ce"]
+TARGET_PREFIXES["multitask"] = TARGET_PREFIXES["gpaco"]
+
+#: The method a layout was trained with (the model that holds every part of it).
+LAYOUT_METHOD = {"paco_original": "paco", "gpaco_original": "gpaco", "mae_gpaco": "gpaco", "mae": "ce",
+                 "classifier": "ce"}
+
+#: MAE's ``args.model`` names -> our registered archs.
+MAE_ARCH_NAMES = {"vit_base_patch16": "mae_vit_base_patch16", "vit_large_patch16": "mae_vit_large_patch16",
+                  "vit_huge_patch14": "mae_vit_huge_patch14"}
+
+_QUEUE_NAMES = {"queue": "features", "queue_l": "labels", "queue_ptr": "ptr"}
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The file's classification path (backbone + classifier) does not fit the model."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint file read without arbitrary unpickling, its state dict unwrapped."""
+
+    path: str
+    state: "OrderedDict[str, Tensor]"  # tensors only, ``module.`` prefixes stripped
+    layout: str
+    meta: Dict[str, Any]  # method / arch / num_classes / args / class_counts / epoch, when the file says
+    notes: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadReport:
+    """What mapping a checkpoint onto a model did."""
+
+    path: str
+    layout: str
+    method: str
+    arch: str
+    loaded: int = 0
+    unused: List[Tuple[str, str]] = field(default_factory=list)  # (source key, why it was not used)
+    missing: List[str] = field(default_factory=list)  # model keys the file did not provide (kept at init)
+    transposed: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "layout": self.layout, "method": self.method, "arch": self.arch,
+                "loaded_tensors": self.loaded, "unused": [f"{k} ({why})" for k, why in self.unused],
+                "missing": list(self.missing), "transposed": list(self.transposed), "notes": list(self.notes)}
+
+    def summary(self) -> str:
+        lines = [f"{self.path}: layout {self.layout} -> {self.method} {self.arch}: {self.loaded} tensors loaded"]
+        if self.unused:
+            groups: Dict[str, List[str]] = OrderedDict()
+            for k, why in self.unused:
+                groups.setdefault(why, []).append(k)
+            for why, keys in groups.items():
+                lines.append(f"  unused ({why}): {_group_keys(keys)}")
+        if self.missing:
+            lines.append(f"  missing, left at their initial values (not used by evaluation): "
+                         f"{_group_keys(self.missing)}")
+        if self.transposed:
+            lines.append(f"  transposed to fit: {', '.join(self.transposed)}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _group_keys(keys: Sequence[str], limit: int = 8) -> str:
+    """'encoder_k.* (320), queue_l' style summary of a key list."""
+    groups: Dict[str, int] = OrderedDict()
+    for k in keys:
+        parts = k.split(".")
+        g = k if len(parts) == 1 else parts[0] + ".*"
+        groups[g] = groups.get(g, 0) + 1
+    items = [g if n == 1 and not g.endswith(".*") else f"{g} ({n})" for g, n in groups.items()]
+    more = f", ... (+{len(items) - limit} groups)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_checkpoint(path: str, *, trust_pickle: bool = False) -> LoadedCheckpoint:
+    """Read ``path`` (ours, the original's, MAE-style, ``.safetensors``) and detect its layout.
+
+    Without ``trust_pickle`` nothing is unpickled beyond tensors and plain containers
+    (:func:`gpaco.engine.checkpoint.load_checkpoint`): a file holding other objects raises
+    :class:`~gpaco.engine.checkpoint.UnsafeCheckpointError` naming the conversion command.
+    """
+    path = os.fspath(path)
+    notes: List[str] = []
+    if trust_pickle:
+        obj, notes = load_checkpoint_trusting_pickle(path)
+    else:
+        obj = load_checkpoint(path)
+    meta: Dict[str, Any] = {}
+    if path.endswith(".safetensors"):
+        meta = _safetensors_meta(read_safetensors_metadata(path))
+    state, file_meta = unwrap(obj)
+    meta = {**file_meta, **meta}
+    if not state:
+        raise CheckpointError(f"{path} holds no tensors under 'model' / 'state_dict' (keys: {list(obj)[:10]})")
+    layout = detect_layout(state)
+    if layout is None:
+        raise CheckpointError(
+            f"{path}: unknown key layout (keys like {list(state)[:6]}); expected ours (tools/train.py), the "
+            f"original's PaCo/GPaCo ResNets (module.encoder_q.*, module.linear.*), an MAE-style ViT "
+            f"({{'model': ...}} with blocks.*, head.*) or a torchvision classifier (conv1.*, fc.*)")
+    return LoadedCheckpoint(path, state, layout, meta, notes)
+
+
+def _safetensors_meta(md: Mapping[str, str]) -> Dict[str, Any]:
+    """Our .safetensors header (tools/convert_checkpoint.py): method, arch, num_classes and the
+    evaluation flags, as the metadata a .pth would carry."""
+    meta: Dict[str, Any] = {}
+    args: Dict[str, Any] = {}
+    for key in ("method", "arch"):
+        if md.get(key):
+            meta[key] = args[key] = md[key]
+    for key in ("num_classes", "image_size", "resize_size"):
+        if md.get(key, "").isdigit():
+            args[key] = int(md[key])
+    for key in ("norm", "interpolation", "proj_act"):
+        if md.get(key):
+            args[key] = md[key]
+    if "num_classes" in args:
+        meta["num_classes"] = args["num_classes"]
+    if args:
+        meta["args"] = args
+    return meta
+
+
+def unwrap(obj: Mapping[str, Any]) -> Tuple["OrderedDict[str, Tensor]", Dict[str, Any]]:
+    """(state dict with ``module.`` prefixes stripped, metadata) of a loaded checkpoint object.
+
+    Metadata keys (when the file has them): ``method``, ``arch``, ``num_classes``, ``args``
+    (a dict), ``class_counts``, ``epoch``.
+    """
+    meta: Dict[str, Any] = {}
+    state: Any = obj
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict", "model_state", "module"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and any(isinstance(v, Tensor) for v in inner.values()):
+                state = inner
+                break
+        args = obj.get("args")
+        if isinstance(args, Mapping):
+            meta["args"] = dict(args)
+        for key in ("method", "arch", "num_classes", "class_counts", "epoch"):
+            if obj.get(key) is not None and not isinstance(obj.get(key), Tensor):
+                meta[key] = obj[key]
+        args = meta.get("args") or {}
+        if "arch" not in meta and isinstance(args.get("arch"), str):
+            meta["arch"] = args["arch"]
+        if "arch" not in meta and isinstance(args.get("model"), str):  # MAE's args.model
+            meta["arch"] = MAE_ARCH_NAMES.get(args["model"], args["model"])
+        if "num_classes" not in meta and isinstance(args.get("nb_classes"), int):
+            meta["num_classes"] = args["nb_classes"]
+    if not isinstance(state, Mapping):
+        return OrderedDict(), meta
+    out: "OrderedDict[str, Tensor]" = OrderedDict()
+    for k, v in state.items():
+        if not isinstance(v, Tensor):
+            continue
+        k = str(k)
+        while k.startswith("module."):
+            k = k[len("module."):]
+        if k in out:
+            raise CheckpointError(f"keys collide on {k!r} after stripping 'module.' prefixes")
+        out[k] = v
+    return out, meta
+
+
+def detect_layout(state: Mapping[str, Tensor]) -> Optional[str]:
+    """One of :data:`LAYOUTS`, or None when the keys match none of them."""
+    keys = list(state)
+
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
+    if has("encoder.backbone.") or has("encoder_q.backbone.") or has("backbone."):
+        return "gpaco"
+    if has("encoder_q.") and (has("linear.") or has("queue")):
+        if has("encoder_k.") or has("linear_k.") or "encoder_q.fc.1.running_mean" in state:
+            return "paco_original"
+        return "gpaco_original"
+    if has("blocks.") and has("patch_embed."):
+        return "mae_gpaco" if (has("mlp.") or "queue" in state) else "mae"
+    if has("conv1.") or has("layer1."):
+        return "classifier"
+    return None
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+def _role_of(key: str, layout: str) -> Tuple[Optional[str], str]:
+    """(role, key inside the role) of a source key; role None = unused, the second item says why."""
+    if layout == "gpaco":
+        for prefix, role in (("encoder_q.backbone.", "backbone"), ("encoder.backbone.", "backbone"),
+                             ("backbone.", "backbone"), ("encoder_q.projection.", "projection"),
+                             ("encoder.projection.", "projection"), ("encoder_k.backbone.", "backbone_k"),
+                             ("encoder_k.projection.", "projection_k"), ("fc.", "classifier"),
+                             ("queue.", "queue")):
+            if key.startswith(prefix):
+                return role, key[len(prefix):]
+        return None, "not part of any gpaco model"
+    if layout in ("paco_original", "gpaco_original"):
+        for enc, suffix in (("encoder_q.", ""), ("encoder_k.", "_k")):
+            if key.startswith(enc + "fc."):
+                return "projection" + suffix, key[len(enc) + 3:]
+            if key.startswith(enc):
+                return "backbone" + suffix, key[len(enc):]
+        if key.startswith("linear."):
+            return "classifier", key[len("linear."):]
+        if key.startswith("linear_k."):
+            return None, "the original PaCo's momentum classifier linear_k, never used"
+        if key in _QUEUE_NAMES:
+            return "queue", _QUEUE_NAMES[key]
+        return None, "not part of the original's model"
+    if layout in ("mae", "mae_gpaco"):
+        if key.startswith("head."):
+            return "classifier", key[len("head."):]
+        if key.startswith("mlp."):
+            return "projection", key[len("mlp."):]
+        if key in _QUEUE_NAMES:
+            return "queue", _QUEUE_NAMES[key]
+        if key.startswith(("decoder", "mask_token")):
+            return None, "MAE pre-training decoder"
+        return "backbone", key
+    if layout == "classifier":
+        if key.startswith("fc."):
+            return "classifier", key[len("fc."):]
+        return "backbone", key
+    raise ValueError(f"unknown layout {layout!r}; one of {LAYOUTS}")
+
+
+def assign_roles(state: Mapping[str, Tensor], layout: str) -> Tuple[Dict[str, Dict[str, Tensor]],
+                                                                      List[Tuple[str, str]]]:
+    """Split ``state`` into ``{role: {key: tensor}}``; also the unused (key, why) pairs."""
+    roles: Dict[str, Dict[str, Tensor]] = {r: OrderedDict() for r in ROLES}
+    unused: List[Tuple[str, str]] = []
+    for k, v in state.items():
+        role, sub = _role_of(k, layout)
+        if role is None:
+            unused.append((k, sub))
+        else:
+            roles[role][sub] = v
+    return roles, unused
+
+
+def render_for_method(roles: Mapping[str, Mapping[str, Tensor]], method: str,
+                      source_key: Optional[Mapping[Tuple[str, str], str]] = None
+                      ) -> Tuple["OrderedDict[str, Tensor]", List[Tuple[str, str]]]:
+    """Our state-dict names for ``method``'s model; also the (role key, why) pairs it has no place for."""
+    prefixes = TARGET_PREFIXES.get(method)
+    if prefixes is None:
+        raise ValueError(f"unknown method {method!r}; one of {sorted(TARGET_PREFIXES)}")
+    out: "OrderedDict[str, Tensor]" = OrderedDict()
+    unused: List[Tuple[str, str]] = []
+    for role, tensors in roles.items():
+        for sub, v in tensors.items():
+            name = source_key.get((role, sub), f"{role}:{sub}") if source_key else f"{role}:{sub}"
+            if role in prefixes:
+                out[prefixes[role] + sub] = v
+            else:
+                unused.append((name, f"a {method} model has no {role.replace('_k', ' (key encoder)')}"))
+    return out, unused
+
+
+def classification_prefixes(method: str) -> Tuple[str, str]:
+    """The state-dict prefixes inference reads for ``method``: (backbone, classifier)."""
+    p = TARGET_PREFIXES[method]
+    return p["backbone"], p["classifier"]
+
+
+def infer_model_kwargs(roles: Mapping[str, Mapping[str, Tensor]]) -> Dict[str, Any]:
+    """``build_model`` keywords implied by the tensors: num_classes, proj_dim, hidden_dim, queue_size."""
+    kw: Dict[str, Any] = {}
+    cls = roles.get("classifier", {})
+    if isinstance(cls.get("weight"), Tensor) and cls["weight"].ndim == 2:
+        kw["num_classes"] = int(cls["weight"].shape[0])
+    proj = roles.get("projection", {})
+    linears = sorted((int(m.group(1)), v) for k, v in proj.items()
+                     if (m := re.fullmatch(r"(\d+)\.weight", k)) and v.ndim == 2)
+    if linears:
+        kw["hidden_dim"] = int(linears[0][1].shape[0])
+        kw["proj_dim"] = int(linears[-1][1].shape[0])
+    queue = roles.get("queue", {})
+    if isinstance(queue.get("features"), Tensor) and queue["features"].ndim == 2:
+        size, dim = queue["features"].shape
+        if "proj_dim" in kw and dim != kw["proj_dim"] and size == kw["proj_dim"]:
+            size, dim = dim, size  # a [d, K] queue (MoCo's layout)
+        kw.setdefault("proj_dim", int(dim))
+        kw["queue_size"] = int(size)
+    return kw
+
+
+def load_into_model(model: nn.Module, loaded: LoadedCheckpoint, method: str, arch: str) -> LoadReport:
+    """Map ``loaded`` onto ``model`` (built by ``build_model(method, arch, ...)``) and load it.
+
+    Raises :class:`CheckpointMismatchError` when a key of the classification path (backbone
+    or classifier) is missing or has another shape; everything else that does not fit is
+    listed in the returned :class:`LoadReport`.
+    """
+    roles, unused = assign_roles(loaded.state, loaded.layout)
+    source_key = {}
+    for k in loaded.state:
+        role, sub = _role_of(k, loaded.layout)
+        if role is not None:
+            source_key[(role, sub)] = k
+    mapped, no_place = render_for_method(roles, method, source_key)
+    # our names -> the file's names, for messages
+    back = {}
+    prefixes = TARGET_PREFIXES[method]
+    for (role, sub), k in source_key.items():
+        if role in prefixes:
+            back[prefixes[role] + sub] = k
+    report = LoadReport(loaded.path, loaded.layout, method, arch, unused=unused + no_place, notes=list(loaded.notes))
+    own = model.state_dict()
+    needed = classification_prefixes(method)
+    to_load: "OrderedDict[str, Tensor]" = OrderedDict()
+    bad_shapes: List[str] = []
+    for k, v in mapped.items():
+        src = back.get(k, k)
+        if k not in own:
+            report.unused.append((src, f"the {method} {arch} model has no {k}"))
+            continue
+        if v.shape != own[k].shape:
+            if v.ndim == 2 and v.t().shape == own[k].shape and k.startswith("queue."):
+                v = v.t().contiguous()
+                report.transposed.append(src)
+            elif k.startswith(needed):
+                bad_shapes.append(f"{src} -> {k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+                continue
+            else:
+                report.unused.append((src, f"shape {tuple(v.shape)} differs from the model's {tuple(own[k].shape)}"))
+                continue
+        to_load[k] = v
+    missing = [k for k in own if k not in to_load]
+    missing_needed = [k for k in missing if k.startswith(needed)]
+    if bad_shapes or missing_needed:
+        parts = []
+        if bad_shapes:
+            parts.append(f"shapes differ: {'; '.join(bad_shapes[:5])}" + (f" (+{len(bad_shapes) - 5} more)"
+                                                                           if len(bad_shapes) > 5 else ""))
+        if missing_needed:
+            parts.append(f"missing from the file: {_group_keys(missing_needed)} (e.g. {missing_needed[:4]})")
+        unused_names = [k for k, _ in report.unused]
+        if unused_names:
+            parts.append(f"unused file keys: {_group_keys(unused_names)}")
+        raise CheckpointMismatchError(
+            f"checkpoint {loaded.path} does not fit the model (--arch/--method/--num-classes?): layout "
+            f"{loaded.layout} -> {method} {arch}: " + "; ".join(parts))
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = len(to_load)
+    report.missing = missing
+    return report
+
+
+def _cifar_arch(arch: str, roles: Mapping[str, Mapping[str, Tensor]]) -> str:
+    """The original's GPaCo CIFAR ``resnet50`` is the SupCon one (3x3 stem): ours is ``resnet50_cifar``."""
+    conv1 = roles.get("backbone", {}).get("conv1.weight")
+    if arch == "resnet50" and isinstance(conv1, Tensor) and conv1.ndim == 4 and conv1.shape[-1] == 3:
+        return "resnet50_cifar"
+    return arch
+
+
+def build_model_from_checkpoint(
+    loaded: Optional[LoadedCheckpoint],
+    *,
+    method: Optional[str] = None,
+    arch: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    defaults: Optional[Mapping[str, Any]] = None,
+    build_kwargs: Optional[Mapping[str, Any]] = None,
+) -> Tuple[nn.Module, Optional[LoadReport]]:
+    """Build the model a checkpoint needs and load it.
+
+    ``method``/``arch``/``num_classes`` given here win; then the file's metadata (ours: its
+    training flags; the original's ``arch``; MAE's ``args.model``); then what the layout
+    implies; then ``defaults`` (``method``, ``arch``, ``proj_dim``, ``queue_size``). Sizes
+    of the projection and the queue are read off the tensors. ``loaded=None`` builds the
+    model with random weights (dry runs).
+    """
+    from gpaco.models import build_model
+    from gpaco.models.vit import is_vit
+
+    defaults = dict(defaults or {})
+    meta = loaded.meta if loaded is not None else {}
+    args = meta.get("args") or {}
+    roles = assign_roles(loaded.state, loaded.layout)[0] if loaded is not None else {}
+    method = method or meta.get("method") or args.get("method") or \
+        (LAYOUT_METHOD.get(loaded.layout) if loaded is not None else None) or defaults.get("method", "ce")
+    arch = arch or meta.get("arch") or defaults.get("arch")
+    if arch is None:
+        raise CheckpointError(f"{loaded.path if loaded else 'checkpoint'}: the file does not name its architecture; "
+                              f"pass --arch")
+    if loaded is not None and loaded.layout in ("paco_original", "gpaco_original"):
+        arch = _cifar_arch(arch, roles)
+    inferred = infer_model_kwargs(roles) if loaded is not None else {}
+    kw: Dict[str, Any] = {}
+    for name in ("proj_dim", "queue_size"):
+        value = inferred.get(name, args.get(name, defaults.get(name)))
+        if value is not None:
+            kw[name] = value
+    if "hidden_dim" in inferred:
+        kw["hidden_dim"] = inferred["hidden_dim"]
+    num_classes = num_classes or meta.get("num_classes") or inferred.get("num_classes") or defaults.get("num_classes")
+    if num_classes is None:
+        raise CheckpointError("the number of classes is unknown: pass --num-classes")
+    if is_vit(arch):
+        kw.setdefault("backbone_kwargs", {})
+        img_size = args.get("image_size") or args.get("input_size")  # ours / MAE's
+        if isinstance(img_size, int):
+            kw["backbone_kwargs"]["img_size"] = img_size
+        if method in ("gpaco", "multitask"):
+            act = args.get("proj_act", "auto")
+            kw["projection_act"] = act if act in ("relu", "gelu") else "gelu"
+    elif method in ("gpaco", "multitask") and args.get("proj_act") in ("relu", "gelu"):
+        kw["projection_act"] = args["proj_act"]
+    if method == "paco" and args.get("normalize_pooled"):
+        kw["normalize_pooled"] = True
+    kw.update(build_kwargs or {})
+    try:
+        model = build_model(method, arch, int(num_classes), pretrained=False, **kw)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"cannot build {method} {arch} with {num_classes} classes: {e}") from e
+    if loaded is None:
+        return model, None
+    return model, load_into_model(model, loaded, method, arch)
+
+
+def convert_file(src: str, dst: str, *, trust_pickle: bool = False, method: Optional[str] = None,
+                 arch: Optional[str] = None, num_classes: Optional[int] = None) -> Tuple[LoadReport, dict]:
+    """``tools/convert_checkpoint.py``: write ``src`` in our layout to ``dst``.
+
+    ``dst`` ending in ``.safetensors``: the mapped weights only, with ``method``/``arch``/
+    ``num_classes``/``layout`` in the header metadata. Otherwise a weights-only ``.pth``
+    ``{'model', 'method', 'arch', 'num_classes', 'args', 'epoch', 'conversion'}`` that
+    tools/eval.py (and ``torch.load(weights_only=True)``) reads. Only the tensors the file
+    provided are written (nothing is filled in from a random init); the conversion report
+    (unused and missing keys) is stored under ``conversion``.
+    """
+    from gpaco.engine.checkpoint import save_checkpoint
+
+    loaded = read_checkpoint(src, trust_pickle=trust_pickle)
+    model, report = build_model_from_checkpoint(loaded, method=method, arch=arch, num_classes=num_classes)
+    assert report is not None
+    own = model.state_dict()
+    missing = set(report.missing)
+    provided = [k for k in own if k not in missing]
+    state = OrderedDict((k, own[k].detach().clone()) for k in provided)
+    n_cls = int(model.fc.out_features)
+    feat = int(model.fc.in_features)
+    args = {"method": report.method, "arch": report.arch, "num_classes": n_cls}
+    q = state.get("queue.features")
+    if isinstance(q, Tensor):
+        args["queue_size"], args["proj_dim"] = int(q.shape[0]), int(q.shape[1])
+    src_args = loaded.meta.get("args") or {}
+    for k in ("image_size", "resize_size", "norm", "interpolation", "proj_act"):
+        if isinstance(src_args.get(k), (int, str)):
+            args[k] = src_args[k]
+    if "image_size" not in args and isinstance(src_args.get("input_size"), int):  # MAE's name
+        args["image_size"] = src_args["input_size"]
+    conversion = {"source": os.path.abspath(src), "layout": loaded.layout, "feat_dim": feat, **report.as_dict()}
+    if dst.endswith(".safetensors"):
+        md = {"method": report.method, "arch": report.arch, "num_classes": str(n_cls), "layout": loaded.layout,
+              "format": "gpaco"}
+        md.update({k: str(args[k]) for k in ("image_size", "resize_size", "norm", "interpolation", "proj_act")
+                   if k in args})
+        save_checkpoint(state, dst, metadata=md)
+    else:
+        out = {"model": state, "method": report.method, "arch": report.arch, "num_classes": n_cls, "args": args,
+               "conversion": conversion}
+        if isinstance(loaded.meta.get("epoch"), int):
+            out["epoch"] = loaded.meta["epoch"]
+        save_checkpoint(out, dst)
+    return report, conversion
