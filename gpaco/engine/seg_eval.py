@@ -1,0 +1,158 @@
+"""tools/eval_seg.py: evaluate a segmentation checkpoint, single- and/or multi-scale.
+
+    python tools/eval_seg.py --checkpoint runs/.../best.pth --mode both
+    torchrun --nproc_per_node 8 tools/eval_seg.py --checkpoint ... --mode ms
+    python tools/eval_seg.py --compare runs/demo_seg/ce runs/demo_seg/gpaco   # per-class IoU side by side
+
+``ss``: one pass at the dataset's test scale (whole image, or sliding window for
+Pascal-Context-59). ``ms``: ratios 0.5-1.75 of that scale, each with its horizontal
+flip, softmax probabilities averaged. Per-class IoU is accumulated over the whole split;
+mIoU/mAcc skip classes absent from both prediction and label (IoU) or from the label (acc).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Optional, Sequence
+
+from gpaco.data.seg_datasets import SEG_DATASETS, SyntheticSegDataset, build_seg_dataset
+from gpaco.data.seg_transforms import SegEvalTransform
+from gpaco.distributed import cleanup, init_distributed
+from gpaco.engine.checkpoint import check_writable, load_checkpoint, strip_prefix
+from gpaco.engine.logging import print_main, to_jsonable
+from gpaco.engine.seg import FlagError, _summary, add_seg_test_flags, evaluate_seg, format_iou_table
+from gpaco.models.seg import SEG_ARCHS, build_seg_model
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tools/eval_seg.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="checkpoint of tools/train_seg.py (best.pth, checkpoint.pth)")
+    g = p.add_argument_group("data (unset: the checkpoint's training flags)")
+    g.add_argument("--dataset", default=None, choices=sorted(SEG_DATASETS))
+    g.add_argument("--data-root", default=None)
+    g.add_argument("--split", default="val")
+    g.add_argument("--img-scale", type=int, nargs=2, default=None, metavar=("W", "H"))
+    g.add_argument("--workers", "-j", type=int, default=2)
+    g = p.add_argument_group("model (unset: the checkpoint's)")
+    g.add_argument("--arch", default=None, choices=sorted(SEG_ARCHS))
+    g.add_argument("--encoder", default=None)
+    g.add_argument("--method", default=None, choices=("ce", "gpaco"))
+    g.add_argument("--embed-dim", type=int, default=None)
+    g.add_argument("--amp", default="none", choices=("none", "fp16", "bf16"))
+    add_seg_test_flags(p)
+    p.add_argument("--mode", default="ss", choices=("ss", "ms", "both"),
+                   help="ss: single scale; ms: multi-scale + flip; both: one after the other")
+    p.add_argument("--ms-flip", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--output-dir", default=None, help="metrics.json and per_class_iou.md (default: "
+                   "CHECKPOINT_DIR/eval)")
+    p.add_argument("--print-every", type=int, default=100)
+    p.add_argument("--dry-run", action="store_true", help="build everything, evaluate one small image (random "
+                   "weights if the checkpoint is absent, synthetic data if the data root is), write nothing")
+    p.add_argument("--compare", nargs="+", default=None, metavar="RUN",
+                   help="print the per-class IoU of several runs' metrics.json side by side and exit")
+    p.add_argument("--compare-out", default=None, help="with --compare: also write the table here")
+    return p
+
+
+def compare(runs: Sequence[str], out: Optional[str] = None) -> str:
+    cols = []
+    for r in runs:
+        path = os.path.join(r, "metrics.json") if os.path.isdir(r) else r
+        if not os.path.isfile(path):
+            raise FlagError(f"{path} not found (did the run finish?)")
+        with open(path) as f:
+            m = json.load(f)
+        m = m.get("ss", m)
+        m["per_class_iou"] = [float("nan") if v is None else v for v in m["per_class_iou"]]
+        cols.append((os.path.basename(os.path.normpath(r if os.path.isdir(r) else os.path.dirname(r))), m))
+    table = format_iou_table(cols)
+    if out:
+        with open(out, "w") as f:
+            f.write(table + "\n")
+    return table
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.compare:
+        table = compare(args.compare, args.compare_out)
+        print(table)
+        return {"table": table}
+    if not args.checkpoint:
+        raise FlagError("--checkpoint is required (or --compare RUN ...)")
+    d = init_distributed()
+    ckpt = None
+    if os.path.exists(args.checkpoint):
+        ckpt = load_checkpoint(args.checkpoint)
+    elif not args.dry_run:
+        raise FlagError(f"--checkpoint {args.checkpoint}: no such file")
+    train_args = (ckpt or {}).get("args") or {}
+    fallbacks = {"dataset": "demo", "data_root": "data/demo_seg", "arch": "r50", "method": "gpaco",
+                 "embed_dim": 128, "encoder": None}
+    for name, default in fallbacks.items():
+        if getattr(args, name) is None:
+            setattr(args, name, train_args.get(name, default))
+    info = SEG_DATASETS[args.dataset]
+    num_classes = info.num_classes
+    scale = list(args.img_scale or train_args.get("img_scale") or info.img_scale)
+    mode = args.test_mode or info.test_mode
+    crop = list(args.test_crop or info.test_crop or train_args.get("crop_size") or info.crop_size)
+    stride = list(args.test_stride or info.test_stride or [max(c * 2 // 3, 1) for c in crop])
+    synthetic = args.dry_run and not os.path.isdir(args.data_root)
+    if args.dry_run:
+        scale = [min(scale[0], 128), min(scale[1], 64)]
+        crop = [min(crop[0], 64), min(crop[1], 64)]
+        stride = [max(c * 2 // 3, 1) for c in crop]
+    if synthetic:
+        dataset = SyntheticSegDataset(1, num_classes, (48, 64), transform=SegEvalTransform(),
+                                      class_names=info.class_names)
+    else:
+        dataset = build_seg_dataset(args.dataset, args.data_root, args.split, SegEvalTransform())
+
+    model = build_seg_model(args.arch, num_classes, method=args.method, embed_dim=args.embed_dim,
+                            encoder=args.encoder)
+    if ckpt is not None:
+        state = strip_prefix(ckpt["model"], ("module.",))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise FlagError(f"checkpoint {args.checkpoint} does not fit --arch {args.arch} --method {args.method} "
+                            f"--dataset {args.dataset}: {str(e).splitlines()[0]}") from None
+    model.to(d.device)
+    modes = ("ss", "ms") if args.mode == "both" else (args.mode,)
+    max_images = 1 if args.dry_run else args.max_images
+    print_main(f"gpaco eval_seg: {args.checkpoint} ({args.arch} {args.method}) on {args.dataset}/{args.split}: "
+               f"{len(dataset) if max_images is None else min(max_images, len(dataset))} images, test {mode} at "
+               f"scale {scale[0]}x{scale[1]}{f', crop {crop} stride {stride}' if mode == 'slide' else ''}"
+               f"{' (synthetic stand-in: data root absent)' if synthetic else ''}; {d.world_size} process(es)")
+    results = {}
+    for m in modes:
+        t0 = time.time()
+        ratios = (1.0,) if m == "ss" else tuple(args.ms_ratios)
+        res = evaluate_seg(model, dataset, device=d.device, num_classes=num_classes, scale=tuple(scale),
+                           ratios=ratios, flip=m == "ms" and args.ms_flip, mode=mode, crop=tuple(crop),
+                           stride=tuple(stride), rank=d.rank, world_size=d.world_size,
+                           workers=0 if args.dry_run else args.workers, max_images=max_images, amp=args.amp,
+                           print_every=0 if args.dry_run else args.print_every)
+        results[m] = res
+        print_main(f"{m}: {_summary(res)} in {time.time() - t0:.0f}s")
+    table = format_iou_table([(m, results[m]) for m in modes])
+    print_main(table)
+    if not args.dry_run and d.rank == 0:
+        out = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
+        check_writable(out)
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump(to_jsonable({"checkpoint": args.checkpoint, "dataset": args.dataset, "split": args.split,
+                                   **results}), f, indent=1)
+        with open(os.path.join(out, "per_class_iou.md"), "w") as f:
+            f.write(table + "\n")
+        print_main(f"wrote {out}/metrics.json and per_class_iou.md")
+    cleanup()
+    return {**results, "miou": results[modes[0]]["miou"]}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    return run(build_eval_parser().parse_args(argv))

@@ -1,0 +1,431 @@
+"""Segmentation: metrics, inference (multi-scale, flip, sliding window), pixel sampler, loss,
+schedule, optimizer groups, models, training on the demo scenes, checkpoint round-trip."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from gpaco.data.seg_datasets import SyntheticSegDataset
+from gpaco.data.seg_transforms import SEG_MEAN, SEG_STD, SegEvalTransform
+from gpaco.engine.seg import (
+    IterationSampler, SegCriterion, build_seg_optimizer, evaluate_seg, format_iou_table, inference, poly_lr,
+    sample_pixel_indices,
+)
+from gpaco.metrics import SegMeter
+from gpaco.models.seg import SegModel, build_seg_model, load_encoder_weights, pad_to_multiple
+
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_seg_metrics_hand_computed_with_ignore_and_absent_class():
+    # C = 4; class 3 never appears in the labels, and is predicted only on an ignored pixel.
+    labels = torch.tensor([[0, 0, 1, 255], [1, 2, 2, 255]])
+    preds = torch.tensor([[0, 1, 1, 0], [1, 2, 0, 3]])
+    m = SegMeter(4)
+    m.update(preds[None], labels[None])
+    # Confusion (rows = label): [[1,1,0,0],[0,2,0,0],[1,0,1,0],[0,0,0,0]]
+    assert m.confusion.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    r = m.compute()
+    iou = r["per_class_iou"]
+    assert iou[0] == pytest.approx(100 / 3) and iou[1] == pytest.approx(200 / 3) and iou[2] == pytest.approx(50)
+    assert math.isnan(iou[3]) and math.isnan(r["per_class_acc"][3])
+    assert r["miou"] == pytest.approx(50.0)                      # (1/3 + 2/3 + 1/2) / 3
+    assert r["macc"] == pytest.approx(100 * (0.5 + 1 + 0.5) / 3)
+    assert r["aacc"] == pytest.approx(100 * 4 / 6)
+    assert r["num_pixels"] == 6
+
+
+def test_seg_metrics_class_predicted_but_absent_from_labels_counts_as_zero_iou():
+    m = SegMeter(4)
+    m.update(torch.tensor([[0, 3]]), torch.tensor([[0, 0]]))
+    r = m.compute()
+    assert r["per_class_iou"][0] == pytest.approx(50) and r["per_class_iou"][3] == 0.0
+    assert math.isnan(r["per_class_iou"][1]) and math.isnan(r["per_class_acc"][3])
+    assert r["miou"] == pytest.approx(25.0) and r["macc"] == pytest.approx(50.0) and r["aacc"] == pytest.approx(50)
+
+
+def test_format_iou_table_marks_absent_classes():
+    m = SegMeter(3)
+    m.update(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+    table = format_iou_table([("a", {**m.compute(), "class_names": ["x", "y", "z"]})])
+    assert "| x | 100.00 |" in table and "| z | - |" in table and "**mIoU** | 100.00" in table
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+class OneHotIdentity(nn.Module):
+    """Returns its input's class map: the (un-normalised) image holds a one-hot of 3 classes."""
+
+    def forward(self, x):
+        mean = torch.tensor(SEG_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(SEG_STD).view(1, 3, 1, 1)
+        return (x * std + mean) / 255.0 * 20.0
+
+
+def _block_map(h, w, block, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, 3, (h // block + 1, w // block + 1), generator=g)
+    return coarse.repeat_interleave(block, 0).repeat_interleave(block, 1)[:h, :w]
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_multiscale_flip_on_identity_model_is_identity(mode):
+    cls = _block_map(40, 56, 8)
+    img = torch.nn.functional.one_hot(cls, 3).permute(2, 0, 1)[None].float() * 255
+    probs = inference(OneHotIdentity(), img, num_classes=3, scale=(56, 40), ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+                      flip=True, mode=mode, crop=(24, 24), stride=(16, 16))
+    assert probs.shape == (1, 3, 40, 56)
+    assert torch.allclose(probs.sum(1), torch.ones(1, 40, 56), atol=1e-5)
+    assert torch.equal(probs.argmax(1)[0], cls)
+
+
+def test_flip_is_undone():
+    """A model that is not flip-equivariant (predicts class 1 on the left half): flip averaging
+    must map the flipped pass back before averaging, giving 0.5/0.5 everywhere."""
+
+    class LeftHalf(nn.Module):
+        def forward(self, x):
+            w = x.shape[-1]
+            out = torch.zeros(x.shape[0], 2, *x.shape[-2:])
+            out[:, 1, :, : w // 2] = 50.0
+            out[:, 0, :, w // 2:] = 50.0
+            return out
+
+    img = torch.zeros(1, 3, 8, 8)
+    single = inference(LeftHalf(), img, num_classes=2, scale=(8, 8))
+    assert single.argmax(1)[0, :, :4].eq(1).all() and single.argmax(1)[0, :, 4:].eq(0).all()
+    both = inference(LeftHalf(), img, num_classes=2, scale=(8, 8), flip=True)
+    assert torch.allclose(both, torch.full_like(both, 0.5), atol=1e-5)
+
+
+def test_evaluate_seg_end_to_end_and_sharding():
+    """evaluate_seg with the identity model scores 100%; two shards cover every image once."""
+
+    class Data(torch.utils.data.Dataset):
+        class_names = ("a", "b", "c")
+
+        def __init__(self):
+            self.maps = [_block_map(24, 32, 8, seed=s) for s in range(5)]
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            img = torch.nn.functional.one_hot(self.maps[i], 3).permute(2, 0, 1).to(torch.uint8) * 255
+            label = self.maps[i].clone()
+            label[0, 0] = 255
+            return img, label, i
+
+    kw = dict(device=torch.device("cpu"), num_classes=3, scale=(32, 24))
+    full = evaluate_seg(OneHotIdentity(), Data(), **kw)
+    assert full["miou"] == pytest.approx(100.0) and full["aacc"] == pytest.approx(100.0)
+    assert full["num_pixels"] == 5 * (24 * 32 - 1)
+    shards = [evaluate_seg(OneHotIdentity(), Data(), rank=r, world_size=2, **kw)["num_pixels"] for r in (0, 1)]
+    assert sum(shards) == full["num_pixels"]
+
+
+# ----------------------------------------------------------------------------- pixel sampler & loss
+
+
+def test_pixel_sampler_shapes_uniqueness_and_determinism():
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = sample_pixel_indices(4, 1000, 128, generator=g1)
+    b = sample_pixel_indices(4, 1000, 128, generator=g2)
+    assert a.shape == (4, 128) and a.dtype == torch.int64
+    assert torch.equal(a, b)
+    assert all(len(set(row.tolist())) == 128 for row in a)
+    assert int(a.min()) >= 0 and int(a.max()) < 1000
+    assert not torch.equal(a[0], a[1])  # each image draws its own pixels
+    c = sample_pixel_indices(4, 1000, 128, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(a, c)
+    assert torch.equal(sample_pixel_indices(2, 50, 8192)[1], torch.arange(50))  # K >= HW: all pixels
+    assert sample_pixel_indices(2, 50, -1).shape == (2, 50)
+
+
+def _fake_outputs(b=2, c=5, h=8, w=8, d=16, seed=0, padded=(32, 32)):
+    g = torch.Generator().manual_seed(seed)
+    embed = torch.nn.functional.normalize(torch.randn(b, d, h, w, generator=g), dim=1).requires_grad_()
+    logits = torch.randn(b, c, h, w, generator=g).requires_grad_()
+    aux = torch.randn(b, c, h // 2, w // 2, generator=g).requires_grad_()
+    labels = torch.randint(0, c, (b, 30, 30), generator=g)
+    labels[:, :3] = 255
+    return {"logits": logits, "aux": aux, "embed": embed, "padded_size": padded}, labels
+
+
+def test_criterion_parts_and_determinism():
+    out, labels = _fake_outputs()
+    crit = SegCriterion(5, method="gpaco", alpha=0.01, temperature=0.07, num_pixels=32)
+    l1, p1 = crit(out, labels, generator=torch.Generator().manual_seed(0))
+    l2, p2 = crit(out, labels, generator=torch.Generator().manual_seed(0))
+    l3, _ = crit(out, labels, generator=torch.Generator().manual_seed(1))
+    assert set(p1) == {"ce", "aux", "paco"}
+    assert torch.equal(l1, l2) and not torch.equal(l1, l3)
+    assert torch.allclose(l1, p1["ce"] + p1["aux"] + p1["paco"])
+    l1.backward()
+    assert out["embed"].grad is not None and out["logits"].grad.abs().sum() > 0
+    ce_only, parts = SegCriterion(5, method="ce")(out, labels)
+    assert set(parts) == {"ce", "aux"}
+
+
+def test_criterion_paco_matches_pixel_loss_on_all_pixels():
+    """With K >= h*w every pixel is used: the criterion equals pixel_paco_loss on the
+    nearest-downsampled labels, and labels >= C count as ignored."""
+    from gpaco.losses.pixel import pixel_paco_loss
+
+    out, _ = _fake_outputs(b=1, h=4, w=4, padded=(16, 16))
+    labels = torch.arange(16 * 16).view(1, 16, 16) % 7  # values 5, 6 are >= C: ignored
+    crit = SegCriterion(5, num_pixels=-1)
+    got = crit.paco(out["embed"], out["logits"], labels)
+    small = labels[:, ::4, ::4].reshape(1, -1)
+    small = torch.where(small >= 5, torch.full_like(small, 255), small)
+    want = pixel_paco_loss(out["embed"].flatten(2).transpose(1, 2), small, out["logits"].flatten(2).transpose(1, 2),
+                           alpha=0.01, temperature=0.07)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_ce_average_over_all_pixels_vs_labelled_only():
+    logits = torch.zeros(1, 2, 2, 2)
+    labels = torch.tensor([[[0, 255], [255, 255]]])
+    out = {"logits": logits, "padded_size": (2, 2)}
+    mm = SegCriterion(2, method="ce", aux_weight=0)(out, labels)[0]
+    assert mm.item() == pytest.approx(math.log(2) / 4)  # mmseg 0.x: ignored pixels count in the mean
+    non = SegCriterion(2, method="ce", aux_weight=0, avg_non_ignore=True)(out, labels)[0]
+    assert non.item() == pytest.approx(math.log(2))
+
+
+# ----------------------------------------------------------------------------- schedule, optimizer, sampler
+
+
+def test_poly_lr_with_warmup():
+    assert poly_lr(0, base_lr=0.01, max_iters=100, power=0.9, min_lr=1e-4) == pytest.approx(0.01)
+    assert poly_lr(50, base_lr=0.01, max_iters=100, power=0.9, min_lr=1e-4) == pytest.approx(
+        (0.01 - 1e-4) * 0.5 ** 0.9 + 1e-4)
+    assert poly_lr(100, base_lr=0.01, max_iters=100, power=0.9, min_lr=1e-4) == pytest.approx(1e-4)
+    kw = dict(base_lr=6e-5, max_iters=160000, power=1.0, min_lr=0.0, warmup_iters=1500, warmup_ratio=1e-6)
+    assert poly_lr(0, **kw) == pytest.approx(6e-5 * 1e-6)
+    regular = 6e-5 * (1 - 750 / 160000)
+    assert poly_lr(750, **kw) == pytest.approx(regular * (1 - 0.5 * (1 - 1e-6)))
+    assert poly_lr(1500, **kw) == pytest.approx(6e-5 * (1 - 1500 / 160000))
+
+
+def test_adamw_groups_exclude_norms_and_relative_position_tables():
+    model = build_seg_model("swin_t", 4, method="ce")
+    opt = build_seg_optimizer(model, name="adamw", lr=6e-5, wd=0.01,
+                              no_decay_keys=("absolute_pos_embed", "relative_position_bias_table", "norm"))
+    no_decay = {id(p) for p in opt.param_groups[1]["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in no_decay}
+    assert opt.param_groups[1]["weight_decay"] == 0.0 and opt.param_groups[0]["weight_decay"] == 0.01
+    assert any("relative_position_bias_table" in n for n in names) and any("norm1" in n for n in names)
+    assert all(any(k in n for k in ("relative_position_bias_table", "norm")) for n in names)
+    assert isinstance(opt, torch.optim.AdamW)
+    sgd = build_seg_optimizer(model, name="sgd", lr=0.01, wd=5e-4)
+    assert len(sgd.param_groups) == 1
+
+
+def test_iteration_sampler_resumes_and_shards():
+    full = list(IterationSampler(10, 2, seed=1, max_iters=12))
+    assert len(full) == 24
+    resumed = list(IterationSampler(10, 2, seed=1, start_iter=7, max_iters=12))
+    assert resumed == full[14:]
+    # Two ranks: disjoint halves of each global batch, same seeds layout.
+    r0 = list(IterationSampler(10, 2, rank=0, world_size=2, seed=1, max_iters=2))
+    r1 = list(IterationSampler(10, 2, rank=1, world_size=2, seed=1, max_iters=2))
+    epoch0 = [i for i, _ in r0] + [i for i, _ in r1]
+    assert len(set(epoch0)) == 8
+    # Each epoch (5 iterations of 2) visits every image once.
+    assert sorted(i for i, _ in full[:10]) == list(range(10))
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("arch", ["r18", "r50", "swin_t"])
+def test_model_output_shapes(arch):
+    model = build_seg_model(arch, 7, method="gpaco")
+    x = torch.randn(2, 3, 50, 46)
+    out = model(x, train_outputs=True)
+    div = 32 if arch.startswith("swin") else 8
+    hp, wp = math.ceil(50 / div) * div, math.ceil(46 / div) * div
+    assert out["padded_size"] == (hp, wp)
+    assert out["logits"].shape == (2, 7, hp // 4, wp // 4)
+    assert out["embed"].shape == (2, 128, hp // 4, wp // 4)
+    assert torch.allclose(out["embed"].norm(dim=1), torch.ones(2, hp // 4, wp // 4), atol=1e-4)
+    assert out["aux"].shape[1] == 7
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == (2, 7, 50, 46)
+    assert build_seg_model(arch, 7, method="ce").embed is None
+
+
+def test_r18_uses_original_skip_width_and_channels():
+    model = SegModel("r18", 19)
+    assert model.decoder.block1[0].out_channels == 12
+    assert model.cls_seg[1].in_channels == 128
+    assert model.aux_head[0][0].in_channels == 256 and model.aux_head[0][0].out_channels == 64
+
+
+def test_pad_to_multiple():
+    x = torch.ones(1, 1, 5, 9)
+    y = pad_to_multiple(x, 8)
+    assert y.shape == (1, 1, 8, 16) and y[..., :5, :9].eq(1).all() and y[..., 5:, :].eq(0).all()
+
+
+def test_load_encoder_weights_maps_timm_names(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    src = timm.create_model("resnet18d", pretrained=False, num_classes=10)
+    path = tmp_path / "resnet18d.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    model = SegModel("r18", 3)
+    report = load_encoder_weights(model, str(path), verbose=False)
+    assert report["loaded"] > 50 and report["missing"] == 0
+    assert torch.equal(model.encoder.model.conv1[0].weight, src.conv1[0].weight)
+    assert report["unused"] == 2  # fc.weight, fc.bias
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    from gpaco.data.demo_seg import build_demo_scenes
+
+    root = tmp_path_factory.mktemp("demo_seg")
+    build_demo_scenes(root, num_train=12, num_val=4, num_test=4, size=32)
+    return str(root)
+
+
+def test_demo_scenes_layout_and_long_tail(demo_root):
+    from gpaco.data.seg_datasets import build_seg_dataset
+
+    with open(os.path.join(demo_root, "meta.json")) as f:
+        meta = json.load(f)
+    assert meta["num_classes"] == 11 and meta["scenes"] == {"train": 12, "val": 4, "test": 4}
+    ds = build_seg_dataset("demo", demo_root, "train", SegEvalTransform())
+    img, label, _ = ds[0]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.uint8 and label.shape == (32, 32)
+    assert set(label.unique().tolist()) <= set(range(11))
+    assert meta["pixels"]["train"][10] > sum(meta["pixels"]["train"][:10])  # background dominates
+
+
+def test_few_iterations_on_demo_scenes_lower_the_loss(demo_root):
+    from gpaco.data.seg_datasets import build_seg_dataset
+    from gpaco.data.seg_transforms import SegTrainTransform
+
+    torch.manual_seed(0)
+    ds = build_seg_dataset("demo", demo_root, "train", SegTrainTransform((32, 32), (32, 32), ratio_range=(1, 1),
+                                                                         photometric=False))
+    imgs, labels = map(torch.stack, zip(*[ds[i][:2] for i in range(4)]))
+    model = build_seg_model("r18", 11, method="gpaco")
+    crit = SegCriterion(11, method="gpaco", num_pixels=32)
+    opt = build_seg_optimizer(model, name="sgd", lr=0.01, wd=5e-4)
+    losses = []
+    for it in range(8):
+        loss, _ = crit(model(imgs, train_outputs=True), labels, generator=torch.Generator().manual_seed(it))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
+def _train_argv(root, out, *extra):
+    return ["--dataset", "demo", "--data-root", root, "--arch", "r18", "--method", "gpaco", "--img-scale", "32", "32",
+            "--crop-size", "32", "32", "--batch-size", "2", "--num-pixels", "16", "--workers", "0",
+            "--print-freq", "1", "--eval-interval", "2", "--ckpt-interval", "2", "--test-split", "test",
+            "--output-dir", str(out), "--resume", "auto", *extra]
+
+
+@pytest.mark.slow
+def test_checkpoint_round_trip_resume_and_eval(demo_root, tmp_path):
+    """Train 4 iterations straight, and 2 + (preempted, resumed) 2: identical weights; the
+    checkpoint loads weights-only and tools/eval_seg.py reproduces the final metrics."""
+    from gpaco.engine import seg, seg_eval
+    from gpaco.engine.checkpoint import load_checkpoint
+
+    straight = seg.main(_train_argv(demo_root, tmp_path / "a", "--iters", "4"))
+    first = seg.main(_train_argv(demo_root, tmp_path / "b", "--iters", "4", "--stop-after", "2"))
+    assert first == {"stopped_at_iter": 2, "train_loss": first["train_loss"]}
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pth")["iter"] == 2
+    resumed = seg.main(_train_argv(demo_root, tmp_path / "b", "--iters", "4"))
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pth")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pth")
+    assert a["iter"] == b["iter"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert resumed["miou"] == straight["miou"]
+    assert (tmp_path / "a" / "best.pth").is_file() and (tmp_path / "a" / "metrics.json").is_file()
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["num_images"] == 4
+
+    ev = seg_eval.main(["--checkpoint", str(tmp_path / "a" / "checkpoint.pth"), "--split", "test", "--workers", "0",
+                        "--mode", "both", "--output-dir", str(tmp_path / "ev")])
+    assert ev["ss"]["miou"] == pytest.approx(straight["miou"])
+    assert ev["ms"]["num_images"] == 4 and ev["ms"]["flip"] is True
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert set(saved) >= {"ss", "ms", "checkpoint"}
+    table = seg_eval.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")])["table"]
+    assert "| background |" in table and "a IoU" in table and "b IoU" in table
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    from gpaco.engine import seg
+
+    res = seg.main(["--dataset", "cityscapes", "--data-root", str(tmp_path / "absent"), "--arch", "r18",
+                    "--output-dir", str(tmp_path / "out"), "--dry-run", "--dry-run-crop", "32"])
+    assert res["dry_run"] is True and math.isfinite(res["train_loss"]) and "paco" in res
+    assert not (tmp_path / "out").exists()
+
+
+def test_synthetic_dataset_is_deterministic():
+    ds = SyntheticSegDataset(2, 5, (16, 16), transform=SegEvalTransform())
+    a, b = ds[1], ds[1]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def _torchrun(script, argv, nproc):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", f"--nproc_per_node={nproc}",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), os.path.join(root, script), *argv]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_two_processes_train_and_evaluate_every_image_once(demo_root, tmp_path):
+    """DDP training on 2 CPU processes (plain BN: SyncBN needs CUDA), then evaluation on 2
+    processes gives exactly the single-process metrics (each image counted once)."""
+    out = tmp_path / "run"
+    stdout = _torchrun("tools/train_seg.py", _train_argv(demo_root, out, "--iters", "2", "--batch-size", "4"), 2)
+    assert "processes 2 on cpu, global batch 4 = 2 per process" in stdout and "SyncBatchNorm needs CUDA" in stdout
+    ckpt = str(out / "checkpoint.pth")
+    ev = ["--checkpoint", ckpt, "--split", "test", "--workers", "0", "--mode", "both"]
+    _torchrun("tools/eval_seg.py", ev + ["--output-dir", str(tmp_path / "ev2")], 2)
+    from gpaco.engine import seg_eval
+
+    one = seg_eval.main(ev + ["--output-dir", str(tmp_path / "ev1")])
+    two = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
+    for mode in ("ss", "ms"):
+        assert two[mode]["num_pixels"] == one[mode]["num_pixels"] == 4 * 32 * 32
+        assert two[mode]["miou"] == pytest.approx(one[mode]["miou"], abs=1e-9)
+        assert two[mode]["aacc"] == pytest.approx(one[mode]["aacc"], abs=1e-9)
