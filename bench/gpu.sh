@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# GPU throughput of ResNet-50 CE and GPaCo: bf16 autocast + channels_last, eager and
+# torch.compile, synthetic data on the device, the real engine pieces (bench/gpu_speed.py).
+# Prints the card's name, images/s and samples/s per configuration, peak GPU memory, and
+# the ratios GPaCo(B)/CE(2B), our CE/bare CE, compiled/eager.
+#
+#   bash bench/gpu.sh                      # B=128 per GPaCo view (CE at 256), 224px
+#   bash bench/gpu.sh --batch 64 --no-compile
+#   CUDA_VISIBLE_DEVICES=1 bash bench/gpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python; fi
+fi
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1
+fi
+exec "$PY" bench/gpu_speed.py "$@"

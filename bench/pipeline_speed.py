@@ -1,0 +1,142 @@
+"""Input pipeline: images/s of one data-loader worker, gpaco's two-view pipelines against
+the original's composition.
+
+Photographs: JPEGs at about 500x375 cut from scikit-image's bundled photographs (see
+``_common.make_photos``). One unit of work = one pass of ``dataset[i]`` over all of them
+(decode + both views, as a DataLoader worker does before collation), single-threaded
+(DataLoader workers run torch with one thread).
+
+Baseline = what the original does (``ImageNetLT_moco.__getitem__`` + ``paco_lt.py``'s
+augmentation lists): ``Image.open(f).convert('RGB')`` once, then
+``[Compose(view1_ops)(img), Compose(view2_ops)(img)]`` with torchvision's PIL transforms,
+MoCo's PIL GaussianBlur and timm's RandAugment. Ours = ``gpaco.data.SplitDataset`` with
+``build_train_transform(aug)``. Ratio = ours images/s / baseline images/s.
+
+    python bench/pipeline_speed.py [--repeats 9] [--quick] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+
+import torch
+from PIL import Image, ImageFilter
+from torchvision import transforms as T
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+from gpaco.data import NORMALIZATION, SplitDataset, build_train_transform  # noqa: E402
+
+STRATEGIES = ("randcls_sim", "randcls_randclsstack", "sim_sim")
+TARGET, AIM = 1.0, 1.5
+
+
+# ----------------------------------------------------------------------------- baseline
+
+class MocoGaussianBlur:
+    """moco.loader.GaussianBlur of the original."""
+
+    def __init__(self, sigma=(0.1, 2.0)):
+        self.sigma = sigma
+
+    def __call__(self, x):
+        return x.filter(ImageFilter.GaussianBlur(radius=random.uniform(self.sigma[0], self.sigma[1])))
+
+
+def original_views(aug: str, size: int = 224, randaug_n: int = 2, randaug_m: int = 10):
+    """The original's per-view Compose lists (paco_lt.py), by strategy name."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    normalize = T.Normalize(*NORMALIZATION["imagenet"])
+    ra_params = dict(translate_const=int(size * 0.45), img_mean=(124, 116, 104))
+
+    def ra():
+        return rand_augment_transform(f"rand-n{randaug_n}-m{randaug_m}-mstd0.5", ra_params)
+
+    sim = [T.RandomResizedCrop(size), T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.0)], p=1.0),
+           T.RandomGrayscale(p=0.2), T.RandomApply([MocoGaussianBlur([.1, 2.])], p=0.5),
+           T.RandomHorizontalFlip(), T.ToTensor(), normalize]
+    randcls = [T.RandomResizedCrop(size, scale=(0.08, 1.)), T.RandomHorizontalFlip(),
+               T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.0)], p=1.0), ra(), T.ToTensor(), normalize]
+    stack = [T.RandomResizedCrop(size, scale=(0.08, 1.)), T.RandomHorizontalFlip(),
+             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.0)], p=1.0), T.RandomGrayscale(p=0.2),
+             T.RandomApply([MocoGaussianBlur([.1, 2.])], p=0.5), ra(), T.ToTensor(), normalize]
+    lists = {"sim": sim, "randcls": randcls, "randclsstack": stack}
+    v1, v2 = aug.split("_")
+    return [T.Compose(list(lists[v1])), T.Compose(list(lists[v2]))]
+
+
+class OriginalDataset(torch.utils.data.Dataset):
+    """ImageNetLT_moco.__getitem__ of the original: decode once, apply each view's Compose."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        with open(path, "rb") as f:
+            img = Image.open(f).convert("RGB")
+        return [self.transform[0](img), self.transform[1](img)], label
+
+
+# ----------------------------------------------------------------------------- bench
+
+def one_pass(dataset, seed):
+    def run():
+        random.seed(seed)
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        for i in range(len(dataset)):
+            dataset[i]
+        return time.perf_counter() - t0
+    return run
+
+
+def bench(aug, root, list_path, repeats, size):
+    mean, std = NORMALIZATION["imagenet"]
+    ours = SplitDataset(list_path, root, build_train_transform(aug, image_size=size, mean=mean, std=std))
+    base = OriginalDataset(ours.samples, original_views(aug, size))
+    n = len(ours)
+    times = C.interleave({"ours": one_pass(ours, 0), "base": one_pass(base, 0)}, repeats, warmup=1)
+    ratio = C.paired_ratio(times["base"], times["ours"])
+    ips_o, ips_b = n / C.median(times["ours"]), n / C.median(times["base"])
+    return C.Row("pipeline", f"input pipeline {aug} (ours/original img/s)", ratio, TARGET, ">=",
+                 f"ours {ips_o:.0f} img/s, original {ips_b:.0f} img/s per worker; aim >= {AIM}; "
+                 f"spread {C.spread(times['ours']):.0%}/{C.spread(times['base']):.0%}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=None, help="default 9 (quick: 5)")
+    p.add_argument("--photos", type=int, default=None, help="JPEGs per pass (default 32, quick: 16)")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    repeats = args.repeats or (5 if args.quick else 9)
+    n_photos = args.photos or (16 if args.quick else 32)
+    C.set_threads(1)  # what a DataLoader worker runs with
+    load = C.LoadMeter()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = C.make_photos(os.path.join(tmp, "img"), n=n_photos)
+        list_path = os.path.join(tmp, "train.txt")
+        C.write_split(paths, tmp, list_path, num_classes=4)
+        rows = [bench(aug, tmp, list_path, repeats, args.size) for aug in STRATEGIES]
+    info = load.stop()
+    print(f"input pipeline, {n_photos} JPEGs ~500x375, S={args.size}, 1 thread, {repeats} interleaved repeats; "
+          f"other processes used {info['other_cores'] or 0:.2f} cores meanwhile")
+    C.print_rows(rows)
+    C.rows_to_json(rows, args.json, {"load": info})
+    return C.exit_code(rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
