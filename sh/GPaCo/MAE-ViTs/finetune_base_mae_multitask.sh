@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi-task baseline (LS-CE + 0.5 SupCon), full ImageNet-1k, MAE ViT-B/16: fine-tune.
 #
-# Paper row: the GPaCo paper's multi-task ViT-B/16 comparison.
+# Paper row: ImageNet-1k, multi-task, ViT-B/16 (MAE), 83.4 top-1 (GPaCo paper, original README).
 # Original: GPaCo/MAE-ViTs/sh/finetune_base_mae_multitask.sh (main_finetune_multitask.py).
 # Effective batch 1024 = --batch-size 256 (GLOBAL micro-batch, any GPU count: NGPUS=8 -> 32/GPU,
 # as the original's 8 GPUs x 32) x --accum-iter 4; lr = blr x 1024 / 256 = 2e-3.

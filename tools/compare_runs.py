@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Compare two evaluated runs: many/medium/few side by side and the per-class accuracy difference.
+
+    python tools/compare_runs.py runs/demo/ce runs/demo/gpaco [--names CE GPaCo] [--plot compare.png]
+
+RUN is a run folder or an evaluation folder (with metrics.json, and per_class.csv for the
+training counts), or a metrics.json file. Prints top-1/top-5, many/medium/few (with the number
+of classes in each group), mean class accuracy and, when both have them, the robustness
+figures, with B - A; plots accuracy(B) - accuracy(A) per class, head to tail.
+"""
+import argparse
+import os
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tools/compare_runs.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--names", nargs=2, default=None, metavar=("A", "B"), help="column names (default: folder names)")
+    p.add_argument("--plot", default=None,
+                   help="per-class difference plot (default: compare_<A>_vs_<B>.png in the current folder)")
+    return p
+
+
+def _name(path: str) -> str:
+    path = os.path.abspath(path)
+    if os.path.isfile(path):
+        path = os.path.dirname(path)
+    base = os.path.basename(path)
+    return f"{os.path.basename(os.path.dirname(path))}/{base}" if base.startswith("eval") else base
+
+
+def main(argv=None) -> str:
+    args = build_parser().parse_args(argv)
+    from gpaco.engine.report import compare_table, load_run, plot_per_class_difference
+
+    try:
+        a, b = load_run(args.run_a), load_run(args.run_b)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    names = args.names or [_name(args.run_a), _name(args.run_b)]
+    table = compare_table(a, b, names)
+    print(table)
+    plot = args.plot or f"compare_{names[0].replace('/', '_')}_vs_{names[1].replace('/', '_')}.png"
+    try:
+        plot_per_class_difference(a, b, plot, names)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"wrote {plot}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
