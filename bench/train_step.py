@@ -19,8 +19,8 @@ Ratios (each side the median over interleaved rounds; ratio = median of per-roun
 
 Defaults: B=8, 224 px (quick: 112 px), K=8192, C=1000, one step per timed unit, 5
 interleaved rounds (quick: 3), one thread (the most stable ratios on a shared machine).
-Before timing, the one-pass GPaCo prototype (see below) is checked to compute the same
-loss, gradients and BatchNorm buffers as GPaCoModel.
+GPaCoModel runs both views as one batch of 2B with per-view BatchNorm statistics
+(gpaco/models/view_bn.py; tests/test_models.py checks it equals the original's two passes).
 
     python bench/train_step.py [--quick] [--batch 8] [--image-size 224] [--threads 1]
 """
@@ -32,7 +32,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
@@ -53,12 +52,10 @@ def long_tail_counts(num_classes: int, imbalance: float = 256.0, head: int = 128
 class Engine:
     """One gpaco configuration: model + criterion + SGD, stepped with train_one_epoch."""
 
-    def __init__(self, method, batch, size, num_classes, queue, steps, one_pass=False):
+    def __init__(self, method, batch, size, num_classes, queue, steps):
         torch.manual_seed(0)
         self.model = build_model(method, "resnet50", num_classes, queue_size=queue, proj_dim=128,
                                  global_batch=batch).to(DEVICE)
-        if one_pass:
-            self.model = OnePassModel(self.model)
         counts = long_tail_counts(num_classes)
         self.criterion = Criterion(method, class_counts=counts).to(DEVICE)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -70,97 +67,6 @@ class Engine:
         train_one_epoch(self.model, self.criterion, self.data, self.opt, None, epoch=0, device=DEVICE,
                         print_freq=0)
         return (time.perf_counter() - t0) / len(self.data)
-
-
-# ----------------------------------------------------------------------------- one-pass prototype
-#
-# A prototype of the model change recommended in docs/benchmarks.md: GPaCo runs both views
-# through the encoder as ONE 2B batch, with every BatchNorm normalising each view's half
-# separately (and updating its running statistics twice, view 1 then view 2), which is
-# the same arithmetic as the two passes the original makes (per-view BN statistics).
-# It is checked against GPaCoModel (loss, gradients, BN buffers) before it is timed.
-
-class _ViewSplitBN:
-    """Context manager: training-mode BatchNorm2d/1d layers under ``module`` normalise the
-    ``views`` equal chunks of their batch separately, in order."""
-
-    def __init__(self, module, views=2):
-        self.bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        self.views = views
-
-    def __enter__(self):
-        for bn in self.bns:
-            bn.forward = self._forward(bn)
-        return self
-
-    def __exit__(self, *exc):
-        for bn in self.bns:
-            del bn.forward  # back to the class's forward
-
-    def _forward(self, bn):
-        views = self.views
-
-        def forward(x):
-            if not bn.training or not bn.track_running_stats:
-                return type(bn).forward(bn, x)
-            outs = []
-            for chunk in x.chunk(views):
-                bn.num_batches_tracked.add_(1)
-                momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-                outs.append(F.batch_norm(chunk, bn.running_mean, bn.running_var, bn.weight, bn.bias, True,
-                                         momentum, bn.eps))
-            return torch.cat(outs)
-        return forward
-
-
-def one_pass_forward(model, im_q, im_k, labels):
-    """GPaCoModel's two-view training forward with one encoder pass over cat(im_q, im_k)."""
-    from gpaco.models import ContrastiveOutput
-
-    labels = labels.long()
-    with _ViewSplitBN(model.encoder, 2):
-        pooled, z = model.encoder(torch.cat([im_q, im_k]))
-    q, k = F.normalize(z, dim=1).chunk(2)
-    queue_feats, queue_labels = model.queue.snapshot()
-    out = ContrastiveOutput(torch.cat([q, k, queue_feats]), torch.cat([labels, labels, queue_labels]),
-                            model.fc(pooled), 2 * q.shape[0])
-    model.queue.enqueue(k.detach(), labels)
-    return out
-
-
-class OnePassModel(torch.nn.Module):
-    """Wraps a GPaCoModel so that train_one_epoch runs the one-pass forward."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, im_q, im_k=None, labels=None):
-        if not self.training or im_k is None or labels is None:
-            return self.model(im_q, im_k, labels)
-        return one_pass_forward(self.model, im_q, im_k, labels)
-
-
-def check_one_pass(size=32, batch=4, classes=10):
-    """The prototype computes what GPaCoModel computes: same loss, gradients, BN buffers."""
-    torch.manual_seed(0)
-    a = build_model("gpaco", "resnet50", classes, queue_size=4 * batch, global_batch=batch).train()
-    b = build_model("gpaco", "resnet50", classes, queue_size=4 * batch, global_batch=batch).train()
-    b.load_state_dict(a.state_dict())
-    crit = Criterion("gpaco", class_counts=list(range(1, classes + 1)))
-    g = torch.Generator().manual_seed(1)
-    x1, x2 = (torch.randn(batch, 3, size, size, generator=g) for _ in range(2))
-    y = torch.randint(0, classes, (batch,), generator=g)
-    la = crit(a(x1, x2, y), y)
-    lb = crit(one_pass_forward(b, x1, x2, y), y)
-    la.backward()
-    lb.backward()
-    assert torch.allclose(la, lb, rtol=1e-5, atol=1e-6), (la.item(), lb.item())
-    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
-        scale = pa.grad.abs().max().clamp_min(1e-12)
-        assert (pa.grad - pb.grad).abs().max() <= 1e-4 * scale, f"gradient of {n} differs"
-    for (n, ba), bb in zip(a.named_buffers(), b.buffers()):
-        assert torch.allclose(ba.float(), bb.float(), rtol=1e-4, atol=1e-5), f"buffer {n} differs"
 
 
 def loss_time(engine: Engine, repeats: int) -> float:
@@ -193,7 +99,6 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 5, quick 3)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: most stable ratios on a shared machine)")
-    p.add_argument("--no-prototype", action="store_true", help="skip the one-pass GPaCo prototype")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     size = args.image_size or (112 if args.quick else 224)
@@ -210,9 +115,6 @@ def main(argv=None):
         "gpaco_B": Engine("gpaco", B, size, Cn, K, S),
         "ce_2B": Engine("ce", 2 * B, size, Cn, K, S),
     }
-    if not args.no_prototype:
-        check_one_pass()
-        fns["gpaco_1pass_B"] = Engine("gpaco", B, size, Cn, K, S, one_pass=True)
     times = C.interleave(fns, repeats, warmup=1)
     med = {k: C.median(v) for k, v in times.items()}
     ms = {k: f"{1e3 * v:.0f}" for k, v in med.items()}
@@ -225,11 +127,6 @@ def main(argv=None):
         C.Row("train", f"our CE recipe / bare CE loop (B={B})", C.paired_ratio(times["ce_B"], times["bare_ce_B"]),
               TARGET_CE, "<=", f"{ms['ce_B']} vs {ms['bare_ce_B']} ms"),
     ]
-    if "gpaco_1pass_B" in times:
-        rows.append(C.Row("train", f"GPaCo one-pass prototype (B={B}) / CE step (2B={2 * B})",
-                          C.paired_ratio(times["gpaco_1pass_B"], times["ce_2B"]), None, "<=",
-                          f"{ms['gpaco_1pass_B']} vs {ms['ce_2B']} ms; the recommended model change, "
-                          "checked equal to GPaCoModel; not the engine"))
     del fns
 
     # The loss's share of the step, at ImageNet-LT and iNaturalist class counts.

@@ -334,7 +334,7 @@ def test_gpaco_training_output_layout_and_queue():
     assert torch.equal(out.features[2 * B:], queue_before)
     # both views carry gradient; the queue does not
     assert _grads_flow(model, out.features[B:2 * B]) and not _grads_flow(model, out.features[2 * B:])
-    # two separate forward passes: BN statistics updated once per view
+    # BN statistics updated once per view (one pass, per-view statistics)
     assert model.encoder.backbone.bn1.num_batches_tracked.item() == tracked + 2
     assert torch.equal(model.queue.features[:B], out.features[B:2 * B].detach())
     assert torch.equal(model.queue.labels[:B], y) and model.queue.ptr.item() == B
@@ -348,6 +348,44 @@ def test_gpaco_logits_per_view():
     out = model(im_q, im_k, y)
     expected = torch.cat([ref.classify(im_q), ref.classify(im_k)])
     assert torch.allclose(out.logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("bn_momentum", [0.1, None])
+def test_gpaco_one_pass_equals_two_passes(bn_momentum):
+    """One encoder pass over cat(q, k) with per-view BatchNorm = the original's two passes:
+    same features, logits, gradients and running statistics (also for momentum=None BN)."""
+    model = _gpaco()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = bn_momentum
+    ref = copy.deepcopy(model)
+    im_q, im_k, y = _batch(3)
+    out = model(im_q, im_k, y)
+    pooled_q, z_q = ref.encoder(im_q)
+    pooled_k, z_k = ref.encoder(im_k)
+    feats = torch.cat([F.normalize(z_q, dim=1), F.normalize(z_k, dim=1)])
+    logits = torch.cat([ref.fc(pooled_q), ref.fc(pooled_k)])
+    assert torch.allclose(out.features[:2 * B], feats, atol=1e-5)
+    assert torch.allclose(out.logits, logits, atol=1e-5)
+    w = torch.randn_like(logits)
+    ((out.logits * w).sum() + out.features[:2 * B].sum()).backward()
+    ((logits * w).sum() + feats.sum()).backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-4 * q.grad.abs().max().item() + 1e-6), name
+    for (name, a), b in zip(model.named_buffers(), ref.buffers()):
+        if not name.startswith("queue."):
+            assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    assert all(type(m).forward is m.forward.__func__ for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm))  # patched forwards removed
+
+
+def test_gpaco_keeps_two_passes_with_sync_batchnorm():
+    from gpaco.models.view_bn import supports_one_pass
+    model = _gpaco()
+    assert supports_one_pass(model.encoder)
+    assert not supports_one_pass(nn.SyncBatchNorm.convert_sync_batchnorm(model).encoder)
 
 
 def test_gpaco_single_view():

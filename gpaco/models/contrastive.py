@@ -31,6 +31,7 @@ from ..distributed import all_gather_nograd, batch_shuffle, batch_unshuffle
 from .backbones import create_backbone
 from .heads import GPaCoProjection, PaCoProjection
 from .vit import MAE_ARCHS, MAEProjection, register_archs
+from .view_bn import per_view_batchnorm, supports_one_pass
 
 __all__ = [
     "ContrastiveOutput", "FeatureQueue", "Encoder", "Classifier", "PaCoModel", "GPaCoModel",
@@ -235,8 +236,10 @@ class PaCoModel(nn.Module):
 class GPaCoModel(nn.Module):
     """GPaCo (SPEC §2.2): one encoder, both views with gradient, queue + classifier ``fc``.
 
-    The two views go through two separate forward passes, so BatchNorm statistics are
-    per view, as in the original. No momentum encoder, no shuffle-BN.
+    BatchNorm statistics are per view, as in the original's two forward passes; the two
+    views nevertheless go through the encoder as ONE batch of 2B (``per_view_batchnorm``
+    splits every BatchNorm's statistics), unless the encoder holds a SyncBatchNorm or the
+    views differ in shape. No momentum encoder, no shuffle-BN.
 
     Submodules: ``encoder`` (backbone + :class:`GPaCoProjection`, or :class:`MAEProjection` with
     ``projection_act="gelu"``), ``fc``, ``queue``.
@@ -280,6 +283,11 @@ class GPaCoModel(nn.Module):
     def backbone(self) -> nn.Module:
         return self.encoder.backbone
 
+    @property
+    def _one_pass(self) -> bool:
+        # torch.compile traces the two-pass form: per_view_batchnorm swaps module methods.
+        return supports_one_pass(self.encoder) and not torch.compiler.is_compiling()
+
     def classify(self, x: Tensor) -> Tensor:
         """Logits [B, C] (the projection is not needed)."""
         return self.fc(self.encoder.backbone(x))
@@ -290,10 +298,17 @@ class GPaCoModel(nn.Module):
         if not self.training or labels is None or (im_k is None and not self.single_view):
             return self.classify(im_q)
         labels = labels.long()
+        if not self.single_view and self._one_pass and im_q.shape == im_k.shape:
+            # Both views in one pass, BatchNorm statistics still per view (view_bn.py).
+            with per_view_batchnorm(self.encoder, 2):
+                pooled, z = self.encoder(torch.cat([im_q, im_k], dim=0))
+            q, k = F.normalize(z, dim=1).chunk(2)
+            pooled_q, pooled_k = pooled.chunk(2)
+            return self._two_view_output(q, k, pooled_q, pooled_k, labels)
         pooled_q, z_q = self.encoder(im_q)
         q = F.normalize(z_q, dim=1)
-        queue_feats, queue_labels = self.queue.snapshot()
         if self.single_view:
+            queue_feats, queue_labels = self.queue.snapshot()
             out = ContrastiveOutput(
                 torch.cat([q, queue_feats], dim=0), torch.cat([labels, queue_labels], dim=0),
                 self.fc(pooled_q), q.shape[0],
@@ -301,7 +316,11 @@ class GPaCoModel(nn.Module):
             self.queue.enqueue(q.detach(), labels)
             return out
         pooled_k, z_k = self.encoder(im_k)  # separate pass: per-view BN statistics
-        k = F.normalize(z_k, dim=1)
+        return self._two_view_output(q, F.normalize(z_k, dim=1), pooled_q, pooled_k, labels)
+
+    def _two_view_output(self, q: Tensor, k: Tensor, pooled_q: Tensor, pooled_k: Tensor,
+                         labels: Tensor) -> ContrastiveOutput:
+        queue_feats, queue_labels = self.queue.snapshot()
         out = ContrastiveOutput(
             torch.cat([q, k, queue_feats], dim=0),
             torch.cat([labels, labels, queue_labels], dim=0),
