@@ -128,7 +128,10 @@ def prepare_coco_stuff164k(root: str, *, overwrite: bool = False, workers: int =
 
 
 def _convert_mat(job: Tuple[str, str, str, str, np.ndarray]) -> None:
-    from scipy.io import loadmat
+    try:
+        from scipy.io import loadmat
+    except ImportError:  # only COCO-Stuff-10k ships .mat labels
+        raise SystemExit("error: coco_stuff10k's .mat labels need scipy: pip install -e '.[seg-data]'") from None
 
     mat_path, img_src, img_dst, dst, lut = job
     seg = np.asarray(loadmat(mat_path)["S"])

@@ -11,8 +11,8 @@
 # Data: DATA_ROOT is the ImageNet-2012 folder with val.txt (clean top-1/top-5 on the 50k val).
 # Robustness sets (SPEC 5), one env var each: IMAGENET_C_ROOT (<corruption>/<severity>/<wnid>/),
 # IMAGENET_R_ROOT (200 wnid folders), IMAGENET_SKETCH_ROOT (1000 wnid folders).
-# NOTE: tools/eval.py has no robustness flags yet, so only the clean pass runs; the variables
-# are read here so the recipe's interface stays the same once they exist (see ROBUST below).
+# Each one that is set adds its pass: ImageNet-C prints "mCE (unnormalised)" and
+# "rel. mCE (AlexNet-normalised)" apart (docs/model_zoo.md), ImageNet-R uses the 200-class mask.
 # Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
 # MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent);
 # EXTRA_ARGS="--flag value" (appended last: overrides any flag here). Relative paths are
@@ -28,12 +28,14 @@ IMAGENET_C_ROOT="${IMAGENET_C_ROOT:-}"
 IMAGENET_R_ROOT="${IMAGENET_R_ROOT:-}"
 IMAGENET_SKETCH_ROOT="${IMAGENET_SKETCH_ROOT:-}"
 ROBUST=()
-# Once tools/eval.py has the robustness flags, enable them here, e.g.:
-# [ -n "$IMAGENET_C_ROOT" ] && ROBUST+=(--corrupted-root "$IMAGENET_C_ROOT")
-# [ -n "$IMAGENET_R_ROOT" ] && ROBUST+=(--imagenet-r-root "$IMAGENET_R_ROOT")
-# [ -n "$IMAGENET_SKETCH_ROOT" ] && ROBUST+=(--imagenet-sketch-root "$IMAGENET_SKETCH_ROOT")
-if [ -n "$IMAGENET_C_ROOT$IMAGENET_R_ROOT$IMAGENET_SKETCH_ROOT" ]; then
-    echo "[finetune_base_mae_gpaco_eval] note: tools/eval.py has no ImageNet-C/-R/-Sketch flags yet; clean val only" >&2
+if [ -n "$IMAGENET_C_ROOT" ]; then
+    ROBUST+=(--corrupted-root "$IMAGENET_C_ROOT")
+fi
+if [ -n "$IMAGENET_R_ROOT" ]; then
+    ROBUST+=(--imagenet-r-root "$IMAGENET_R_ROOT")
+fi
+if [ -n "$IMAGENET_SKETCH_ROOT" ]; then
+    ROBUST+=(--imagenet-sketch-root "$IMAGENET_SKETCH_ROOT")
 fi
 exec bash "$ROOT/sh/launch.sh" tools/eval.py \
     --checkpoint "$CHECKPOINT" \

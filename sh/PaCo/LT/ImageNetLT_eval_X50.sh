@@ -4,8 +4,8 @@
 # Paper row: PaCo ImageNet-LT, ResNeXt-50 32x4d: 58.2 top-1.
 # Original: PaCo/LT/sh/ImageNetLT_eval_X50.sh
 # (--evaluate --reload pretrained_models/...). CHECKPOINT defaults to the best.pth of
-# sh/PaCo/LT/ImageNetLT_train_X50.sh; it must be a gpaco checkpoint (tools/train.py), the
-# original's .pth files are a different format. Writes metrics.json, per-class accuracy
+# sh/PaCo/LT/ImageNetLT_train_X50.sh or any file of the
+# original's released layouts (module.encoder_q.* + module.linear.*; docs/model_zoo.md). Writes metrics.json, per-class accuracy
 # and many/medium/few to OUTPUT_DIR.
 #
 # Data: DATA_ROOT is the ImageNet-2012 folder with ImageNet_LT_{train,test}.txt; the report is
