@@ -97,7 +97,10 @@ def paco_rows(
                 raise ValueError(f"log_prior has {log_prior.shape[-1]} classes, logits have {num_classes}")
             centers = centers + log_prior.to(device=centers.device, dtype=dtype)
         anchors = feats[:, :n]
-        sims = torch.matmul(anchors, feats.transpose(1, 2)) / temperature  # [G, n, M]
+        if feats.shape[0] == 1:  # 2-D mm: bmm's backward would copy the transposed [M, D] rows
+            sims = (anchors[0] @ feats[0].T).unsqueeze(0) / temperature  # [1, n, M]
+        else:
+            sims = torch.matmul(anchors, feats.transpose(1, 2)) / temperature  # [G, n, M]
 
         # Shared, detached row maximum over centers and every sample (self included).
         row_max = torch.maximum(centers.amax(-1), sims.amax(-1)).detach().unsqueeze(-1)
@@ -113,10 +116,13 @@ def paco_rows(
         denom = denom + (sample_sum * gamma if gamma != 1.0 else sample_sum)
         log_denom = torch.log(denom + 1e-12).unsqueeze(-1)  # [G, n, 1]
 
-        # Sample positives: same label, not the anchor itself.
-        positives = (labels[:, :n, None] == labels[:, None, :]) & not_self  # [G, n, M]
-        num_pos = positives.sum(-1).to(dtype)
-        sample_term = torch.where(positives, alpha * (sims - log_denom), sims.new_zeros(())).sum(-1)
+        # Sample positives: same label, not the anchor itself. sum_j alpha * (s_ij - log_denom_i)
+        # is computed as alpha * (sum_j s_ij - num_pos_i * log_denom_i): two fewer [n, M] passes.
+        positives = labels[:, :n, None] == labels[:, None, :]  # [G, n, M]
+        positives[:, idx, idx] = False
+        positives = positives.to(dtype)
+        num_pos = positives.sum(-1)
+        sample_term = alpha * ((sims * positives).sum(-1) - num_pos * log_denom.squeeze(-1))
 
         # Center target: beta on the true class, label-smoothed over the others.
         target = labels[:, :n]
