@@ -118,6 +118,14 @@ def parse(script: str, argv: List[str]):
         from gpaco.engine.evaluator import build_eval_parser
 
         return build_eval_parser().parse_args(argv)
+    if script == "tools/train_seg.py":
+        from gpaco.engine.seg import parse_train_args as parse_seg_train_args
+
+        return parse_seg_train_args(argv)
+    if script == "tools/eval_seg.py":
+        from gpaco.engine.seg_eval import build_eval_parser as build_seg_eval_parser
+
+        return build_seg_eval_parser().parse_args(argv)
     pytest.skip(f"no parser known for {script}")
 
 
