@@ -136,7 +136,7 @@ def main(argv=None):
             walls[name] = wall
             if err:
                 errors.append(err)
-    print("\n=== all benchmarks" + (" (quick)" if args.quick else ""))
+    print("\n=== all benchmarks" + (" (quick)" if args.quick else "") + f", {sum(walls.values()):.0f} s in all")
     C.print_rows(rows)
     missed = [r.name for r in rows if r.met is False]
     print(f"{sum(r.met is True for r in rows)} targets met, {len(missed)} missed"

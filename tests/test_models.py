@@ -350,16 +350,17 @@ def test_gpaco_logits_per_view():
     assert torch.allclose(out.logits, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("bn_momentum", [0.1, None])
-def test_gpaco_one_pass_equals_two_passes(bn_momentum):
+@pytest.mark.parametrize("bn_momentum,dtype", [(0.1, torch.float32), (None, torch.float32), (0.1, torch.float64)])
+def test_gpaco_one_pass_equals_two_passes(bn_momentum, dtype):
     """One encoder pass over cat(q, k) with per-view BatchNorm = the original's two passes:
-    same features, logits, gradients and running statistics (also for momentum=None BN)."""
-    model = _gpaco()
+    same features, logits, gradients and running statistics (also for momentum=None BN, and
+    float64, which takes the generic path instead of the CPU float32 kernel)."""
+    model = _gpaco().to(dtype)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = bn_momentum
     ref = copy.deepcopy(model)
-    im_q, im_k, y = _batch(3)
+    im_q, im_k, y = (t.to(dtype) if t.is_floating_point() else t for t in _batch(3))
     out = model(im_q, im_k, y)
     pooled_q, z_q = ref.encoder(im_q)
     pooled_k, z_k = ref.encoder(im_k)
