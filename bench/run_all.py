@@ -1,6 +1,6 @@
 """Run every CPU benchmark and print one table of all ratios with their targets.
 
-    python bench/run_all.py --quick            # ~3 minutes: smaller settings, fewer repeats
+    python bench/run_all.py --quick            # ~6 minutes: smaller settings, fewer repeats
     python bench/run_all.py                    # the full run recorded in docs/benchmarks.md
     python bench/run_all.py --write-docs       # full run + rewrite the results section of
                                                # docs/benchmarks.md and docs/benchmarks_scale.png
@@ -114,7 +114,7 @@ def write_docs(section: str) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smaller settings and fewer repeats (~3 minutes)")
+    p.add_argument("--quick", action="store_true", help="smaller settings and fewer repeats (~6 minutes)")
     p.add_argument("--only", nargs="+", choices=BENCHES, default=None, help="run only these benchmarks")
     p.add_argument("--write-docs", action="store_true",
                    help="rewrite the results section of docs/benchmarks.md (and the scale plot)")

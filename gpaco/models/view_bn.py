@@ -35,8 +35,8 @@ def supports_one_pass(module: nn.Module) -> bool:
 
 class _PerViewBatchNormFn(torch.autograd.Function):
     """Training-mode batch norm of each of ``views`` equal batch chunks, written straight into
-    one output tensor (aten's ``native_batch_norm.out``), so the forward needs no ``cat``
-    of the chunk outputs. Running buffers are updated in place once per chunk, in order."""
+    one output tensor (aten's ``native_batch_norm.out``; the input gradient likewise), so
+    neither pass needs a ``cat``. Running buffers are updated in place once per chunk, in order."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momenta, eps, views):
