@@ -12,3 +12,18 @@ REFVECTORS = Path(__file__).resolve().parent / "data" / "refvectors"
 @pytest.fixture(scope="session")
 def refvectors() -> Path:
     return REFVECTORS
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """The real MNIST-LT demo data plus smaller lists so that runs take seconds:
+    train_small (every 4th train line), val_small (every 2nd), test_small (every 5th).
+    Shared by the whole session: tests read it and write only to their own tmp_path."""
+    from gpaco.data.demo import build_mnist_lt
+
+    root = tmp_path_factory.mktemp("mnist_lt")
+    build_mnist_lt(root)
+    for split, step in (("train", 4), ("val", 2), ("test", 5)):
+        lines = (root / f"{split}.txt").read_text().splitlines()
+        (root / f"{split}_small.txt").write_text("\n".join(lines[::step]) + "\n")
+    return root

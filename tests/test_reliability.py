@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 
 from gpaco.data import DataError, SplitDataset
-from gpaco.data.demo import build_mnist_lt
 from gpaco.engine import trainer
 from gpaco.engine.checkpoint import CheckpointError, load_checkpoint
 from gpaco.engine.loop import NonFiniteLossError
@@ -31,19 +30,6 @@ from gpaco.engine.preemption import FAULT_ENV, FaultInjector
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "tools" / "train.py")
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mnist_lt")
-    build_mnist_lt(root)
-    lines = (root / "train.txt").read_text().splitlines()
-    (root / "train_small.txt").write_text("\n".join(lines[::4]) + "\n")
-    test = (root / "test.txt").read_text().splitlines()
-    (root / "test_small.txt").write_text("\n".join(test[::5]) + "\n")
-    val = (root / "val.txt").read_text().splitlines()
-    (root / "val_small.txt").write_text("\n".join(val[::2]) + "\n")
-    return root
 
 
 def run_args(data, out, *extra):

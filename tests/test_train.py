@@ -8,24 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpaco.data.demo import build_mnist_lt
 from gpaco.engine import evaluator, trainer
 from gpaco.engine.trainer import check_batch_config
 from gpaco.engine.args import parse_train_args
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def demo_data(tmp_path_factory):
-    """MNIST-LT plus a smaller train list (every 4th line) so the runs take seconds."""
-    root = tmp_path_factory.mktemp("mnist_lt")
-    build_mnist_lt(root)
-    lines = (root / "train.txt").read_text().splitlines()
-    (root / "train_small.txt").write_text("\n".join(lines[::4]) + "\n")
-    test = (root / "test.txt").read_text().splitlines()
-    (root / "test_small.txt").write_text("\n".join(test[::5]) + "\n")
-    return root
 
 
 def base_args(data, out, *extra):

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from gpaco.data.build import train_loader
-from gpaco.data.demo import build_mnist_lt
 from gpaco.data.splits import SplitDataset
 from gpaco.data.transforms import NORMALIZATION, build_train_transform
 from gpaco.engine import loop, trainer
@@ -57,15 +56,6 @@ def mae_layout(embed, depth, patch, grid, *, decoder=False, head_classes=None):
     return sd
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mnist_lt_vit")
-    build_mnist_lt(root)
-    lines = (root / "train.txt").read_text().splitlines()
-    (root / "train_small.txt").write_text("\n".join(lines[::4]) + "\n")
-    test = (root / "test.txt").read_text().splitlines()
-    (root / "test_small.txt").write_text("\n".join(test[::5]) + "\n")
-    return root
 
 
 # ----------------------------------------------------------------------------- the model
@@ -366,12 +356,12 @@ def test_mixup_and_erasing_in_the_loop():
     assert 0 <= stats["train_top1"] <= 100
 
 
-def test_gpaco_vit_steps_lower_the_loss(demo):
+def test_gpaco_vit_steps_lower_the_loss(demo_data):
     """A tiny GPaCo ViT (the MAE recipe's loss, AdamW, layer decay) on one fixed demo batch."""
     torch.manual_seed(0)
     mean, std = NORMALIZATION["mnist"]
     tf = build_train_transform("sim_cifar_sim_cifar", image_size=32, mean=mean, std=std)
-    ds = SplitDataset(str(demo / "train_small.txt"), str(demo), tf)
+    ds = SplitDataset(str(demo_data / "train_small.txt"), str(demo_data), tf)
     images, labels = next(iter(train_loader(ds, batch_size=32, workers=0, rank=0, world_size=1, seed=0,
                                             pin_memory=False)))
     model = tiny_gpaco(queue=64)
@@ -475,17 +465,17 @@ def vit_args(data, out, *extra):
 
 
 @pytest.mark.slow
-def test_vit_gpaco_finetune_and_resume_exact(demo, tmp_path):
+def test_vit_gpaco_finetune_and_resume_exact(demo_data, tmp_path):
     """--finetune from a local MAE-layout file, accumulation, per-iteration LR; --resume is exact."""
     ckpt = tmp_path / "mae.pth"
     torch.save({"model": mae_layout(64, 2, 8, grid=8)}, ckpt)
     common = ["--method", "gpaco", "--aug", "sim_cifar_sim_cifar", "--queue-size", "64", "--alpha", "0.2",
               "--smoothing", "0.1", "--no-prior", "--finetune", str(ckpt), "--epochs", "3", "--seed", "1"]
     straight = tmp_path / "straight"
-    trainer.main(vit_args(demo, straight, *common))
+    trainer.main(vit_args(demo_data, straight, *common))
     split = tmp_path / "split"
-    assert trainer.main(vit_args(demo, split, *common, "--stop-after", "1")) == {"stopped_at_epoch": 1}
-    trainer.main(vit_args(demo, split, *common, "--resume", "auto"))
+    assert trainer.main(vit_args(demo_data, split, *common, "--stop-after", "1")) == {"stopped_at_epoch": 1}
+    trainer.main(vit_args(demo_data, split, *common, "--resume", "auto"))
     a = torch.load(straight / "checkpoint.pth", weights_only=True)
     b = torch.load(split / "checkpoint.pth", weights_only=True)
     for k in a["model"]:
@@ -493,25 +483,25 @@ def test_vit_gpaco_finetune_and_resume_exact(demo, tmp_path):
     log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
     # the logged LR is the last one the loop set: 7 micro-batches, cycles start at 0, 2, 4, 6
-    sched = trainer.build_lr_schedule(parse_train_args(vit_args(demo, straight, *common)))
+    sched = trainer.build_lr_schedule(parse_train_args(vit_args(demo_data, straight, *common)))
     assert [r["lr"] for r in log] == [sched(e, 6, 7) for e in range(3)]
     metrics = json.loads((straight / "metrics.json").read_text())
     assert metrics == json.loads((split / "metrics.json").read_text())
     # tools/eval.py rebuilds the ViT from the checkpoint's flags and reproduces the test metrics
     from gpaco.engine import evaluator
 
-    ev = evaluator.main(["--checkpoint", str(straight / "best.pth"), "--data-root", str(demo), "--test-list",
-                         str(demo / "test_small.txt"), "--image-size", "32", "--resize-size", "32", "--norm",
+    ev = evaluator.main(["--checkpoint", str(straight / "best.pth"), "--data-root", str(demo_data), "--test-list",
+                         str(demo_data / "test_small.txt"), "--image-size", "32", "--resize-size", "32", "--norm",
                          "mnist", "--batch-size", "50", "--workers", "0", "--output-dir", str(tmp_path / "eval")])
     for key in ("top1", "top5", "num_samples"):
         assert ev[key] == pytest.approx(metrics[key]), key
 
 
 @pytest.mark.slow
-def test_vit_ce_mixup_and_single_view_train(demo, tmp_path):
-    r = trainer.main(vit_args(demo, tmp_path / "ce", "--method", "ce", "--aug", "none", "--mixup", "0.8",
+def test_vit_ce_mixup_and_single_view_train(demo_data, tmp_path):
+    r = trainer.main(vit_args(demo_data, tmp_path / "ce", "--method", "ce", "--aug", "none", "--mixup", "0.8",
                               "--cutmix", "1.0", "--label-smoothing", "0.1", "--reprob", "0.25", "--epochs", "2"))
     assert r["num_samples"] > 0
-    r = trainer.main(vit_args(demo, tmp_path / "sv", "--method", "gpaco", "--single-view", "--aug", "none",
+    r = trainer.main(vit_args(demo_data, tmp_path / "sv", "--method", "gpaco", "--single-view", "--aug", "none",
                               "--queue-size", "64", "--no-prior", "--epochs", "2"))
     assert r["num_samples"] > 0
