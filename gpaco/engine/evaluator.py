@@ -30,9 +30,8 @@ from gpaco.engine.args import METHODS, FlagError, add_data_flags, add_model_flag
 from gpaco.engine.checkpoint import CheckpointError, check_writable
 from gpaco.engine.convert import CheckpointMismatchError, build_model_from_checkpoint, read_checkpoint
 from gpaco.engine.logging import print_main, to_jsonable
-from gpaco.engine.loop import autocast_context, to_device
+from gpaco.engine.loop import predict
 from gpaco.engine.report import write_eval_report
-from gpaco.metrics import ClassificationMeter
 
 
 class _Repeatable(argparse.Action):
@@ -121,42 +120,6 @@ def per_checkpoint(values: Optional[List[str]], n: int, flag: str) -> List[Optio
 
 
 # --------------------------------------------------------------------------- inference
-
-
-@torch.no_grad()
-def predict(models: Sequence[torch.nn.Module], loader, *, num_classes: int, device: torch.device, amp: str = "none",
-            channels_last: bool = False, max_steps: Optional[int] = None, columns: Optional[Sequence[int]] = None,
-            keep_logits: bool = False):
-    """Sum of the models' raw logits (optionally restricted to ``columns``) over this process's
-    shard, counted in a :class:`ClassificationMeter` and summed over processes.
-
-    Returns (meter after all_reduce, local logits [N_local, C'] in shard order or None).
-    """
-    for m in models:
-        m.eval()
-    width = len(columns) if columns is not None else num_classes
-    cols = torch.as_tensor(list(columns), device=device) if columns is not None else None
-    meter = ClassificationMeter(width, device=device)
-    kept = []
-    for it, (images, targets) in enumerate(loader):
-        if max_steps is not None and it >= max_steps:
-            break
-        images = to_device(images, device, channels_last)
-        targets = targets.to(device, non_blocking=True)
-        logits = None
-        for m in models:
-            with autocast_context(device, amp):
-                out = m(images)
-            out = out.float()
-            logits = out if logits is None else logits + out
-        if cols is not None:
-            logits = logits.index_select(1, cols)
-        meter.update(logits, targets)
-        if keep_logits:
-            kept.append(logits.cpu())
-    meter.all_reduce()
-    local = (torch.cat(kept) if kept else torch.zeros(0, width)) if keep_logits else None
-    return meter, local
 
 
 def gather_in_order(local: torch.Tensor, num_samples: int, rank: int, world_size: int,

@@ -228,31 +228,47 @@ def evaluate(
     amp: str = "none",
     channels_last: bool = False,
     max_steps: Optional[int] = None,
-    return_logits: bool = False,
-):
-    """Exact metrics over the whole split (each sample fed to exactly one process).
+) -> dict:
+    """Exact metrics over the whole split (each sample fed to exactly one process)."""
+    meter, _ = predict([model], loader, num_classes=num_classes, device=device, amp=amp,
+                       channels_last=channels_last, max_steps=max_steps)
+    return meter.compute(train_counts)
 
-    Returns the metric dict; with ``return_logits`` also (logits [N_local, C], indices [N_local]).
+
+@torch.no_grad()
+def predict(models: Sequence[torch.nn.Module], loader, *, num_classes: int, device: torch.device, amp: str = "none",
+            channels_last: bool = False, max_steps: Optional[int] = None, columns: Optional[Sequence[int]] = None,
+            keep_logits: bool = False):
+    """Sum of the models' raw logits (optionally restricted to ``columns``) over this process's
+    shard, counted in a :class:`ClassificationMeter` and summed over processes.
+
+    Returns (meter after all_reduce, local logits [N_local, C'] in shard order or None).
     """
-    model.eval()
-    meter = ClassificationMeter(num_classes, device=device)
-    all_logits = []
+    for m in models:
+        m.eval()
+    width = len(columns) if columns is not None else num_classes
+    cols = torch.as_tensor(list(columns), device=device) if columns is not None else None
+    meter = ClassificationMeter(width, device=device)
+    kept = []
     for it, (images, targets) in enumerate(loader):
         if max_steps is not None and it >= max_steps:
             break
         images = to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
-        with autocast_context(device, amp):
-            logits = model(images)
-        logits = logits.float()
+        logits = None
+        for m in models:
+            with autocast_context(device, amp):
+                out = m(images)
+            out = out.float()
+            logits = out if logits is None else logits + out
+        if cols is not None:
+            logits = logits.index_select(1, cols)
         meter.update(logits, targets)
-        if return_logits:
-            all_logits.append(logits.cpu())
+        if keep_logits:
+            kept.append(logits.cpu())
     meter.all_reduce()
-    metrics = meter.compute(train_counts)
-    if return_logits:
-        return metrics, (torch.cat(all_logits) if all_logits else torch.zeros(0, num_classes))
-    return metrics
+    local = (torch.cat(kept) if kept else torch.zeros(0, width)) if keep_logits else None
+    return meter, local
 
 
 def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
