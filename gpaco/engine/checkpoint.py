@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import random
@@ -24,7 +25,7 @@ import torch
 __all__ = [
     "CheckpointError", "UnsafeCheckpointError", "save_checkpoint", "load_checkpoint",
     "load_checkpoint_trusting_pickle", "plain_data", "read_safetensors_metadata", "unsafe_globals",
-    "check_writable", "strip_prefix", "rng_state", "set_rng_state", "find_resume",
+    "check_writable", "remove_stale_temporaries", "strip_prefix", "rng_state", "set_rng_state", "find_resume",
     "RESUME_NAME", "DATA_GLOBALS",
 ]
 
@@ -144,6 +145,30 @@ def save_checkpoint(state: Mapping[str, Any], path: PathLike, *,
     _fsync_dir(path.parent)
 
 
+def remove_stale_temporaries(out: str) -> int:
+    """Delete the ``.<name>.pth.<pid>.<id>.tmp`` files that a killed :func:`save_checkpoint`
+    left in ``out`` (it writes such a file, then renames it), when that process is gone.
+    Returns how many were removed."""
+    removed = 0
+    for path in glob.glob(os.path.join(glob.escape(out), ".*.pth.*.tmp")):
+        try:
+            pid = int(os.path.basename(path).split(".")[-3])
+            os.kill(pid, 0)
+            continue  # the writer is alive
+        except (ValueError, IndexError):
+            continue  # not one of ours
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user
+        try:
+            os.remove(path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 def check_writable(directory: PathLike) -> Path:
     """Create ``directory`` if needed and prove it is writable (write and remove a probe file).
 
@@ -223,8 +248,8 @@ def _unsafe_message(path: Path, detail: str) -> str:
 
 
 def _is_data_global(name: str) -> bool:
-    return name in ("argparse.Namespace", "numpy.dtype", "numpy.ndarray") or name.startswith("numpy.dtypes.") or \
-        name.rsplit(".", 1)[-1] in ("scalar", "_reconstruct") and name.startswith(("numpy.core.", "numpy._core."))
+    """Whether ``name`` (as torch lists a checkpoint's globals) is one of :func:`_data_globals`."""
+    return name in {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in _data_globals()}
 
 
 def _is_weights_only_refusal(e: BaseException) -> bool:

@@ -5,7 +5,6 @@ Runs as one plain process (CPU or one GPU) or one process per GPU under torchrun
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import random
@@ -25,8 +24,8 @@ from gpaco.data.splits import DataError
 from gpaco.distributed import cleanup, init_distributed
 from gpaco.engine.args import CONTRASTIVE_METHODS, FlagError, parse_train_args
 from gpaco.engine.checkpoint import (
-    RESUME_NAME, CheckpointError, check_writable, find_resume, load_checkpoint, rng_state, save_checkpoint,
-    set_rng_state,
+    RESUME_NAME, CheckpointError, check_writable, find_resume, load_checkpoint, remove_stale_temporaries, rng_state,
+    save_checkpoint, set_rng_state,
 )
 from gpaco.engine.criterion import Criterion
 from gpaco.engine.logging import RunLogger, print_main, save_args_yaml, to_jsonable
@@ -141,29 +140,6 @@ def check_batch_config(args: argparse.Namespace, world_size: int) -> int:
         raise FlagError(f"--queue-size K={args.queue_size} is not a multiple of the global batch "
                         f"--batch-size {args.batch_size}: the queue is written one global batch at a time")
     return args.batch_size // world_size
-
-
-def remove_stale_temporaries(out: str) -> int:
-    """Delete ``.checkpoint.pth.<pid>.<id>.tmp`` (and best.pth's) left by a killed save of a process that
-    is gone (save_checkpoint writes such a file, then renames it). Returns how many were removed."""
-    removed = 0
-    for path in glob.glob(os.path.join(glob.escape(out), ".*.pth.*.tmp")):
-        try:
-            pid = int(os.path.basename(path).split(".")[-3])
-            os.kill(pid, 0)
-            continue  # the writer is alive
-        except (ValueError, IndexError):
-            continue  # not one of ours
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, another user
-        try:
-            os.remove(path)
-            removed += 1
-        except OSError:
-            pass
-    return removed
 
 
 def gather_rng_states(distributed: bool) -> list:
