@@ -83,12 +83,14 @@ def _pyplot():
     return plt
 
 
-def _shot_boundaries(order: Sequence[int], train_counts: Sequence[int], many_thr: int = 100,
-                     few_thr: int = 20) -> List[float]:
+def _shot_boundaries(order: Sequence[int], train_counts: Sequence[int]) -> List[float]:
     """x positions between many|medium and medium|few in a head-to-tail class order."""
+    from gpaco.metrics import shot_groups
+
+    groups = shot_groups(train_counts)
     out = []
-    for is_upper in (lambda n: n > many_thr, lambda n: n >= few_thr):
-        idx = [i for i, c in enumerate(order) if is_upper(train_counts[c])]
+    for upper in (("many",), ("many", "medium")):
+        idx = [i for i, c in enumerate(order) if groups[c] in upper]
         if idx and idx[-1] + 1 < len(order):
             out.append(idx[-1] + 0.5)
     return out
