@@ -5,7 +5,7 @@ with the standard val transform (Resize 256 > CenterCrop 224 > ToTensor > Normal
 batch 16, data loading in the main process (``--workers 0``, so both sides do the same
 work in the timed process), ResNet-50 with 1000 classes.
 
-* ours: ``gpaco.engine.evaluator.main`` (what ``tools/eval.py`` runs): checkpoint load,
+* ours: ``gpaco.classification.evaluate.main`` (what ``tools/eval.py`` runs): checkpoint load,
   model build, ``SplitDataset`` + ``eval_loader``, the inference loop with the full
   ``ClassificationMeter`` (top-1/5, per-class, many/medium/few), metrics.json and the
   per-class report (csv + plot). The loop is timed inside that run by wrapping it.
@@ -37,8 +37,8 @@ from torchvision import transforms as T
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-import gpaco.engine.evaluator as evaluator  # noqa: E402
-from gpaco.engine.checkpoint import save_checkpoint  # noqa: E402
+import gpaco.classification.evaluate as evaluator  # noqa: E402
+from gpaco.checkpoint import save_checkpoint  # noqa: E402
 from gpaco.models import build_model  # noqa: E402
 
 TARGET = 0.95

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-from gpaco.engine.criterion import Criterion  # noqa: E402
-from gpaco.engine.loop import train_one_epoch  # noqa: E402
+from gpaco.methods import build_criterion  # noqa: E402
+from gpaco.classification.loop import train_one_epoch  # noqa: E402
 from gpaco.models import build_model  # noqa: E402
 
 NUM_CLASSES, QUEUE = 1000, 8192
@@ -58,7 +58,7 @@ class EngineRun:
         model = build_model(method, "resnet50", NUM_CLASSES, queue_size=QUEUE, global_batch=batch).to(device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        self.criterion = Criterion(method, class_counts=counts).to(device)
+        self.criterion = build_criterion(method, class_counts=counts).to(device)
         self.opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
                                    weight_decay=5e-4)
         self.model = torch.compile(model) if compile_ else model

@@ -32,8 +32,8 @@ import _common as C  # noqa: E402
 import memory  # noqa: E402
 import train_step as TS  # noqa: E402
 
-from gpaco.engine.criterion import Criterion  # noqa: E402
-from gpaco.engine.loop import train_one_epoch  # noqa: E402
+from gpaco.methods import build_criterion  # noqa: E402
+from gpaco.classification.loop import train_one_epoch  # noqa: E402
 from gpaco.models import build_model  # noqa: E402
 
 K_FULL = (1024, 4096, 8192, 16384, 32768, 65536)
@@ -50,7 +50,7 @@ class Head:
         torch.manual_seed(0)
         self.model = build_model("gpaco", torch.nn.Identity(), classes, feat_dim=FEAT, queue_size=queue,
                                  global_batch=batch)
-        self.criterion = Criterion("gpaco", class_counts=TS.long_tail_counts(classes))
+        self.criterion = build_criterion("gpaco", class_counts=TS.long_tail_counts(classes))
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
         g = torch.Generator().manual_seed(0)
         self.data = [([torch.randn(batch, FEAT, generator=g) for _ in range(2)],

@@ -1,7 +1,7 @@
 """Training-step overhead on ResNet-50: PaCo / GPaCo / our CE recipe against CE and a bare loop.
 
 Every configuration runs the real engine pieces: ``gpaco.models.build_model`` +
-``gpaco.engine.criterion.Criterion`` + ``gpaco.engine.loop.train_one_epoch`` (which does
+the registry criterion (``gpaco.methods.build_criterion``) + ``gpaco.classification.loop.train_one_epoch`` (which does
 the device move, autocast, forward, loss, finiteness check, backward, SGD step and the
 loss/accuracy bookkeeping), fed pre-made batches from memory so that only the step is
 timed. The bare loop is what one writes by hand: timm ``resnet50`` (the same network as
@@ -42,8 +42,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-from gpaco.engine.criterion import Criterion  # noqa: E402
-from gpaco.engine.loop import forward_train, train_one_epoch  # noqa: E402
+from gpaco.methods import build_criterion  # noqa: E402
+from gpaco.classification.loop import forward_train, train_one_epoch  # noqa: E402
 from gpaco.models import build_model  # noqa: E402
 
 TARGET_PACO, TARGET_GPACO, TARGET_CE = 1.45, 1.05, 1.03
@@ -63,7 +63,7 @@ class Engine:
         self.model = build_model(method, "resnet50", num_classes, queue_size=queue, proj_dim=128,
                                  global_batch=batch).to(DEVICE)
         counts = long_tail_counts(num_classes)
-        self.criterion = Criterion(method, class_counts=counts).to(DEVICE)
+        self.criterion = build_criterion(method, class_counts=counts).to(DEVICE)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)
         self.data = C.batches(method, batch, size, num_classes, steps)

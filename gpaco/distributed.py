@@ -8,9 +8,10 @@ environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR/PORT``).
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -19,7 +20,7 @@ from torch import Tensor
 __all__ = [
     "DistInfo", "init_distributed", "get_rank", "get_world_size", "is_main_process",
     "is_dist", "barrier", "cleanup", "all_gather_nograd", "batch_shuffle", "batch_unshuffle",
-    "reduce_tensor_sum",
+    "agree", "all_reduce_counts", "all_gather_objects", "gather_in_order",
 ]
 
 
@@ -177,10 +178,57 @@ def batch_unshuffle(x: Tensor, unshuffle_idx: Tensor) -> Tensor:
     return x_all[unshuffle_idx.view(world, -1)[get_rank()]]
 
 
-def reduce_tensor_sum(t: Tensor) -> Tensor:
-    """Sum ``t`` over processes into a new tensor (``t`` is not modified); ``t`` itself in one process."""
+def agree(flags: Sequence[bool], device: torch.device) -> List[bool]:
+    """Each flag OR-ed over all ranks (one all-reduce of a few numbers); local values alone
+    without a process group. Every rank then takes the same decision (stop, skip a step)."""
     if get_world_size() == 1:
-        return t
-    out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return [bool(f) for f in flags]
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(x) for x in t.tolist()]
+
+
+def all_reduce_counts(tensors: List[Tensor]) -> List[Tensor]:
+    """Sum integer count tensors over all processes with one collective (exact: int64);
+    the tensors themselves without a process group."""
+    if get_world_size() == 1:
+        return tensors
+    # NCCL only reduces CUDA tensors; a rank that saw no data may still hold CPU buffers.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flat = torch.cat([t.reshape(-1).to(device=device, dtype=torch.int64) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    out, offset = [], 0
+    for t in tensors:
+        out.append(flat[offset:offset + t.numel()].view(t.shape).to(t.device))
+        offset += t.numel()
+    return out
+
+
+def all_gather_objects(obj: Any) -> List[Any]:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` in one process)."""
+    if get_world_size() == 1:
+        return [obj]
+    out: List[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_in_order(local: Tensor, num_samples: int, device: torch.device) -> Optional[Tensor]:
+    """Rows of a :class:`~gpaco.data.build.ShardSampler` shard (rank r holds samples r, r+W, ...)
+    back in dataset order, float32 [num_samples, D], on rank 0 only (None elsewhere)."""
+    world, rank = get_world_size(), get_rank()
+    if world == 1:
+        return local
+    n_max = math.ceil(num_samples / world)
+    width = local.shape[1]
+    buf = torch.zeros(n_max, width, dtype=torch.float32, device=device)
+    buf[:local.shape[0]] = local.to(device)
+    parts = [torch.zeros_like(buf) for _ in range(world)]
+    dist.all_gather(parts, buf)
+    if rank != 0:
+        return None
+    out = torch.empty(num_samples, width, dtype=torch.float32)
+    for r in range(world):
+        n_r = len(range(r, num_samples, world))
+        out[r::world] = parts[r][:n_r].cpu()
     return out

@@ -1,6 +1,6 @@
 """Evaluation metrics: top-k, many/medium/few shot accuracy, ImageNet-C/-R, segmentation.
 
-Conventions (SPEC §4, §5):
+Conventions (docs/method.md#metrics):
 
 * Top-1/top-5 are sample-weighted; many/medium/few are the **unweighted mean of
   per-class accuracies** inside each group, over the classes present in the test
@@ -21,13 +21,15 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from gpaco.data.robustness import ALEXNET_ERRORS, IMAGENET_R_INDICES
+from gpaco.distributed import all_reduce_counts
 
 __all__ = [
     "topk_correct", "ShotSplit", "shot_groups", "class_accuracy", "shot_accuracy",
-    "shot_accuracy_from_class_acc", "ClassificationMeter", "CORRUPTIONS", "ALEXNET_ERRORS",
-    "corruption_errors", "mce_normalised_by", "IMAGENET_R_INDICES", "imagenet_r_mask",
+    "shot_accuracy_from_class_acc", "ClassificationMeter",
+    "corruption_errors", "mce_normalised_by", "imagenet_r_mask",
     "confusion_matrix", "SegMeter",
 ]
 
@@ -106,7 +108,7 @@ class ShotSplit:
 
 
 def shot_groups(train_counts: ArrayLike, many_thr: int = 100, few_thr: int = 20) -> np.ndarray:
-    """[C] array of ``'many' | 'medium' | 'few'`` from training counts (SPEC §4)."""
+    """[C] array of ``'many' | 'medium' | 'few'`` from training counts (docs/method.md#metrics)."""
     return ShotSplit(many_thr, few_thr).groups(train_counts)
 
 
@@ -164,7 +166,8 @@ def shot_accuracy_from_class_acc(
 def shot_accuracy(
     preds: ArrayLike, targets: ArrayLike, train_counts: ArrayLike, *, many_thr: int = 100, few_thr: int = 20
 ) -> dict[str, float]:
-    """Many/medium/few accuracy (fractions) of hard predictions (SPEC §4, ``shot_acc``).
+    """Many/medium/few accuracy (fractions) of hard predictions, as the original's ``shot_acc``
+    (docs/method.md#metrics).
 
     Args:
         preds: [N] predicted classes (argmax of the logits).
@@ -176,31 +179,6 @@ def shot_accuracy(
     counts = np.asarray(torch.as_tensor(train_counts).cpu()).reshape(-1)
     acc, _ = class_accuracy(preds, targets, len(counts))
     return shot_accuracy_from_class_acc(acc, counts, many_thr=many_thr, few_thr=few_thr)
-
-
-# --------------------------------------------------------------------------- distributed helpers
-
-
-def _dist_active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _all_reduce_counts(tensors: list[Tensor]) -> list[Tensor]:
-    """Sum int64 tensors over all processes with one collective; no-op without a process group."""
-    if not _dist_active():
-        return tensors
-    # NCCL only reduces CUDA tensors; a rank that saw no data may still hold CPU buffers.
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    else:
-        device = torch.device("cpu")
-    flat = torch.cat([t.reshape(-1).to(device=device, dtype=torch.int64) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    out, offset = [], 0
-    for t in tensors:
-        out.append(flat[offset:offset + t.numel()].view(t.shape).to(t.device))
-        offset += t.numel()
-    return out
 
 
 # --------------------------------------------------------------------------- classification meter
@@ -290,7 +268,7 @@ class ClassificationMeter:
         """
         if self._reduced:
             raise RuntimeError("ClassificationMeter.all_reduce called twice (counts would be double-summed)")
-        self._set_buffers(_all_reduce_counts(self._buffers()))
+        self._set_buffers(all_reduce_counts(self._buffers()))
         self._reduced = True
 
     def compute(self, train_counts: Optional[ArrayLike] = None, *, many_thr: int = 100, few_thr: int = 20) -> dict:
@@ -328,18 +306,6 @@ class ClassificationMeter:
 
 # --------------------------------------------------------------------------- ImageNet-C
 
-CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
-    "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
-    "elastic_transform", "pixelate", "jpeg_compression",
-)
-
-#: AlexNet top-1 error per corruption, averaged over severities 1..5 (Hendrycks & Dietterich).
-ALEXNET_ERRORS: dict[str, float] = dict(zip(CORRUPTIONS, (
-    0.886428, 0.894468, 0.922640, 0.819880, 0.826268, 0.785948, 0.798360, 0.866816,
-    0.826572, 0.819324, 0.564592, 0.853204, 0.646056, 0.717840, 0.606500,
-)))
-
 
 def _mean_errors(acc_by_corruption: Mapping[str, Sequence[float]]) -> dict[str, float]:
     if not acc_by_corruption:
@@ -375,7 +341,7 @@ def corruption_errors(
 ) -> dict:
     """Mean corruption errors from top-1 accuracy per corruption and severity.
 
-    Naming trap (SPEC §5): the GPaCo code and README call the *unnormalised* mean error
+    Naming trap (docs/method.md#metrics): the GPaCo code and README call the *unnormalised* mean error
     "mCE" (README column "ImageNet-C (mCE)", 50.9 for GPaCo R50) and the
     AlexNet-normalised one "rel. mCE" (64.4). The AlexNet-normalised value is in fact
     the standard Hendrycks mCE, and neither is Hendrycks' "relative mCE" (which
@@ -407,23 +373,6 @@ def corruption_errors(
 
 
 # --------------------------------------------------------------------------- ImageNet-R
-
-#: ImageNet-1k class indices (sorted wnids) of the 200 ImageNet-R classes (SPEC §5).
-IMAGENET_R_INDICES: tuple[int, ...] = (
-    1, 2, 4, 6, 8, 9, 11, 13, 22, 23, 26, 29, 31, 39, 47, 63, 71, 76, 79, 84, 90, 94, 96, 97, 99,
-    100, 105, 107, 113, 122, 125, 130, 132, 144, 145, 147, 148, 150, 151, 155, 160, 161, 162, 163,
-    171, 172, 178, 187, 195, 199, 203, 207, 208, 219, 231, 232, 234, 235, 242, 245, 247, 250, 251,
-    254, 259, 260, 263, 265, 267, 269, 276, 277, 281, 288, 289, 291, 292, 293, 296, 299, 301, 308,
-    309, 310, 311, 314, 315, 319, 323, 327, 330, 334, 335, 337, 338, 340, 341, 344, 347, 353, 355,
-    361, 362, 365, 366, 367, 368, 372, 388, 390, 393, 397, 401, 407, 413, 414, 425, 428, 430, 435,
-    437, 441, 447, 448, 457, 462, 463, 469, 470, 471, 472, 476, 483, 487, 515, 546, 555, 558, 570,
-    579, 583, 587, 593, 594, 596, 609, 613, 617, 621, 629, 637, 657, 658, 701, 717, 724, 763, 768,
-    774, 776, 779, 780, 787, 805, 812, 815, 820, 824, 833, 847, 852, 866, 875, 883, 889, 895, 907,
-    928, 931, 932, 933, 934, 936, 937, 943, 945, 947, 948, 949, 951, 953, 954, 957, 963, 965, 967,
-    980, 981, 983, 988,
-)
-assert len(IMAGENET_R_INDICES) == 200 and list(IMAGENET_R_INDICES) == sorted(set(IMAGENET_R_INDICES))
-
 
 def imagenet_r_mask(num_classes: int = 1000) -> Tensor:
     """[num_classes] bool mask of the ImageNet-R classes; ``logits[:, mask]`` gives the 200-way scores,
@@ -508,7 +457,7 @@ class SegMeter:
         """Sum the confusion matrix over processes (no-op without a process group); call once."""
         if self._reduced:
             raise RuntimeError("SegMeter.all_reduce called twice (counts would be double-summed)")
-        (self.confusion,) = _all_reduce_counts([self.confusion])
+        (self.confusion,) = all_reduce_counts([self.confusion])
         self._reduced = True
 
     def compute(self) -> dict:

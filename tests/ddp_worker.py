@@ -42,7 +42,8 @@ def main(out_dir: str) -> None:
     result["shuffle"] = {
         "x": x, "shuffled": shuffled, "unshuffle_idx": unshuffle_idx,
         "restored": gdist.batch_unshuffle(shuffled, unshuffle_idx),
-        "sum": gdist.reduce_tensor_sum(torch.tensor([float(rank + 1)])),
+        "sum": gdist.all_reduce_counts([torch.tensor([rank + 1])])[0],
+        "agree": gdist.agree([rank == 1, False], torch.device("cpu")),
     }
 
     for method in ("paco", "gpaco"):

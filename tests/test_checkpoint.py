@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from gpaco.engine import checkpoint as ckpt
-from gpaco.engine.checkpoint import (
+from gpaco import checkpoint as ckpt
+from gpaco.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,
     check_writable,

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from gpaco.engine import evaluator
-from gpaco.engine.checkpoint import load_checkpoint, save_checkpoint
-from gpaco.engine.convert import detect_layout, read_checkpoint, unwrap
+from gpaco.classification import evaluate as evaluator
+from gpaco.checkpoint import load_checkpoint, save_checkpoint
+from gpaco.models.convert import detect_layout, read_checkpoint, unwrap
 from gpaco.models import build_model
 
 NUM_CLASSES = 3

@@ -92,3 +92,4 @@ def test_batch_shuffle_across_ranks(ranks):
     assert not set(sh[0]["shuffled"][:, 0].tolist()) <= own
     assert torch.equal(torch.cat([s["shuffled"] for s in sh]).sort(dim=0).values, global_x)
     assert all(s["sum"].item() == sum(range(1, NPROC + 1)) for s in sh)
+    assert all(s["agree"] == [True, False] for s in sh)  # rank 1's flag reaches every rank

@@ -226,10 +226,10 @@ def _load_check_data():
 
 # tools/<name>.py -> how to build its argparse parser in-process.
 PARSERS = {
-    "tools/train.py": lambda: importlib.import_module("gpaco.engine.args").build_train_parser(),
-    "tools/eval.py": lambda: importlib.import_module("gpaco.engine.evaluator").build_eval_parser(),
-    "tools/train_seg.py": lambda: importlib.import_module("gpaco.engine.seg").build_train_parser(),
-    "tools/eval_seg.py": lambda: importlib.import_module("gpaco.engine.seg_eval").build_eval_parser(),
+    "tools/train.py": lambda: importlib.import_module("gpaco.classification.args").build_train_parser(),
+    "tools/eval.py": lambda: importlib.import_module("gpaco.classification.evaluate").build_eval_parser(),
+    "tools/train_seg.py": lambda: importlib.import_module("gpaco.segmentation.train").build_train_parser(),
+    "tools/eval_seg.py": lambda: importlib.import_module("gpaco.segmentation.evaluate").build_eval_parser(),
     "tools/check_data.py": lambda: _load_check_data().build_parser(),
 }
 
@@ -322,11 +322,11 @@ def _zoo_rows():
 
 @pytest.mark.parametrize("row", _zoo_rows(), ids=lambda r: r["Checkpoint (original README row)"])
 def test_model_zoo_row_matches_its_eval_recipe(row):
-    from gpaco.engine.args import METHODS
+    from gpaco.methods import method_names
 
     method = row["`--method`"].strip("`")
     arch = row["`--arch`"].strip("`")
-    assert method in METHODS
+    assert method in method_names("classification")
     recipe_cell = row["Eval recipe"]
     recipe = SH_PATH.findall(recipe_cell)[0]
     text = (ROOT / recipe).read_text()

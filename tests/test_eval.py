@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gpaco.engine import evaluator
-from gpaco.engine.checkpoint import save_checkpoint
+from gpaco.classification import evaluate as evaluator
+from gpaco.checkpoint import save_checkpoint
 from gpaco.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpaco.data import CIFARLT, DataError, SplitDataset, read_split
-from gpaco.engine.args import build_train_parser, parse_train_args
-from gpaco.engine.checkpoint import CheckpointError, load_checkpoint
+from gpaco.classification.args import build_train_parser, parse_train_args
+from gpaco.checkpoint import CheckpointError, load_checkpoint
 
 # GPACO_FUZZ_EXAMPLES=5000 for a long exploration (the suite's default keeps the module ~5 s).
 EXAMPLES = int(os.environ.get("GPACO_FUZZ_EXAMPLES", "60"))
@@ -160,7 +160,7 @@ def test_cifar_pickle_cannot_run_code(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- checkpoints
 
 # Types load_checkpoint may raise: its documented errors. Anything else leaking out is a bug
-# in gpaco/engine/checkpoint.py (reported to its owner, see docs/reliability.md).
+# in gpaco/checkpoint.py (reported to its owner, see docs/reliability.md).
 CHECKPOINT_ERRORS = (CheckpointError, FileNotFoundError)
 
 

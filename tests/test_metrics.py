@@ -5,10 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from gpaco.data.robustness import ALEXNET_ERRORS, CORRUPTIONS, IMAGENET_R_INDICES
 from gpaco.metrics import (
-    ALEXNET_ERRORS,
-    CORRUPTIONS,
-    IMAGENET_R_INDICES,
     ClassificationMeter,
     SegMeter,
     ShotSplit,

@@ -32,9 +32,9 @@ SH = ROOT / "sh"
 INFRA_NAMES = {"launch.sh", "slurm.sh", "setup_env.sh", "test.sh"}
 # Entry script (as passed to launch.sh) -> module whose main(argv) runs it.
 ENTRY_MODULES: Dict[str, str] = {
-    "tools/train.py": "gpaco.engine.trainer",
-    "tools/eval.py": "gpaco.engine.evaluator",
-    "tools/train_seg.py": "gpaco.engine.seg", "tools/eval_seg.py": "gpaco.engine.seg_eval",
+    "tools/train.py": "gpaco.classification.train",
+    "tools/eval.py": "gpaco.classification.evaluate",
+    "tools/train_seg.py": "gpaco.segmentation.train", "tools/eval_seg.py": "gpaco.segmentation.evaluate",
 }
 # Environment the recipes read that must not leak in from the caller's shell.
 RECIPE_ENV = ("DATA_ROOT", "TRAIN_LIST", "VAL_LIST", "TEST_LIST", "OUTPUT_DIR", "CHECKPOINT", "TRAIN_DIR",
@@ -111,19 +111,19 @@ def flag(argv: List[str], name: str) -> Optional[str]:
 
 def parse(script: str, argv: List[str]):
     if script == "tools/train.py":
-        from gpaco.engine.args import parse_train_args
+        from gpaco.classification.args import parse_train_args
 
         return parse_train_args(argv)
     if script == "tools/eval.py":
-        from gpaco.engine.evaluator import build_eval_parser
+        from gpaco.classification.evaluate import build_eval_parser
 
         return build_eval_parser().parse_args(argv)
     if script == "tools/train_seg.py":
-        from gpaco.engine.seg import parse_train_args as parse_seg_train_args
+        from gpaco.segmentation.train import parse_train_args as parse_seg_train_args
 
         return parse_seg_train_args(argv)
     if script == "tools/eval_seg.py":
-        from gpaco.engine.seg_eval import build_eval_parser as build_seg_eval_parser
+        from gpaco.segmentation.evaluate import build_eval_parser as build_seg_eval_parser
 
         return build_seg_eval_parser().parse_args(argv)
     pytest.skip(f"no parser known for {script}")

@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 
 from gpaco.data import DataError, SplitDataset
-from gpaco.engine import trainer
-from gpaco.engine.checkpoint import CheckpointError, load_checkpoint
-from gpaco.engine.loop import NonFiniteLossError
+from gpaco.classification import train as trainer
+from gpaco.checkpoint import CheckpointError, load_checkpoint
+from gpaco.classification.loop import NonFiniteLossError
 from gpaco.engine.preemption import FAULT_ENV, FaultInjector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def save_then_die(obj, f, *a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_save(obj, f, *a, **k)
 torch.save = save_then_die
-from gpaco.engine.trainer import cli
+from gpaco.classification.train import cli
 cli(sys.argv[1:])
 """
 

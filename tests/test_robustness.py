@@ -11,12 +11,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from gpaco.engine import evaluator
-from gpaco.engine.checkpoint import save_checkpoint
-from gpaco.engine.robustness import (
-    ImageFolderDataset, corruption_table, evaluate_corruptions, imagenet_r_columns, make_corrupted_tree,
-)
-from gpaco.metrics import ALEXNET_ERRORS, CORRUPTIONS, IMAGENET_R_INDICES, corruption_errors
+from gpaco.classification import evaluate as evaluator
+from gpaco.checkpoint import save_checkpoint
+from gpaco.classification.robustness import corruption_table, evaluate_corruptions, imagenet_r_columns
+from gpaco.data.robustness import ALEXNET_ERRORS, CORRUPTIONS, IMAGENET_R_INDICES, ImageFolderDataset, make_corrupted_tree
+from gpaco.metrics import corruption_errors
 from gpaco.models import build_model
 
 IMG = 16

@@ -12,10 +12,11 @@ from torch import nn
 
 from gpaco.data.seg_datasets import SyntheticSegDataset
 from gpaco.data.seg_transforms import SEG_MEAN, SEG_STD, SegEvalTransform
-from gpaco.engine.seg import (
-    IterationSampler, SegCriterion, build_seg_optimizer, evaluate_seg, format_iou_table, inference, poly_lr,
-    sample_pixel_indices,
-)
+from gpaco.data.samplers import IterationSampler
+from gpaco.engine.optim import build_seg_optimizer
+from gpaco.engine.schedule import poly_lr
+from gpaco.losses.pixel import SegmentationLoss, sample_pixel_indices
+from gpaco.segmentation.inference import evaluate_seg, format_iou_table, inference
 from gpaco.metrics import SegMeter
 from gpaco.models.seg import SegModel, build_seg_model, load_encoder_weights, pad_to_multiple
 
@@ -162,7 +163,7 @@ def _fake_outputs(b=2, c=5, h=8, w=8, d=16, seed=0, padded=(32, 32)):
 
 def test_criterion_parts_and_determinism():
     out, labels = _fake_outputs()
-    crit = SegCriterion(5, method="gpaco", alpha=0.01, temperature=0.07, num_pixels=32)
+    crit = SegmentationLoss(5, paco=True, alpha=0.01, temperature=0.07, num_pixels=32)
     l1, p1 = crit(out, labels, generator=torch.Generator().manual_seed(0))
     l2, p2 = crit(out, labels, generator=torch.Generator().manual_seed(0))
     l3, _ = crit(out, labels, generator=torch.Generator().manual_seed(1))
@@ -171,7 +172,7 @@ def test_criterion_parts_and_determinism():
     assert torch.allclose(l1, p1["ce"] + p1["aux"] + p1["paco"])
     l1.backward()
     assert out["embed"].grad is not None and out["logits"].grad.abs().sum() > 0
-    ce_only, parts = SegCriterion(5, method="ce")(out, labels)
+    ce_only, parts = SegmentationLoss(5, paco=False)(out, labels)
     assert set(parts) == {"ce", "aux"}
 
 
@@ -182,7 +183,7 @@ def test_criterion_paco_matches_pixel_loss_on_all_pixels():
 
     out, _ = _fake_outputs(b=1, h=4, w=4, padded=(16, 16))
     labels = torch.arange(16 * 16).view(1, 16, 16) % 7  # values 5, 6 are >= C: ignored
-    crit = SegCriterion(5, num_pixels=-1)
+    crit = SegmentationLoss(5, num_pixels=-1)
     got = crit.paco(out["embed"], out["logits"], labels)
     small = labels[:, ::4, ::4].reshape(1, -1)
     small = torch.where(small >= 5, torch.full_like(small, 255), small)
@@ -195,9 +196,9 @@ def test_ce_average_over_all_pixels_vs_labelled_only():
     logits = torch.zeros(1, 2, 2, 2)
     labels = torch.tensor([[[0, 255], [255, 255]]])
     out = {"logits": logits, "padded_size": (2, 2)}
-    mm = SegCriterion(2, method="ce", aux_weight=0)(out, labels)[0]
+    mm = SegmentationLoss(2, paco=False, aux_weight=0)(out, labels)[0]
     assert mm.item() == pytest.approx(math.log(2) / 4)  # mmseg 0.x: ignored pixels count in the mean
-    non = SegCriterion(2, method="ce", aux_weight=0, avg_non_ignore=True)(out, labels)[0]
+    non = SegmentationLoss(2, paco=False, aux_weight=0, ce_avg_non_ignore=True)(out, labels)[0]
     assert non.item() == pytest.approx(math.log(2))
 
 
@@ -326,7 +327,7 @@ def test_few_iterations_on_demo_scenes_lower_the_loss(demo_root):
                                                                          photometric=False))
     imgs, labels = map(torch.stack, zip(*[ds[i][:2] for i in range(4)]))
     model = build_seg_model("r18", 11, method="gpaco")
-    crit = SegCriterion(11, method="gpaco", num_pixels=32)
+    crit = SegmentationLoss(11, paco=True, num_pixels=32)
     opt = build_seg_optimizer(model, name="sgd", lr=0.01, wd=5e-4)
     losses = []
     for it in range(8):
@@ -349,8 +350,8 @@ def _train_argv(root, out, *extra):
 def test_checkpoint_round_trip_resume_and_eval(demo_root, tmp_path):
     """Train 4 iterations straight, and 2 + (preempted, resumed) 2: identical weights; the
     checkpoint loads weights-only and tools/eval_seg.py reproduces the final metrics."""
-    from gpaco.engine import seg, seg_eval
-    from gpaco.engine.checkpoint import load_checkpoint
+    from gpaco.segmentation import train as seg, evaluate as seg_eval
+    from gpaco.checkpoint import load_checkpoint
 
     straight = seg.main(_train_argv(demo_root, tmp_path / "a", "--iters", "4"))
     first = seg.main(_train_argv(demo_root, tmp_path / "b", "--iters", "4", "--stop-after", "2"))
@@ -377,7 +378,7 @@ def test_checkpoint_round_trip_resume_and_eval(demo_root, tmp_path):
 
 
 def test_dry_run_writes_nothing(tmp_path):
-    from gpaco.engine import seg
+    from gpaco.segmentation import train as seg
 
     res = seg.main(["--dataset", "cityscapes", "--data-root", str(tmp_path / "absent"), "--arch", "r18",
                     "--output-dir", str(tmp_path / "out"), "--dry-run", "--dry-run-crop", "32"])
@@ -421,7 +422,7 @@ def test_torchrun_two_processes_train_and_evaluate_every_image_once(demo_root, t
     ckpt = str(out / "checkpoint.pth")
     ev = ["--checkpoint", ckpt, "--split", "test", "--workers", "0", "--mode", "both"]
     _torchrun("tools/eval_seg.py", ev + ["--output-dir", str(tmp_path / "ev2")], 2)
-    from gpaco.engine import seg_eval
+    from gpaco.segmentation import evaluate as seg_eval
 
     one = seg_eval.main(ev + ["--output-dir", str(tmp_path / "ev1")])
     two = json.loads((tmp_path / "ev2" / "metrics.json").read_text())

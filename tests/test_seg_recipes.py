@@ -53,7 +53,7 @@ def test_every_row_has_gpaco_ce_and_eval_recipes():
 @pytest.mark.parametrize("row", sorted(ROWS))
 @pytest.mark.parametrize("method", ["paco", "ce"])
 def test_train_recipe_hyperparameters(row, method):
-    from gpaco.engine.seg import parse_train_args
+    from gpaco.segmentation.train import parse_train_args
 
     script, argv = argv_of(f"sh/GPaCo/Seg/{row}_{method}.sh")
     assert script == "tools/train_seg.py"
@@ -84,7 +84,7 @@ def test_train_recipe_hyperparameters(row, method):
 
 @pytest.mark.parametrize("recipe", EVAL)
 def test_eval_recipes(recipe):
-    from gpaco.engine.seg_eval import build_eval_parser
+    from gpaco.segmentation.evaluate import build_eval_parser
 
     script, argv = argv_of(recipe)
     assert script == "tools/eval_seg.py"

@@ -13,9 +13,10 @@ import torch
 from gpaco.data.build import train_loader
 from gpaco.data.splits import SplitDataset
 from gpaco.data.transforms import NORMALIZATION, build_train_transform
-from gpaco.engine import loop, trainer
-from gpaco.engine.args import parse_train_args
-from gpaco.engine.criterion import Criterion
+from gpaco.classification import loop, train as trainer
+from gpaco.classification.args import parse_train_args
+from gpaco.methods import build_criterion
+from gpaco.classification.train import optimizer_kwargs
 from gpaco.engine.optim import build_optimizer, param_groups, vit_layer_id
 from gpaco.engine.schedule import LRSchedule
 from gpaco.models import build_model, create_backbone
@@ -138,7 +139,7 @@ def test_optimizer_factory(tmp_path):
     args = parse_train_args(["--train-list", "x", "--arch", TINY, "--optimizer", "adamw", "--blr", "1e-3",
                              "--batch-size", "64", "--accum-iter", "2", "--layer-decay", "0.5", "--wd", "0.05"])
     assert args.lr == 1e-3 * 128 / 256
-    opt = build_optimizer(args, tiny_gpaco())
+    opt = build_optimizer(tiny_gpaco(), **optimizer_kwargs(args))
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
     for g in opt.param_groups:  # each group starts at lr * lr_scale
         assert g["lr"] == pytest.approx(args.lr * g["lr_scale"])
@@ -147,7 +148,7 @@ def test_optimizer_factory(tmp_path):
     # The ResNet recipes' optimizer is unchanged: one SGD group, weight decay on everything.
     args = parse_train_args(["--train-list", "x", "--arch", "resnet8", "--method", "ce"])
     model = build_model("ce", "resnet8", 10)
-    opt = build_optimizer(args, model)
+    opt = build_optimizer(model, **optimizer_kwargs(args))
     assert isinstance(opt, torch.optim.SGD) and len(opt.param_groups) == 1
     g = opt.param_groups[0]
     assert g["weight_decay"] == 5e-4 and g["lr"] == 0.02 and g["momentum"] == 0.9 and "lr_scale" not in g
@@ -276,11 +277,11 @@ def test_loop_per_iteration_lr_and_accumulation():
                              "--lr", "1e-3", "--layer-decay", "0.5", "--schedule", "mae_cosine", "--epochs", "4",
                              "--warmup-epochs", "1", "--min-lr", "1e-5"])
     model = build_model("ce", TINY, 10, backbone_kwargs={"img_size": 32})
-    opt = build_optimizer(args, model)
+    opt = build_optimizer(model, **optimizer_kwargs(args))
     sched = trainer.build_lr_schedule(args)
     batches = _Loader((torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(10))
     seen = _recording(opt)
-    crit = Criterion("ce")
+    crit = build_criterion("ce")
     loop.train_one_epoch(model, crit, batches, opt, None, epoch=1, device=torch.device("cpu"), print_freq=0,
                          accum_iter=2, lr_schedule=sched)
     scales = [g["lr_scale"] for g in opt.param_groups]
@@ -327,7 +328,7 @@ def test_no_sync_on_non_final_micro_batches():
     m = FakeDDP()
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     batches = _Loader((torch.randn(2, 4), torch.randint(0, 3, (2,))) for _ in range(8))
-    loop.train_one_epoch(m, Criterion("ce"), batches, opt, None, epoch=0, device=torch.device("cpu"),
+    loop.train_one_epoch(m, build_criterion("ce"), batches, opt, None, epoch=0, device=torch.device("cpu"),
                          print_freq=0, accum_iter=4)
     assert m.entered == 6  # micro-batches 1-3 and 5-7 of each cycle of 4
 
@@ -341,7 +342,7 @@ def test_mixup_and_erasing_in_the_loop():
 
     def crit(out, target):
         seen["target"] = target
-        return Criterion("ce")(out, target)
+        return build_criterion("ce")(out, target)
 
     model = build_model("ce", TINY, 10, backbone_kwargs={"img_size": 32})
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -365,10 +366,10 @@ def test_gpaco_vit_steps_lower_the_loss(demo_data):
     images, labels = next(iter(train_loader(ds, batch_size=32, workers=0, rank=0, world_size=1, seed=0,
                                             pin_memory=False)))
     model = tiny_gpaco(queue=64)
-    crit = Criterion("gpaco", alpha=0.2, temperature=0.2, smoothing=0.1, prior=False)
+    crit = build_criterion("gpaco", alpha=0.2, temperature=0.2, smoothing=0.1, prior=False)
     args = parse_train_args(["--train-list", "x", "--arch", TINY, "--optimizer", "adamw", "--lr", "1e-3",
                              "--layer-decay", "0.65", "--wd", "0.05"])
-    opt = build_optimizer(args, model)
+    opt = build_optimizer(model, **optimizer_kwargs(args))
     losses = []
     for _ in range(10):
         stats = loop.train_one_epoch(model, crit, _Loader([(images, labels)]), opt, None, epoch=0,
@@ -392,13 +393,19 @@ def test_flag_validation():
         parse_train_args(base + ["--accum-iter", "0"])
     a = parse_train_args(base + ["--method", "gpaco", "--single-view"])
     assert a.aug == "randclsstack"
-    with pytest.raises(SystemExit, match="--proj-act gelu"):
-        trainer.model_kwargs(parse_train_args(base + ["--method", "paco", "--proj-act", "gelu"]))
+    with pytest.raises(SystemExit, match="--proj-act is an option of --method gpaco/multitask, not paco"):
+        parse_train_args(base + ["--method", "paco", "--proj-act", "gelu"])
     kw = trainer.model_kwargs(parse_train_args(base + ["--method", "gpaco", "--arch", TINY, "--image-size", "32",
                                                        "--drop-path", "0.1"]))
-    assert kw["projection_act"] == "gelu" and kw["backbone_kwargs"] == {"img_size": 32}
+    assert kw["proj_act"] == "auto" and kw["backbone_kwargs"] == {"img_size": 32}
     assert kw["drop_path_rate"] == 0.1
-    assert trainer.model_kwargs(parse_train_args(base + ["--method", "gpaco"]))["projection_act"] == "relu"
+    # "auto": the MAE ViTs' GELU MLP, the ResNets' ReLU one
+    from gpaco.models.vit import MAEProjection
+    from gpaco.models.heads import GPaCoProjection
+    vit = build_model("gpaco", TINY, 10, queue_size=64, proj_act="auto", backbone_kwargs={"img_size": 32})
+    assert isinstance(vit.encoder.projection, MAEProjection)
+    res = build_model("gpaco", "resnet8", 10, queue_size=64, proj_act="auto")
+    assert type(res.encoder.projection) is GPaCoProjection
 
 
 MAE_EXPECTED = {
@@ -436,7 +443,7 @@ def test_mae_recipe_hyperparameters(name):
 
 
 def test_mae_eval_recipe():
-    from gpaco.engine.evaluator import build_eval_parser
+    from gpaco.classification.evaluate import build_eval_parser
 
     argv = recipe_argv("finetune_base_mae_gpaco_eval")
     args = build_eval_parser().parse_args(argv)
@@ -488,7 +495,7 @@ def test_vit_gpaco_finetune_and_resume_exact(demo_data, tmp_path):
     metrics = json.loads((straight / "metrics.json").read_text())
     assert metrics == json.loads((split / "metrics.json").read_text())
     # tools/eval.py rebuilds the ViT from the checkpoint's flags and reproduces the test metrics
-    from gpaco.engine import evaluator
+    from gpaco.classification import evaluate as evaluator
 
     ev = evaluator.main(["--checkpoint", str(straight / "best.pth"), "--data-root", str(demo_data), "--test-list",
                          str(demo_data / "test_small.txt"), "--image-size", "32", "--resize-size", "32", "--norm",

@@ -35,8 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-# Standard split files: basename -> (samples, classes). Sources: SPEC §4, the ImageNet-LT /
-# Places-LT lists of OLTR (Liu et al. 2019) and the iNaturalist 2018 lists of the LT literature.
+# Standard split files: basename -> (samples, classes). Sources: docs/method.md#data-and-augmentation,
+# the ImageNet-LT / Places-LT lists of OLTR (Liu et al. 2019) and the iNaturalist 2018 lists of the
+# LT literature.
 STANDARD_SPLITS: Dict[str, Tuple[int, int]] = {
     "ImageNet_LT_train.txt": (115_846, 1000),
     "ImageNet_LT_val.txt": (20_000, 1000),
@@ -48,7 +49,7 @@ STANDARD_SPLITS: Dict[str, Tuple[int, int]] = {
     "Places_LT_test.txt": (36_500, 365),
 }
 
-# Many / medium / few thresholds on training counts (SPEC §4): > 100, 20..100, < 20.
+# Many / medium / few thresholds on training counts (docs/method.md#metrics): > 100, 20..100, < 20.
 MANY_SHOT, FEW_SHOT = 100, 20
 
 _EXPECTED = "expected '<relative/path> <integer label>'"

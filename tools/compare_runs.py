@@ -32,7 +32,7 @@ def _name(path: str) -> str:
 
 def main(argv=None) -> str:
     args = build_parser().parse_args(argv)
-    from gpaco.engine.report import compare_table, load_run, plot_per_class_difference
+    from gpaco.classification.report import compare_table, load_run, plot_per_class_difference
 
     try:
         a, b = load_run(args.run_a), load_run(args.run_b)

@@ -13,8 +13,8 @@ them. Unused and missing keys are printed. Without ``--trust-pickle`` IN is read
 import argparse
 import sys
 
-from gpaco.engine.args import METHODS
-from gpaco.engine.checkpoint import CheckpointError
+from gpaco.methods import method_names
+from gpaco.checkpoint import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the input holds pickled Python objects (e.g. an argparse.Namespace): unpickle it. Data-only "
                         "objects (Namespace, NumPy scalars/arrays) are rebuilt without running code; anything else "
                         "is FULLY unpickled, which runs whatever code the file contains. Only for files you trust.")
-    p.add_argument("--method", choices=METHODS, default=None,
+    p.add_argument("--method", choices=method_names("classification"), default=None,
                    help="target model type (default: the checkpoint's, or what its layout implies)")
     p.add_argument("--arch", default=None, help="backbone (default: the checkpoint's own 'arch' / MAE args.model)")
     p.add_argument("--num-classes", type=int, default=None, help="default: the classifier's rows")
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    from gpaco.engine.convert import convert_file
+    from gpaco.models.convert import convert_file
 
     if args.trust_pickle:
         print(f"--trust-pickle: {args.input} may be unpickled in full, which runs any code it contains",

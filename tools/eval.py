@@ -3,7 +3,7 @@
 
 Runs as one process or under torchrun (every test image counted exactly once).
 """
-from gpaco.engine.evaluator import main
+from gpaco.classification.evaluate import main
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ import time
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gpaco.metrics import CORRUPTIONS
+    from gpaco.data.robustness import CORRUPTIONS
 
     p = argparse.ArgumentParser(prog="tools/make_corrupted.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", required=True, help="folder the split list's paths are relative to")
@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     from gpaco.data.splits import DataError
-    from gpaco.engine.robustness import make_corrupted_tree
-    from gpaco.metrics import CORRUPTIONS
+    from gpaco.data.robustness import make_corrupted_tree
+    from gpaco.data.robustness import CORRUPTIONS
 
     corruptions = list(CORRUPTIONS) if args.corruptions == "all" else [c.strip() for c in args.corruptions.split(",")]
     try:

@@ -7,7 +7,7 @@ save a checkpoint and exit 0 (docs/reliability.md).
 """
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from gpaco.engine.trainer import cli
+from gpaco.classification.train import cli
 
 if __name__ == "__main__":
     record(cli)()

@@ -1,7 +1,6 @@
-"""Datasets and loaders from the command-line flags (used by tools/train.py and tools/eval.py)."""
+"""Classification datasets, samplers and loaders (tools/train.py and tools/eval.py map their flags to these)."""
 from __future__ import annotations
 
-import argparse
 import os
 import random
 from typing import Iterator, List, Optional
@@ -55,44 +54,54 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _normalization(args: argparse.Namespace):
-    return NORMALIZATION[args.norm]
+def is_cifar(dataset: str) -> bool:
+    """``cifar10`` / ``cifar100``: the CIFAR python pickles instead of split lists of image files."""
+    return dataset in ("cifar10", "cifar100")
 
 
-def build_train_dataset(args: argparse.Namespace, *, synthetic: bool = False) -> Dataset:
-    mean, std = _normalization(args)
-    transform = build_train_transform(args.aug, image_size=args.image_size, mean=mean, std=std,
-                                      randaug_n=args.randaug_n, randaug_m=args.randaug_m)
+def build_train_dataset(*, dataset: str, data_root: str, train_list: Optional[str], aug: str, image_size: int,
+                        norm: str, num_classes: Optional[int] = None, imb_factor: float = 0.01, randaug_n: int = 2,
+                        randaug_m: int = 10, allow_outside_root: bool = False, skip_bad_images: bool = False,
+                        synthetic: bool = False) -> Dataset:
+    """The training split: ``dataset`` ``split`` (the ``train_list`` file under ``data_root``),
+    ``cifar10``/``cifar100`` (the long-tailed subset of ``imb_factor``), or ``synthetic``
+    random images (dry runs without data), with the ``aug`` strategy's transform."""
+    mean, std = NORMALIZATION[norm]
+    transform = build_train_transform(aug, image_size=image_size, mean=mean, std=std, randaug_n=randaug_n,
+                                      randaug_m=randaug_m)
     if synthetic:
-        return SyntheticDataset(64, args.num_classes or 10, args.image_size, transform)
-    if args.dataset.startswith("cifar"):
-        return CIFARLT(args.data_root, num_classes=100 if args.dataset == "cifar100" else 10,
-                       imb_factor=args.imb_factor, train=True, transform=transform, seed=0)
-    return SplitDataset(args.train_list, args.data_root, transform, num_classes=args.num_classes,
-                        allow_outside_root=args.allow_outside_root, skip_bad_images=args.skip_bad_images)
+        return SyntheticDataset(64, num_classes or 10, image_size, transform)
+    if is_cifar(dataset):
+        return CIFARLT(data_root, num_classes=100 if dataset == "cifar100" else 10, imb_factor=imb_factor,
+                       train=True, transform=transform, seed=0)
+    return SplitDataset(train_list, data_root, transform, num_classes=num_classes,
+                        allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images)
 
 
-def build_eval_dataset(args: argparse.Namespace, list_path: Optional[str], *, num_classes: int,
+def build_eval_dataset(list_path: Optional[str], *, dataset: str, data_root: str, num_classes: int, image_size: int,
+                       norm: str, resize_size: Optional[int] = None, interpolation: str = "bilinear",
+                       allow_outside_root: bool = False, skip_bad_images: bool = False,
                        synthetic: bool = False) -> Optional[Dataset]:
-    """The val/test split (None if not given); CIFAR's test set for the CIFAR datasets."""
-    mean, std = _normalization(args)
-    transform = build_eval_transform(args.image_size, resize_size=args.resize_size, mean=mean, std=std,
-                                     interpolation=getattr(args, "interpolation", "bilinear"))
+    """The val/test split (None if ``list_path`` is not given); CIFAR's test set for the CIFAR datasets."""
+    mean, std = NORMALIZATION[norm]
+    transform = build_eval_transform(image_size, resize_size=resize_size, mean=mean, std=std,
+                                     interpolation=interpolation)
     if synthetic:
-        return SyntheticDataset(16, num_classes, args.image_size, transform, seed=1)
-    if args.dataset.startswith("cifar"):
-        return CIFARLT(args.data_root, num_classes=100 if args.dataset == "cifar100" else 10,
-                       imb_factor=1.0, train=False, transform=transform)
+        return SyntheticDataset(16, num_classes, image_size, transform, seed=1)
+    if is_cifar(dataset):
+        return CIFARLT(data_root, num_classes=100 if dataset == "cifar100" else 10, imb_factor=1.0, train=False,
+                       transform=transform)
     if not list_path:
         return None
-    return SplitDataset(list_path, args.data_root, transform, num_classes=num_classes,
-                        allow_outside_root=args.allow_outside_root, skip_bad_images=args.skip_bad_images)
+    return SplitDataset(list_path, data_root, transform, num_classes=num_classes,
+                        allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images)
 
 
-def data_available(args: argparse.Namespace) -> bool:
-    if args.dataset.startswith("cifar"):
-        return os.path.isdir(args.data_root)
-    return bool(args.train_list) and os.path.isfile(args.train_list) and os.path.isdir(args.data_root)
+def data_available(*, dataset: str, data_root: str, list_path: Optional[str]) -> bool:
+    """Whether the data a run needs is on disk (else a dry run uses synthetic images)."""
+    if is_cifar(dataset):
+        return os.path.isdir(data_root)
+    return bool(list_path) and os.path.isfile(list_path) and os.path.isdir(data_root)
 
 
 class ResumableDistributedSampler(DistributedSampler):

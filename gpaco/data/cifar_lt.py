@@ -7,8 +7,9 @@ On-disk layout (what ``torchvision.datasets.CIFAR100(root, download=True)`` leav
 * CIFAR-10:  ``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``
 
 The long-tailed train subset is exactly the one of the PaCo/GPaCo (LDAM-style) code
-(SPEC §4): ``n_c = int(n_max * IF^(c/(C-1)))``, and the kept indices of class ``c`` are
-the first ``n_c`` of that class's file-order indices after one ``shuffle`` of a NumPy
+(docs/method.md#data-and-augmentation): ``n_c = int(n_max * IF^(c/(C-1)))``, and the
+kept indices of class ``c`` are the first ``n_c`` of that class's file-order indices
+after one ``shuffle`` of a NumPy
 legacy RNG seeded once with ``seed`` (classes processed 0..C-1). The subset is returned
 class by class, in that order. The test split is the full balanced test set.
 """

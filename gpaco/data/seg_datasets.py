@@ -1,4 +1,4 @@
-"""Semantic-segmentation datasets in their standard on-disk layouts (SPEC §3.4).
+"""Semantic-segmentation datasets in their standard on-disk layouts (docs/method.md#data-and-augmentation).
 
 Every reader lists (image, label) pairs, checks that each image has its label and each
 label its image, and raises :class:`SegDataError` naming what is missing. Labels are

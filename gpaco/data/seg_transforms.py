@@ -1,4 +1,5 @@
-"""Segmentation data pipeline (SPEC §3.4): the mmseg-0.x training transforms, re-implemented.
+"""Segmentation data pipeline: the mmseg-0.x training transforms, re-implemented
+(docs/method.md#data-and-augmentation).
 
 Training, in this order (one ``numpy.random.Generator`` drives every random choice, so
 a sample's augmentation is a pure function of its seed):
@@ -239,7 +240,7 @@ class SegEvalTransform:
     """Evaluation input: the raw image as a uint8 [3, H, W] tensor and the label at full size.
 
     Resizing (per test scale), normalisation and flipping happen on the device in
-    :func:`gpaco.engine.seg.inference`, so one loaded image serves every augmentation.
+    :func:`gpaco.segmentation.train.inference`, so one loaded image serves every augmentation.
     """
 
     def __call__(self, img: np.ndarray, label: np.ndarray, rng: Optional[np.random.Generator] = None):

@@ -1,9 +1,9 @@
 """Split-file datasets: ImageNet-LT, iNaturalist 2018, Places-LT, full ImageNet and the demo.
 
 A split list has one sample per line, ``relative/path label`` separated by whitespace
-(SPEC §4), e.g. ``train/n01440764/n01440764_762.JPEG 0``. The path is joined to a data
-root. Blank lines are skipped. The path may contain spaces: the label is the last
-whitespace-separated token.
+(docs/method.md#data-and-augmentation), e.g. ``train/n01440764/n01440764_762.JPEG 0``.
+The path is joined to a data root. Blank lines are skipped. The path may contain spaces:
+the label is the last whitespace-separated token.
 
 Lists are parsed strictly (every problem names the list file and line number) but no
 image is touched at load time, so a 437k-line iNaturalist list loads in well under a

@@ -1,4 +1,4 @@
-"""Augmentation strategies under the original's ``--aug`` names (SPEC §3.2).
+"""Augmentation strategies under the original's ``--aug`` names (docs/method.md#data-and-augmentation).
 
 A two-view strategy decodes nothing itself: it receives ONE PIL image and returns
 ``[view1(img), view2(img)]``, two independent random augmentations ([3, S, S] each).
@@ -55,8 +55,9 @@ __all__ = [
     "build_eval_transform", "Pipeline", "TwoViews", "PILGaussianBlur", "Cutout", "RA_FILL",
 ]
 
-# (mean, std) per dataset family (SPEC §3.2). MNIST: the standard full-MNIST values
-# (the 5,000-digit demo subset measures 0.1313 / 0.3086), replicated over RGB.
+# (mean, std) per dataset family (docs/method.md#data-and-augmentation). MNIST: the
+# standard full-MNIST values (the 5,000-digit demo subset measures 0.1313 / 0.3086),
+# replicated over RGB.
 NORMALIZATION: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "inat": ((0.466, 0.471, 0.380), (0.195, 0.194, 0.192)),

@@ -1,17 +1,16 @@
-"""Command-line flags of tools/train.py and tools/eval.py.
+"""Flags every tool shares: the error type for bad flags, the run group, range checks.
 
 The sh/ recipe is the config: every hyperparameter is a flag, the resolved values are
 written to ``args.yaml`` in the run folder. Booleans use ``BooleanOptionalAction`` so
-they can be switched off (the original's ``type=bool`` flags could not).
+they can be switched off. Task flags live in ``gpaco.classification.args`` and
+``gpaco.segmentation.train``; the methods' own flags in their registry rows
+(:mod:`gpaco.methods`).
 """
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Optional, Sequence
-
-METHODS = ("ce", "balanced_ce", "paco", "gpaco", "multitask")
-CONTRASTIVE_METHODS = ("paco", "gpaco", "multitask")
+from typing import Iterable
 
 
 class FlagError(SystemExit):
@@ -21,126 +20,16 @@ class FlagError(SystemExit):
         super().__init__(f"error: {message}")
 
 
-def add_data_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="split", choices=("split", "cifar100", "cifar10"),
-                   help="split: image files named by split lists (ImageNet-LT, iNat, Places-LT, ImageNet, demo); "
-                        "cifar100/cifar10: the CIFAR python pickles under --data-root")
-    g.add_argument("--data-root", default="data", help="folder the split lists' paths are relative to")
-    g.add_argument("--train-list", default=None, help="split file: one 'relative/path label' per line")
-    g.add_argument("--val-list", default=None, help="selection split (best.pth is chosen on it)")
-    g.add_argument("--test-list", default=None, help="final report split (metrics.json)")
-    g.add_argument("--num-classes", type=int, default=None, help="default: what the train list implies")
-    g.add_argument("--imb-factor", type=float, default=0.01, help="CIFAR-LT imbalance factor (0.01 = ratio 100)")
-    g.add_argument("--image-size", type=int, default=224, help="training crop / evaluation crop size")
-    g.add_argument("--resize-size", type=int, default=None, help="evaluation resize before the center crop "
-                                                                  "(default image-size / 0.875)")
-    g.add_argument("--norm", default="imagenet", choices=("imagenet", "inat", "cifar", "mnist"),
-                   help="normalisation statistics")
-    g.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic"),
-                   help="resize interpolation of the evaluation transform (ResNets: bilinear; MAE ViTs: bicubic)")
-    g.add_argument("--workers", "-j", type=int, default=4, help="data loader workers per process")
-    g.add_argument("--allow-outside-root", action="store_true",
-                   help="accept split lines whose paths leave --data-root (absolute or '..')")
-    g.add_argument("--skip-bad-images", action="store_true",
-                   help="skip and count unreadable images instead of stopping")
+def flag_name(dest: str) -> str:
+    """``batch_size`` -> ``--batch-size``."""
+    return "--" + dest.replace("_", "-")
 
 
-def add_model_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", "-a", default="resnet50", help="resnet50/101/152/200, resnext50_32x4d, "
-                   "resnext101_32x4d, resnet32/resnet20/resnet8 (CIFAR), resnet50_cifar, mae_vit_base_patch16, "
-                   "mae_vit_large_patch16 (MAE fine-tuning ViTs: avg pool + fc_norm), any timm name")
-    g.add_argument("--method", default="gpaco", choices=METHODS)
-    g.add_argument("--pretrained", default=None,
-                   help="local weights file for the backbone (nothing is downloaded)")
-    g.add_argument("--proj-dim", type=int, default=128, help="contrastive embedding size (--moco-dim)")
-    g.add_argument("--queue-size", "-K", type=int, default=8192,
-                   help="contrast queue size K (--moco-k); a multiple of the global batch")
-    g.add_argument("--momentum-encoder", type=float, default=0.999, help="PaCo key-encoder EMA (--moco-m)")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile the model")
-    g.add_argument("--amp", default="none", choices=("none", "fp16", "bf16"),
-                   help="autocast dtype (fp16 uses a GradScaler); the losses run in float32 regardless")
-
-
-def build_train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tools/train.py",
-        description="Train a long-tailed classifier with CE, balanced CE, PaCo, GPaCo or the multi-task baseline. "
-                    "Runs as one process (CPU or one GPU) or under torchrun.",
-    )
-    add_data_flags(p)
-    add_model_flags(p)
-    g = p.add_argument_group("augmentation")
-    g.add_argument("--aug", default=None, help="augmentation strategy by the original's names: randcls_sim, "
-                   "randclsstack_sim, randcls_randclsstack, sim_sim, cifar100, ... (default per method)")
-    g.add_argument("--single-view", action=argparse.BooleanOptionalAction, default=False,
-                   help="GPaCo with one view: features cat(q, queue), B anchors, q enqueued; needs a "
-                        "single-view --aug (default randclsstack)")
-    g.add_argument("--randaug-n", type=int, default=2)
-    g.add_argument("--randaug-m", type=int, default=10)
-    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (> 0 enables; CE baselines only)")
-    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (> 0 enables; CE baselines only)")
-    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")
-    g.add_argument("--mixup-switch-prob", type=float, default=0.5,
-                   help="probability of cutmix instead of mixup when both are on")
-    g.add_argument("--reprob", type=float, default=0.0,
-                   help="random erasing probability per image (timm RandomErasing, applied to every view)")
-    g.add_argument("--remode", default="pixel", choices=("pixel", "rand", "const"), help="random erasing fill")
-    g.add_argument("--recount", type=int, default=1, help="random erasing boxes per image")
-
-    g = p.add_argument_group("loss")
-    g.add_argument("--alpha", type=float, default=0.05, help="weight of the sample positives")
-    g.add_argument("--beta", type=float, default=1.0, help="weight of the center positive")
-    g.add_argument("--gamma", type=float, default=1.0, help="weight of the sample terms in the denominator")
-    g.add_argument("--temperature", type=float, default=0.2, help="contrastive temperature (--moco-t)")
-    g.add_argument("--prior", action=argparse.BooleanOptionalAction, default=True,
-                   help="add log class prior to the center logits (long-tailed recipes); "
-                        "--no-prior for balanced data (full ImageNet, CIFAR-100)")
-    g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing of the center target "
-                   "(GPaCo full ImageNet: 0.1)")
-    g.add_argument("--label-smoothing", type=float, default=0.0, help="CE label smoothing (ce, multitask)")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=400)
-    g.add_argument("--batch-size", "-b", type=int, default=128,
-                   help="GLOBAL batch over all processes per forward (micro-batch); one optimizer step "
-                        "sees batch-size x accum-iter images")
-    g.add_argument("--accum-iter", type=int, default=1,
-                   help="gradient accumulation: micro-batches per optimizer step (the queue is still "
-                        "updated every micro-batch, as the original)")
-    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
-                   help="sgd: one group, weight decay on everything (ResNet recipes); adamw: no weight "
-                        "decay on biases, norms, pos/cls tokens (MAE fine-tuning)")
-    g.add_argument("--lr", type=float, default=0.02, help="learning rate for the global batch (no rescaling)")
-    g.add_argument("--blr", type=float, default=None,
-                   help="base LR: if given, lr = blr * batch-size * accum-iter / 256 (overrides --lr)")
-    g.add_argument("--min-lr", type=float, default=1e-6, help="floor of the mae_cosine schedule")
-    g.add_argument("--layer-decay", type=float, default=None,
-                   help="layer-wise LR decay of a ViT (MAE: 0.65 ViT-B, 0.75 ViT-L); default off")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--wd", type=float, default=5e-4, help="weight decay (sgd: all parameters, as the original)")
-    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (default: off)")
-    g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (timm backbones)")
-    g.add_argument("--schedule", "--sched", default="cosine",
-                   choices=("cosine", "cosine_epoch", "step_cifar", "mae_cosine"),
-                   help="cosine (= cosine_epoch): per-epoch warmup + off-by-one cosine; step_cifar: the CIFAR "
-                        "warmup + steps at 320/360; mae_cosine: per-iteration warmup + half-cycle cosine to "
-                        "--min-lr (MAE fine-tuning)")
-    g.add_argument("--warmup-epochs", type=int, default=10)
-    g.add_argument("--finetune", default=None, metavar="PATH",
-                   help="local MAE pre-training checkpoint ({'model': ...}) for a ViT backbone: the head is "
-                        "dropped, pos_embed resampled, the rest loaded non-strictly; the class centers start "
-                        "from trunc-normal(2e-5). Ignored when resuming")
-    g.add_argument("--proj-act", default="auto", choices=("auto", "relu", "gelu"),
-                   help="activation of the GPaCo projection MLP; auto: gelu for ViTs (MAE), relu otherwise")
-    g.add_argument("--freeze", default="none", choices=("none", "all_but_last_block"),
-                   help="all_but_last_block: Places-LT fine-tuning (convs frozen except the last bottleneck)")
-
+def add_run_flags(p: argparse.ArgumentParser, *, default_output: str, print_freq: int) -> argparse._ArgumentGroup:
+    """The run lifecycle's flags (gpaco.engine.lifecycle): output folder, resume, seed,
+    determinism, the non-finite-loss policy, the collective timeout, dry run."""
     g = p.add_argument_group("run")
-    g.add_argument("--output-dir", default="runs/train")
+    g.add_argument("--output-dir", default=default_output)
     g.add_argument("--resume", default=None, help="checkpoint path, or 'auto' for OUTPUT_DIR/checkpoint.pth")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--deterministic", action="store_true",
@@ -148,130 +37,35 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "says what differs on GPU)")
     g.add_argument("--nan-policy", default="stop", choices=("stop", "skip"),
                    help="non-finite loss: stop (name the step, keep the last checkpoint) or skip the "
-                        "micro-batch and count it in the log (nan_skipped)")
+                        "batch and count it in the log (nan_skipped)")
     g.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
                    help="process-group collective timeout under torchrun: a dead or stuck peer fails the "
                         "job after this long instead of hanging it")
-    g.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
-                   help="leave after this many epochs of this run with a checkpoint, as if preempted; the "
-                        "schedule still follows --epochs and --resume auto continues")
-    g.add_argument("--print-freq", type=int, default=20, help="iterations between progress lines")
-    g.add_argument("--eval-freq", type=int, default=1, help="epochs between validations")
-    g.add_argument("--dry-run", action="store_true",
-                   help="check the configuration, build data (synthetic when --data-root is absent), model, "
-                        "loss and optimizer, run two small steps, write nothing")
-    g.add_argument("--dry-run-batch", type=int, default=4, help="per-process batch of the --dry-run steps")
-    g.add_argument("--dry-run-image-size", type=int, default=64)
-    return p
+    g.add_argument("--print-freq", type=int, default=print_freq, help="iterations between progress lines")
+    return g
 
 
-def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    args = build_train_parser().parse_args(argv)
-    validate_train_args(args)
-    return args
-
-
-_POSITIVE_INTS = ("batch_size", "epochs", "accum_iter", "image_size", "eval_freq", "dry_run_batch",
-                  "dry_run_image_size", "recount")
-_NON_NEGATIVE_INTS = ("workers", "warmup_epochs", "print_freq", "randaug_n", "randaug_m", "proj_dim")
-_FLOATS = ("imb_factor", "lr", "blr", "min_lr", "layer_decay", "momentum", "wd", "clip_grad", "drop_path",
-           "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob", "alpha", "beta", "gamma",
-           "temperature", "smoothing", "label_smoothing", "momentum_encoder", "dist_timeout")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def validate_common_args(args: argparse.Namespace) -> None:
-    """Range checks shared by every flag set: finite floats, positive sizes, sane seeds."""
-    for name in _FLOATS:
+def check_finite(args: argparse.Namespace, names: Iterable[str]) -> None:
+    for name in names:
         value = getattr(args, name, None)
         if value is not None and not math.isfinite(value):
-            raise FlagError(f"{_flag(name)} must be a finite number, got {value}")
-    for name in _POSITIVE_INTS:
+            raise FlagError(f"{flag_name(name)} must be a finite number, got {value}")
+
+
+def check_positive(args: argparse.Namespace, names: Iterable[str], *, allow_zero: bool = False) -> None:
+    for name in names:
         value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise FlagError(f"{_flag(name)} must be > 0, got {value}")
-    for name in _NON_NEGATIVE_INTS:
-        value = getattr(args, name, None)
-        if value is not None and value < 0:
-            raise FlagError(f"{_flag(name)} must be >= 0, got {value}")
-    for name in ("num_classes", "stop_after", "resize_size"):
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise FlagError(f"{_flag(name)} must be > 0, got {value}")
+        if value is not None and (value < 0 if allow_zero else value <= 0):
+            raise FlagError(f"{flag_name(name)} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate_run_args(args: argparse.Namespace) -> None:
+    """Range checks of the run group."""
     seed = getattr(args, "seed", None)
     if seed is not None and not 0 <= seed < 2**63:
         raise FlagError(f"--seed must be in [0, 2^63), got {seed}")
-    imb = getattr(args, "imb_factor", None)
-    if imb is not None and not 0.0 < imb <= 1.0:
-        raise FlagError(f"--imb-factor must be in (0, 1] (0.01 = imbalance ratio 100), got {imb}")
     timeout = getattr(args, "dist_timeout", None)
+    check_finite(args, ("dist_timeout",))
     if timeout is not None and timeout <= 0:
         raise FlagError(f"--dist-timeout must be > 0 seconds, got {timeout}")
-
-
-def validate_train_args(args: argparse.Namespace) -> None:
-    validate_common_args(args)
-    if args.batch_size <= 0:
-        raise FlagError(f"--batch-size must be > 0, got {args.batch_size}")
-    if args.epochs <= 0:
-        raise FlagError(f"--epochs must be > 0, got {args.epochs}")
-    if args.lr <= 0:
-        raise FlagError(f"--lr must be > 0, got {args.lr}")
-    if args.schedule == "cosine_epoch":
-        args.schedule = "cosine"
-    if args.accum_iter < 1:
-        raise FlagError(f"--accum-iter must be >= 1, got {args.accum_iter}")
-    if args.blr is not None:
-        if args.blr <= 0:
-            raise FlagError(f"--blr must be > 0, got {args.blr}")
-        args.lr = args.blr * args.batch_size * args.accum_iter / 256
-    if args.layer_decay is not None and not 0.0 < args.layer_decay <= 1.0:
-        raise FlagError(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
-    if args.min_lr < 0:
-        raise FlagError(f"--min-lr must be >= 0, got {args.min_lr}")
-    if args.schedule == "cosine" and args.warmup_epochs > args.epochs:
-        raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be <= --epochs ({args.epochs})")
-    if args.schedule == "step_cifar" and args.warmup_epochs == 0:
-        raise FlagError("--schedule step_cifar needs --warmup-epochs > 0")
-    if args.schedule == "mae_cosine" and args.warmup_epochs >= args.epochs:
-        raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be < --epochs ({args.epochs}) with "
-                        f"--schedule mae_cosine")
-    if not 0.0 <= args.drop_path < 1.0:
-        raise FlagError(f"--drop-path must be in [0, 1), got {args.drop_path}")
-    if args.mixup < 0 or args.cutmix < 0 or not 0.0 <= args.reprob <= 1.0:
-        raise FlagError("--mixup and --cutmix must be >= 0 and --reprob in [0, 1]")
-    if (args.mixup > 0 or args.cutmix > 0) and args.method not in ("ce", "balanced_ce"):
-        raise FlagError(f"--mixup/--cutmix mix the labels, which --method {args.method} needs unmixed; "
-                        f"use them with --method ce (the MAE baseline)")
-    if args.single_view and args.method != "gpaco":
-        raise FlagError(f"--single-view is a GPaCo option, not --method {args.method}")
-    if args.temperature <= 0:
-        raise FlagError(f"--temperature must be > 0, got {args.temperature}")
-    if args.method in CONTRASTIVE_METHODS and args.queue_size < 0:
-        raise FlagError(f"--queue-size must be >= 0, got {args.queue_size}")
-    if args.dataset == "split" and not args.train_list and not args.dry_run:
-        raise FlagError("--train-list is required with --dataset split")
-    if not 0.0 <= args.smoothing < 1.0 or not 0.0 <= args.label_smoothing < 1.0:
-        raise FlagError("--smoothing and --label-smoothing must be in [0, 1)")
-    if args.aug is None and args.single_view:
-        args.aug = "randclsstack"
-    if args.aug is None:
-        cifar = args.dataset.startswith("cifar")
-        args.aug = {
-            ("ce", False): "randcls", ("balanced_ce", False): "randcls",
-            ("paco", False): "randcls_sim", ("gpaco", False): "randcls_randclsstack",
-            ("multitask", False): "randcls_randclsstack",
-            ("ce", True): "cifar_regular", ("balanced_ce", True): "cifar_regular",
-        }.get((args.method, cifar), "cifar100" if cifar else "randcls_sim")
-    from gpaco.data.transforms import SINGLE_VIEW_STRATEGIES, TWO_VIEW_STRATEGIES
-
-    if args.aug not in TWO_VIEW_STRATEGIES and args.aug not in SINGLE_VIEW_STRATEGIES:
-        raise FlagError(f"unknown --aug {args.aug!r}; two-view strategies: {', '.join(TWO_VIEW_STRATEGIES)}; "
-                        f"single-view: {', '.join(SINGLE_VIEW_STRATEGIES)}")
-    if args.single_view:
-        if args.aug not in SINGLE_VIEW_STRATEGIES:
-            raise FlagError(f"--single-view needs a single-view --aug ({', '.join(SINGLE_VIEW_STRATEGIES)}), "
-                            f"got {args.aug}")
+    check_positive(args, ("print_freq",), allow_zero=True)

@@ -12,20 +12,15 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 import torch
-import torch.distributed as dist
+from gpaco.distributed import is_main_process
 
 __all__ = [
     "RunLogger", "save_args_yaml", "progress_line", "ProgressMeter", "print_main",
-    "is_main_process", "to_jsonable", "LOG_NAME",
+    "to_jsonable", "LOG_NAME",
 ]
 
 LOG_NAME = "log.jsonl"
 PathLike = Union[str, os.PathLike]
-
-
-def is_main_process() -> bool:
-    """True on rank 0, or when no process group is initialised."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def print_main(*args: Any, **kwargs: Any) -> None:

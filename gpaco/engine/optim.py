@@ -1,4 +1,4 @@
-"""Optimizers and their parameter groups (SPEC §3.1, §3.3).
+"""Optimizers and their parameter groups (docs/method.md#optimisers).
 
 * ``sgd`` without ``--layer-decay`` (the ResNet recipes): ONE group over every trainable
   parameter, weight decay on all of them (BN and biases included, as the original).
@@ -20,8 +20,7 @@
 """
 from __future__ import annotations
 
-import argparse
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
@@ -29,7 +28,7 @@ from torch import nn
 from gpaco.engine.schedule import apply_lr
 from gpaco.models.vit import find_vit
 
-__all__ = ["vit_layer_id", "param_groups", "build_optimizer", "OPTIMIZERS"]
+__all__ = ["vit_layer_id", "param_groups", "build_optimizer", "build_seg_optimizer", "OPTIMIZERS"]
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -95,23 +94,42 @@ def param_groups(
     return list(groups.values())
 
 
-def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer of ``--optimizer`` (sgd | adamw) at ``--lr`` (already resolved from ``--blr``).
+def build_optimizer(model: nn.Module, *, name: str = "sgd", lr: float, momentum: float = 0.9, wd: float = 0.0,
+                    layer_decay: Optional[float] = None) -> torch.optim.Optimizer:
+    """The classification optimizer: ``sgd`` | ``adamw`` at ``lr`` (already resolved from ``--blr``).
 
-    ``sgd`` without ``--layer-decay`` is exactly the ResNet recipes' single-group SGD;
-    ``adamw`` uses :func:`param_groups` (betas 0.9/0.999, eps 1e-8, as MAE fine-tuning).
+    ``sgd`` without ``layer_decay`` is exactly the ResNet recipes' single-group SGD (weight
+    decay on every parameter); otherwise :func:`param_groups` (``adamw``: betas 0.9/0.999,
+    eps 1e-8, as MAE fine-tuning).
     """
-    name = getattr(args, "optimizer", "sgd")
-    layer_decay = getattr(args, "layer_decay", None)
     if name == "sgd" and layer_decay is None:
         params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-    groups = param_groups(model, weight_decay=args.wd, layer_decay=layer_decay)
+    groups = param_groups(model, weight_decay=wd, layer_decay=layer_decay)
     if name == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum)
     else:
-        optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
-    apply_lr(optimizer, args.lr)  # each group starts at lr * lr_scale
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    apply_lr(optimizer, lr)  # each group starts at lr * lr_scale
     return optimizer
+
+
+def build_seg_optimizer(model: nn.Module, *, name: str, lr: float, wd: float, momentum: float = 0.9,
+                        betas: Tuple[float, float] = (0.9, 0.999),
+                        no_decay_keys: Sequence[str] = ()) -> torch.optim.Optimizer:
+    """The segmentation optimizer: SGD or AdamW; parameters whose name contains one of
+    ``no_decay_keys`` get no weight decay (mmcv ``paramwise_cfg.custom_keys``, ``decay_mult=0``)."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if any(k in n for k in no_decay_keys) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": wd}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=wd)
+    raise ValueError(f"unknown optimizer {name!r}")

@@ -6,7 +6,7 @@
   A second signal while the first is being honoured stops the process at once (the
   previous handler is restored and the signal re-delivered); the atomic save keeps the
   last complete checkpoint intact either way.
-* :func:`agree` makes every rank take the same decision (stop after this step, skip
+* :func:`gpaco.distributed.agree` makes every rank take the same decision (stop after this step, skip
   this non-finite step): one tiny all-reduce, a no-op in a single process.
 * :class:`FaultInjector` reads ``GPACO_FAULT_INJECT`` **(test-only)** to raise, poison
   the loss, or send a signal at a chosen micro-batch on a chosen rank, so the tests can
@@ -18,12 +18,11 @@ import os
 import re
 import signal
 import threading
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 
-__all__ = ["STOP_SIGNALS", "PreemptionHandler", "agree", "FaultInjector", "InjectedFault", "FAULT_ENV"]
+__all__ = ["STOP_SIGNALS", "PreemptionHandler", "FaultInjector", "InjectedFault", "FAULT_ENV"]
 
 #: Signals that request a graceful stop (checkpoint, exit 0).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -76,16 +75,6 @@ class PreemptionHandler:
 
     def __exit__(self, *exc) -> None:
         self.restore()
-
-
-def agree(flags: Sequence[bool], device: torch.device) -> List[bool]:
-    """Each flag OR-ed over all ranks (one all-reduce of a few numbers); local values alone
-    without a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [bool(f) for f in flags]
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(x) for x in t.tolist()]
 
 
 class InjectedFault(RuntimeError):

@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the reference recipes (SPEC §3.1, §3.3).
+"""Learning-rate schedules of the reference recipes (docs/method.md#learning-rate-schedules).
 
 * ``cosine`` (ResNet drivers): set once per epoch; linear warmup ``lr/W*(e+1)``, then the
   original's off-by-one cosine ``lr*0.5*(1+cos(pi*(e-W+1)/(E-W+1)))``, which never
@@ -124,3 +124,13 @@ def build_schedule(name: str, **kwargs: Any) -> LRSchedule:
     if "milestones" in kwargs:
         kwargs["milestones"] = tuple(int(m) for m in kwargs["milestones"])
     return LRSchedule(name=name, per_iteration=per_iter, fn=fn, kwargs=dict(kwargs))
+
+
+def poly_lr(it: int, *, base_lr: float, max_iters: int, power: float = 0.9, min_lr: float = 0.0,
+            warmup_iters: int = 0, warmup_ratio: float = 1e-6) -> float:
+    """mmcv's PolyLrUpdaterHook (by iteration) with its linear warmup; ``it`` is 0-based."""
+    lr = (base_lr - min_lr) * (1.0 - it / max_iters) ** power + min_lr
+    if warmup_iters and it < warmup_iters:
+        k = (1.0 - it / warmup_iters) * (1.0 - warmup_ratio)
+        lr = lr * (1.0 - k)
+    return lr

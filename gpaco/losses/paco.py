@@ -3,7 +3,7 @@
 Every recipe (long-tailed, full ImageNet, CIFAR, ViT, segmentation) goes through
 :func:`paco_rows`; the public functions only choose anchors and reduce.
 
-The math, per anchor ``i`` with label ``y_i`` (SPEC §1.3, §2.1):
+The math, per anchor ``i`` with label ``y_i`` (docs/method.md#paco-loss, docs/method.md#gpaco-loss):
 
 * center logits ``c_ic = logits_ic + log_prior_c`` (raw classifier logits: the class
   centers are the classifier's weight rows; no normalisation, no temperature);

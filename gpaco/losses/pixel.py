@@ -1,4 +1,4 @@
-"""Pixel-level GPaCo loss for semantic segmentation (SPEC §2.5).
+"""Pixel-level GPaCo loss for semantic segmentation (docs/method.md#pixel-gpaco-for-segmentation).
 
 Every sampled pixel is an anchor and a contrast sample (no queue, no prior). Pixels
 labelled ``ignore_index`` stay in every denominator as negatives but have no center
@@ -6,12 +6,15 @@ target and are left out of the mean.
 """
 from __future__ import annotations
 
+from typing import Dict, Optional, Tuple
+
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .paco import paco_rows
 
-__all__ = ["pixel_paco_loss"]
+__all__ = ["pixel_paco_loss", "sample_pixel_indices", "SegmentationLoss"]
 
 
 def pixel_paco_loss(features: Tensor, labels: Tensor, logits: Tensor, *, alpha: float, temperature: float,
@@ -53,3 +56,70 @@ def pixel_paco_loss(features: Tensor, labels: Tensor, logits: Tensor, *, alpha: 
     rows = torch.where(valid, rows, rows.new_zeros(()))
     per_image = (rows * valid_f).sum(-1) / (valid_f.sum(-1) + 1e-12)
     return per_image.mean()
+
+
+def sample_pixel_indices(batch: int, num: int, k: int, *, device=None,
+                         generator: Optional[torch.Generator] = None) -> Tensor:
+    """[batch, min(k, num)] pixel indices: per image an independent random subset of
+    ``range(num)`` (a random permutation's first ``k``); ``k < 0`` keeps every pixel."""
+    if k < 0 or k >= num:
+        return torch.arange(num, device=device).expand(batch, num)
+    keys = torch.rand(batch, num, device=device, generator=generator)
+    return keys.argsort(dim=1)[:, :k]
+
+
+def _pad_labels(labels: Tensor, size: Tuple[int, int], ignore_index: int) -> Tensor:
+    h, w = labels.shape[-2:]
+    if (h, w) == tuple(size):
+        return labels
+    return F.pad(labels, (0, size[1] - w, 0, size[0] - h), value=ignore_index)
+
+
+class SegmentationLoss(nn.Module):
+    """Pixel CE (+ ``aux_weight`` x aux CE) (+ ``paco_weight`` x pixel GPaCo when ``paco``) on a
+    :class:`~gpaco.models.seg.SegModel`'s train outputs (docs/method.md#pixel-gpaco-for-segmentation).
+
+    The CE is bilinear-upsampled logits vs the crop's labels, averaged over all pixels of the
+    crop, ignored ones included (mmseg 0.x), or over the labelled ones with
+    ``ce_avg_non_ignore``. The pixel loss samples ``num_pixels`` pixels per image of the
+    1/4-resolution embeddings and logits, labels nearest-downsampled to that size.
+    """
+
+    def __init__(self, num_classes: int, *, paco: bool = True, alpha: float = 0.01, temperature: float = 0.07,
+                 num_pixels: int = 8192, aux_weight: float = 0.4, paco_weight: float = 1.0,
+                 ignore_index: int = 255, ce_avg_non_ignore: bool = False):
+        super().__init__()
+        self.num_classes, self.use_paco = num_classes, paco
+        self.alpha, self.temperature, self.num_pixels = alpha, temperature, num_pixels
+        self.aux_weight, self.paco_weight = aux_weight, paco_weight
+        self.ignore_index, self.avg_non_ignore = ignore_index, ce_avg_non_ignore
+
+    def _ce(self, logits: Tensor, labels: Tensor) -> Tensor:
+        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="none")
+        if self.avg_non_ignore:
+            return loss.sum() / (labels != self.ignore_index).sum().clamp_min(1)
+        return loss.mean()
+
+    def paco(self, embed: Tensor, logits: Tensor, labels: Tensor,
+             generator: Optional[torch.Generator] = None) -> Tensor:
+        b, d, h, w = embed.shape
+        small = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
+        small = torch.where(small >= self.num_classes, torch.full_like(small, self.ignore_index), small)
+        idx = sample_pixel_indices(b, h * w, self.num_pixels, device=embed.device, generator=generator)
+        feats = embed.float().flatten(2).transpose(1, 2)  # [B, HW, D]
+        logit = logits.float().flatten(2).transpose(1, 2)  # [B, HW, C]
+        take = lambda t: torch.gather(t, 1, idx[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
+        return pixel_paco_loss(take(feats), torch.gather(small.flatten(1), 1, idx), take(logit),
+                               alpha=self.alpha, temperature=self.temperature, ignore_index=self.ignore_index)
+
+    def forward(self, out: Dict, labels: Tensor, generator: Optional[torch.Generator] = None):
+        """Returns (total loss, {'ce', 'aux', 'paco'} detached floats-as-tensors)."""
+        labels = _pad_labels(labels, out["padded_size"], self.ignore_index)
+        parts = {"ce": self._ce(out["logits"], labels)}
+        if "aux" in out and self.aux_weight:
+            parts["aux"] = self.aux_weight * self._ce(out["aux"], labels)
+        if self.use_paco:
+            parts["paco"] = self.paco_weight * self.paco(out["embed"], out["logits"], labels, generator)
+        total = sum(parts.values())
+        return total, {k: v.detach() for k, v in parts.items()}

@@ -1,9 +1,9 @@
 """Multi-task baseline of the GPaCo paper: cross-entropy + alpha * SupCon.
 
 SupCon uses the same anchors and contrast set as PaCo but no center terms: for each
-anchor the softmax runs over the other contrast rows only (SPEC §2.3). The class
-re-weighting of the original's MultiTaskLoss evaluates to all ones (SPEC §7.9), so
-none is applied here.
+anchor the softmax runs over the other contrast rows only. The class re-weighting of
+the original's MultiTaskLoss evaluates to all ones, so none is applied here
+(docs/method.md#multi-task-baseline).
 """
 from __future__ import annotations
 

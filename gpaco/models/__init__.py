@@ -1,14 +1,16 @@
 """Backbones, projection heads and the PaCo / GPaCo / CE models."""
 from .backbones import create_backbone, list_archs, load_backbone_weights
 from .contrastive import (
-    METHODS,
     Classifier,
     ContrastiveOutput,
     Encoder,
     FeatureQueue,
     GPaCoModel,
     PaCoModel,
+    build_classifier,
+    build_gpaco,
     build_model,
+    build_paco,
 )
 from .heads import GPaCoProjection, PaCoProjection
 
@@ -16,5 +18,5 @@ __all__ = [
     "create_backbone", "list_archs", "load_backbone_weights",
     "PaCoProjection", "GPaCoProjection",
     "ContrastiveOutput", "FeatureQueue", "Encoder", "Classifier", "PaCoModel", "GPaCoModel",
-    "build_model", "METHODS",
+    "build_model", "build_classifier", "build_paco", "build_gpaco",
 ]

@@ -19,11 +19,13 @@ import logging
 import os
 import socket
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
+from typing import Any, Callable, Dict, List, Tuple, Union
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
+
+from gpaco.checkpoint import unwrap_state_dict
 
 from . import cifar_resnet
 
@@ -152,15 +154,7 @@ def _read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
         obj: Any = load_file(path, device="cpu")
     else:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    # Unwrap training checkpoints: {'state_dict': ...}, {'model': ...}.
-    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        inner = next((obj[k] for k in ("state_dict", "model", "module", "model_state") if k in obj), None)
-        if not isinstance(inner, Mapping):
-            break
-        obj = inner
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return unwrap_state_dict(obj, path)  # training checkpoints: {'state_dict': ...}, {'model': ...}
 
 
 def load_backbone_weights(model: nn.Module, path: Union[str, os.PathLike]) -> Tuple[List[str], List[str]]:
@@ -175,7 +169,6 @@ def load_backbone_weights(model: nn.Module, path: Union[str, os.PathLike]) -> Tu
         (missing_keys, unexpected_keys).
     """
     state = _read_state_dict(path)
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     own = model.state_dict()
     if not any(k in own for k in state):
         for prefix in _WRAPPER_PREFIXES:

@@ -4,7 +4,7 @@ Training forward returns a :class:`ContrastiveOutput` that goes straight into
 ``gpaco.losses.paco_loss(out.features, out.labels, out.logits, out.num_anchors, ...)``
 (or ``multitask_loss``). Eval forward returns classifier logits only.
 
-Layout (local batch B, queue size K, SPEC §1.2, §2.2):
+Layout (local batch B, queue size K; docs/method.md#models):
 
 ==============  ======================  ======================  ===============
 model           features                labels                  anchors
@@ -30,12 +30,12 @@ from torch import Tensor, nn
 from ..distributed import all_gather_nograd, batch_shuffle, batch_unshuffle
 from .backbones import create_backbone
 from .heads import GPaCoProjection, PaCoProjection
-from .vit import MAE_ARCHS, MAEProjection, register_archs
+from .vit import MAE_ARCHS, MAEProjection, is_vit, register_archs
 from .view_bn import per_view_batchnorm, supports_one_pass
 
 __all__ = [
     "ContrastiveOutput", "FeatureQueue", "Encoder", "Classifier", "PaCoModel", "GPaCoModel",
-    "build_model", "METHODS",
+    "build_model", "build_classifier", "build_paco", "build_gpaco",
 ]
 
 
@@ -58,7 +58,7 @@ class FeatureQueue(nn.Module):
     """Ring buffer of past (key, label) pairs shared by all processes.
 
     Buffers (saved in the state dict): ``features`` [K, dim], ``labels`` [K] long,
-    ``ptr`` [1] long. Initialised like the original (SPEC §1.4): ``randn`` normalised
+    ``ptr`` [1] long. Initialised like the original (docs/method.md#queue): ``randn`` normalised
     along dim 0 (column-wise, so the initial rows are *not* unit vectors) and random
     labels in [0, num_classes), both from torch's global RNG, so early steps see fake
     positives until the queue has been overwritten once. ``size=0`` disables the queue.
@@ -145,7 +145,7 @@ class Classifier(nn.Module):
 
 
 class PaCoModel(nn.Module):
-    """PaCo (SPEC §1.2, §1.4): query encoder + momentum key encoder + queue + classifier ``fc``.
+    """PaCo (docs/method.md#paco-model): query encoder + momentum key encoder + queue + classifier ``fc``.
 
     Submodules: ``encoder_q`` (backbone + :class:`PaCoProjection`), ``encoder_k`` (its
     momentum copy, no gradient), ``fc`` (Linear(F, C) on the pooled feature: the class
@@ -181,7 +181,7 @@ class PaCoModel(nn.Module):
         self.encoder_q = Encoder(backbone, PaCoProjection(dim, hidden_dim, proj_dim))
         self.fc = nn.Linear(dim, num_classes)
         # The key encoder starts as an exact copy; afterwards only its parameters follow
-        # the query encoder (EMA); its BN running statistics stay its own (SPEC §1.4).
+        # the query encoder (EMA); its BN running statistics stay its own (docs/method.md#paco-model).
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
@@ -234,7 +234,7 @@ class PaCoModel(nn.Module):
 
 
 class GPaCoModel(nn.Module):
-    """GPaCo (SPEC §2.2): one encoder, both views with gradient, queue + classifier ``fc``.
+    """GPaCo (docs/method.md#gpaco-model): one encoder, both views with gradient, queue + classifier ``fc``.
 
     BatchNorm statistics are per view, as in the original's two forward passes; the two
     views nevertheless go through the encoder as ONE batch of 2B (``per_view_batchnorm``
@@ -331,38 +331,47 @@ class GPaCoModel(nn.Module):
         return out
 
 
-METHODS = ("ce", "balanced_ce", "paco", "gpaco", "multitask")
-# Keyword arguments that only some model classes take; build_model drops the others so
-# a training driver can pass one uniform set.
+# Keyword arguments that only the contrastive models take; build_classifier drops them so
+# checkpoint loading can pass one uniform set.
 _CONTRASTIVE_ONLY = {"proj_dim", "hidden_dim", "queue_size", "momentum", "global_batch",
                      "normalize_pooled", "single_view", "projection_act"}
 
 
-def build_model(method: str, arch: Union[str, nn.Module], num_classes: int, **kw: Any) -> nn.Module:
-    """Model for a training method.
+def build_classifier(arch: Union[str, nn.Module], num_classes: int, **kw: Any) -> Classifier:
+    """:class:`Classifier` (backbone + ``fc``); contrastive-only options are ignored."""
+    kw = {k: v for k, v in kw.items() if k not in _CONTRASTIVE_ONLY}
+    backbone, dim = _make_backbone(arch, kw.pop("feat_dim", None), kw.pop("pretrained", False),
+                                   kw.pop("drop_path_rate", 0.0), kw.pop("backbone_kwargs", None))
+    if kw:
+        raise TypeError(f"build_classifier got unexpected arguments {sorted(kw)}")
+    return Classifier(backbone, dim, num_classes)
 
-    ``ce``/``balanced_ce`` -> :class:`Classifier`; ``paco`` -> :class:`PaCoModel`;
-    ``gpaco``/``multitask`` -> :class:`GPaCoModel`. ``kw`` go to the constructor
-    (``pretrained``, ``drop_path_rate``, ``proj_dim``, ``queue_size``...); options that
-    the chosen model does not have (e.g. ``queue_size`` for ``ce``, ``momentum`` for
-    ``gpaco``, which has no momentum encoder) are ignored.
-    """
-    method = method.lower()
-    if method in ("ce", "balanced_ce"):
-        kw = {k: v for k, v in kw.items() if k not in _CONTRASTIVE_ONLY}
-        backbone, dim = _make_backbone(arch, kw.pop("feat_dim", None), kw.pop("pretrained", False),
-                                       kw.pop("drop_path_rate", 0.0), kw.pop("backbone_kwargs", None))
-        if kw:
-            raise TypeError(f"build_model('{method}') got unexpected arguments {sorted(kw)}")
-        return Classifier(backbone, dim, num_classes)
-    if method == "paco":
-        if kw.pop("single_view", False):
-            raise ValueError("single_view is a GPaCo option; PaCo always uses two views")
-        if kw.pop("projection_act", "relu") != "relu":
-            raise ValueError("projection_act is a GPaCo option; PaCo's projection is Linear-BN-ReLU-Linear")
-        return PaCoModel(arch, num_classes, **kw)
-    if method in ("gpaco", "multitask"):
-        kw.pop("momentum", None)
-        kw.pop("normalize_pooled", None)
-        return GPaCoModel(arch, num_classes, **kw)
-    raise ValueError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+
+def build_paco(arch: Union[str, nn.Module], num_classes: int, **kw: Any) -> PaCoModel:
+    """:class:`PaCoModel`; rejects the GPaCo-only options."""
+    if kw.pop("single_view", False):
+        raise ValueError("single_view is a GPaCo option; PaCo always uses two views")
+    if kw.pop("projection_act", "relu") != "relu":
+        raise ValueError("projection_act is a GPaCo option; PaCo's projection is Linear-BN-ReLU-Linear")
+    return PaCoModel(arch, num_classes, **kw)
+
+
+def build_gpaco(arch: Union[str, nn.Module], num_classes: int, *, projection_act: str = "auto",
+                **kw: Any) -> GPaCoModel:
+    """:class:`GPaCoModel`; ``projection_act="auto"``: GELU MLP for ViTs (MAE), ReLU otherwise.
+    PaCo-only options (``momentum``, ``normalize_pooled``) are ignored."""
+    kw.pop("momentum", None)
+    kw.pop("normalize_pooled", None)
+    if projection_act == "auto":
+        projection_act = "gelu" if is_vit(arch) else "relu"
+    return GPaCoModel(arch, num_classes, projection_act=projection_act, **kw)
+
+
+def build_model(method: str, arch: Union[str, nn.Module], num_classes: int, **kw: Any) -> nn.Module:
+    """The model of a registered method (:mod:`gpaco.methods`): ``ce``/``balanced_ce`` ->
+    :class:`Classifier`; ``paco`` -> :class:`PaCoModel`; ``gpaco``/``multitask`` ->
+    :class:`GPaCoModel`. ``kw`` go to the method's builder (``pretrained``,
+    ``drop_path_rate``, ``proj_dim``, ``queue_size``...)."""
+    from gpaco.methods import get_method  # the registry imports this module
+
+    return get_method(method).build_model(arch, num_classes, **kw)

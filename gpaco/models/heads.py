@@ -1,7 +1,7 @@
 """Projection MLPs: pooled feature [B, F] -> embedding [B, out_dim] (not normalised).
 
 The embedding only feeds the sample-sample contrast; the classifier (the class
-centers) reads the pooled feature, not this output (SPEC §1.2, §6).
+centers) reads the pooled feature, not this output (docs/method.md#projection-heads).
 """
 from __future__ import annotations
 

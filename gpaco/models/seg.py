@@ -1,4 +1,4 @@
-"""Segmentation models for GPaCo (SPEC §2.5, §6): DeepLabV3+ and UPerNet from
+"""Segmentation models for GPaCo (docs/method.md#segmentation-models): DeepLabV3+ and UPerNet from
 segmentation-models-pytorch with timm encoders, an auxiliary FCN head and the GPaCo
 embedding branch.
 
@@ -43,6 +43,8 @@ from typing import Dict, Optional, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from gpaco.checkpoint import load_checkpoint, unwrap_state_dict
 
 __all__ = ["SEG_ARCHS", "SegArch", "SegModel", "FCNHead", "PixelEmbedding", "build_seg_model",
            "load_encoder_weights", "pad_to_multiple"]
@@ -199,18 +201,13 @@ def load_encoder_weights(model: SegModel, path: str, *, verbose: bool = True) ->
     Keys are matched up to ``_`` vs ``.`` (timm's feature wrappers rename ``layers.0`` to
     ``layers_0``); classifier weights and shape mismatches are skipped. Returns counts.
     """
-    from gpaco.engine.checkpoint import load_checkpoint
-
-    state = load_checkpoint(path)
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
+    state = unwrap_state_dict(load_checkpoint(path), path)
     target = model.encoder.model.state_dict() if hasattr(model.encoder, "model") else model.encoder.state_dict()
     by_norm = {_norm_key(k): k for k in target}
     new, skipped_shape, unused = {}, [], []
     for key, value in state.items():
         k = key
-        for prefix in ("module.", "backbone.", "encoder.", "model."):
+        for prefix in ("backbone.", "encoder.", "model."):
             if k.startswith(prefix):
                 k = k[len(prefix):]
         dest = by_norm.get(_norm_key(k))

@@ -1,6 +1,6 @@
 """Per-view BatchNorm: several views in one encoder pass, each normalised on its own.
 
-GPaCo (SPEC §7.7) runs its two views through the encoder as two batches, so every
+GPaCo (docs/method.md#gpaco-model) runs its two views through the encoder as two batches, so every
 BatchNorm sees per-view statistics. :func:`per_view_batchnorm` gives the same arithmetic
 with ONE pass over ``cat(views)``: inside it, every training-mode BatchNorm normalises
 each of the ``views`` equal chunks of its batch separately and updates its running

@@ -1,4 +1,4 @@
-"""MAE-style Vision Transformers for fine-tuning (SPEC §2.4, §6).
+"""MAE-style Vision Transformers for fine-tuning (docs/method.md#mae-vits).
 
 :func:`register_archs` registers these timm architectures (``timm.create_model`` names, so
 ``--arch`` takes them like any timm model; :func:`gpaco.models.build_model` registers them
@@ -34,6 +34,8 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from gpaco.checkpoint import unwrap_state_dict
 
 __all__ = [
     "MAE_ARCHS", "register_archs", "MAEProjection", "is_vit", "find_vit", "interpolate_pos_embed", "load_mae_checkpoint",
@@ -153,18 +155,7 @@ class FinetuneLoadResult(NamedTuple):
     pos_embed_resized: Optional[Tuple[Tuple[int, int], Tuple[int, int]]]  # (old grid, new grid) or None
 
 
-_WRAPPERS = ("module.", "encoder.backbone.", "encoder_q.backbone.", "backbone.")
-
-
-def _unwrap_state(checkpoint: Mapping[str, Any]) -> Dict[str, Tensor]:
-    state: Any = checkpoint
-    for key in ("model", "state_dict"):
-        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-            state = state[key]
-            break
-    if not isinstance(state, Mapping):
-        raise ValueError("the checkpoint holds no state dict ('model' / 'state_dict' / a plain dict)")
-    return {k: v for k, v in state.items() if isinstance(v, Tensor)}
+_WRAPPERS = ("encoder.backbone.", "encoder_q.backbone.", "backbone.")
 
 
 def load_mae_checkpoint(vit: nn.Module, checkpoint: Mapping[str, Any]) -> FinetuneLoadResult:
@@ -182,7 +173,7 @@ def load_mae_checkpoint(vit: nn.Module, checkpoint: Mapping[str, Any]) -> Finetu
         fine-tuning ViT: missing ``fc_norm.weight``/``fc_norm.bias``, unexpected
         ``norm.weight``/``norm.bias`` (plus ``mask_token``/``decoder_*`` if the decoder was kept).
     """
-    state = _unwrap_state(checkpoint)
+    state = dict(unwrap_state_dict(checkpoint, "the --finetune checkpoint"))
     own = vit.state_dict()
     for prefix in _WRAPPERS:
         if not any(k in own for k in state) and any(k.startswith(prefix) for k in state):

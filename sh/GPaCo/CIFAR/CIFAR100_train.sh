@@ -5,7 +5,7 @@
 # Original: GPaCo/LT/sh/CIFAR/CIFAR100_train.sh (G paco_cifar.py);
 # batch 128 (GPU count not stated).
 # --batch-size is the GLOBAL batch: 128 on any GPU count; lr is not rescaled.
-# Hyperparameters (SPEC 3.4): balanced CIFAR-100 (--imb-factor 1.0), SupCon-style ResNet-50
+# Hyperparameters (docs/method.md#hyperparameters): balanced CIFAR-100 (--imb-factor 1.0), SupCon-style ResNet-50
 # (3x3 stem, no max-pool, feature 2048), 400 epochs, SGD lr 0.05 with the CIFAR step
 # schedule (warmup over epochs 0..10, x0.1 after 320 and 360), wd 5e-4, alpha 0.01,
 # T 0.07, K 1024, dim 128, NO prior (balanced data), aug sim_cifar_sim_cifar (two SimCLR-CIFAR

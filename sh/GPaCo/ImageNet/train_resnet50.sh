@@ -6,7 +6,7 @@
 # Original: GPaCo/LT/sh/ImageNet/train_resnet50.sh (G paco_imagenet.py); 8 GPUs (RTX 3090),
 # total batch 512.
 # --batch-size is the GLOBAL batch: 512 on any GPU count (NGPUS=8 -> 64/GPU); lr is not rescaled.
-# Hyperparameters (SPEC 3.4): 400 epochs, SGD lr 0.08 (10 warmup + cosine), wd 1e-4,
+# Hyperparameters (docs/method.md#hyperparameters): 400 epochs, SGD lr 0.08 (10 warmup + cosine), wd 1e-4,
 # alpha 0.05, beta = gamma = 1, T 0.2, K 8192, dim 128, NO prior, center label smoothing 0.1,
 # aug randcls_randclsstack (RandAugment n 2, m 10).
 #

@@ -2,7 +2,7 @@
 # GPaCo, ImageNet-LT, ensemble of ResNeXt-101 32x4d + ResNeXt-50 32x4d: sum of the raw logits.
 #
 # Paper: the README's "ensemble" rows (63.2 top-1 is stated for 2 x ResNeXt-101; the released
-# script combines a ResNeXt-101 and a ResNeXt-50, and so does this recipe, SPEC §5).
+# script combines a ResNeXt-101 and a ResNeXt-50, and so does this recipe; docs/method.md#metrics).
 # Original: GPaCo/LT/paco_lt_ensemble.py (--ensemble_archs, --ensemble_paths; comma lists).
 # CHECKPOINT_X101 / CHECKPOINT_X50 default to the best.pth of sh/GPaCo/LT/ImageNetLT_train_X101.sh
 # and sh/GPaCo/LT/ImageNetLT_train_X50.sh; ours or the original's released files (tools/eval.py

@@ -7,10 +7,10 @@
 # GPU count not stated by the original (the driver splits the total batch over the
 # node's GPUs; PaCo used 4).
 # --batch-size is the GLOBAL batch: 128 on any GPU count (NGPUS=4 -> 32/GPU); lr is not rescaled.
-# Hyperparameters (SPEC 3.4): 400 epochs, SGD lr 0.06 (10 warmup + cosine), wd 5e-4,
+# Hyperparameters (docs/method.md#hyperparameters): 400 epochs, SGD lr 0.06 (10 warmup + cosine), wd 5e-4,
 # alpha 0.5 (SupCon weight), T 0.2, K 8192, dim 128, log-prior on (balanced softmax),
 # aug randcls_randclsstack (RandAugment n 5, m 10). The original's effective-number class
-# weights are all 1 as coded (SPEC 2.3, 7.9); so are ours.
+# weights are all 1 as coded (docs/method.md#multi-task-baseline); so are ours.
 #
 # Data: DATA_ROOT is the ImageNet-2012 folder (train/, val/) holding the ImageNet-LT split
 # lists ImageNet_LT_{train,val,test}.txt ('relative/path label' lines). best.pth is

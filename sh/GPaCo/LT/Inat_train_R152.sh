@@ -6,7 +6,7 @@
 # GPU count not stated by the original (the driver splits the total batch over the
 # node's GPUs; PaCo used 4).
 # --batch-size is the GLOBAL batch: 128 on any GPU count (NGPUS=4 -> 32/GPU); lr is not rescaled.
-# Hyperparameters (SPEC 3.4): 400 epochs, SGD lr 0.04 (10 warmup + cosine), wd 1e-4,
+# Hyperparameters (docs/method.md#hyperparameters): 400 epochs, SGD lr 0.04 (10 warmup + cosine), wd 1e-4,
 # alpha 0.05, beta = gamma = 1, T 0.2, K 8192, dim 128, log-prior on, 8142 classes,
 # aug randcls_sim (RandAugment n 2, m 10), iNat normalisation.
 #

@@ -3,14 +3,15 @@
 #
 # Paper row: GPaCo Places-LT, ResNet-152: 41.7 top-1 (README table; on Places_LT_val).
 # Original: GPaCo/LT/sh/LT/PlacesLT_train_R152.sh (paco_fp16_places.py), which crashes as
-# released (9 args to the 8-arg GPaCo model, missing dataset module; SPEC 7.14); this one runs
+# released (9 args to the 8-arg GPaCo model, missing dataset module; see
+# docs/method.md#differences-from-the-original-code); this one runs
 # with the script's intended settings. Total batch 128.
 # GPU count not stated by the original (the driver splits the total batch over the
 # node's GPUs; PaCo used 4).
 # --batch-size is the GLOBAL batch: 128 on any GPU count (NGPUS=4 -> 32/GPU); lr is not rescaled.
 # Fine-tunes torchvision's ImageNet ResNet-152 (PRETRAINED, resnet152-394f9c45.pth, a local
 # file: nothing is downloaded) with every conv frozen except the last bottleneck.
-# Hyperparameters (SPEC 3.4): 30 epochs, SGD lr 0.02 (5 warmup + cosine), wd 5e-4, fp16
+# Hyperparameters (docs/method.md#hyperparameters): 30 epochs, SGD lr 0.02 (5 warmup + cosine), wd 5e-4, fp16
 # autocast, alpha 0.02, beta = gamma = 1, T 0.2, K 8192, dim 128, log-prior on, 365 classes,
 # aug sim_sim.
 #

@@ -5,7 +5,7 @@
 # Original: GPaCo/MAE-ViTs/sh/finetune_base_mae.sh (MAE main_finetune.py).
 # Effective batch 1024 = --batch-size 256 (GLOBAL micro-batch, any GPU count: NGPUS=8 -> 32/GPU,
 # as the original's 8 GPUs x 32) x --accum-iter 4; lr = blr x 1024 / 256 = 2e-3.
-# Hyperparameters (SPEC 3.4): 100 epochs, AdamW (no wd on biases/norms/pos+cls tokens), blr 5e-4,
+# Hyperparameters (docs/method.md#hyperparameters): 100 epochs, AdamW (no wd on biases/norms/pos+cls tokens), blr 5e-4,
 # layer decay 0.65, wd 0.05, per-iteration cosine (5 warmup epochs, min lr 1e-6), drop path 0.1,
 # fp16 autocast; timm RandAugment rand-m9-mstd0.5-inc1 (bicubic), mixup 0.8, cutmix 1.0, label
 # smoothing 0.1 (soft targets), random erasing 0.25 (pixel, 1 box).

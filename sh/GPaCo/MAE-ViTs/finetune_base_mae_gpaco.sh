@@ -5,7 +5,7 @@
 # Original: GPaCo/MAE-ViTs/sh/finetune_base_mae_gpaco.sh (main_finetune_gpaco.py).
 # Effective batch 1024 = --batch-size 256 (GLOBAL micro-batch, any GPU count: NGPUS=8 -> 32/GPU,
 # as the original's 8 GPUs x 32) x --accum-iter 4; lr = blr x 1024 / 256 = 2e-3.
-# Hyperparameters (SPEC 2.4, 3.4): 100 epochs, AdamW, blr 5e-4, layer decay 0.65, wd 0.05,
+# Hyperparameters (docs/method.md#hyperparameters): 100 epochs, AdamW, blr 5e-4, layer decay 0.65, wd 0.05,
 # per-iteration cosine (5 warmup, min lr 1e-6), drop path 0.1, fp16; GPaCo alpha 0.2, T 0.2,
 # center label smoothing 0.1 (the original's fixed value), no prior, K 8192, dim 128,
 # projection Linear-GELU-Linear-GELU-Linear; two views (randclsstack, sim) with RandAugment

@@ -9,7 +9,7 @@
 # Evaluation transform: Resize 256 (bicubic) > CenterCrop 224, ImageNet normalisation.
 #
 # Data: DATA_ROOT is the ImageNet-2012 folder with val.txt (clean top-1/top-5 on the 50k val).
-# Robustness sets (SPEC 5), one env var each: IMAGENET_C_ROOT (<corruption>/<severity>/<wnid>/),
+# Robustness sets (docs/method.md#metrics), one env var each: IMAGENET_C_ROOT (<corruption>/<severity>/<wnid>/),
 # IMAGENET_R_ROOT (200 wnid folders), IMAGENET_SKETCH_ROOT (1000 wnid folders).
 # Each one that is set adds its pass: ImageNet-C prints "mCE (unnormalised)" and
 # "rel. mCE (AlexNet-normalised)" apart (docs/model_zoo.md), ImageNet-R uses the 200-class mask.

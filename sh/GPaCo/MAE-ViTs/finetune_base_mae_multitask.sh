@@ -5,7 +5,7 @@
 # Original: GPaCo/MAE-ViTs/sh/finetune_base_mae_multitask.sh (main_finetune_multitask.py).
 # Effective batch 1024 = --batch-size 256 (GLOBAL micro-batch, any GPU count: NGPUS=8 -> 32/GPU,
 # as the original's 8 GPUs x 32) x --accum-iter 4; lr = blr x 1024 / 256 = 2e-3.
-# Hyperparameters (SPEC 2.3, 3.4): as finetune_base_mae_gpaco.sh with the loss
+# Hyperparameters (docs/method.md#hyperparameters): as finetune_base_mae_gpaco.sh with the loss
 # CE(label smoothing 0.1) + 0.5 x SupCon (T 0.2) over the same two views and queue.
 # Starts from the MAE self-supervised pre-training checkpoint PRETRAINED ({'model': ...}, a
 # local file: nothing is downloaded; set PRETRAINED= (empty) to start from random weights).

@@ -5,7 +5,7 @@
 # Original: GPaCo/MAE-ViTs/sh/finetune_base_mae_singleview.sh (main_finetune_singleview.py).
 # Effective batch 1024 = --batch-size 256 (GLOBAL micro-batch, any GPU count: NGPUS=8 -> 32/GPU,
 # as the original's 8 GPUs x 32) x --accum-iter 4; lr = blr x 1024 / 256 = 2e-3.
-# Hyperparameters (SPEC 2.4, 3.4): as finetune_base_mae_gpaco.sh with ONE view (randclsstack,
+# Hyperparameters (docs/method.md#hyperparameters): as finetune_base_mae_gpaco.sh with ONE view (randclsstack,
 # RandAugment n 12 m 10): features cat(q, queue), B anchors, q enqueued.
 # Starts from the MAE self-supervised pre-training checkpoint PRETRAINED ({'model': ...}, a
 # local file: nothing is downloaded; set PRETRAINED= (empty) to start from random weights).

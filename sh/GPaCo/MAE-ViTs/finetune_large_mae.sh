@@ -5,7 +5,7 @@
 # Original: GPaCo/MAE-ViTs/sh/finetune_large_mae.sh (MAE main_finetune.py).
 # Effective batch 1024 = --batch-size 128 (GLOBAL micro-batch: NGPUS=8 -> 16/GPU, as the
 # original's 8 GPUs x 16) x --accum-iter 8; lr = blr x 1024 / 256 = 4e-3.
-# Hyperparameters (SPEC 3.4): 50 epochs, AdamW, blr 1e-3, layer decay 0.75, wd 0.05,
+# Hyperparameters (docs/method.md#hyperparameters): 50 epochs, AdamW, blr 1e-3, layer decay 0.75, wd 0.05,
 # per-iteration cosine (5 warmup, min lr 1e-6), drop path 0.2, fp16; timm RandAugment
 # rand-m9-mstd0.5-inc1, mixup 0.8, cutmix 1.0, label smoothing 0.1, random erasing 0.25.
 # Starts from the MAE self-supervised pre-training checkpoint PRETRAINED ({'model': ...}, a

@@ -5,7 +5,7 @@
 # Original: GPaCo/MAE-ViTs/sh/finetune_large_mae_gpaco.sh (main_finetune_gpaco.py).
 # Effective batch 1024 = --batch-size 128 (GLOBAL micro-batch: NGPUS=8 -> 16/GPU, as the
 # original's 8 GPUs x 16) x --accum-iter 8; lr = blr x 1024 / 256 = 4e-3.
-# Hyperparameters (SPEC 2.4, 3.4): 50 epochs, AdamW, blr 1e-3, layer decay 0.75, wd 0.05,
+# Hyperparameters (docs/method.md#hyperparameters): 50 epochs, AdamW, blr 1e-3, layer decay 0.75, wd 0.05,
 # per-iteration cosine (5 warmup, min lr 1e-6), drop path 0.2, fp16; GPaCo alpha 0.2, T 0.2,
 # center smoothing 0.1, no prior, K 8192; views (randclsstack, sim), RandAugment n 12 m 10.
 # Starts from the MAE self-supervised pre-training checkpoint PRETRAINED ({'model': ...}, a

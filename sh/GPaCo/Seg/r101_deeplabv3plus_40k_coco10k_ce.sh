@@ -7,7 +7,7 @@
 # branch (configs/paco_coco10k/deeplabv3plus_r101-d8_512x512_4x4_40k_coco-stuff10k_paco.py minus is_paco / UPerHead_paco).
 # The original ran 4 GPUs x 4 images = global batch 16; --batch-size is the GLOBAL batch here
 # (same run on any GPU count; lr is not rescaled). SyncBatchNorm under torchrun on CUDA.
-# Hyperparameters (SPEC 2.5, 3.4): 40000 iterations;
+# Hyperparameters (docs/method.md#hyperparameters): 40000 iterations;
 # SGD lr 0.01, momentum 0.9, wd 5e-4 (all parameters), poly power 0.9 to 1e-4.
 # Pixel CE (weight 1) + aux FCN CE (weight 0.4); no embedding branch.
 # Pipeline: random rescale 0.5-2.0 of (2048, 512), random crop 512x512 (cat_max_ratio 0.75),

@@ -6,7 +6,7 @@
 #   -> configs/paco_context59/deeplabv3plus_r101-d8_480x480_40k_pascal_context_59_paco.py
 # The original ran 4 GPUs x 4 images = global batch 16; --batch-size is the GLOBAL batch here
 # (same run on any GPU count; lr is not rescaled). SyncBatchNorm under torchrun on CUDA.
-# Hyperparameters (SPEC 2.5, 3.4): 40000 iterations;
+# Hyperparameters (docs/method.md#hyperparameters): 40000 iterations;
 # SGD lr 0.004, momentum 0.9, wd 1e-4 (all parameters), poly power 0.9 to 1e-4.
 # GPaCo pixel loss alpha 0.01, T 0.07, 8192 pixels per image, added to the pixel CE and the
 # aux FCN CE (weight 0.4).

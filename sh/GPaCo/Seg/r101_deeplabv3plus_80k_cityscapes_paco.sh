@@ -7,7 +7,7 @@
 #   -> configs/paco_cityscapes/deeplabv3plus_r101-d8_512x1024_80k_cityscapes_paco.py
 # The original ran 4 GPUs x 2 images = global batch 8; --batch-size is the GLOBAL batch here
 # (same run on any GPU count; lr is not rescaled). SyncBatchNorm under torchrun on CUDA.
-# Hyperparameters (SPEC 2.5, 3.4): 80000 iterations;
+# Hyperparameters (docs/method.md#hyperparameters): 80000 iterations;
 # SGD lr 0.01, momentum 0.9, wd 5e-4 (all parameters), poly power 0.9 to 1e-4.
 # GPaCo pixel loss alpha 0.02, T 0.07, 8192 pixels per image, added to the pixel CE and the
 # aux FCN CE (weight 0.4).

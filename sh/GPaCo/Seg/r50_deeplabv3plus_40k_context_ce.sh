@@ -7,7 +7,7 @@
 #   -> configs/paco_context59/deeplabv3plus_r50-d8_480x480_40k_pascal_context_59.py (its CE run)
 # The original ran 4 GPUs x 4 images = global batch 16; --batch-size is the GLOBAL batch here
 # (same run on any GPU count; lr is not rescaled). SyncBatchNorm under torchrun on CUDA.
-# Hyperparameters (SPEC 2.5, 3.4): 40000 iterations;
+# Hyperparameters (docs/method.md#hyperparameters): 40000 iterations;
 # SGD lr 0.004, momentum 0.9, wd 1e-4 (all parameters), poly power 0.9 to 1e-4.
 # Pixel CE (weight 1) + aux FCN CE (weight 0.4); no embedding branch.
 # Pipeline: random rescale 0.5-2.0 of (520, 520), random crop 480x480 (cat_max_ratio 0.75),

@@ -7,7 +7,7 @@
 # branch (configs/paco_cityscapes/deeplabv3plus_r50-d8_512x1024_80k_cityscapes_paco.py minus is_paco / UPerHead_paco).
 # The original ran 4 GPUs x 2 images = global batch 8; --batch-size is the GLOBAL batch here
 # (same run on any GPU count; lr is not rescaled). SyncBatchNorm under torchrun on CUDA.
-# Hyperparameters (SPEC 2.5, 3.4): 80000 iterations;
+# Hyperparameters (docs/method.md#hyperparameters): 80000 iterations;
 # SGD lr 0.01, momentum 0.9, wd 5e-4 (all parameters), poly power 0.9 to 1e-4.
 # Pixel CE (weight 1) + aux FCN CE (weight 0.4); no embedding branch.
 # Pipeline: random rescale 0.5-2.0 of (2048, 1024), random crop 512x1024 (cat_max_ratio 0.75),

@@ -7,7 +7,7 @@
 # branch (configs/paco_ade20k/upernet_swin_large_patch4_window12_512x512_160k_ade20k_pretrain_384x384_22K_paco.py minus is_paco / UPerHead_paco).
 # The original ran 8 GPUs x 2 images = global batch 16; --batch-size is the GLOBAL batch here
 # (same run on any GPU count; lr is not rescaled). SyncBatchNorm under torchrun on CUDA.
-# Hyperparameters (SPEC 2.5, 3.4): 160000 iterations;
+# Hyperparameters (docs/method.md#hyperparameters): 160000 iterations;
 # AdamW lr 6e-5, betas (0.9, 0.999), wd 0.01 (none on norms, relative position tables
 # and absolute position embeddings), poly power 1.0 to 0, linear warmup 1500 iterations from 1e-6.
 # Pixel CE (weight 1) + aux FCN CE (weight 0.4); no embedding branch.

@@ -6,7 +6,7 @@
 #   -> configs/paco_ade20k/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_paco.py
 # The original ran 8 GPUs x 2 images = global batch 16; --batch-size is the GLOBAL batch here
 # (same run on any GPU count; lr is not rescaled). SyncBatchNorm under torchrun on CUDA.
-# Hyperparameters (SPEC 2.5, 3.4): 160000 iterations;
+# Hyperparameters (docs/method.md#hyperparameters): 160000 iterations;
 # AdamW lr 6e-5, betas (0.9, 0.999), wd 0.01 (none on norms, relative position tables
 # and absolute position embeddings), poly power 1.0 to 0, linear warmup 1500 iterations from 1e-6.
 # GPaCo pixel loss alpha 0.01, T 0.07, 8192 pixels per image, added to the pixel CE and the

@@ -6,7 +6,7 @@
 # The original script is broken (a trailing space after `--arch resnet200 \` ends the
 # command); this one runs with the intended flags, fp16 autocast included.
 # --batch-size is the GLOBAL batch: 256 on any GPU count (NGPUS=4 -> 64/GPU); lr is not rescaled.
-# Hyperparameters (SPEC 3.4): 400 epochs, SGD lr 0.04 (10 warmup + cosine), wd 1e-4,
+# Hyperparameters (docs/method.md#hyperparameters): 400 epochs, SGD lr 0.04 (10 warmup + cosine), wd 1e-4,
 # alpha 0.05, beta = gamma = 1, T 0.2, K 8192, dim 128, m 0.999, NO prior (balanced data),
 # aug randclsstack_sim (RandAugment n 3, m 12), fp16 autocast.
 #

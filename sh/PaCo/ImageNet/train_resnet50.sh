@@ -4,7 +4,7 @@
 # Paper row: PaCo full ImageNet, ResNet-50: 79.3 top-1 (README table).
 # Original: PaCo/Full-ImageNet/sh/train_resnet50.sh (paco_imagenet.py); 4 GPUs, total batch 256.
 # --batch-size is the GLOBAL batch: 256 on any GPU count (NGPUS=4 -> 64/GPU); lr is not rescaled.
-# Hyperparameters (SPEC 3.4): 400 epochs, SGD lr 0.04 (10 warmup + cosine), wd 1e-4,
+# Hyperparameters (docs/method.md#hyperparameters): 400 epochs, SGD lr 0.04 (10 warmup + cosine), wd 1e-4,
 # alpha 0.05, beta = gamma = 1, T 0.2, K 8192, dim 128, m 0.999, NO prior (balanced data),
 # aug randcls_sim (RandAugment n 2, m 10).
 #

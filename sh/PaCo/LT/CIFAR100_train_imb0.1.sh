@@ -3,7 +3,7 @@
 #
 # Paper row: PaCo (ICCV 2021) Table, CIFAR-100-LT ratio 10, ResNet-32: 64.2 top-1.
 # Original: PaCo/LT/sh/CIFAR100_train_imb0.1.sh (paco_cifar.py); 1 GPU, batch 128.
-# Hyperparameters (SPEC 3.4): 400 epochs, SGD lr 0.05 with the CIFAR step schedule (warmup
+# Hyperparameters (docs/method.md#hyperparameters): 400 epochs, SGD lr 0.05 with the CIFAR step schedule (warmup
 # over epochs 0..10, x0.1 after 320 and 360), wd 5e-4, alpha 0.01, beta = gamma = 1,
 # T 0.05, K 1024, dim 32 (feature 64), m 0.999, log-prior on, aug cifar100
 # (AutoAugment+Cutout / SimCLR-CIFAR views), 32x32 images.

@@ -4,7 +4,7 @@
 # Paper row: PaCo (ICCV 2021) ImageNet-LT, ResNeXt-50 32x4d: 58.2 top-1 (README table).
 # Original: PaCo/LT/sh/ImageNetLT_train_X50.sh (paco_lt.py); 4 GPUs, total batch 128.
 # --batch-size is the GLOBAL batch: 128 on any GPU count (NGPUS=4 -> 32/GPU); lr is not rescaled.
-# Hyperparameters (SPEC 3.4): 400 epochs, SGD lr 0.02 (10 warmup + cosine, per epoch),
+# Hyperparameters (docs/method.md#hyperparameters): 400 epochs, SGD lr 0.02 (10 warmup + cosine, per epoch),
 # wd 5e-4, alpha 0.05, beta = gamma = 1, T 0.07, K 8192, dim 128, key-encoder m 0.999,
 # log-prior on, aug randclsstack_sim (RandAugment n 2, m 10).
 #

@@ -5,7 +5,7 @@
 # Original: no released script (the README lists the PaCo R152 row with a log); same
 # hyperparameters as Inat_train_R50.sh with ResNet-152. 4 GPUs, total batch 128.
 # --batch-size is the GLOBAL batch: 128 on any GPU count (NGPUS=4 -> 32/GPU); lr is not rescaled.
-# Hyperparameters (SPEC 3.4): 400 epochs, SGD lr 0.02 (10 warmup + cosine), wd 1e-4,
+# Hyperparameters (docs/method.md#hyperparameters): 400 epochs, SGD lr 0.02 (10 warmup + cosine), wd 1e-4,
 # alpha 0.05, beta = gamma = 1, T 0.2, K 8192, dim 128, m 0.999, log-prior on, 8142 classes,
 # aug randcls_sim (RandAugment n 2, m 10), iNat normalisation.
 #

@@ -7,7 +7,7 @@
 # Fine-tunes torchvision's ImageNet ResNet-152 (PRETRAINED, resnet152-394f9c45.pth, a local
 # file: nothing is downloaded) with every conv frozen except the last bottleneck
 # (--freeze all_but_last_block; BN affines, projection and classifier train).
-# Hyperparameters (SPEC 3.4): 30 epochs, SGD lr 0.02 (5 warmup + cosine), wd 5e-4, fp16
+# Hyperparameters (docs/method.md#hyperparameters): 30 epochs, SGD lr 0.02 (5 warmup + cosine), wd 5e-4, fp16
 # autocast, alpha 0.05, beta = gamma = 1, T 0.2, K 8192, dim 128, m 0.999, log-prior on,
 # 365 classes, aug sim_sim.
 #

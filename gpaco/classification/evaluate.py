@@ -1,7 +1,7 @@
 """tools/eval.py: evaluate one checkpoint or an ensemble, on a split and on robustness benchmarks.
 
 * ``--checkpoint`` reads our checkpoints, the original's released files (PaCo/GPaCo ResNets,
-  MAE-style ViTs), converted copies and ``.safetensors`` (:mod:`gpaco.engine.convert`); the
+  MAE-style ViTs), converted copies and ``.safetensors`` (:mod:`gpaco.models.convert`); the
   layout is detected and whatever is unused or missing is printed and recorded in
   ``metrics.json`` (``checkpoints``). Nothing is unpickled beyond tensors and plain
   containers: a file that needs more is refused with the conversion command.
@@ -9,7 +9,7 @@
   takes its ``--arch``/``--method`` in the same order (or one for all, or its own metadata).
 * ``--save-logits FILE.npy``: the (summed) logits in test-list order, also under torchrun.
 * ``--corrupted-root`` (ImageNet-C or a ``tools/make_corrupted.py`` tree), ``--imagenet-r-root``,
-  ``--imagenet-sketch-root``: the robustness benchmarks (:mod:`gpaco.engine.robustness`).
+  ``--imagenet-sketch-root``: the robustness benchmarks (:mod:`gpaco.classification.robustness`).
 * Writes ``metrics.json``, ``per_class.csv``, ``per_class.png`` and (<= 100 classes)
   ``confusion.png`` to ``--output-dir``. Exact under torchrun: every image counted once.
 """
@@ -17,21 +17,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-from typing import List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from gpaco.data.build import build_eval_dataset, build_train_dataset, class_counts_of, eval_loader
-from gpaco.distributed import cleanup, init_distributed, is_dist
-from gpaco.engine.args import METHODS, FlagError, add_data_flags, add_model_flags
-from gpaco.engine.checkpoint import CheckpointError, check_writable
-from gpaco.engine.convert import CheckpointMismatchError, build_model_from_checkpoint, read_checkpoint
+from gpaco.data.build import build_eval_dataset, data_available, eval_loader
+from gpaco.data.splits import class_counts, read_split
+from gpaco.distributed import cleanup, gather_in_order, init_distributed
+from gpaco.classification.args import FlagError, add_data_flags, add_model_flags, eval_data_kwargs, is_cifar
+from gpaco.methods import method_names
+from gpaco.methods.flags import PROJ_DIM, QUEUE_SIZE
+from gpaco.checkpoint import CheckpointError, check_writable
+from gpaco.models.convert import CheckpointMismatchError, build_model_from_checkpoint, read_checkpoint
+from gpaco.engine.benchmarks import Benchmark, run_benchmarks
 from gpaco.engine.logging import print_main, to_jsonable
-from gpaco.engine.loop import predict
-from gpaco.engine.report import write_eval_report
+from gpaco.classification.loop import predict
+from gpaco.classification.report import write_eval_report
 
 
 class _Repeatable(argparse.Action):
@@ -57,8 +61,10 @@ def build_eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", "-a", action=_Repeatable, default=None,
                    help="backbone; repeat in --checkpoint order for an ensemble (one value: all). Default: the "
                         "checkpoint's own (ours, the original's 'arch', MAE's args.model)")
-    g.add_argument("--method", action=_Repeatable, choices=METHODS, default=None,
+    g.add_argument("--method", action=_Repeatable, choices=method_names("classification"), default=None,
                    help="model type; repeat like --arch. Default: the checkpoint's, else what its layout implies")
+    for f in (PROJ_DIM, QUEUE_SIZE):  # the sizes of a model built without a checkpoint (dry run)
+        g.add_argument(*f.names, **f.kwargs)
     # Unset model/data flags fall back to the checkpoint's training flags, then to the defaults.
     p.set_defaults(proj_dim=None, queue_size=None, norm=None, image_size=None, interpolation=None, arch_list=None,
                    method_list=None, checkpoint_list=None)
@@ -67,7 +73,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
                                                       "(default: CHECKPOINT_DIR/eval, ensembles .../eval_ensemble)")
     p.add_argument("--save-logits", default=None, metavar="FILE.npy",
                    help="write the (summed) logits of the test split, [N, C] float32 in test-list order")
-    r = p.add_argument_group("robustness (SPEC §5)")
+    r = p.add_argument_group("robustness (docs/method.md#metrics)")
     r.add_argument("--corrupted-root", default=None, metavar="DIR",
                    help="ImageNet-C (<corruption>/<1..5>/<wnid>/...) or a tools/make_corrupted.py tree: error per "
                         "corruption and severity, the unnormalised mCE (the paper's 'mCE') and, for ImageNet-C, the "
@@ -98,12 +104,6 @@ def resolve_from_checkpoint(args: argparse.Namespace, train_args: dict) -> None:
         args.interpolation = train_args.get("interpolation") or "bilinear"
 
 
-def data_available_for_eval(args: argparse.Namespace) -> bool:
-    if args.dataset.startswith("cifar"):
-        return os.path.isdir(args.data_root)
-    return bool(args.test_list) and os.path.isfile(args.test_list) and os.path.isdir(args.data_root)
-
-
 def per_checkpoint(values: Optional[List[str]], n: int, flag: str) -> List[Optional[str]]:
     """One value per checkpoint: none given -> None each; n -> in order; one -> for all; more than n
     -> the last n (later flags override earlier ones, as EXTRA_ARGS in the recipes)."""
@@ -120,26 +120,6 @@ def per_checkpoint(values: Optional[List[str]], n: int, flag: str) -> List[Optio
 
 
 # --------------------------------------------------------------------------- inference
-
-
-def gather_in_order(local: torch.Tensor, num_samples: int, rank: int, world_size: int,
-                    device: torch.device) -> Optional[torch.Tensor]:
-    """Every rank's shard rows back in dataset order (rank r holds r, r+W, ...); on rank 0 only."""
-    if world_size == 1 or not is_dist():
-        return local
-    n_max = math.ceil(num_samples / world_size)
-    width = local.shape[1]
-    buf = torch.zeros(n_max, width, dtype=torch.float32, device=device)
-    buf[:local.shape[0]] = local.to(device)
-    parts = [torch.zeros_like(buf) for _ in range(world_size)]
-    torch.distributed.all_gather(parts, buf)
-    if rank != 0:
-        return None
-    out = torch.empty(num_samples, width, dtype=torch.float32)
-    for r in range(world_size):
-        n_r = len(range(r, num_samples, world_size))
-        out[r::world_size] = parts[r][:n_r].cpu()
-    return out
 
 
 # --------------------------------------------------------------------------- run
@@ -208,19 +188,21 @@ def run(args: argparse.Namespace) -> dict:
     train_counts = first.meta.get("class_counts") if first is not None else None
     if train_counts is not None and len(train_counts) != num_classes:
         train_counts = None
-    if train_counts is None and args.train_list and os.path.isfile(args.train_list):
-        args.aug = "none"
-        args.randaug_n, args.randaug_m = 2, 10
-        train_set = build_train_dataset(args)
-        train_counts = class_counts_of(train_set, num_classes)
+    if train_counts is None and not is_cifar(args.dataset) and args.train_list and os.path.isfile(args.train_list):
+        # many/medium/few need the training counts: read off the list, no images opened
+        samples = read_split(args.train_list, args.data_root, num_classes=num_classes,
+                             allow_outside_root=args.allow_outside_root)
+        train_counts = class_counts(samples, num_classes)
     if args.dry_run:
         args.image_size = min(args.image_size, 64)
         args.resize_size = None
-    synthetic = args.dry_run and not data_available_for_eval(args)
+    synthetic = args.dry_run and not data_available(dataset=args.dataset, data_root=args.data_root,
+                                                    list_path=args.test_list)
     robustness = [x for x in (args.corrupted_root, args.imagenet_r_root, args.imagenet_sketch_root) if x]
     test_set = None
-    if args.test_list or args.dataset.startswith("cifar") or synthetic and not robustness:
-        test_set = build_eval_dataset(args, args.test_list, num_classes=num_classes, synthetic=synthetic)
+    if args.test_list or is_cifar(args.dataset) or synthetic and not robustness:
+        test_set = build_eval_dataset(args.test_list, **eval_data_kwargs(args, num_classes=num_classes,
+                                                                         synthetic=synthetic))
     if test_set is None and not robustness:
         raise FlagError("--test-list is required (the split to evaluate), or a robustness root "
                         "(--corrupted-root / --imagenet-r-root / --imagenet-sketch-root)")
@@ -230,7 +212,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.mce_baseline:
         if not args.corrupted_root:
             raise FlagError("--mce-baseline needs --corrupted-root")
-        from gpaco.engine.robustness import load_baseline_errors
+        from gpaco.classification.robustness import load_baseline_errors
 
         try:
             baseline = load_baseline_errors(args.mce_baseline)
@@ -247,24 +229,12 @@ def run(args: argparse.Namespace) -> dict:
         return eval_loader(dataset, batch_size=batch, workers=workers, rank=dist.rank, world_size=dist.world_size,
                            pin_memory=device.type == "cuda")
 
-    name = paths[0] if len(paths) == 1 else "ensemble of " + " + ".join(paths)
+    ctx = EvalContext(args=args, models=models, loader_of=loader_of, common=common, num_classes=num_classes,
+                      test_set=test_set, train_counts=train_counts, baseline=baseline,
+                      name=paths[0] if len(paths) == 1 else "ensemble of " + " + ".join(paths))
     result: dict = {"checkpoint": paths[0] if len(paths) == 1 else list(paths)}
-    confusion = None
-    logits_all = None
-    if test_set is not None:
-        meter, local = predict(models, loader_of(test_set), keep_logits=bool(args.save_logits), **common)
-        metrics = meter.compute(train_counts)
-        if meter.confusion is not None:
-            confusion = meter.confusion.cpu()
-            metrics["confusion"] = confusion.tolist()
-        if args.save_logits and not args.dry_run:
-            logits_all = gather_in_order(local, len(test_set), dist.rank, dist.world_size, device)
-        shots = (f" | many {metrics['many']:.2f} medium {metrics['medium']:.2f} few {metrics['few']:.2f}"
-                 if "many" in metrics else " | many/medium/few need the train counts (--train-list)")
-        print_main(f"{name}: top-1 {metrics['top1']:.2f} top-5 {metrics['top5']:.2f}{shots} | "
-                   f"{metrics['num_samples']} images")
-        result.update(metrics)
-    result.update(_robustness(args, models, common, loader_of, num_classes, baseline))
+    result.update(run_benchmarks(BENCHMARKS, args, ctx))
+    confusion, logits_all = ctx.confusion, ctx.logits_all
     if len(paths) > 1:
         result["ensemble"] = {"checkpoints": list(paths), "archs": [r.arch if r else a for r, a in zip(reports, archs)],
                               "combination": "sum of raw logits"}
@@ -290,69 +260,137 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def _robustness(args, models, common, loader_of, num_classes: int, baseline) -> dict:
-    from gpaco.data.build import _normalization
-    from gpaco.data.transforms import build_eval_transform
-    from gpaco.engine.robustness import (
-        ImageFolderDataset, corruption_table, evaluate_corruptions, imagenet_r_columns,
-    )
+# --------------------------------------------------------------------------- benchmarks
 
-    out: dict = {}
-    if not (args.corrupted_root or args.imagenet_r_root or args.imagenet_sketch_root):
-        return out
-    mean, std = _normalization(args)
-    transform = build_eval_transform(args.image_size, resize_size=args.resize_size, mean=mean, std=std,
-                                     interpolation=getattr(args, "interpolation", "bilinear"))
 
-    def absent(flag, root):
-        if os.path.isdir(root):
-            return False
-        if args.dry_run:
-            print_main(f"dry run: {flag} {root} is absent; skipped")
-            return True
-        raise FlagError(f"{flag} {root}: no such folder")
+@dataclass
+class EvalContext:
+    """What every benchmark of :data:`BENCHMARKS` evaluates with; the clean split also leaves
+    its confusion matrix and (``--save-logits``) its logits here."""
 
-    if args.corrupted_root and not absent("--corrupted-root", args.corrupted_root):
-        def evaluate_folder(folder):
-            ds = ImageFolderDataset(folder, transform, num_classes=num_classes)
-            meter, _ = predict(models, loader_of(ds), **common)
-            m = meter.compute()
-            return {"top1": m["top1"], "num_samples": m["num_samples"], "label_index_named": ds.label_index_named}
+    args: argparse.Namespace
+    models: List[torch.nn.Module]
+    loader_of: Callable
+    common: dict  # predict() keywords: num_classes, device, amp, channels_last, max_steps
+    num_classes: int
+    test_set: Optional[object]
+    train_counts: Optional[Sequence[int]]
+    baseline: Optional[tuple]
+    name: str
+    confusion: Optional[torch.Tensor] = None
+    logits_all: Optional[torch.Tensor] = None
 
-        print_main(f"corruptions: {args.corrupted_root}")
-        try:
-            res = evaluate_corruptions(args.corrupted_root, evaluate_folder,
-                                       baseline_errors=baseline[0] if baseline else None,
-                                       baseline_label=baseline[1] if baseline else None,
-                                       max_folders=2 if args.dry_run else None, log=print_main)
-        except (FileNotFoundError, ValueError) as e:
-            raise FlagError(str(e)) from None
-        print_main(corruption_table(res))
-        out["corruption"] = res
-    if args.imagenet_r_root and not absent("--imagenet-r-root", args.imagenet_r_root):
-        try:
-            cols = imagenet_r_columns(num_classes)
-            ds = ImageFolderDataset(args.imagenet_r_root, transform, expect_classes=len(cols))
-        except (FileNotFoundError, ValueError) as e:
-            raise FlagError(f"--imagenet-r-root: {e}") from None
-        meter, _ = predict(models, loader_of(ds), columns=cols, **common)
+    @property
+    def transform(self):
+        """The evaluation transform of the flags (resize, center crop, normalise)."""
+        from gpaco.data.transforms import NORMALIZATION, build_eval_transform
+
+        mean, std = NORMALIZATION[self.args.norm]
+        return build_eval_transform(self.args.image_size, resize_size=self.args.resize_size, mean=mean, std=std,
+                                    interpolation=self.args.interpolation)
+
+    def root(self, flag: str) -> Optional[str]:
+        """The folder a robustness flag names; None (skipped, said so) when absent in a dry run."""
+        path = getattr(self.args, flag.lstrip("-").replace("-", "_"))
+        if os.path.isdir(path):
+            return path
+        if self.args.dry_run:
+            print_main(f"dry run: {flag} {path} is absent; skipped")
+            return None
+        raise FlagError(f"{flag} {path}: no such folder")
+
+
+def _clean(ctx: EvalContext) -> dict:
+    """The --test-list split: top-1/5, many/medium/few, per class, confusion."""
+    args = ctx.args
+    meter, local = predict(ctx.models, ctx.loader_of(ctx.test_set), keep_logits=bool(args.save_logits), **ctx.common)
+    metrics = meter.compute(ctx.train_counts)
+    if meter.confusion is not None:
+        ctx.confusion = meter.confusion.cpu()
+        metrics["confusion"] = ctx.confusion.tolist()
+    if args.save_logits and not args.dry_run:
+        ctx.logits_all = gather_in_order(local, len(ctx.test_set), ctx.common["device"])
+    shots = (f" | many {metrics['many']:.2f} medium {metrics['medium']:.2f} few {metrics['few']:.2f}"
+             if "many" in metrics else " | many/medium/few need the train counts (--train-list)")
+    print_main(f"{ctx.name}: top-1 {metrics['top1']:.2f} top-5 {metrics['top5']:.2f}{shots} | "
+               f"{metrics['num_samples']} images")
+    return metrics
+
+
+def _imagenet_c(ctx: EvalContext) -> Optional[dict]:
+    """Every corruption x severity folder: errors, the three mCE figures (docs/method.md#metrics)."""
+    from gpaco.classification.robustness import corruption_table, evaluate_corruptions
+    from gpaco.data.robustness import ImageFolderDataset
+
+    root = ctx.root("--corrupted-root")
+    if root is None:
+        return None
+    transform = ctx.transform
+
+    def evaluate_folder(folder):
+        ds = ImageFolderDataset(folder, transform, num_classes=ctx.num_classes)
+        meter, _ = predict(ctx.models, ctx.loader_of(ds), **ctx.common)
         m = meter.compute()
-        out["imagenet_r"] = {"root": args.imagenet_r_root, "top1": m["top1"], "top5": m["top5"],
-                             "num_samples": m["num_samples"],
-                             "columns": "IMAGENET_R_INDICES (200 of the 1000-way head)"}
-        print_main(f"ImageNet-R {args.imagenet_r_root}: top-1 {m['top1']:.2f} (argmax over the 200 ImageNet-R "
-                   f"columns) | {m['num_samples']} images")
-    if args.imagenet_sketch_root and not absent("--imagenet-sketch-root", args.imagenet_sketch_root):
-        try:
-            ds = ImageFolderDataset(args.imagenet_sketch_root, transform, num_classes=num_classes)
-        except (FileNotFoundError, ValueError) as e:
-            raise FlagError(f"--imagenet-sketch-root: {e}") from None
-        meter, _ = predict(models, loader_of(ds), **common)
-        m = meter.compute()
-        out["imagenet_sketch"] = {"root": args.imagenet_sketch_root, "top1": m["top1"], "top5": m["top5"],
-                                  "num_samples": m["num_samples"]}
-        print_main(f"ImageNet-Sketch {args.imagenet_sketch_root}: top-1 {m['top1']:.2f} | {m['num_samples']} images")
-    return out
+        return {"top1": m["top1"], "num_samples": m["num_samples"], "label_index_named": ds.label_index_named}
+
+    print_main(f"corruptions: {root}")
+    try:
+        res = evaluate_corruptions(root, evaluate_folder, baseline_errors=ctx.baseline[0] if ctx.baseline else None,
+                                   baseline_label=ctx.baseline[1] if ctx.baseline else None,
+                                   max_folders=2 if ctx.args.dry_run else None, log=print_main)
+    except (FileNotFoundError, ValueError) as e:
+        raise FlagError(str(e)) from None
+    print_main(corruption_table(res))
+    return res
+
+
+def _imagenet_r(ctx: EvalContext) -> Optional[dict]:
+    """ImageNet-R: top-1 over the 200 ImageNet-R columns of a 1000-way head."""
+    from gpaco.classification.robustness import imagenet_r_columns
+    from gpaco.data.robustness import ImageFolderDataset
+
+    root = ctx.root("--imagenet-r-root")
+    if root is None:
+        return None
+    try:
+        cols = imagenet_r_columns(ctx.num_classes)
+        ds = ImageFolderDataset(root, ctx.transform, expect_classes=len(cols))
+    except (FileNotFoundError, ValueError) as e:
+        raise FlagError(f"--imagenet-r-root: {e}") from None
+    meter, _ = predict(ctx.models, ctx.loader_of(ds), columns=cols, **ctx.common)
+    m = meter.compute()
+    print_main(f"ImageNet-R {root}: top-1 {m['top1']:.2f} (argmax over the 200 ImageNet-R columns) | "
+               f"{m['num_samples']} images")
+    return {"root": root, "top1": m["top1"], "top5": m["top5"], "num_samples": m["num_samples"],
+            "columns": "IMAGENET_R_INDICES (200 of the 1000-way head)"}
+
+
+def _imagenet_sketch(ctx: EvalContext) -> Optional[dict]:
+    """ImageNet-Sketch: top-1 with the full head."""
+    from gpaco.data.robustness import ImageFolderDataset
+
+    root = ctx.root("--imagenet-sketch-root")
+    if root is None:
+        return None
+    try:
+        ds = ImageFolderDataset(root, ctx.transform, num_classes=ctx.num_classes)
+    except (FileNotFoundError, ValueError) as e:
+        raise FlagError(f"--imagenet-sketch-root: {e}") from None
+    meter, _ = predict(ctx.models, ctx.loader_of(ds), **ctx.common)
+    m = meter.compute()
+    print_main(f"ImageNet-Sketch {root}: top-1 {m['top1']:.2f} | {m['num_samples']} images")
+    return {"root": root, "top1": m["top1"], "top5": m["top5"], "num_samples": m["num_samples"]}
+
+
+#: The classification benchmarks, in the order they run.
+BENCHMARKS = (
+    Benchmark("clean split", None, lambda a: True, lambda ctx: _clean(ctx) if ctx.test_set is not None else None,
+              "--test-list"),
+    Benchmark("ImageNet-C", "corruption", lambda a: bool(a.corrupted_root), _imagenet_c, "--corrupted-root"),
+    Benchmark("ImageNet-R", "imagenet_r", lambda a: bool(a.imagenet_r_root), _imagenet_r, "--imagenet-r-root"),
+    Benchmark("ImageNet-Sketch", "imagenet_sketch", lambda a: bool(a.imagenet_sketch_root), _imagenet_sketch,
+              "--imagenet-sketch-root"),
+)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

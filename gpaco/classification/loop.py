@@ -2,29 +2,19 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from gpaco.engine.lifecycle import NonFiniteLossError, TrainingRun, autocast_context
 from gpaco.engine.logging import print_main, progress_line
-from gpaco.engine.preemption import agree as _agree
 from gpaco.engine.schedule import LRSchedule
+from gpaco.losses.criteria import output_logits
 from gpaco.metrics import ClassificationMeter
 
-
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
-def autocast_context(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+__all__ = ["train_one_epoch", "evaluate", "predict", "forward_train", "to_device", "NonFiniteLossError"]
 
 
 def to_device(images, device: torch.device, channels_last: bool):
@@ -34,14 +24,15 @@ def to_device(images, device: torch.device, channels_last: bool):
     return images.to(device, non_blocking=True, memory_format=fmt)
 
 
-def forward_train(model: nn.Module, images, targets: torch.Tensor, single_view: bool = False):
-    """Two-view contrastive models take (view1, view2, labels); single-view GPaCo takes
-    (view, None, labels); classifiers take one image batch."""
+def forward_train(model: nn.Module, images, targets: torch.Tensor, takes_labels: bool = False):
+    """Two-view models take (view1, view2, labels); a single-view model that takes the
+    labels (single-view GPaCo, registry ``takes_labels``) takes (view, None, labels);
+    classifiers take one image batch."""
     if isinstance(images, list):
         if len(images) == 2:
             return model(images[0], images[1], targets)
         return model(images[0], None, targets)
-    if single_view:
+    if takes_labels:
         return model(images, None, targets)
     return model(images)
 
@@ -73,12 +64,10 @@ def train_one_epoch(
     mixup_fn: Optional[Callable] = None,
     random_erasing: Optional[Callable] = None,
     clip_grad: Optional[float] = None,
-    single_view: bool = False,
+    takes_labels: bool = False,
     start_step: int = 0,
     epoch_state: Optional[Dict[str, float]] = None,
-    nan_policy: str = "stop",
-    stop_requested: Optional[Callable[[], bool]] = None,
-    faults=None,
+    lifecycle: Optional[TrainingRun] = None,
 ) -> Dict[str, float]:
     """Returns the epoch's mean loss, train top-1 (view 1) and throughput (and, with a
     per-iteration schedule, ``lr``: the last LR it set).
@@ -96,16 +85,17 @@ def train_one_epoch(
     ``start_step``: micro-batches of this epoch already done (a mid-epoch resume); the
     loader yields only the rest (its sampler starts at that offset) and ``epoch_state``
     (what a stopped call returned) continues the epoch's running sums.
-    ``nan_policy``: ``"stop"`` raises :class:`NonFiniteLossError` naming the step;
-    ``"skip"`` drops that micro-batch's gradient and counts it (``nan_skipped``).
-    ``stop_requested``: polled every micro-batch; once true (on any rank) the loop returns
-    after the next optimizer step with ``stopped_at_step`` (micro-batches of the epoch
-    done) and ``epoch_state``. Not honoured on the epoch's last micro-batch (the caller
-    finishes the epoch normally). Under DDP the ranks agree on both decisions.
-    ``faults``: a test-only :class:`~gpaco.engine.preemption.FaultInjector`.
+    ``lifecycle`` (the run's :class:`~gpaco.engine.lifecycle.TrainingRun`; None: stop on a
+    non-finite loss, no stop signals): its ``--nan-policy`` -- ``stop`` raises
+    :class:`NonFiniteLossError` naming the step, ``skip`` drops that micro-batch's gradient
+    and counts it (``nan_skipped``) -- and its stop signal, polled every micro-batch: once
+    set (on any rank) the loop returns after the next optimizer step with
+    ``stopped_at_step`` (micro-batches of the epoch done) and ``epoch_state``. Not
+    honoured on the epoch's last micro-batch (the caller finishes the epoch normally).
+    Under DDP the ranks agree on both decisions.
     """
-    if nan_policy not in ("stop", "skip"):
-        raise ValueError(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
+    nan_policy = lifecycle.nan_policy if lifecycle is not None else "stop"
+    faults = lifecycle.faults if lifecycle is not None else None
     model.train()
     epoch_iters = start_step + len(loader)  # the full epoch, whatever was already done
     iters = epoch_iters if max_steps is None else min(max_steps, epoch_iters)
@@ -114,7 +104,7 @@ def train_one_epoch(
     loss_sum, correct, seen = float(st.get("loss_sum", 0.0)), int(st.get("correct", 0)), int(st.get("seen", 0))
     steps, nan_skipped = int(st.get("steps", 0)), int(st.get("nan_skipped", 0))
     done_before = float(st.get("time_s", 0.0))
-    distributed = world_size > 1 and dist.is_available() and dist.is_initialized()
+    distributed = lifecycle is not None and lifecycle.distributed
     first = optimizer.param_groups[0]
     lr = first["lr"] / first.get("lr_scale", 1.0)  # the unscaled LR (layer decay scales the groups)
     start = time.time()
@@ -142,29 +132,24 @@ def train_one_epoch(
         # micro-batch even with accum_iter > 1 (as the original MAE-ViT GPaCo code).
         with _sync_context(model, step_now):
             with autocast_context(device, amp):
-                output = forward_train(model, images, targets, single_view)
+                output = forward_train(model, images, targets, takes_labels)
             loss = criterion(output, loss_targets)
             if faults is not None:
                 loss = faults.loss(global_step, loss)
-            finite = bool(torch.isfinite(loss))
-            stop_local = stop_requested is not None and stop_requested()
-            if distributed:
-                nonfinite, stop_any = _agree([not finite, stop_local], loss.device)
+            if lifecycle is not None:
+                nonfinite, stop_any = lifecycle.agree(loss)
             else:
-                nonfinite, stop_any = not finite, stop_local
+                nonfinite, stop_any = not bool(torch.isfinite(loss)), False
             if nonfinite:
                 where = f"epoch {epoch + 1} step {it + 1}/{epoch_iters} (global step {global_step})"
-                value = loss.item() if not finite else "finite here, non-finite on another rank"
-                if nan_policy == "stop":
-                    raise NonFiniteLossError(f"loss is {value} at {where}; stopped (--nan-policy stop), the last "
-                                             f"checkpoint is kept")
+                if lifecycle is None:
+                    raise NonFiniteLossError(f"loss is {loss.item()} at {where}")
+                lifecycle.nonfinite(loss, where)  # raises under --nan-policy stop
                 nan_skipped += 1
                 if step_now and distributed and accum_iter > 1:
                     # The cycle's earlier micro-batches ran under no_sync and this one would have
                     # all-reduced them: drop the whole cycle rather than step on unsynced gradients.
                     cycle_has_grad = False
-                print_main(f"non-finite loss ({value}) at {where}: micro-batch skipped (--nan-policy skip), "
-                           f"{nan_skipped} skipped this epoch")
             else:
                 scaled = loss / accum_iter if accum_iter > 1 else loss
                 if scaler is not None:
@@ -188,7 +173,7 @@ def train_one_epoch(
             cycle_has_grad = False
 
         if not nonfinite:
-            logits = output if isinstance(output, torch.Tensor) else output.logits
+            logits = output_logits(output)
             batch = targets.shape[0]
             loss_sum += loss.item()
             correct += (logits[:batch].argmax(1) == targets).sum().item()
@@ -275,6 +260,3 @@ def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     torch.nn.utils.clip_grad_norm_(params, max_norm)
 
-
-def finite_or_none(x: float) -> Optional[float]:
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -1,6 +1,6 @@
 """Checkpoints from anywhere: detect a file's key layout and map it onto our models.
 
-Layouts (after stripping any ``module.`` prefixes, SPEC §1.4, §3.1, §3.3):
+Layouts (after stripping any ``module.`` prefixes, docs/method.md#checkpoint-layouts):
 
 =================  =================================================================  ==========
 layout             keys                                                               method
@@ -21,7 +21,7 @@ layout             keys                                                         
 
 Every source key is given a *role* (``backbone``, ``projection``, ``backbone_k``,
 ``projection_k``, ``classifier``, ``queue``); the roles are then placed under the target
-model's prefixes (:data:`TARGET_PREFIXES`). Whatever has no place, does not exist in the
+model's prefixes (its registry row's ``checkpoint_prefixes``). Whatever has no place, does not exist in the
 model or is missing from the file is listed in a :class:`LoadReport`, never silently
 ignored. Evaluation needs only the classification path (backbone + ``fc``): a missing or
 misshapen key there is an error; the rest (projection, key encoder, queue) is reported.
@@ -36,12 +36,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
-from gpaco.engine.checkpoint import (
-    CheckpointError, load_checkpoint, load_checkpoint_trusting_pickle, read_safetensors_metadata,
+from gpaco.checkpoint import (
+    CheckpointError, load_checkpoint, load_checkpoint_trusting_pickle, read_safetensors_metadata, unwrap_state_dict,
 )
 
 __all__ = [
-    "LAYOUTS", "TARGET_PREFIXES", "LoadedCheckpoint", "LoadReport", "CheckpointMismatchError", "read_checkpoint",
+    "LAYOUTS", "target_prefixes", "LoadedCheckpoint", "LoadReport", "CheckpointMismatchError", "read_checkpoint",
     "unwrap", "detect_layout", "assign_roles", "render_for_method", "infer_model_kwargs", "load_into_model",
     "build_model_from_checkpoint", "classification_prefixes", "MAE_ARCH_NAMES",
 ]
@@ -49,17 +49,12 @@ __all__ = [
 LAYOUTS = ("gpaco", "paco_original", "gpaco_original", "mae_gpaco", "mae", "classifier")
 ROLES = ("backbone", "projection", "backbone_k", "projection_k", "classifier", "queue")
 
-#: Where each role lives in our models (``build_model(method, ...)``); roles a method lacks are unused.
-TARGET_PREFIXES: Dict[str, Dict[str, str]] = {
-    "ce": {"backbone": "backbone.", "classifier": "fc."},
-    "paco": {"backbone": "encoder_q.backbone.", "projection": "encoder_q.projection.",
-             "backbone_k": "encoder_k.backbone.", "projection_k": "encoder_k.projection.",
-             "classifier": "fc.", "queue": "queue."},
-    "gpaco": {"backbone": "encoder.backbone.", "projection": "encoder.projection.", "classifier": "fc.",
-              "queue": "queue."},
-}
-TARGET_PREFIXES["balanced_ce"] = TARGET_PREFIXES["ce"]
-TARGET_PREFIXES["multitask"] = TARGET_PREFIXES["gpaco"]
+def target_prefixes(method: str) -> Dict[str, str]:
+    """Where each role lives in ``method``'s model: its registry row's ``checkpoint_prefixes``."""
+    from gpaco.methods import get_method  # the registry imports the models
+
+    return dict(get_method(method).checkpoint_prefixes)
+
 
 #: The method a layout was trained with (the model that holds every part of it).
 LAYOUT_METHOD = {"paco_original": "paco", "gpaco_original": "gpaco", "mae_gpaco": "gpaco", "mae": "ce",
@@ -142,8 +137,8 @@ def read_checkpoint(path: str, *, trust_pickle: bool = False) -> LoadedCheckpoin
     """Read ``path`` (ours, the original's, MAE-style, ``.safetensors``) and detect its layout.
 
     Without ``trust_pickle`` nothing is unpickled beyond tensors and plain containers
-    (:func:`gpaco.engine.checkpoint.load_checkpoint`): a file holding other objects raises
-    :class:`~gpaco.engine.checkpoint.UnsafeCheckpointError` naming the conversion command.
+    (:func:`gpaco.checkpoint.load_checkpoint`): a file holding other objects raises
+    :class:`~gpaco.checkpoint.UnsafeCheckpointError` naming the conversion command.
     """
     path = os.fspath(path)
     notes: List[str] = []
@@ -217,17 +212,10 @@ def unwrap(obj: Mapping[str, Any]) -> Tuple["OrderedDict[str, Tensor]", Dict[str
             meta["num_classes"] = args["nb_classes"]
     if not isinstance(state, Mapping):
         return OrderedDict(), meta
-    out: "OrderedDict[str, Tensor]" = OrderedDict()
-    for k, v in state.items():
-        if not isinstance(v, Tensor):
-            continue
-        k = str(k)
-        while k.startswith("module."):
-            k = k[len("module."):]
-        if k in out:
-            raise CheckpointError(f"keys collide on {k!r} after stripping 'module.' prefixes")
-        out[k] = v
-    return out, meta
+    try:
+        return unwrap_state_dict(state), meta
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def detect_layout(state: Mapping[str, Tensor]) -> Optional[str]:
@@ -312,9 +300,7 @@ def render_for_method(roles: Mapping[str, Mapping[str, Tensor]], method: str,
                       source_key: Optional[Mapping[Tuple[str, str], str]] = None
                       ) -> Tuple["OrderedDict[str, Tensor]", List[Tuple[str, str]]]:
     """Our state-dict names for ``method``'s model; also the (role key, why) pairs it has no place for."""
-    prefixes = TARGET_PREFIXES.get(method)
-    if prefixes is None:
-        raise ValueError(f"unknown method {method!r}; one of {sorted(TARGET_PREFIXES)}")
+    prefixes = target_prefixes(method)
     out: "OrderedDict[str, Tensor]" = OrderedDict()
     unused: List[Tuple[str, str]] = []
     for role, tensors in roles.items():
@@ -329,7 +315,7 @@ def render_for_method(roles: Mapping[str, Mapping[str, Tensor]], method: str,
 
 def classification_prefixes(method: str) -> Tuple[str, str]:
     """The state-dict prefixes inference reads for ``method``: (backbone, classifier)."""
-    p = TARGET_PREFIXES[method]
+    p = target_prefixes(method)
     return p["backbone"], p["classifier"]
 
 
@@ -371,7 +357,7 @@ def load_into_model(model: nn.Module, loaded: LoadedCheckpoint, method: str, arc
     mapped, no_place = render_for_method(roles, method, source_key)
     # our names -> the file's names, for messages
     back = {}
-    prefixes = TARGET_PREFIXES[method]
+    prefixes = target_prefixes(method)
     for (role, sub), k in source_key.items():
         if role in prefixes:
             back[prefixes[role] + sub] = k
@@ -442,7 +428,7 @@ def build_model_from_checkpoint(
     of the projection and the queue are read off the tensors. ``loaded=None`` builds the
     model with random weights (dry runs).
     """
-    from gpaco.models import build_model
+    from gpaco.methods import get_method
     from gpaco.models.vit import is_vit
 
     defaults = dict(defaults or {})
@@ -482,7 +468,7 @@ def build_model_from_checkpoint(
         kw["normalize_pooled"] = True
     kw.update(build_kwargs or {})
     try:
-        model = build_model(method, arch, int(num_classes), pretrained=False, **kw)
+        model = get_method(method).build_model(arch, int(num_classes), pretrained=False, **kw)
     except (ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"cannot build {method} {arch} with {num_classes} classes: {e}") from e
     if loaded is None:
@@ -501,7 +487,7 @@ def convert_file(src: str, dst: str, *, trust_pickle: bool = False, method: Opti
     provided are written (nothing is filled in from a random init); the conversion report
     (unused and missing keys) is stored under ``conversion``.
     """
-    from gpaco.engine.checkpoint import save_checkpoint
+    from gpaco.checkpoint import save_checkpoint
 
     loaded = read_checkpoint(src, trust_pickle=trust_pickle)
     model, report = build_model_from_checkpoint(loaded, method=method, arch=arch, num_classes=num_classes)

@@ -20,10 +20,14 @@ from typing import Optional, Sequence
 from gpaco.data.seg_datasets import SEG_DATASETS, SyntheticSegDataset, build_seg_dataset
 from gpaco.data.seg_transforms import SegEvalTransform
 from gpaco.distributed import cleanup, init_distributed
-from gpaco.engine.checkpoint import check_writable, load_checkpoint, strip_prefix
+from gpaco.checkpoint import check_writable, load_checkpoint, strip_prefix
+from gpaco.engine.benchmarks import Benchmark, run_benchmarks
 from gpaco.engine.logging import print_main, to_jsonable
-from gpaco.engine.seg import FlagError, _summary, add_seg_test_flags, evaluate_seg, format_iou_table
-from gpaco.models.seg import SEG_ARCHS, build_seg_model
+from gpaco.engine.args import FlagError
+from gpaco.segmentation.inference import evaluate_seg, format_iou_table, summary
+from gpaco.segmentation.train import add_seg_test_flags
+from gpaco.methods import get_method, method_names
+from gpaco.models.seg import SEG_ARCHS
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
@@ -39,7 +43,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model (unset: the checkpoint's)")
     g.add_argument("--arch", default=None, choices=sorted(SEG_ARCHS))
     g.add_argument("--encoder", default=None)
-    g.add_argument("--method", default=None, choices=("ce", "gpaco"))
+    g.add_argument("--method", default=None, choices=method_names("segmentation"))
     g.add_argument("--embed-dim", type=int, default=None)
     g.add_argument("--amp", default="none", choices=("none", "fp16", "bf16"))
     add_seg_test_flags(p)
@@ -112,8 +116,8 @@ def run(args: argparse.Namespace) -> dict:
     else:
         dataset = build_seg_dataset(args.dataset, args.data_root, args.split, SegEvalTransform())
 
-    model = build_seg_model(args.arch, num_classes, method=args.method, embed_dim=args.embed_dim,
-                            encoder=args.encoder)
+    model = get_method(args.method, "segmentation").build_model(args.arch, num_classes, embed_dim=args.embed_dim,
+                                                                 encoder=args.encoder)
     if ckpt is not None:
         state = strip_prefix(ckpt["model"], ("module.",))
         try:
@@ -128,17 +132,11 @@ def run(args: argparse.Namespace) -> dict:
                f"{len(dataset) if max_images is None else min(max_images, len(dataset))} images, test {mode} at "
                f"scale {scale[0]}x{scale[1]}{f', crop {crop} stride {stride}' if mode == 'slide' else ''}"
                f"{' (synthetic stand-in: data root absent)' if synthetic else ''}; {d.world_size} process(es)")
-    results = {}
-    for m in modes:
-        t0 = time.time()
-        ratios = (1.0,) if m == "ss" else tuple(args.ms_ratios)
-        res = evaluate_seg(model, dataset, device=d.device, num_classes=num_classes, scale=tuple(scale),
-                           ratios=ratios, flip=m == "ms" and args.ms_flip, mode=mode, crop=tuple(crop),
-                           stride=tuple(stride), rank=d.rank, world_size=d.world_size,
-                           workers=0 if args.dry_run else args.workers, max_images=max_images, amp=args.amp,
-                           print_every=0 if args.dry_run else args.print_every)
-        results[m] = res
-        print_main(f"{m}: {_summary(res)} in {time.time() - t0:.0f}s")
+    ctx = dict(model=model, dataset=dataset, device=d.device, num_classes=num_classes, scale=tuple(scale), mode=mode,
+               crop=tuple(crop), stride=tuple(stride), rank=d.rank, world_size=d.world_size,
+               workers=0 if args.dry_run else args.workers, max_images=max_images, amp=args.amp,
+               print_every=0 if args.dry_run else args.print_every, args=args)
+    results = run_benchmarks(BENCHMARKS, args, ctx)
     table = format_iou_table([(m, results[m]) for m in modes])
     print_main(table)
     if not args.dry_run and d.rank == 0:
@@ -152,6 +150,27 @@ def run(args: argparse.Namespace) -> dict:
         print_main(f"wrote {out}/metrics.json and per_class_iou.md")
     cleanup()
     return {**results, "miou": results[modes[0]]["miou"]}
+
+
+def _scales(name: str, multi_scale: bool):
+    """A benchmark row's run: single scale, or the --ms-ratios with (--ms-flip) flips."""
+
+    def run(ctx: dict) -> dict:
+        args, kw = ctx["args"], {k: v for k, v in ctx.items() if k != "args"}
+        t0 = time.time()
+        ratios = tuple(args.ms_ratios) if multi_scale else (1.0,)
+        res = evaluate_seg(kw.pop("model"), kw.pop("dataset"), ratios=ratios, flip=multi_scale and args.ms_flip, **kw)
+        print_main(f"{name}: {summary(res)} in {time.time() - t0:.0f}s")
+        return res
+
+    return run
+
+
+#: The segmentation benchmarks (``--mode ss | ms | both``), in the order they run.
+BENCHMARKS = (
+    Benchmark("ss", "ss", lambda a: a.mode in ("ss", "both"), _scales("ss", False), "--mode"),
+    Benchmark("ms", "ms", lambda a: a.mode in ("ms", "both"), _scales("ms", True), "--mode"),
+)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

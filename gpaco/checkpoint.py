@@ -25,7 +25,7 @@ import torch
 __all__ = [
     "CheckpointError", "UnsafeCheckpointError", "save_checkpoint", "load_checkpoint",
     "load_checkpoint_trusting_pickle", "plain_data", "read_safetensors_metadata", "unsafe_globals",
-    "check_writable", "remove_stale_temporaries", "strip_prefix", "rng_state", "set_rng_state", "find_resume",
+    "check_writable", "remove_stale_temporaries", "strip_prefix", "unwrap_state_dict", "rng_state", "set_rng_state", "find_resume",
     "RESUME_NAME", "DATA_GLOBALS",
 ]
 
@@ -387,6 +387,36 @@ def read_safetensors_metadata(path: PathLike) -> dict:
 
 
 # --------------------------------------------------------------------------- state helpers
+
+
+#: Where training scripts put the weights: ours / MAE ``{'model': ...}``, Lightning and the
+#: original ``{'state_dict': ...}``, a few others.
+STATE_DICT_KEYS = ("model", "state_dict", "model_state", "module")
+
+
+def unwrap_state_dict(obj: Any, where: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
+    """The state dict inside a loaded checkpoint object: the first mapping of tensors under
+    :data:`STATE_DICT_KEYS` (or ``obj`` itself), tensors only, every leading ``module.``
+    (DDP) stripped. The one unwrap every loader uses; raises ValueError naming ``where``."""
+    state: Any = obj
+    while isinstance(state, Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        inner = next((state[k] for k in STATE_DICT_KEYS if isinstance(state.get(k), Mapping)), None)
+        if inner is None:
+            break
+        state = inner
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{where} does not hold a state dict (got {type(state).__name__})")
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        key = str(key)
+        while key.startswith("module."):
+            key = key[len("module."):]
+        if key in out:
+            raise ValueError(f"{where}: keys collide on {key!r} after stripping 'module.' prefixes")
+        out[key] = value
+    return out
 
 
 def strip_prefix(state_dict: Mapping[str, Any], prefixes: Sequence[str] = ("module.",)) -> "OrderedDict[str, Any]":

@@ -1,0 +1,1 @@
+"""Image classification on the shared run lifecycle: flags, training, the epoch loop, evaluation, reports."""

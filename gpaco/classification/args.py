@@ -1,0 +1,245 @@
+"""Command-line flags of tools/train.py and tools/eval.py (classification).
+
+The sh/ recipe is the config: every hyperparameter is a flag, the resolved values are
+written to ``args.yaml`` in the run folder. Booleans use ``BooleanOptionalAction`` so
+they can be switched off (the original's ``type=bool`` flags could not). ``--method``
+choices and the methods' own flags (``--alpha``, ``--queue-size``...) come from the
+registry (:mod:`gpaco.methods`).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from gpaco.data.build import is_cifar
+from gpaco.engine.args import FlagError, add_run_flags, check_finite, check_positive, validate_run_args
+from gpaco.methods import add_method_flags, all_methods, get_method, method_names
+
+TASK = "classification"
+
+
+def train_data_kwargs(args: argparse.Namespace, *, synthetic: bool = False) -> dict:
+    """gpaco.data.build.build_train_dataset keywords of the flags."""
+    return dict(dataset=args.dataset, data_root=args.data_root, train_list=args.train_list, aug=args.aug,
+                image_size=args.image_size, norm=args.norm, num_classes=args.num_classes, imb_factor=args.imb_factor,
+                randaug_n=args.randaug_n, randaug_m=args.randaug_m, allow_outside_root=args.allow_outside_root,
+                skip_bad_images=args.skip_bad_images, synthetic=synthetic)
+
+
+def eval_data_kwargs(args: argparse.Namespace, *, num_classes: int, synthetic: bool = False) -> dict:
+    """gpaco.data.build.build_eval_dataset keywords of the flags."""
+    return dict(dataset=args.dataset, data_root=args.data_root, num_classes=num_classes, image_size=args.image_size,
+                norm=args.norm, resize_size=args.resize_size, interpolation=args.interpolation,
+                allow_outside_root=args.allow_outside_root, skip_bad_images=args.skip_bad_images,
+                synthetic=synthetic)
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="split", choices=("split", "cifar100", "cifar10"),
+                   help="split: image files named by split lists (ImageNet-LT, iNat, Places-LT, ImageNet, demo); "
+                        "cifar100/cifar10: the CIFAR python pickles under --data-root")
+    g.add_argument("--data-root", default="data", help="folder the split lists' paths are relative to")
+    g.add_argument("--train-list", default=None, help="split file: one 'relative/path label' per line")
+    g.add_argument("--val-list", default=None, help="selection split (best.pth is chosen on it)")
+    g.add_argument("--test-list", default=None, help="final report split (metrics.json)")
+    g.add_argument("--num-classes", type=int, default=None, help="default: what the train list implies")
+    g.add_argument("--imb-factor", type=float, default=0.01, help="CIFAR-LT imbalance factor (0.01 = ratio 100)")
+    g.add_argument("--image-size", type=int, default=224, help="training crop / evaluation crop size")
+    g.add_argument("--resize-size", type=int, default=None, help="evaluation resize before the center crop "
+                                                                  "(default image-size / 0.875)")
+    g.add_argument("--norm", default="imagenet", choices=("imagenet", "inat", "cifar", "mnist"),
+                   help="normalisation statistics")
+    g.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic"),
+                   help="resize interpolation of the evaluation transform (ResNets: bilinear; MAE ViTs: bicubic)")
+    g.add_argument("--workers", "-j", type=int, default=4, help="data loader workers per process")
+    g.add_argument("--allow-outside-root", action="store_true",
+                   help="accept split lines whose paths leave --data-root (absolute or '..')")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="skip and count unreadable images instead of stopping")
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", "-a", default="resnet50", help="resnet50/101/152/200, resnext50_32x4d, "
+                   "resnext101_32x4d, resnet32/resnet20/resnet8 (CIFAR), resnet50_cifar, mae_vit_base_patch16, "
+                   "mae_vit_large_patch16 (MAE fine-tuning ViTs: avg pool + fc_norm), any timm name")
+    g.add_argument("--method", default="gpaco", choices=method_names(TASK),
+                   help="training method (gpaco.methods registry; docs/recipes.md#methods)")
+    g.add_argument("--pretrained", default=None,
+                   help="local weights file for the backbone (nothing is downloaded)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the model")
+    g.add_argument("--amp", default="none", choices=("none", "fp16", "bf16"),
+                   help="autocast dtype (fp16 uses a GradScaler); the losses run in float32 regardless")
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tools/train.py",
+        description="Train a long-tailed classifier with CE, balanced CE, PaCo, GPaCo or the multi-task baseline. "
+                    "Runs as one process (CPU or one GPU) or under torchrun.",
+    )
+    add_data_flags(p)
+    add_model_flags(p)
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--aug", default=None, help="augmentation strategy by the original's names: randcls_sim, "
+                   "randclsstack_sim, randcls_randclsstack, sim_sim, cifar100, ... (default per method)")
+    g.add_argument("--randaug-n", type=int, default=2)
+    g.add_argument("--randaug-m", type=int, default=10)
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (> 0 enables; CE baselines only)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (> 0 enables; CE baselines only)")
+    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5,
+                   help="probability of cutmix instead of mixup when both are on")
+    g.add_argument("--reprob", type=float, default=0.0,
+                   help="random erasing probability per image (timm RandomErasing, applied to every view)")
+    g.add_argument("--remode", default="pixel", choices=("pixel", "rand", "const"), help="random erasing fill")
+    g.add_argument("--recount", type=int, default=1, help="random erasing boxes per image")
+
+    add_method_flags(p, TASK, "method options (loss and model)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=400)
+    g.add_argument("--batch-size", "-b", type=int, default=128,
+                   help="GLOBAL batch over all processes per forward (micro-batch); one optimizer step "
+                        "sees batch-size x accum-iter images")
+    g.add_argument("--accum-iter", type=int, default=1,
+                   help="gradient accumulation: micro-batches per optimizer step (the queue is still "
+                        "updated every micro-batch, as the original)")
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                   help="sgd: one group, weight decay on everything (ResNet recipes); adamw: no weight "
+                        "decay on biases, norms, pos/cls tokens (MAE fine-tuning)")
+    g.add_argument("--lr", type=float, default=0.02, help="learning rate for the global batch (no rescaling)")
+    g.add_argument("--blr", type=float, default=None,
+                   help="base LR: if given, lr = blr * batch-size * accum-iter / 256 (overrides --lr)")
+    g.add_argument("--min-lr", type=float, default=1e-6, help="floor of the mae_cosine schedule")
+    g.add_argument("--layer-decay", type=float, default=None,
+                   help="layer-wise LR decay of a ViT (MAE: 0.65 ViT-B, 0.75 ViT-L); default off")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--wd", type=float, default=5e-4, help="weight decay (sgd: all parameters, as the original)")
+    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (default: off)")
+    g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (timm backbones)")
+    g.add_argument("--schedule", "--sched", default="cosine",
+                   choices=("cosine", "cosine_epoch", "step_cifar", "mae_cosine"),
+                   help="cosine (= cosine_epoch): per-epoch warmup + off-by-one cosine; step_cifar: the CIFAR "
+                        "warmup + steps at 320/360; mae_cosine: per-iteration warmup + half-cycle cosine to "
+                        "--min-lr (MAE fine-tuning)")
+    g.add_argument("--warmup-epochs", type=int, default=10)
+    g.add_argument("--finetune", default=None, metavar="PATH",
+                   help="local MAE pre-training checkpoint ({'model': ...}) for a ViT backbone: the head is "
+                        "dropped, pos_embed resampled, the rest loaded non-strictly; the class centers start "
+                        "from trunc-normal(2e-5). Ignored when resuming")
+    g.add_argument("--freeze", default="none", choices=("none", "all_but_last_block"),
+                   help="all_but_last_block: Places-LT fine-tuning (convs frozen except the last bottleneck)")
+
+    g = add_run_flags(p, default_output="runs/train", print_freq=20)
+    g.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                   help="leave after this many epochs of this run with a checkpoint, as if preempted; the "
+                        "schedule still follows --epochs and --resume auto continues")
+    g.add_argument("--eval-freq", type=int, default=1, help="epochs between validations")
+    g.add_argument("--dry-run", action="store_true",
+                   help="check the configuration, build data (synthetic when --data-root is absent), model, "
+                        "loss and optimizer, run two small steps, write nothing")
+    g.add_argument("--dry-run-batch", type=int, default=4, help="per-process batch of the --dry-run steps")
+    g.add_argument("--dry-run-image-size", type=int, default=64)
+    return p
+
+
+def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = build_train_parser().parse_args(argv)
+    validate_train_args(args)
+    return args
+
+
+_POSITIVE_INTS = ("batch_size", "epochs", "accum_iter", "image_size", "eval_freq", "dry_run_batch",
+                  "dry_run_image_size", "recount", "num_classes", "stop_after", "resize_size")
+_NON_NEGATIVE_INTS = ("workers", "warmup_epochs", "randaug_n", "randaug_m", "proj_dim")
+_FLOATS = ("imb_factor", "lr", "blr", "min_lr", "layer_decay", "momentum", "wd", "clip_grad", "drop_path",
+           "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob", "alpha", "beta", "gamma",
+           "temperature", "smoothing", "label_smoothing", "momentum_encoder")
+
+
+def validate_common_args(args: argparse.Namespace) -> None:
+    """Range checks shared by tools/train.py and tools/eval.py: finite floats, positive sizes."""
+    check_finite(args, _FLOATS)
+    check_positive(args, _POSITIVE_INTS)
+    check_positive(args, _NON_NEGATIVE_INTS, allow_zero=True)
+    validate_run_args(args)
+    imb = getattr(args, "imb_factor", None)
+    if imb is not None and not 0.0 < imb <= 1.0:
+        raise FlagError(f"--imb-factor must be in (0, 1] (0.01 = imbalance ratio 100), got {imb}")
+
+
+def check_method_flags(args: argparse.Namespace, task: str = TASK) -> None:
+    """A flag owned only by other methods, set away from its default, is a mistake
+    (``--single-view`` with ``--method ce``)."""
+    method = get_method(args.method, task)
+    own = {f.dest for f in method.flags}
+    for other in all_methods(task):
+        for f in other.flags:
+            if f.dest in own or f.dest not in vars(args):
+                continue
+            if getattr(args, f.dest) != f.kwargs.get("default"):
+                owners = [m.name for m in all_methods(task) if any(g.dest == f.dest for g in m.flags)]
+                raise FlagError(f"{f.names[0]} is an option of --method {'/'.join(owners)}, not {args.method}")
+
+
+def validate_train_args(args: argparse.Namespace) -> None:
+    validate_common_args(args)
+    check_method_flags(args)
+    method = get_method(args.method)
+    if args.lr <= 0:
+        raise FlagError(f"--lr must be > 0, got {args.lr}")
+    if args.schedule == "cosine_epoch":
+        args.schedule = "cosine"
+    if args.blr is not None:
+        if args.blr <= 0:
+            raise FlagError(f"--blr must be > 0, got {args.blr}")
+        args.lr = args.blr * args.batch_size * args.accum_iter / 256
+    if args.layer_decay is not None and not 0.0 < args.layer_decay <= 1.0:
+        raise FlagError(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
+    if args.min_lr < 0:
+        raise FlagError(f"--min-lr must be >= 0, got {args.min_lr}")
+    if args.schedule == "cosine" and args.warmup_epochs > args.epochs:
+        raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be <= --epochs ({args.epochs})")
+    if args.schedule == "step_cifar" and args.warmup_epochs == 0:
+        raise FlagError("--schedule step_cifar needs --warmup-epochs > 0")
+    if args.schedule == "mae_cosine" and args.warmup_epochs >= args.epochs:
+        raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be < --epochs ({args.epochs}) with "
+                        f"--schedule mae_cosine")
+    if not 0.0 <= args.drop_path < 1.0:
+        raise FlagError(f"--drop-path must be in [0, 1), got {args.drop_path}")
+    if args.mixup < 0 or args.cutmix < 0 or not 0.0 <= args.reprob <= 1.0:
+        raise FlagError("--mixup and --cutmix must be >= 0 and --reprob in [0, 1]")
+    if (args.mixup > 0 or args.cutmix > 0) and method.takes_labels:
+        raise FlagError(f"--mixup/--cutmix mix the labels, which --method {args.method} needs unmixed; "
+                        f"use them with --method ce (the MAE baseline)")
+    if args.temperature <= 0:
+        raise FlagError(f"--temperature must be > 0, got {args.temperature}")
+    if method.contrastive and args.queue_size < 0:
+        raise FlagError(f"--queue-size must be >= 0, got {args.queue_size}")
+    if args.dataset == "split" and not args.train_list and not args.dry_run:
+        raise FlagError("--train-list is required with --dataset split")
+    if not 0.0 <= args.smoothing < 1.0 or not 0.0 <= args.label_smoothing < 1.0:
+        raise FlagError("--smoothing and --label-smoothing must be in [0, 1)")
+    if args.aug is None and args.single_view:
+        args.aug = "randclsstack"
+    if args.aug is None:
+        args.aug = (method.cifar_aug or "cifar_regular") if is_cifar(args.dataset) else (method.default_aug or "randcls")
+    from gpaco.data.transforms import SINGLE_VIEW_STRATEGIES, TWO_VIEW_STRATEGIES
+
+    if args.aug not in TWO_VIEW_STRATEGIES and args.aug not in SINGLE_VIEW_STRATEGIES:
+        raise FlagError(f"unknown --aug {args.aug!r}; two-view strategies: {', '.join(TWO_VIEW_STRATEGIES)}; "
+                        f"single-view: {', '.join(SINGLE_VIEW_STRATEGIES)}")
+    if args.single_view:
+        if args.aug not in SINGLE_VIEW_STRATEGIES:
+            raise FlagError(f"--single-view needs a single-view --aug ({', '.join(SINGLE_VIEW_STRATEGIES)}), "
+                            f"got {args.aug}")
+    elif method.views == 2 and args.aug not in TWO_VIEW_STRATEGIES:
+        raise FlagError(f"--method {args.method} trains on two views: --aug must be one of "
+                        f"{', '.join(TWO_VIEW_STRATEGIES)}, got {args.aug}")
+    elif method.views == 1 and args.aug in TWO_VIEW_STRATEGIES:
+        raise FlagError(f"--method {args.method} trains on one view: --aug {args.aug} makes two; use one of "
+                        f"{', '.join(SINGLE_VIEW_STRATEGIES)}")

@@ -1,0 +1,93 @@
+"""The training objectives as ``nn.Module`` criteria: ``criterion(model_output, targets) -> loss``.
+
+A method of the registry (:mod:`gpaco.methods`) pairs one of these with its model. Each
+criterion holds its hyperparameters and the log class prior (a non-persistent buffer, so
+it follows ``.to(device)``); the maths is in the functional losses of this package
+(docs/method.md).
+
+==========================  =====================================  =====================
+criterion                   model output                           used by
+==========================  =====================================  =====================
+:class:`CrossEntropyLoss`   logits [B, C]                          ce, balanced_ce
+:class:`PaCoLoss`           ContrastiveOutput (features, labels,   paco, gpaco
+                            logits, num_anchors)
+:class:`MultiTaskLoss`      ContrastiveOutput                      multitask
+==========================  =====================================  =====================
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .ce import cross_entropy
+from .paco import log_prior_from_counts, paco_loss
+from .supcon import multitask_loss
+
+__all__ = ["CrossEntropyLoss", "PaCoLoss", "MultiTaskLoss", "log_prior_buffer"]
+
+
+def log_prior_buffer(module: nn.Module, class_counts: Optional[Sequence[int]], use_prior: bool, who: str,
+                     num_classes: Optional[int] = None) -> None:
+    """Register ``module.log_prior`` (log of the training class frequencies, or None)."""
+    if use_prior and class_counts is None:
+        raise ValueError(f"{who} with the class prior needs the training class counts")
+    if use_prior and num_classes is not None and len(class_counts) != num_classes:
+        raise ValueError(f"{who}: {len(class_counts)} class counts for {num_classes} classes")
+    module.register_buffer("log_prior", log_prior_from_counts(class_counts) if use_prior else None,
+                           persistent=False)
+
+
+class CrossEntropyLoss(nn.Module):
+    """CE on classifier logits; with ``prior=True`` the balanced softmax / logit-adjusted CE
+    (docs/method.md#balanced-cross-entropy). Soft [B, C] targets (mixup) are accepted."""
+
+    def __init__(self, *, num_classes: Optional[int] = None, class_counts: Optional[Sequence[int]] = None,
+                 prior: bool = False, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        log_prior_buffer(self, class_counts, prior, "balanced cross-entropy", num_classes)
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return cross_entropy(logits, targets, log_prior=self.log_prior, label_smoothing=self.label_smoothing)
+
+
+class PaCoLoss(nn.Module):
+    """PaCo / GPaCo loss on a contrastive model's training output
+    (docs/method.md#paco-loss, docs/method.md#gpaco-loss)."""
+
+    def __init__(self, *, num_classes: Optional[int] = None, class_counts: Optional[Sequence[int]] = None,
+                 prior: bool = True, alpha: float = 0.05, beta: float = 1.0, gamma: float = 1.0,
+                 temperature: float = 0.2, smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.temperature, self.smoothing = temperature, smoothing
+        log_prior_buffer(self, class_counts, prior, "the PaCo loss", num_classes)
+
+    def forward(self, output, targets: Tensor) -> Tensor:
+        return paco_loss(output.features, output.labels, output.logits, output.num_anchors, alpha=self.alpha,
+                         temperature=self.temperature, beta=self.beta, gamma=self.gamma,
+                         log_prior=self.log_prior, smoothing=self.smoothing)
+
+
+class MultiTaskLoss(nn.Module):
+    """The multi-task baseline: CE on the logits + alpha x SupCon on the features
+    (docs/method.md#multi-task-baseline)."""
+
+    def __init__(self, *, num_classes: Optional[int] = None, class_counts: Optional[Sequence[int]] = None,
+                 prior: bool = True, alpha: float = 0.05, temperature: float = 0.2,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.alpha, self.temperature, self.label_smoothing = alpha, temperature, label_smoothing
+        log_prior_buffer(self, class_counts, prior, "the multi-task loss", num_classes)
+
+    def forward(self, output, targets: Tensor) -> Tensor:
+        return multitask_loss(output.features, output.labels, output.logits, output.num_anchors, alpha=self.alpha,
+                              temperature=self.temperature, log_prior=self.log_prior,
+                              label_smoothing=self.label_smoothing)
+
+
+def output_logits(output) -> Tensor:
+    """Classifier logits of a model's training output (a tensor, or the contrastive tuple)."""
+    return output if isinstance(output, torch.Tensor) else output.logits

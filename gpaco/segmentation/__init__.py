@@ -1,0 +1,1 @@
+"""Semantic segmentation on the shared run lifecycle: flags, iteration-based training, inference, evaluation."""
