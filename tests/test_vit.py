@@ -397,14 +397,14 @@ def test_flag_validation():
         parse_train_args(base + ["--method", "paco", "--proj-act", "gelu"])
     kw = trainer.model_kwargs(parse_train_args(base + ["--method", "gpaco", "--arch", TINY, "--image-size", "32",
                                                        "--drop-path", "0.1"]))
-    assert kw["proj_act"] == "auto" and kw["backbone_kwargs"] == {"img_size": 32}
+    assert kw["projection_act"] == "auto" and kw["backbone_kwargs"] == {"img_size": 32}
     assert kw["drop_path_rate"] == 0.1
     # "auto": the MAE ViTs' GELU MLP, the ResNets' ReLU one
     from gpaco.models.vit import MAEProjection
     from gpaco.models.heads import GPaCoProjection
-    vit = build_model("gpaco", TINY, 10, queue_size=64, proj_act="auto", backbone_kwargs={"img_size": 32})
+    vit = build_model("gpaco", TINY, 10, queue_size=64, projection_act="auto", backbone_kwargs={"img_size": 32})
     assert isinstance(vit.encoder.projection, MAEProjection)
-    res = build_model("gpaco", "resnet8", 10, queue_size=64, proj_act="auto")
+    res = build_model("gpaco", "resnet8", 10, queue_size=64, projection_act="auto")
     assert type(res.encoder.projection) is GPaCoProjection
 
 

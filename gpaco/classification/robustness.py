@@ -1,25 +1,10 @@
 """Robustness evaluation: ImageNet-C-style corruption trees, ImageNet-R, ImageNet-Sketch (docs/method.md#metrics).
 
-The folders and the benchmark constants are :mod:`gpaco.data.robustness`. Folder layouts (all ``ImageFolder``-like: one folder per class):
-
-* **ImageNet-C**: ``ROOT/<corruption>/<severity 1..5>/<wnid>/<image>``; the 15 corruptions of
-  :data:`gpaco.metrics.CORRUPTIONS`. Class index = position of the wnid folder in sorted
-  order (torchvision ``ImageFolder``), so all 1000 folders must be there.
-* **Our corrupted trees** (:func:`make_corrupted_tree`, ``tools/make_corrupted.py``): the same
-  ``ROOT/<corruption>/<severity>/<class>/<image>`` but the class folders are named by the
-  **label index** of the split list (``0``, ``1``, ... ``999``), so any subset of classes works.
-  ``ROOT/meta.json`` records how the tree was made, ``ROOT/subset.txt`` the source images in
-  our split-list format (evaluate the same images uncorrupted with ``--test-list``).
-* **ImageNet-R**: ``ROOT/<wnid>/<image>``, the 200 ImageNet-R classes; sorted folder ``i`` is
-  column ``IMAGENET_R_INDICES[i]`` of the 1000-way head (the argmax is over those 200 columns).
-* **ImageNet-Sketch**: ``ROOT/<wnid>/<image>``, 1000 classes, the full head.
-
-A folder tree whose class folders are all decimal integers is read as label-index named;
-otherwise as sorted wnids.
+The folder layouts (ImageNet-C, our label-index corrupted trees, ImageNet-R, -Sketch) and the
+benchmark constants are :mod:`gpaco.data.robustness`.
 
 Naming of the corruption figures (docs/method.md#metrics, a naming trap): the paper's "mCE" is the
-*unnormalised* mean corruption error, ``100 * mean_c E_c`` (:data:`MCE_KEYS`
-``mce_unnormalised``); its "rel. mCE" is the AlexNet-normalised ``100 * mean_c E_c / E_c^AlexNet``
+*unnormalised* mean corruption error, ``100 * mean_c E_c`` (``mce_unnormalised``); its "rel. mCE" is the AlexNet-normalised ``100 * mean_c E_c / E_c^AlexNet``
 (``mce_alexnet_normalised``), which is Hendrycks & Dietterich's standard mCE; neither is
 Hendrycks' "relative mCE" (clean error subtracted). ``mce_baseline_normalised`` divides by a
 chosen baseline run's per-corruption errors instead of AlexNet's (AlexNet constants exist only

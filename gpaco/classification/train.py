@@ -23,6 +23,7 @@ from gpaco.data.build import (
     build_eval_dataset, build_train_dataset, class_counts_of, data_available, eval_loader, is_cifar,
     set_train_epoch, train_loader,
 )
+from gpaco.engine.args import run_kwargs
 from gpaco.engine.cli import run_cli
 from gpaco.engine.lifecycle import TrainingRun, seed_everything
 from gpaco.engine.logging import print_main, to_jsonable
@@ -129,9 +130,7 @@ BEST_KEYS = ("model", "epoch", "args", "num_classes", "arch", "method", "best_to
 
 
 def run(args: argparse.Namespace) -> dict:
-    with TrainingRun(output_dir=args.output_dir, resume=args.resume, seed=args.seed,
-                     deterministic=args.deterministic, dry_run=args.dry_run, nan_policy=args.nan_policy,
-                     dist_timeout=args.dist_timeout) as lifecycle:
+    with TrainingRun(**run_kwargs(args)) as lifecycle:
         return _run(args, lifecycle)
 
 

@@ -45,6 +45,12 @@ def add_run_flags(p: argparse.ArgumentParser, *, default_output: str, print_freq
     return g
 
 
+def run_kwargs(args: argparse.Namespace) -> dict:
+    """gpaco.engine.lifecycle.TrainingRun keywords of the run flags."""
+    return dict(output_dir=args.output_dir, resume=args.resume, seed=args.seed, deterministic=args.deterministic,
+                dry_run=args.dry_run, nan_policy=args.nan_policy, dist_timeout=args.dist_timeout)
+
+
 def check_finite(args: argparse.Namespace, names: Iterable[str]) -> None:
     for name in names:
         value = getattr(args, name, None)

@@ -289,24 +289,9 @@ def rescom_loss_terms(
     return ResComTerms(loss_cls + con_weight * loss_con, loss_cls, loss_con)
 
 
-def rescom_loss(
-    features: Tensor,
-    logits: Tensor,
-    labels: Tensor,
-    queue: Union[Tensor, ClassBalancedQueue],
-    *,
-    temperature: float,
-    num_positives: int,
-    num_negatives: int,
-    log_prior: Optional[Tensor] = None,
-    class_weight: Optional[Tensor] = None,
-    con_weight: float = 1.0,
-) -> Tensor:
+def rescom_loss(*args, **kwargs) -> Tensor:
     """``L_cls + con_weight * L_con``; arguments as :func:`rescom_loss_terms`. Returns a scalar."""
-    return rescom_loss_terms(
-        features, logits, labels, queue, temperature=temperature, num_positives=num_positives,
-        num_negatives=num_negatives, log_prior=log_prior, class_weight=class_weight, con_weight=con_weight,
-    ).loss
+    return rescom_loss_terms(*args, **kwargs).loss
 
 
 class ResComLoss(nn.Module):

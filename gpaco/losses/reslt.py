@@ -155,17 +155,9 @@ def reslt_loss_terms(
     return ResLTTerms(loss, individual, fused)
 
 
-def reslt_loss(
-    branch_logits: BranchLogits,
-    target: Tensor,
-    branch_masks: Tensor,
-    *,
-    beta: float,
-    eps: float = 1e-7,
-    fused_eps: float = 0.0,
-) -> Tensor:
+def reslt_loss(*args, **kwargs) -> Tensor:
     """``beta * I + (1 - beta) * F``; arguments as :func:`reslt_loss_terms`. Returns a scalar."""
-    return reslt_loss_terms(branch_logits, target, branch_masks, beta=beta, eps=eps, fused_eps=fused_eps).loss
+    return reslt_loss_terms(*args, **kwargs).loss
 
 
 class ResLTLoss(nn.Module):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gpaco.losses.criteria import PaCoLoss
-from gpaco.models.contrastive import build_gpaco
+from gpaco.models.contrastive import build_gpaco as build_model
 
 from .flags import BETA, CONTRASTIVE, GAMMA, PROJ_ACT, SINGLE_VIEW, SMOOTHING
 from .registry import Method
@@ -12,17 +12,12 @@ GPACO_PREFIXES = {"backbone": "encoder.backbone.", "projection": "encoder.projec
                   "queue": "queue."}
 
 
-def build_model(arch, num_classes, *, proj_act=None, **kw):
-    if proj_act is not None:
-        kw["projection_act"] = proj_act
-    return build_gpaco(arch, num_classes, **kw)
-
-
 GPACO = Method(
     name="gpaco", task="classification", summary="Generalized PaCo: both views through one encoder, queue, "
     "class centers", build_model=build_model, build_criterion=PaCoLoss,
     flags=CONTRASTIVE + (BETA, GAMMA, SMOOTHING, PROJ_ACT, SINGLE_VIEW),
-    model_options=("proj_dim", "queue_size", "proj_act", "single_view"),
+    model_options={"proj_dim": "proj_dim", "queue_size": "queue_size", "proj_act": "projection_act",
+                   "single_view": "single_view"},
     loss_options=("prior", "alpha", "beta", "gamma", "temperature", "smoothing"),
     views=2, takes_labels=True, default_aug="randcls_randclsstack", cifar_aug="cifar100",
     checkpoint_prefixes=GPACO_PREFIXES, paper="Cui et al., TPAMI 2023",

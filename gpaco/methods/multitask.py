@@ -12,7 +12,7 @@ MULTITASK = Method(
     name="multitask", task="classification", summary="CE + alpha x supervised contrastive loss (GPaCo's baseline)",
     build_model=build_model, build_criterion=MultiTaskLoss,
     flags=CONTRASTIVE + (LABEL_SMOOTHING, PROJ_ACT),
-    model_options=("proj_dim", "queue_size", "proj_act"),
+    model_options={"proj_dim": "proj_dim", "queue_size": "queue_size", "proj_act": "projection_act"},
     loss_options=("prior", "alpha", "temperature", "label_smoothing"),
     views=2, takes_labels=True, default_aug="randcls_randclsstack", cifar_aug="cifar100",
     checkpoint_prefixes=GPACO_PREFIXES, paper="Cui et al., TPAMI 2023 (baseline)",

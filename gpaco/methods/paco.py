@@ -8,18 +8,11 @@ from gpaco.models.contrastive import build_paco
 from .flags import BETA, CONTRASTIVE, GAMMA, MOMENTUM_ENCODER, SMOOTHING
 from .registry import Method
 
-
-def _build_model(arch, num_classes, *, momentum_encoder=None, **kw):
-    if momentum_encoder is not None:
-        kw["momentum"] = momentum_encoder
-    return build_paco(arch, num_classes, **kw)
-
-
 PACO = Method(
     name="paco", task="classification", summary="Parametric Contrastive Learning: query/key encoders, queue, "
-    "class centers", build_model=_build_model, build_criterion=PaCoLoss,
+    "class centers", build_model=build_paco, build_criterion=PaCoLoss,
     flags=CONTRASTIVE + (BETA, GAMMA, SMOOTHING, MOMENTUM_ENCODER),
-    model_options=("proj_dim", "queue_size", "momentum_encoder"),
+    model_options={"proj_dim": "proj_dim", "queue_size": "queue_size", "momentum_encoder": "momentum"},
     loss_options=("prior", "alpha", "beta", "gamma", "temperature", "smoothing"),
     views=2, takes_labels=True, default_aug="randcls_sim", cifar_aug="cifar100",
     checkpoint_prefixes={"backbone": "encoder_q.backbone.", "projection": "encoder_q.projection.",

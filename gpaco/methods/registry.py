@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
@@ -54,7 +54,7 @@ class Method:
             called as ``criterion(model_output, targets)`` in training.
         flags: the flags this method owns.
         model_options / loss_options: the flag ``dest`` names passed to ``build_model`` /
-            ``build_criterion`` as keywords.
+            ``build_criterion`` as keywords; a mapping ``{dest: keyword}`` renames them.
         views: augmented views per training sample the loader yields (2: two-view methods).
         takes_labels: the training forward is ``model(view_1, view_2 or None, labels)``
             (the contrastive models, which enqueue the labels) instead of ``model(images)``.
@@ -73,8 +73,8 @@ class Method:
     build_model: Callable[..., nn.Module]
     build_criterion: Callable[..., nn.Module]
     flags: Tuple[Flag, ...] = ()
-    model_options: Tuple[str, ...] = ()
-    loss_options: Tuple[str, ...] = ()
+    model_options: Union[Tuple[str, ...], Mapping[str, str]] = ()
+    loss_options: Union[Tuple[str, ...], Mapping[str, str]] = ()
     views: int = 1
     takes_labels: bool = False
     default_aug: Optional[str] = None
@@ -153,8 +153,11 @@ def build_criterion(name: str, *, task: str = "classification", **kw: Any) -> nn
 
 def method_options(method: Method, values: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(model keywords, loss keywords) of ``method`` from parsed flag ``values`` (a dict)."""
-    return ({k: values[k] for k in method.model_options if k in values},
-            {k: values[k] for k in method.loss_options if k in values})
+    def pick(options) -> Dict[str, Any]:
+        names = options if isinstance(options, Mapping) else {k: k for k in options}
+        return {kw: values[dest] for dest, kw in names.items() if dest in values}
+
+    return pick(method.model_options), pick(method.loss_options)
 
 
 def describe(methods: Sequence[Method]) -> str:

@@ -29,7 +29,7 @@ from gpaco.classification.args import check_method_flags
 from gpaco.data.samplers import IterationSampler
 from gpaco.data.seg_datasets import SEG_DATASETS, SyntheticSegDataset, build_seg_dataset
 from gpaco.data.seg_transforms import SegEvalTransform, SegTrainTransform
-from gpaco.engine.args import FlagError, add_run_flags, check_positive, validate_run_args
+from gpaco.engine.args import FlagError, add_run_flags, check_positive, run_kwargs, validate_run_args
 from gpaco.engine.cli import run_cli
 from gpaco.engine.lifecycle import TrainingRun, autocast_context
 from gpaco.engine.logging import print_main, to_jsonable
@@ -179,9 +179,7 @@ def _eval_kwargs(args, lc: TrainingRun) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    with TrainingRun(output_dir=args.output_dir, resume=args.resume, seed=args.seed,
-                     deterministic=args.deterministic, dry_run=args.dry_run, nan_policy=args.nan_policy,
-                     dist_timeout=args.dist_timeout) as lifecycle:
+    with TrainingRun(**run_kwargs(args)) as lifecycle:
         return _run(args, lifecycle)
 
 
