@@ -93,3 +93,69 @@ def test_batch_shuffle_across_ranks(ranks):
     assert torch.equal(torch.cat([s["shuffled"] for s in sh]).sort(dim=0).values, global_x)
     assert all(s["sum"].item() == sum(range(1, NPROC + 1)) for s in sh)
     assert all(s["agree"] == [True, False] for s in sh)  # rank 1's flag reaches every rank
+
+
+# ----------------------------------------------------------------------------- --device-batch
+
+DEVICE_WORKER = Path(__file__).with_name("device_batch_worker.py")
+DEVICE_RUNS = {"1 process x 4 groups": (1, "8"), "2 processes x 2 groups": (2, "8"), "4 processes": (4, "none")}
+
+
+@pytest.fixture(scope="module")
+def device_runs(tmp_path_factory):
+    """The same two steps on a global batch of 32 as 4 processes of 8 (the original's layout,
+    no --device-batch), 2 processes x 2 groups of 8 and 1 process x 4 groups of 8."""
+    out_dir = tmp_path_factory.mktemp("device_batch")
+    results = {}
+    for name, (nproc, device_batch) in DEVICE_RUNS.items():
+        out = out_dir / f"{nproc}.pt"
+        env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                   HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            env.pop(var, None)
+        launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                          f"--nproc_per_node={nproc}"]
+        proc = subprocess.run([*launcher, str(DEVICE_WORKER), str(out), device_batch], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, f"{name} failed ({proc.returncode})\nstdout:\n{proc.stdout[-3000:]}\n" \
+                                     f"stderr:\n{proc.stderr[-6000:]}"
+        results[name] = torch.load(out, weights_only=True)
+    return results
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, scale: float, what: str) -> None:
+    """Equal within float32 rounding: |a - b| <= 1e-5 x scale (scale: the reference's magnitude)."""
+    if not b.dtype.is_floating_point:
+        assert torch.equal(a, b), what
+        return
+    err = (a.double() - b.double()).abs().max().item()
+    assert err <= 1e-5 * scale, f"{what}: max error {err:.3g} > 1e-5 x {scale:.3g}"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("method", ["paco", "gpaco", "multitask"])
+@pytest.mark.parametrize("run", ["1 process x 4 groups", "2 processes x 2 groups"])
+def test_device_batch_equals_one_process_per_device(device_runs, method, run):
+    """--device-batch 8 on 1 or 2 processes trains exactly what 4 processes of 8 train: losses
+    (global and per virtual device), DDP-averaged gradients, parameters, BatchNorm running
+    statistics (rank 0's, as DDP broadcasts them) and queue, over two steps (the second
+    contrasts against the first's keys in the queue)."""
+    ref, got = device_runs["4 processes"][method], device_runs[run][method]
+    for step in range(2):
+        _close(got["loss"][step], ref["loss"][step], ref["loss"][step].abs().item(), f"step {step} loss")
+        dev_ref = ref["device_losses"][step]
+        assert got["device_losses"][step].shape == dev_ref.shape == (4,)
+        _close(got["device_losses"][step], dev_ref, dev_ref.abs().max().item(), f"step {step} per-device losses")
+        grads = ref["grads"][step]
+        assert got["grads"][step].keys() == grads.keys()
+        # A Linear bias followed by BatchNorm (PaCo's projection) has a zero gradient up to
+        # rounding noise, so every gradient is compared at the scale of the step's largest one.
+        scale = max(g.abs().max().item() for g in grads.values())
+        for name, g in grads.items():
+            _close(got["grads"][step][name], g, scale, f"step {step} grad {name}")
+    assert got["state"].keys() == ref["state"].keys()
+    for name, v in ref["state"].items():
+        scale = v.abs().max().item() if v.dtype.is_floating_point else 1.0
+        _close(got["state"][name], v, max(scale, 1e-3), name)
+    assert any(".running_var" in k for k in ref["state"]) and "queue.features" in ref["state"]

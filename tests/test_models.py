@@ -382,6 +382,56 @@ def test_gpaco_one_pass_equals_two_passes(bn_momentum, dtype):
                if isinstance(m, nn.modules.batchnorm._BatchNorm))  # patched forwards removed
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the aten .out path and the F.batch_norm path
+def test_per_group_batchnorm_is_separate_batchnorms(dtype):
+    """views x groups chunks (view-major) normalised separately; running statistics from group 0
+    of each view, view 0 first; gradients as if each chunk had its own call."""
+    from gpaco.models.view_bn import per_group_batchnorm
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)).to(dtype)
+    ref = copy.deepcopy(net)
+    x = torch.randn(2 * 3 * 4, 3, 6, 6, dtype=dtype)  # 2 views x 3 groups x 4 samples
+    with per_group_batchnorm(net, views=2, groups=3):
+        y = net(x)
+    chunks = x.chunk(6)
+    outs = []
+    bn = ref[1]
+    for i, chunk in enumerate(chunks):
+        if i % 3:  # groups 1, 2: batch statistics only, running statistics untouched
+            outs.append(F.batch_norm(ref[0](chunk), None, None, bn.weight, bn.bias, True, 0.0, bn.eps))
+        else:
+            outs.append(bn(ref[0](chunk)))
+    y_ref = torch.cat(outs)
+    assert torch.allclose(y, y_ref, atol=1e-5)
+    w = torch.randn_like(y)
+    (y * w).sum().backward()
+    (y_ref * w).sum().backward()
+    for p, q in zip(net.parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4 * q.grad.abs().max().item())
+    for a, b in zip(net[1].buffers(), ref[1].buffers()):
+        assert torch.allclose(a.to(b.dtype), b, atol=1e-6)
+    assert net[1].num_batches_tracked.item() == 2
+    assert type(net[1]).forward is net[1].forward.__func__  # patched forward removed
+
+
+def test_device_batch_groups_the_contrast_set():
+    """GPaCo with device_batch 2 of a batch of 4: features [2 groups, 2 + 2 + K, D], each group's
+    rows its own q, k and the whole queue; logits [2, 4, C] (q then k of the group)."""
+    torch.manual_seed(0)
+    model = build_model("gpaco", "resnet8", C, proj_dim=D, queue_size=K, device_batch=2)
+    im_q, im_k, y = _batch()
+    queue_before = model.queue.features.clone()
+    out = model(im_q[:4], im_k[:4], y[:4])
+    assert out.features.shape == (2, 4 + K, D) and out.labels.shape == (2, 4 + K)
+    assert out.logits.shape == (2, 4, C) and out.num_anchors == 4
+    assert torch.equal(out.labels[1, :4], torch.cat([y[2:4], y[2:4]]))
+    assert torch.equal(out.features[0, 4:], queue_before) and torch.equal(out.features[1, 4:], queue_before)
+    assert torch.isfinite(paco_loss(*out, alpha=0.05, temperature=0.2))
+    assert torch.isfinite(multitask_loss(*out, alpha=0.5, temperature=0.2))
+    with pytest.raises(ValueError, match="--device-batch 3 must divide the per-process batch 4"):
+        build_model("gpaco", "resnet8", C, proj_dim=D, queue_size=K, device_batch=3)(im_q, im_k, y)
+
+
 def test_gpaco_keeps_two_passes_with_sync_batchnorm():
     from gpaco.models.view_bn import supports_one_pass
     model = _gpaco()

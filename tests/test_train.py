@@ -139,6 +139,33 @@ def test_batch_not_divisible_by_world_size():
         check_batch_config(args, 3)
 
 
+def test_device_batch_must_divide_the_per_process_batch():
+    with pytest.raises(SystemExit, match="--device-batch 48 must divide --batch-size 128"):
+        parse_train_args(["--train-list", "x", "--batch-size", "128", "--device-batch", "48"])
+    args = parse_train_args(["--train-list", "x", "--method", "gpaco", "--batch-size", "128", "--device-batch", "32"])
+    assert check_batch_config(args, 2) == 64
+    with pytest.raises(SystemExit, match=r"--device-batch 32 must divide the per-process batch 16 \(--batch-size "
+                                         r"128 / 8 process"):
+        check_batch_config(args, 8)
+    with pytest.raises(SystemExit, match="--device-batch.*--compile"):
+        parse_train_args(["--train-list", "x", "--device-batch", "32", "--compile"])
+    with pytest.raises(SystemExit, match="--device-batch must be > 0"):
+        parse_train_args(["--train-list", "x", "--device-batch", "0"])
+
+
+@pytest.mark.parametrize("method", ["ce", "paco"])
+def test_device_batch_trains_in_groups(demo_data, tmp_path, method, capsys):
+    """Two steps with --device-batch 8 of a per-process batch 32 (4 virtual devices): the model
+    gets the group size and trains; the log says how many devices are emulated."""
+    extra = ["--aug", "none"] if method == "ce" else ["--aug", "sim_cifar_sim_cifar", "--queue-size", "64"]
+    args = parse_train_args(base_args(demo_data, tmp_path / "o", "--method", method, "--device-batch", "8", *extra))
+    assert trainer.model_kwargs(args)["device_batch"] == 8
+    result = trainer.main(base_args(demo_data, tmp_path / "o", "--method", method, "--device-batch", "8",
+                                    "--dry-run", "--dry-run-batch", "8", *extra))
+    assert result["dry_run"] and result["train_loss"] > 0
+    assert "--device-batch 8: 4 virtual devices" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_checkpoint_that_does_not_fit(demo_data, tmp_path):
     out = tmp_path / "ce"

@@ -105,6 +105,12 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", "-b", type=int, default=128,
                    help="GLOBAL batch over all processes per forward (micro-batch); one optimizer step "
                         "sees batch-size x accum-iter images")
+    g.add_argument("--device-batch", type=int, default=None, metavar="N",
+                   help="per-GPU batch of the original run: BatchNorm statistics, the in-batch contrast set, "
+                        "shuffle-BN and mixup work over groups of exactly N samples whatever the number of "
+                        "processes, so a recipe trains the same statistics on any GPU count (it must divide "
+                        "--batch-size / processes). Default: per process, which depends on the GPU count "
+                        "(docs/recipes.md#same-statistics-on-any-gpu-count)")
     g.add_argument("--accum-iter", type=int, default=1,
                    help="gradient accumulation: micro-batches per optimizer step (the queue is still "
                         "updated every micro-batch, as the original)")
@@ -153,7 +159,7 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
     return args
 
 
-_POSITIVE_INTS = ("batch_size", "epochs", "accum_iter", "image_size", "eval_freq", "dry_run_batch",
+_POSITIVE_INTS = ("batch_size", "device_batch", "epochs", "accum_iter", "image_size", "eval_freq", "dry_run_batch",
                   "dry_run_image_size", "recount", "num_classes", "stop_after", "resize_size")
 _NON_NEGATIVE_INTS = ("workers", "warmup_epochs", "randaug_n", "randaug_m", "proj_dim")
 _FLOATS = ("imb_factor", "lr", "blr", "min_lr", "layer_decay", "momentum", "wd", "clip_grad", "drop_path",
@@ -192,6 +198,12 @@ def validate_train_args(args: argparse.Namespace) -> None:
     method = get_method(args.method)
     if args.lr <= 0:
         raise FlagError(f"--lr must be > 0, got {args.lr}")
+    if args.device_batch is not None:
+        if args.batch_size % args.device_batch:
+            raise FlagError(f"--device-batch {args.device_batch} must divide --batch-size {args.batch_size}")
+        if args.compile:
+            raise FlagError("--device-batch splits every BatchNorm call into groups, which --compile cannot "
+                            "trace; drop one of them")
     if args.schedule == "cosine_epoch":
         args.schedule = "cosine"
     if args.blr is not None:

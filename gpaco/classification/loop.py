@@ -173,10 +173,10 @@ def train_one_epoch(
             cycle_has_grad = False
 
         if not nonfinite:
-            logits = output_logits(output)
             batch = targets.shape[0]
+            logits = output_logits(output, batch)
             loss_sum += loss.item()
-            correct += (logits[:batch].argmax(1) == targets).sum().item()
+            correct += (logits.argmax(1) == targets).sum().item()
             seen += batch
             steps += 1
         if print_freq and (it % print_freq == 0 or it == iters - 1):

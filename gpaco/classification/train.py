@@ -47,10 +47,21 @@ def build_lr_schedule(args: argparse.Namespace) -> LRSchedule:
     return build_schedule("cosine", base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
 
 
+def device_batch_of(args: argparse.Namespace) -> Optional[int]:
+    """The group size the model normalises and contrasts over: ``--device-batch``, or in a
+    dry run (whose per-process batch is ``--dry-run-batch``) groups of half that batch, so the
+    dry run goes through the grouped path."""
+    if args.device_batch is None or not args.dry_run:
+        return args.device_batch
+    return args.dry_run_batch // 2 if args.dry_run_batch % 2 == 0 and args.dry_run_batch >= 4 else None
+
+
 def model_kwargs(args: argparse.Namespace) -> dict:
     """build_model keywords of the training flags: the backbone's (pretrained weights, drop
-    path, a ViT's training grid) and the method's own model options."""
+    path, a ViT's training grid), the ``--device-batch`` and the method's own model options."""
     kw = dict(pretrained=args.pretrained)
+    if args.device_batch is not None:
+        kw["device_batch"] = device_batch_of(args)
     if args.drop_path:
         kw["drop_path_rate"] = args.drop_path
     if is_vit(args.arch):
@@ -80,9 +91,25 @@ def finetune_from(model: torch.nn.Module, path: str) -> None:
     init_center_head(model.fc, std=2e-5)
 
 
-def build_batch_augment(args: argparse.Namespace, num_classes: int, device: torch.device, per_process_batch: int):
-    """(random_erasing, mixup_fn) of the flags, or None each (timm's RandomErasing and Mixup)."""
+def per_group(fn, groups: int):
+    """``fn(images, targets) -> (images, targets)`` applied to each of ``groups`` equal chunks of
+    the batch, as each GPU of the original mixed its own batch (``--device-batch``)."""
+    if groups == 1:
+        return fn
+
+    def grouped(images, targets):
+        parts = [fn(x, t) for x, t in zip(images.chunk(groups), targets.chunk(groups))]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return grouped
+
+
+def build_batch_augment(args: argparse.Namespace, num_classes: int, device: torch.device, per_process_batch: int,
+                        device_batch: Optional[int] = None):
+    """(random_erasing, mixup_fn) of the flags, or None each (timm's RandomErasing and Mixup).
+    With ``device_batch`` mixup pairs and draws its lambda within each group of that size."""
     erasing = mixup = None
+    groups = per_process_batch // device_batch if device_batch else 1
+    per_process_batch //= groups
     if args.reprob > 0:
         from timm.data.random_erasing import RandomErasing
 
@@ -92,10 +119,10 @@ def build_batch_augment(args: argparse.Namespace, num_classes: int, device: torc
 
         if per_process_batch % 2:
             raise FlagError(f"--mixup/--cutmix pair each image with the batch flipped: the per-process batch "
-                            f"({per_process_batch}) must be even")
-        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                            f"(or --device-batch) ({per_process_batch}) must be even")
+        mixup = per_group(Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
                       switch_prob=args.mixup_switch_prob, mode="batch", label_smoothing=args.label_smoothing,
-                      num_classes=num_classes)
+                      num_classes=num_classes), groups)
     return erasing, mixup
 
 
@@ -122,7 +149,12 @@ def check_batch_config(args: argparse.Namespace, world_size: int) -> int:
     if get_method(args.method).contrastive and args.queue_size and args.queue_size % args.batch_size:
         raise FlagError(f"--queue-size K={args.queue_size} is not a multiple of the global batch "
                         f"--batch-size {args.batch_size}: the queue is written one global batch at a time")
-    return args.batch_size // world_size
+    per_process = args.batch_size // world_size
+    if args.device_batch is not None and per_process % args.device_batch:
+        raise FlagError(f"--device-batch {args.device_batch} must divide the per-process batch {per_process} "
+                        f"(--batch-size {args.batch_size} / {world_size} process(es)); run on a number of GPUs "
+                        f"that divides --batch-size / --device-batch = {args.batch_size / args.device_batch:g}")
+    return per_process
 
 
 CHECKPOINT_META = ("num_classes", "arch", "method", "class_counts")
@@ -163,6 +195,12 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     else:
         print_main(f"processes {world} on {device.type}, global batch {args.batch_size} = {per_process_batch} per "
                    f"process, lr {args.lr} for the global batch (not rescaled), {args.epochs} epochs")
+    if args.device_batch is not None:
+        groups = per_process_batch // args.device_batch
+        print_main(f"--device-batch {args.device_batch}: {args.batch_size // args.device_batch} virtual devices "
+                   f"({groups} per process); BatchNorm, the in-batch contrast set, shuffle-BN and mixup work per "
+                   f"group of {args.device_batch}, as on {args.batch_size // args.device_batch} GPUs"
+                   + (f" (dry run: groups of {device_batch_of(args)})" if args.dry_run else ""))
 
     if args.dry_run and args.pretrained and not os.path.exists(args.pretrained):
         print_main(f"warning: --pretrained {args.pretrained} not found; the dry run uses random weights")
@@ -207,7 +245,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         # ~15 s); the dry run autocasts to bfloat16 instead and still goes through the GradScaler.
         amp = "bf16"
     loop_kw = dict(device=device, amp=amp, channels_last=args.channels_last)
-    erasing, mixup = build_batch_augment(args, num_classes, device, batch)
+    erasing, mixup = build_batch_augment(args, num_classes, device, batch, device_batch_of(args))
     train_kw = dict(lr_schedule=schedule if schedule.per_iteration else None, random_erasing=erasing,
                     mixup_fn=mixup, clip_grad=args.clip_grad, takes_labels=method.takes_labels, **loop_kw)
     if args.dry_run:

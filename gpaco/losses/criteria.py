@@ -88,6 +88,11 @@ class MultiTaskLoss(nn.Module):
                               label_smoothing=self.label_smoothing)
 
 
-def output_logits(output) -> Tensor:
-    """Classifier logits of a model's training output (a tensor, or the contrastive tuple)."""
-    return output if isinstance(output, torch.Tensor) else output.logits
+def output_logits(output, batch: int) -> Tensor:
+    """The first view's classifier logits [batch, C] of a model's training output (a tensor,
+    or the contrastive tuple, whose logits may be grouped [G, n_g, C] with each group's first
+    ``batch / G`` rows from the first view)."""
+    logits = output if isinstance(output, torch.Tensor) else output.logits
+    if logits.ndim == 3:
+        return logits[:, :batch // logits.shape[0]].reshape(batch, logits.shape[-1])
+    return logits[:batch]

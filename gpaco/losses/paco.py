@@ -161,10 +161,11 @@ def paco_loss(
     Args:
         features: [M, D] L2-normalised embeddings. Rows ``[:num_anchors]`` are the
             anchors (q for PaCo; q and k for GPaCo); the rest (keys, queue) only
-            contrast.
-        labels: [M] class of every row.
-        logits: [num_anchors, C] classifier logits of the anchors (the centers).
-        num_anchors: how many leading rows are anchors.
+            contrast. [G, M, D]: G independent contrast sets (the virtual devices of
+            ``--device-batch``), averaged over all their anchors.
+        labels: [M] class of every row ([G, M]).
+        logits: [num_anchors, C] classifier logits of the anchors (the centers; [G, num_anchors, C]).
+        num_anchors: how many leading rows (of each group) are anchors.
         alpha: weight of each same-class sample positive.
         temperature: T of the sample-sample logits.
         beta: weight of the center positive.
@@ -175,18 +176,22 @@ def paco_loss(
     Returns:
         Scalar loss (float32, or float64 for float64 inputs).
     """
-    if features.ndim != 2 or labels.ndim != 1 or logits.ndim != 2:
+    grouped = features.ndim == 3
+    if not ((features.ndim, labels.ndim, logits.ndim) == (2, 1, 2) or (grouped and labels.ndim == 2
+                                                                       and logits.ndim == 3)):
         raise ValueError(
-            f"expected features [M, D], labels [M], logits [n, C]; got {tuple(features.shape)}, "
-            f"{tuple(labels.shape)}, {tuple(logits.shape)}"
+            f"expected features [M, D], labels [M], logits [n, C] (or [G, ...] each); got "
+            f"{tuple(features.shape)}, {tuple(labels.shape)}, {tuple(logits.shape)}"
         )
     num_classes = logits.shape[-1]
-    anchor_labels = labels[:num_anchors]
+    anchor_labels = labels[..., :num_anchors]
     if anchor_labels.numel() and (anchor_labels.min() < 0 or anchor_labels.max() >= num_classes):
         raise ValueError(f"anchor labels must be in [0, {num_classes}) (the logits' class count), "
                          f"got min {int(anchor_labels.min())}, max {int(anchor_labels.max())}")
+    if not grouped:
+        features, labels, logits = features[None], labels[None], logits[None]
     rows = paco_rows(
-        features[None], labels[None], logits[None], num_anchors,
+        features, labels, logits, num_anchors,
         alpha=alpha, temperature=temperature, beta=beta, gamma=gamma,
         log_prior=log_prior, smoothing=smoothing,
     )

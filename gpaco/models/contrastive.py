@@ -17,11 +17,29 @@ GPaCo 1-view    cat(q, queue)    [B+K]  cat(y, queue_labels)    B
 q/k are L2-normalised projections; ``logits`` are the linear classifier ``fc`` on the
 pooled backbone feature (its weight rows are the class centers). The queue holds the
 all-gathered keys of previous steps and is always detached.
+
+With ``device_batch=N`` (``--device-batch``; docs/recipes.md#same-statistics-on-any-gpu-count)
+the local batch is G = B / N virtual devices of N samples, each as one GPU of the original:
+BatchNorm normalises each group separately (:func:`~gpaco.models.view_bn.per_group_batchnorm`),
+and the contrast set is per group. The output is then batched over groups (the same rows
+as above with B replaced by N, the queue repeated in every group):
+
+==============  ===================================  ===================  ============
+model           features [G, M_g, D]                 labels [G, M_g]      anchors n_g
+==============  ===================================  ===================  ============
+PaCoModel       cat(q_g, k_g, queue)   M_g = 2N+K     cat(y_g, y_g, ql)    N
+GPaCoModel      cat(q_g, k_g, queue)   M_g = 2N+K     cat(y_g, y_g, ql)    2N
+GPaCo 1-view    cat(q_g, queue)        M_g = N+K      cat(y_g, ql)         N
+==============  ===================================  ===================  ============
+
+and ``logits`` [G, n_g, C]. Shuffle-BN permutes the whole global batch, so each virtual
+device's key encoder sees a random chunk of every device's samples; the queue receives the
+keys in batch order, which is the original's rank order of the virtual devices.
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,21 +49,41 @@ from ..distributed import all_gather_nograd, batch_shuffle, batch_unshuffle
 from .backbones import create_backbone
 from .heads import GPaCoProjection, PaCoProjection
 from .vit import MAE_ARCHS, MAEProjection, is_vit, register_archs
-from .view_bn import per_view_batchnorm, supports_one_pass
+from .view_bn import per_group_batchnorm, supports_one_pass
 
 __all__ = [
     "ContrastiveOutput", "FeatureQueue", "Encoder", "Classifier", "PaCoModel", "GPaCoModel",
-    "build_model", "build_classifier", "build_paco", "build_gpaco",
+    "build_model", "build_classifier", "build_paco", "build_gpaco", "device_groups", "group_rows",
 ]
 
 
 class ContrastiveOutput(NamedTuple):
-    """Loss inputs of one training step."""
+    """Loss inputs of one training step; with G > 1 virtual devices every tensor gains a
+    leading group dimension and ``num_anchors`` counts the anchors of one group."""
 
-    features: Tensor  # [M, D] L2-normalised; rows [:num_anchors] are the anchors
-    labels: Tensor  # [M] long
-    logits: Tensor  # [num_anchors, C] classifier logits of the anchors
+    features: Tensor  # [M, D] L2-normalised; rows [:num_anchors] are the anchors ([G, M_g, D] grouped)
+    labels: Tensor  # [M] long ([G, M_g])
+    logits: Tensor  # [num_anchors, C] classifier logits of the anchors ([G, n_g, C])
     num_anchors: int
+
+
+def device_groups(batch: int, device_batch: Optional[int]) -> int:
+    """Virtual devices of ``device_batch`` samples in a local ``batch`` (1 without one)."""
+    if device_batch is None:
+        return 1
+    if device_batch < 1 or batch % device_batch:
+        raise ValueError(f"--device-batch {device_batch} must divide the per-process batch {batch}")
+    return batch // device_batch
+
+
+def group_rows(blocks: Sequence[Tensor], shared: Optional[Tensor], groups: int) -> Tensor:
+    """Per-group rows: every block [B, ...] is cut into ``groups`` chunks of B / G rows;
+    group g is ``cat(block_0[g], block_1[g], ..., shared)``. -> [G, sum(B_i) / G (+ S), ...]
+    (``shared`` [S, ...], e.g. the queue, is repeated in every group)."""
+    parts = [b.reshape(groups, b.shape[0] // groups, *b.shape[1:]) for b in blocks]
+    if shared is not None:
+        parts.append(shared.unsqueeze(0).expand(groups, *shared.shape))
+    return torch.cat(parts, dim=1)
 
 
 def _queue_message(size: int, global_batch: int) -> str:
@@ -131,17 +169,22 @@ def _make_backbone(arch: Union[str, nn.Module], feat_dim: Optional[int], pretrai
 class Classifier(nn.Module):
     """Backbone + linear classifier ``fc`` for the CE / balanced-CE baselines.
 
-    ``forward(x)``: [B,3,H,W] -> logits [B, C].
+    ``forward(x)``: [B,3,H,W] -> logits [B, C]. With ``device_batch`` N, training-mode
+    BatchNorm normalises each group of N samples separately (``--device-batch``).
     """
 
-    def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int) -> None:
+    def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int, *,
+                 device_batch: Optional[int] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.feat_dim, self.num_classes = feat_dim, num_classes
+        self.device_batch = device_batch
         self.fc = nn.Linear(feat_dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.backbone(x))
+        groups = device_groups(x.shape[0], self.device_batch) if self.training else 1
+        with per_group_batchnorm(self, groups=groups):
+            return self.fc(self.backbone(x))
 
 
 class PaCoModel(nn.Module):
@@ -170,6 +213,7 @@ class PaCoModel(nn.Module):
         normalize_pooled: bool = False,
         feat_dim: Optional[int] = None,
         backbone_kwargs: Optional[Dict[str, Any]] = None,
+        device_batch: Optional[int] = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
@@ -178,6 +222,7 @@ class PaCoModel(nn.Module):
         self.feat_dim, self.num_classes, self.proj_dim = dim, num_classes, proj_dim
         self.momentum = momentum
         self.normalize_pooled = normalize_pooled
+        self.device_batch = device_batch
         self.encoder_q = Encoder(backbone, PaCoProjection(dim, hidden_dim, proj_dim))
         self.fc = nn.Linear(dim, num_classes)
         # The key encoder starts as an exact copy; afterwards only its parameters follow
@@ -214,30 +259,39 @@ class PaCoModel(nn.Module):
         if labels is None:
             raise ValueError("training forward needs labels: model(im_q, im_k, labels)")
         labels = labels.long()
-        pooled, z_q = self.encoder_q(im_q)
+        groups = device_groups(im_q.shape[0], self.device_batch)
+        with per_group_batchnorm(self.encoder_q, groups=groups):
+            pooled, z_q = self.encoder_q(im_q)
         q = F.normalize(z_q, dim=1)
         logits = self.fc(F.normalize(pooled, dim=1) if self.normalize_pooled else pooled)
 
         with torch.no_grad():
             self.momentum_update()  # before computing k, as MoCo does
-            # Shuffle-BN: the key encoder's BN sees a batch mixed across processes.
+            # Shuffle-BN: the key encoder's BN sees a batch mixed across processes (and
+            # across the virtual devices of --device-batch).
             im_k_shuffled, unshuffle_idx = batch_shuffle(im_k)
-            _, z_k = self.encoder_k(im_k_shuffled)
+            with per_group_batchnorm(self.encoder_k, groups=groups):
+                _, z_k = self.encoder_k(im_k_shuffled)
             k = batch_unshuffle(F.normalize(z_k, dim=1), unshuffle_idx)
 
         queue_feats, queue_labels = self.queue.snapshot()
-        features = torch.cat([q, k, queue_feats], dim=0)
-        all_labels = torch.cat([labels, labels, queue_labels], dim=0)
+        if groups == 1:
+            out = ContrastiveOutput(torch.cat([q, k, queue_feats], dim=0),
+                                    torch.cat([labels, labels, queue_labels], dim=0), logits, q.shape[0])
+        else:
+            out = ContrastiveOutput(group_rows([q, k], queue_feats, groups),
+                                    group_rows([labels, labels], queue_labels, groups),
+                                    group_rows([logits], None, groups), q.shape[0] // groups)
         # Enqueue after building features: the batch does not meet its own keys in the queue.
         self.queue.enqueue(k, labels)
-        return ContrastiveOutput(features, all_labels, logits, q.shape[0])
+        return out
 
 
 class GPaCoModel(nn.Module):
     """GPaCo (docs/method.md#gpaco-model): one encoder, both views with gradient, queue + classifier ``fc``.
 
     BatchNorm statistics are per view, as in the original's two forward passes; the two
-    views nevertheless go through the encoder as ONE batch of 2B (``per_view_batchnorm``
+    views nevertheless go through the encoder as ONE batch of 2B (``per_group_batchnorm``
     splits every BatchNorm's statistics), unless the encoder holds a SyncBatchNorm or the
     views differ in shape. No momentum encoder, no shuffle-BN.
 
@@ -265,11 +319,13 @@ class GPaCoModel(nn.Module):
         feat_dim: Optional[int] = None,
         backbone_kwargs: Optional[Dict[str, Any]] = None,
         projection_act: str = "relu",
+        device_batch: Optional[int] = None,
     ) -> None:
         super().__init__()
         backbone, dim = _make_backbone(arch, feat_dim, pretrained, drop_path_rate, backbone_kwargs)
         self.feat_dim, self.num_classes, self.proj_dim = dim, num_classes, proj_dim
         self.single_view = single_view
+        self.device_batch = device_batch
         if projection_act not in ("relu", "gelu"):
             raise ValueError(f"projection_act must be 'relu' or 'gelu', got {projection_act!r}")
         # relu: the ResNet recipes' MLP; gelu: the MAE ViT one (gpaco.models.vit.MAEProjection).
@@ -285,7 +341,7 @@ class GPaCoModel(nn.Module):
 
     @property
     def _one_pass(self) -> bool:
-        # torch.compile traces the two-pass form: per_view_batchnorm swaps module methods.
+        # torch.compile traces the two-pass form: per_group_batchnorm swaps module methods.
         return supports_one_pass(self.encoder) and not torch.compiler.is_compiling()
 
     def classify(self, x: Tensor) -> Tensor:
@@ -298,41 +354,46 @@ class GPaCoModel(nn.Module):
         if not self.training or labels is None or (im_k is None and not self.single_view):
             return self.classify(im_q)
         labels = labels.long()
+        groups = device_groups(im_q.shape[0], self.device_batch)
         if not self.single_view and self._one_pass and im_q.shape == im_k.shape:
-            # Both views in one pass, BatchNorm statistics still per view (view_bn.py).
-            with per_view_batchnorm(self.encoder, 2):
+            # Both views in one pass, BatchNorm statistics still per view (and per virtual
+            # device with --device-batch; view_bn.py).
+            with per_group_batchnorm(self.encoder, views=2, groups=groups):
                 pooled, z = self.encoder(torch.cat([im_q, im_k], dim=0))
             q, k = F.normalize(z, dim=1).chunk(2)
             pooled_q, pooled_k = pooled.chunk(2)
-            return self._two_view_output(q, k, pooled_q, pooled_k, labels)
-        pooled_q, z_q = self.encoder(im_q)
+            return self._output([q, k], [pooled_q, pooled_k], labels, groups, enqueue=k)
+        with per_group_batchnorm(self.encoder, groups=groups):
+            pooled_q, z_q = self.encoder(im_q)
         q = F.normalize(z_q, dim=1)
         if self.single_view:
-            queue_feats, queue_labels = self.queue.snapshot()
-            out = ContrastiveOutput(
-                torch.cat([q, queue_feats], dim=0), torch.cat([labels, queue_labels], dim=0),
-                self.fc(pooled_q), q.shape[0],
-            )
-            self.queue.enqueue(q.detach(), labels)
-            return out
-        pooled_k, z_k = self.encoder(im_k)  # separate pass: per-view BN statistics
-        return self._two_view_output(q, F.normalize(z_k, dim=1), pooled_q, pooled_k, labels)
+            return self._output([q], [pooled_q], labels, groups, enqueue=q)
+        with per_group_batchnorm(self.encoder, groups=groups):
+            pooled_k, z_k = self.encoder(im_k)  # separate pass: per-view BN statistics
+        k = F.normalize(z_k, dim=1)
+        return self._output([q, k], [pooled_q, pooled_k], labels, groups, enqueue=k)
 
-    def _two_view_output(self, q: Tensor, k: Tensor, pooled_q: Tensor, pooled_k: Tensor,
-                         labels: Tensor) -> ContrastiveOutput:
+    def _output(self, views: Sequence[Tensor], pooled: Sequence[Tensor], labels: Tensor, groups: int, *,
+                enqueue: Tensor) -> ContrastiveOutput:
+        """features cat(views, queue), every view an anchor block; ``enqueue`` goes into the
+        queue afterwards (the batch does not meet its own keys in the queue)."""
         queue_feats, queue_labels = self.queue.snapshot()
-        out = ContrastiveOutput(
-            torch.cat([q, k, queue_feats], dim=0),
-            torch.cat([labels, labels, queue_labels], dim=0),
-            torch.cat([self.fc(pooled_q), self.fc(pooled_k)], dim=0),
-            2 * q.shape[0],
-        )
-        self.queue.enqueue(k.detach(), labels)
+        logits = [self.fc(p) for p in pooled]
+        view_labels = [labels] * len(views)
+        if groups == 1:
+            out = ContrastiveOutput(torch.cat([*views, queue_feats], dim=0),
+                                    torch.cat([*view_labels, queue_labels], dim=0),
+                                    torch.cat(logits, dim=0), len(views) * labels.shape[0])
+        else:
+            out = ContrastiveOutput(group_rows(views, queue_feats, groups),
+                                    group_rows(view_labels, queue_labels, groups),
+                                    group_rows(logits, None, groups), len(views) * labels.shape[0] // groups)
+        self.queue.enqueue(enqueue.detach(), labels)
         return out
 
 
 # Keyword arguments that only the contrastive models take; build_classifier drops them so
-# checkpoint loading can pass one uniform set.
+# checkpoint loading can pass one uniform set (device_batch is common to all).
 _CONTRASTIVE_ONLY = {"proj_dim", "hidden_dim", "queue_size", "momentum", "global_batch",
                      "normalize_pooled", "single_view", "projection_act"}
 
@@ -342,9 +403,10 @@ def build_classifier(arch: Union[str, nn.Module], num_classes: int, **kw: Any) -
     kw = {k: v for k, v in kw.items() if k not in _CONTRASTIVE_ONLY}
     backbone, dim = _make_backbone(arch, kw.pop("feat_dim", None), kw.pop("pretrained", False),
                                    kw.pop("drop_path_rate", 0.0), kw.pop("backbone_kwargs", None))
+    device_batch = kw.pop("device_batch", None)
     if kw:
         raise TypeError(f"build_classifier got unexpected arguments {sorted(kw)}")
-    return Classifier(backbone, dim, num_classes)
+    return Classifier(backbone, dim, num_classes, device_batch=device_batch)
 
 
 def build_paco(arch: Union[str, nn.Module], num_classes: int, **kw: Any) -> PaCoModel:

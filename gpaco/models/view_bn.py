@@ -1,12 +1,25 @@
-"""Per-view BatchNorm: several views in one encoder pass, each normalised on its own.
+"""Per-chunk BatchNorm: several views and virtual devices in one encoder pass.
 
-GPaCo (docs/method.md#gpaco-model) runs its two views through the encoder as two batches, so every
-BatchNorm sees per-view statistics. :func:`per_view_batchnorm` gives the same arithmetic
-with ONE pass over ``cat(views)``: inside it, every training-mode BatchNorm normalises
-each of the ``views`` equal chunks of its batch separately and updates its running
-statistics once per chunk, in order (view 1, then view 2), exactly as the two passes do.
-The convolutions then run once at twice the batch, which is what makes one GPaCo step
-cost about one CE step at twice the batch.
+Two things make one BatchNorm call stand for several in the original code:
+
+* **views**: GPaCo (docs/method.md#gpaco-model) runs its two views through the encoder as
+  two batches, so every BatchNorm sees per-view statistics;
+* **groups** (``--device-batch``): the original ran on several GPUs, each normalising its
+  own per-GPU batch; a run on fewer GPUs splits each process's batch into ``groups``
+  virtual devices of that size (docs/recipes.md#same-statistics-on-any-gpu-count).
+
+Inside :func:`per_group_batchnorm` every training-mode BatchNorm under ``module`` cuts its
+batch into ``views x groups`` equal chunks, view-major,
+
+==========  =================================================================
+batch rows  ``[view 0: group 0 .. group G-1 | view 1: group 0 .. group G-1]``
+chunk i     view ``i // G``, group ``i % G``; N = batch / (views x G) rows each
+==========  =================================================================
+
+normalises each chunk with its own batch statistics and updates the running statistics
+with group 0's chunks only, view 0 first: what the original's rank 0 does, and DDP
+broadcasts rank 0's buffers to every process at each forward, so rank 0's are the run's.
+With ``groups=1`` every chunk updates them (the two views of one GPaCo step, in order).
 
 On CPU in float32 the chunks are normalised straight into one output (and their input
 gradients into one gradient) through aten's ``native_batch_norm.out`` and
@@ -17,14 +30,14 @@ allocated activations cost ~4% of a ResNet-50 step on CPU (bench/train_step.py).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["per_view_batchnorm", "supports_one_pass"]
+__all__ = ["per_group_batchnorm", "supports_one_pass", "has_batchnorm"]
 
 
 def supports_one_pass(module: nn.Module) -> bool:
@@ -33,20 +46,30 @@ def supports_one_pass(module: nn.Module) -> bool:
     return not any(isinstance(m, nn.SyncBatchNorm) for m in module.modules())
 
 
-class _PerViewBatchNormFn(torch.autograd.Function):
-    """Training-mode batch norm of each of ``views`` equal batch chunks, written straight into
-    one output tensor (aten's ``native_batch_norm.out``; the input gradient likewise), so
-    neither pass needs a ``cat``. Running buffers are updated in place once per chunk, in order."""
+def has_batchnorm(module: nn.Module) -> bool:
+    """True when ``module`` holds a BatchNorm (whose statistics depend on the batch)."""
+    return any(isinstance(m, _BatchNorm) for m in module.modules())
+
+
+class _ChunkedBatchNormFn(torch.autograd.Function):
+    """Training-mode batch norm of each of ``len(momenta)`` equal batch chunks, written straight
+    into one output tensor (aten's ``native_batch_norm.out``; the input gradient likewise), so
+    neither pass needs a ``cat``. A chunk whose momentum is None leaves the running buffers
+    alone; the others update them in place, in chunk order."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momenta, eps, views):
+    def forward(ctx, x, weight, bias, running_mean, running_var, momenta, eps):
+        chunks = len(momenta)
         y = torch.empty_like(x)
-        stats = x.new_empty((2, views, x.shape[1]))
-        for i, (xi, yi) in enumerate(zip(x.chunk(views), y.chunk(views))):
-            torch.ops.aten.native_batch_norm.out(xi, weight, bias, running_mean, running_var, True, momenta[i], eps,
+        stats = x.new_empty((2, chunks, x.shape[1]))
+        for i, (xi, yi) in enumerate(zip(x.chunk(chunks), y.chunk(chunks))):
+            update = momenta[i] is not None
+            torch.ops.aten.native_batch_norm.out(xi, weight, bias, running_mean if update else None,
+                                                 running_var if update else None, True,
+                                                 momenta[i] if update else 0.0, eps,
                                                  out=yi, save_mean=stats[0, i], save_invstd=stats[1, i])
         ctx.save_for_backward(x, weight, stats)
-        ctx.eps, ctx.views = eps, views
+        ctx.eps, ctx.chunks = eps, chunks
         return y
 
     @staticmethod
@@ -58,7 +81,8 @@ class _PerViewBatchNormFn(torch.autograd.Function):
         gw, gb = x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
         grad_w = torch.zeros_like(gw) if mask[1] else None
         grad_b = torch.zeros_like(gb) if mask[2] else None
-        for i, (gyi, xi, gxi) in enumerate(zip(grad_y.chunk(ctx.views), x.chunk(ctx.views), grad_x.chunk(ctx.views))):
+        n = ctx.chunks
+        for i, (gyi, xi, gxi) in enumerate(zip(grad_y.chunk(n), x.chunk(n), grad_x.chunk(n))):
             torch.ops.aten.native_batch_norm_backward.out(gyi, xi, weight, None, None, stats[0, i], stats[1, i], True,
                                                           ctx.eps, [True, mask[1], mask[2]], out0=gxi, out1=gw,
                                                           out2=gb)
@@ -67,38 +91,64 @@ class _PerViewBatchNormFn(torch.autograd.Function):
             if mask[2]:
                 grad_b += gb
         grad_x = grad_x if mask[0] else None
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
-def _split_forward(bn: _BatchNorm, views: int):
+def _momenta(bn: _BatchNorm, *, views: int, groups: int) -> List[Optional[float]]:
+    """Per chunk: the running-statistics momentum, or None for a chunk that does not update
+    them (groups 1..G-1). Counts ``num_batches_tracked`` once per updating chunk."""
+    momenta: List[Optional[float]] = []
+    for i in range(views * groups):
+        if i % groups or not bn.track_running_stats:
+            momenta.append(None)
+            continue
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average, as _BatchNorm.forward
+            momentum = 1.0 / float(bn.num_batches_tracked)
+        momenta.append(momentum)
+    return momenta
+
+
+def _split_forward(bn: _BatchNorm, views: int, groups: int):
+    chunks = views * groups
+
     def forward(x: Tensor) -> Tensor:
         if not bn.training:
             return type(bn).forward(bn, x)
-        if x.shape[0] % views:
-            raise ValueError(f"{type(bn).__name__}: batch {x.shape[0]} does not split into {views} equal views")
-        momenta = []
-        for _ in range(views):
-            momentum = 0.0 if bn.momentum is None else bn.momentum
-            if bn.track_running_stats:
-                bn.num_batches_tracked.add_(1)
-                if bn.momentum is None:  # cumulative moving average, as _BatchNorm.forward
-                    momentum = 1.0 / float(bn.num_batches_tracked)
-            momenta.append(momentum)
+        if x.shape[0] % chunks:
+            raise ValueError(f"{type(bn).__name__}: batch {x.shape[0]} does not split into {views} view(s) x "
+                             f"{groups} group(s) of equal size")
+        momenta = _momenta(bn, views=views, groups=groups)
         if x.device.type == "cpu" and x.dtype == torch.float32:
-            return _PerViewBatchNormFn.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, momenta,
-                                             bn.eps, views)
-        return torch.cat([F.batch_norm(chunk, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, m, bn.eps)
-                          for chunk, m in zip(x.chunk(views), momenta)])
+            return _ChunkedBatchNormFn.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, momenta, bn.eps)
+        return torch.cat([
+            F.batch_norm(chunk, bn.running_mean if m is not None else None,
+                         bn.running_var if m is not None else None, bn.weight, bn.bias, True,
+                         m if m is not None else 0.0, bn.eps)
+            for chunk, m in zip(x.chunk(chunks), momenta)])
     return forward
 
 
 @contextmanager
-def per_view_batchnorm(module: nn.Module, views: int = 2) -> Iterator[None]:
-    """Within the block, BatchNorm layers under ``module`` normalise each of ``views`` equal
-    batch chunks separately (training mode only; eval mode uses running statistics as always)."""
+def per_group_batchnorm(module: nn.Module, *, views: int = 1, groups: int = 1) -> Iterator[None]:
+    """Within the block, training-mode BatchNorm layers under ``module`` normalise each of the
+    ``views x groups`` equal batch chunks (view-major) separately and update their running
+    statistics from group 0 of each view (module docstring). Eval mode uses running statistics
+    as always. ``views = groups = 1`` leaves the layers as they are.
+
+    Raises ValueError for a SyncBatchNorm (its statistics span processes) when chunks > 1.
+    """
+    if views < 1 or groups < 1:
+        raise ValueError(f"views and groups must be >= 1, got {views} and {groups}")
     bns = [m for m in module.modules() if isinstance(m, _BatchNorm)]
+    if views * groups == 1 or not bns:
+        yield
+        return
+    if any(isinstance(m, nn.SyncBatchNorm) for m in bns):
+        raise ValueError("per-chunk BatchNorm cannot split a SyncBatchNorm, whose statistics span processes")
     for bn in bns:
-        bn.forward = _split_forward(bn, views)
+        bn.forward = _split_forward(bn, views, groups)
     try:
         yield
     finally:
