@@ -8,8 +8,10 @@
 #   $PYTHON -m torch.distributed.run --nnodes $NNODES --node_rank $NODE_RANK
 #       --nproc_per_node $NGPUS --master_addr $MASTER_ADDR --master_port $MASTER_PORT SCRIPT ARGS
 # Multi-node: run the same recipe on every node with NNODES/NODE_RANK/MASTER_ADDR set
-# (sh/slurm.sh does this under SLURM). --batch-size is the GLOBAL batch, so a recipe gives
-# the same run on any number of GPUs.
+# (sh/slurm.sh does this under SLURM). --batch-size is the GLOBAL batch and --device-batch the
+# original's per-GPU batch, so a recipe computes the original's per-GPU statistics on any number
+# of GPUs that divides it (docs/recipes.md#same-statistics-on-any-gpu-count); the launcher prints
+# the original's GPU count next to this run's.
 #
 # Environment:
 #   NGPUS        processes per node (default: visible CUDA GPUs -- the entries of
@@ -124,5 +126,23 @@ if is_true "${GPACO_PRINT_CMD:-}"; then
     exit 0
 fi
 
+# The original's GPU count next to this run's: --batch-size / --device-batch GPUs of the original,
+# each process here emulating (its share of the batch) / --device-batch of them.
+flag_value() {
+    local name="$1" prev="" a value=""
+    for a in ${ARGS[@]+"${ARGS[@]}"}; do
+        [ "$prev" = "$name" ] && value="$a"
+        prev="$a"
+    done
+    echo "$value"
+}
+BATCH="$(flag_value --batch-size)"
+DEVICE_BATCH="$(flag_value --device-batch)"
+if [[ "$BATCH" =~ ^[0-9]+$ && "$DEVICE_BATCH" =~ ^[1-9][0-9]*$ ]]; then
+    PROCS=$((NGPUS * NNODES))
+    echo "[launch] GPUs: the original ran $((BATCH / DEVICE_BATCH)) GPUs x $DEVICE_BATCH images (--batch-size $BATCH," \
+         "--device-batch $DEVICE_BATCH); this run: $PROCS process(es) x $((BATCH / PROCS)) images =" \
+         "$((BATCH / PROCS / DEVICE_BATCH)) virtual device(s) of $DEVICE_BATCH each"
+fi
 echo "[launch] $(printf '%q ' "${CMD[@]}")"
 exec "${CMD[@]}"

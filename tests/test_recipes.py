@@ -187,8 +187,9 @@ EXPECTED = {
     "sh/GPaCo/LT/ImageNetLT_train_X50_multitask.sh": dict(
         method="multitask", arch="resnext50_32x4d", lr=0.06, alpha=0.5, randaug_n=3, temperature=0.2, prior=True),
     "sh/GPaCo/LT/Inat_train_R152.sh": dict(
-        method="gpaco", arch="resnet152", lr=0.04, wd=1e-4, alpha=0.05, num_classes=8142, aug="randcls_sim",
-        norm="inat"),
+        method="gpaco", arch="resnet152", lr=0.08, batch_size=256, device_batch=32, wd=1e-4, alpha=0.05,
+        num_classes=8142, aug="randcls_sim", norm="inat"),
+    "sh/GPaCo/LT/Inat_train_R50.sh": dict(method="gpaco", lr=0.04, batch_size=128, device_batch=16),
     "sh/GPaCo/LT/PlacesLT_train_R152.sh": dict(
         method="gpaco", arch="resnet152", epochs=30, lr=0.02, alpha=0.02, warmup_epochs=5, amp="fp16",
         freeze="all_but_last_block", aug="sim_sim", num_classes=365),
@@ -196,7 +197,7 @@ EXPECTED = {
         method="gpaco", lr=0.08, batch_size=512, smoothing=0.1, prior=False, wd=1e-4, aug="randcls_randclsstack"),
     "sh/GPaCo/CIFAR/CIFAR100_train.sh": dict(
         method="gpaco", arch="resnet50_cifar", dataset="cifar100", imb_factor=1.0, alpha=0.01, temperature=0.07,
-        queue_size=1024, aug="sim_cifar_sim_cifar", prior=False, schedule="step_cifar"),
+        queue_size=1024, aug="sim_cifar_sim_cifar", prior=True, schedule="step_cifar", device_batch=128),
     "sh/GPaCo/CIFAR/CIFAR100_train_multitask.sh": dict(method="multitask", alpha=0.5, prior=False),
     "sh/PaCo/LT/CIFAR100_train_imb0.01.sh": dict(
         method="paco", arch="resnet32", dataset="cifar100", imb_factor=0.01, queue_size=1024, temperature=0.05,
@@ -216,6 +217,34 @@ EXPECTED = {
         randaug_m=12, amp="fp16"),
     "sh/PaCo/ImageNet/train_resnet50.sh": dict(batch_size=256, lr=0.04, wd=1e-4, prior=False, aug="randcls_sim"),
 }
+
+
+# The original's GPU count and per-GPU batch of every classification training recipe: its
+# --device-batch, and the "GPUs: the original ran N GPUs x M images" line of its header.
+TRAIN_RECIPES = [r for r in RECIPES if _uses_launcher(r) and '/launch.sh" tools/train.py' in (ROOT / r).read_text()]
+
+
+@pytest.mark.parametrize("recipe", TRAIN_RECIPES)
+def test_recipe_states_the_original_gpus_and_sets_device_batch(recipe):
+    """Every original ran with per-GPU statistics (BatchNorm, contrast set, mixup): the recipe
+    states its GPUs x per-GPU batch and passes that batch as --device-batch."""
+    import re
+
+    _, argv = print_argv(recipe, _env())
+    header = re.search(r"# GPUs: the original ran (\d+) GPUs? x (\d+) images", (ROOT / recipe).read_text())
+    assert header, f"{recipe}: no 'GPUs: the original ran N GPUs x M images' header line"
+    gpus, per_gpu = int(header.group(1)), int(header.group(2))
+    assert flag(argv, "--device-batch") == str(per_gpu), f"{recipe}: --device-batch is not {per_gpu}"
+    assert int(flag(argv, "--batch-size")) == gpus * per_gpu
+
+
+def test_launch_prints_the_original_gpu_count():
+    proc = subprocess.run(["bash", str(SH / "launch.sh"), "tools/train.py", "--batch-size", "128",
+                           "--device-batch", "16"], env=_env(NGPUS="2", PYTHON="true"), capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert ("[launch] GPUs: the original ran 8 GPUs x 16 images (--batch-size 128, --device-batch 16); this run: "
+            "2 process(es) x 64 images = 4 virtual device(s) of 16 each") in proc.stdout
 
 
 @pytest.mark.parametrize("recipe", sorted(EXPECTED))

@@ -3,8 +3,11 @@
 #
 # Paper row: multi-task CIFAR-100, ResNet-50: 79.1 top-1 (README "CIFAR Classification").
 # Original: GPaCo/LT/sh/CIFAR/CIFAR100_train_multitask.sh (G multitask_cifar.py);
-# batch 128 (GPU count not stated).
-# --batch-size is the GLOBAL batch: 128 on any GPU count; lr is not rescaled.
+# batch 128.
+# GPUs: the original ran 1 GPU x 128 images. --batch-size is the global batch (lr not rescaled);
+# --device-batch 128 computes BatchNorm and the in-batch contrast set over groups of 128 images
+# on any GPU count whose processes hold a multiple of 128
+# (docs/recipes.md#same-statistics-on-any-gpu-count).
 # Hyperparameters (docs/method.md#hyperparameters): balanced CIFAR-100 (--imb-factor 1.0), SupCon-style ResNet-50
 # (3x3 stem, no max-pool, feature 2048), 400 epochs, SGD lr 0.05 with the CIFAR step
 # schedule (warmup over epochs 0..10, x0.1 after 320 and 360), wd 5e-4, alpha 0.5,
@@ -26,7 +29,7 @@ OUTPUT_DIR="${OUTPUT_DIR:-runs/GPaCo/CIFAR/CIFAR100_train_multitask}"
 exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --method multitask --arch resnet50_cifar \
     --dataset cifar100 --data-root "$DATA_ROOT" --num-classes 100 --image-size 32 --norm cifar \
-    --epochs 400 --batch-size 128 --lr 0.05 --wd 5e-4 --schedule step_cifar --warmup-epochs 10 \
+    --epochs 400 --batch-size 128 --device-batch 128 --lr 0.05 --wd 5e-4 --schedule step_cifar --warmup-epochs 10 \
     --alpha 0.5 --temperature 0.07 --queue-size 1024 --proj-dim 128 --no-prior \
     --aug sim_cifar_sim_cifar \
     --imb-factor 1.0 \

@@ -5,7 +5,10 @@
 # ImageNet-R 41.1, ImageNet-S 30.9 are separate evaluations).
 # Original: GPaCo/LT/sh/ImageNet/train_resnet50.sh (G paco_imagenet.py); 8 GPUs (RTX 3090),
 # total batch 512.
-# --batch-size is the GLOBAL batch: 512 on any GPU count (NGPUS=8 -> 64/GPU); lr is not rescaled.
+# GPUs: the original ran 8 GPUs x 64 images. --batch-size is the global batch (lr not rescaled);
+# --device-batch 64 computes BatchNorm and the in-batch contrast set over groups of 64 images on
+# any GPU count whose processes hold a multiple of 64
+# (docs/recipes.md#same-statistics-on-any-gpu-count).
 # Hyperparameters (docs/method.md#hyperparameters): 400 epochs, SGD lr 0.08 (10 warmup + cosine), wd 1e-4,
 # alpha 0.05, beta = gamma = 1, T 0.2, K 8192, dim 128, NO prior, center label smoothing 0.1,
 # aug randcls_randclsstack (RandAugment n 2, m 10).
@@ -29,7 +32,7 @@ exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --method gpaco --arch resnet50 \
     --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$TEST_LIST" \
     --num-classes 1000 --image-size 224 --norm imagenet \
-    --epochs 400 --batch-size 512 --lr 0.08 --wd 1e-4 --schedule cosine --warmup-epochs 10 \
+    --epochs 400 --batch-size 512 --device-batch 64 --lr 0.08 --wd 1e-4 --schedule cosine --warmup-epochs 10 \
     --alpha 0.05 --beta 1.0 --gamma 1.0 --temperature 0.2 --queue-size 8192 --proj-dim 128 --no-prior --smoothing 0.1 \
     --aug randcls_randclsstack --randaug-n 2 --randaug-m 10 \
     --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto

@@ -9,6 +9,10 @@
 # alpha 0.01, beta = gamma = 1, T 0.07, K 1024, dim 128 (the driver's default), log-prior on,
 # aug regular_aug_cifar (the driver's imb != 1 views: AutoAugment+Cutout / SimCLR-CIFAR
 # with blur p 0.2), 32x32 images.
+# GPUs: the original ran 1 GPU x 128 images. --batch-size is the global batch (lr not rescaled);
+# --device-batch 128 computes BatchNorm and the in-batch contrast set over groups of 128 images
+# on any GPU count whose processes hold a multiple of 128
+# (docs/recipes.md#same-statistics-on-any-gpu-count).
 #
 # Data: DATA_ROOT holds cifar-100-python/{train,test,meta} (what torchvision's CIFAR100
 # download leaves; nothing is downloaded). The long-tailed subset is the original's
@@ -25,7 +29,7 @@ OUTPUT_DIR="${OUTPUT_DIR:-runs/GPaCo/LT/CIFAR100LT_train_imb0.02}"
 exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --method gpaco --arch resnet32 \
     --dataset cifar100 --data-root "$DATA_ROOT" --num-classes 100 --image-size 32 --norm cifar \
-    --epochs 400 --batch-size 128 --lr 0.05 --wd 5e-4 --schedule step_cifar --warmup-epochs 10 \
+    --epochs 400 --batch-size 128 --device-batch 128 --lr 0.05 --wd 5e-4 --schedule step_cifar --warmup-epochs 10 \
     --alpha 0.01 --beta 1.0 --gamma 1.0 --temperature 0.07 --queue-size 1024 --proj-dim 128 --prior --smoothing 0.0 \
     --aug regular_aug_cifar \
     --imb-factor 0.02 \

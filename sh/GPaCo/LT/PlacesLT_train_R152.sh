@@ -6,11 +6,12 @@
 # released (9 args to the 8-arg GPaCo model, missing dataset module; see
 # docs/method.md#differences-from-the-original-code); this one runs
 # with the script's intended settings. Total batch 128.
-# GPU count not stated by the original (the driver splits the total batch over the
-# node's GPUs; PaCo used 4).
-# --batch-size is the GLOBAL batch: 128 on any GPU count (NGPUS=4 -> 32/GPU); lr is not rescaled.
 # Fine-tunes torchvision's ImageNet ResNet-152 (PRETRAINED, resnet152-394f9c45.pth, a local
 # file: nothing is downloaded) with every conv frozen except the last bottleneck.
+# GPUs: the original ran 4 GPUs x 32 images. --batch-size is the global batch (lr not rescaled);
+# --device-batch 32 computes BatchNorm and the in-batch contrast set over groups of 32 images on
+# any GPU count whose processes hold a multiple of 32
+# (docs/recipes.md#same-statistics-on-any-gpu-count).
 # Hyperparameters (docs/method.md#hyperparameters): 30 epochs, SGD lr 0.02 (5 warmup + cosine), wd 5e-4, fp16
 # autocast, alpha 0.02, beta = gamma = 1, T 0.2, K 8192, dim 128, log-prior on, 365 classes,
 # aug sim_sim.
@@ -35,7 +36,7 @@ exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --method gpaco --arch resnet152 \
     --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$TEST_LIST" \
     --num-classes 365 --image-size 224 --norm imagenet \
-    --epochs 30 --batch-size 128 --lr 0.02 --wd 5e-4 --schedule cosine --warmup-epochs 5 \
+    --epochs 30 --batch-size 128 --device-batch 32 --lr 0.02 --wd 5e-4 --schedule cosine --warmup-epochs 5 \
     --alpha 0.02 --beta 1.0 --gamma 1.0 --temperature 0.2 --queue-size 8192 --proj-dim 128 --prior --smoothing 0.0 \
     --aug sim_sim \
     --amp fp16 ${PRETRAINED:+--pretrained "$PRETRAINED"} --freeze all_but_last_block \

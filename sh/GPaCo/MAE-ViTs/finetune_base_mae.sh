@@ -5,6 +5,9 @@
 # Original: GPaCo/MAE-ViTs/sh/finetune_base_mae.sh (MAE main_finetune.py).
 # Effective batch 1024 = --batch-size 256 (GLOBAL micro-batch, any GPU count: NGPUS=8 -> 32/GPU,
 # as the original's 8 GPUs x 32) x --accum-iter 4; lr = blr x 1024 / 256 = 2e-3.
+# GPUs: the original ran 8 GPUs x 32 images. --batch-size is the global batch (lr not rescaled);
+# --device-batch 32 computes mixup/cutmix pairing over groups of 32 images on any GPU count
+# whose processes hold a multiple of 32 (docs/recipes.md#same-statistics-on-any-gpu-count).
 # Hyperparameters (docs/method.md#hyperparameters): 100 epochs, AdamW (no wd on biases/norms/pos+cls tokens), blr 5e-4,
 # layer decay 0.65, wd 0.05, per-iteration cosine (5 warmup epochs, min lr 1e-6), drop path 0.1,
 # fp16 autocast; timm RandAugment rand-m9-mstd0.5-inc1 (bicubic), mixup 0.8, cutmix 1.0, label
@@ -37,7 +40,7 @@ exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --num-classes 1000 --image-size 224 --resize-size 256 --interpolation bicubic --norm imagenet \
     --method ce --label-smoothing 0.1 --mixup 0.8 --cutmix 1.0 --reprob 0.25 --remode pixel --recount 1 \
     --aug timm_randaug --randaug-n 2 --randaug-m 9 \
-    --epochs 100 --batch-size 256 --accum-iter 4 --optimizer adamw --blr 5e-4 --layer-decay 0.65 --wd 0.05 \
+    --epochs 100 --batch-size 256 --device-batch 32 --accum-iter 4 --optimizer adamw --blr 5e-4 --layer-decay 0.65 --wd 0.05 \
     --schedule mae_cosine --warmup-epochs 5 --min-lr 1e-6 --drop-path 0.1 \
     --amp fp16 ${PRETRAINED:+--finetune "$PRETRAINED"} \
     --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto

@@ -5,6 +5,10 @@
 # Original: GPaCo/MAE-ViTs/sh/finetune_base_mae_singleview.sh (main_finetune_singleview.py).
 # Effective batch 1024 = --batch-size 256 (GLOBAL micro-batch, any GPU count: NGPUS=8 -> 32/GPU,
 # as the original's 8 GPUs x 32) x --accum-iter 4; lr = blr x 1024 / 256 = 2e-3.
+# GPUs: the original ran 8 GPUs x 32 images. --batch-size is the global batch (lr not rescaled);
+# --device-batch 32 computes the in-batch contrast set (ViTs have no BatchNorm) over groups of
+# 32 images on any GPU count whose processes hold a multiple of 32
+# (docs/recipes.md#same-statistics-on-any-gpu-count).
 # Hyperparameters (docs/method.md#hyperparameters): as finetune_base_mae_gpaco.sh with ONE view (randclsstack,
 # RandAugment n 12 m 10): features cat(q, queue), B anchors, q enqueued.
 # Starts from the MAE self-supervised pre-training checkpoint PRETRAINED ({'model': ...}, a
@@ -36,7 +40,7 @@ exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --method gpaco --single-view --alpha 0.2 --beta 1.0 --gamma 1.0 --temperature 0.2 --smoothing 0.1 --no-prior \
     --queue-size 8192 --proj-dim 128 --proj-act gelu \
     --aug randclsstack --randaug-n 12 --randaug-m 10 --mixup 0 --cutmix 0 --reprob 0 \
-    --epochs 100 --batch-size 256 --accum-iter 4 --optimizer adamw --blr 5e-4 --layer-decay 0.65 --wd 0.05 \
+    --epochs 100 --batch-size 256 --device-batch 32 --accum-iter 4 --optimizer adamw --blr 5e-4 --layer-decay 0.65 --wd 0.05 \
     --schedule mae_cosine --warmup-epochs 5 --min-lr 1e-6 --drop-path 0.1 \
     --amp fp16 ${PRETRAINED:+--finetune "$PRETRAINED"} \
     --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto

@@ -5,6 +5,9 @@
 # Original: GPaCo/MAE-ViTs/sh/finetune_large_mae.sh (MAE main_finetune.py).
 # Effective batch 1024 = --batch-size 128 (GLOBAL micro-batch: NGPUS=8 -> 16/GPU, as the
 # original's 8 GPUs x 16) x --accum-iter 8; lr = blr x 1024 / 256 = 4e-3.
+# GPUs: the original ran 8 GPUs x 16 images. --batch-size is the global batch (lr not rescaled);
+# --device-batch 16 computes mixup/cutmix pairing over groups of 16 images on any GPU count
+# whose processes hold a multiple of 16 (docs/recipes.md#same-statistics-on-any-gpu-count).
 # Hyperparameters (docs/method.md#hyperparameters): 50 epochs, AdamW, blr 1e-3, layer decay 0.75, wd 0.05,
 # per-iteration cosine (5 warmup, min lr 1e-6), drop path 0.2, fp16; timm RandAugment
 # rand-m9-mstd0.5-inc1, mixup 0.8, cutmix 1.0, label smoothing 0.1, random erasing 0.25.
@@ -36,7 +39,7 @@ exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --num-classes 1000 --image-size 224 --resize-size 256 --interpolation bicubic --norm imagenet \
     --method ce --label-smoothing 0.1 --mixup 0.8 --cutmix 1.0 --reprob 0.25 --remode pixel --recount 1 \
     --aug timm_randaug --randaug-n 2 --randaug-m 9 \
-    --epochs 50 --batch-size 128 --accum-iter 8 --optimizer adamw --blr 1e-3 --layer-decay 0.75 --wd 0.05 \
+    --epochs 50 --batch-size 128 --device-batch 16 --accum-iter 8 --optimizer adamw --blr 1e-3 --layer-decay 0.75 --wd 0.05 \
     --schedule mae_cosine --warmup-epochs 5 --min-lr 1e-6 --drop-path 0.2 \
     --amp fp16 ${PRETRAINED:+--finetune "$PRETRAINED"} \
     --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto

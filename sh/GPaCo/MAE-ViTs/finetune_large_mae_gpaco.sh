@@ -5,6 +5,10 @@
 # Original: GPaCo/MAE-ViTs/sh/finetune_large_mae_gpaco.sh (main_finetune_gpaco.py).
 # Effective batch 1024 = --batch-size 128 (GLOBAL micro-batch: NGPUS=8 -> 16/GPU, as the
 # original's 8 GPUs x 16) x --accum-iter 8; lr = blr x 1024 / 256 = 4e-3.
+# GPUs: the original ran 8 GPUs x 16 images. --batch-size is the global batch (lr not rescaled);
+# --device-batch 16 computes the in-batch contrast set (ViTs have no BatchNorm) over groups of
+# 16 images on any GPU count whose processes hold a multiple of 16
+# (docs/recipes.md#same-statistics-on-any-gpu-count).
 # Hyperparameters (docs/method.md#hyperparameters): 50 epochs, AdamW, blr 1e-3, layer decay 0.75, wd 0.05,
 # per-iteration cosine (5 warmup, min lr 1e-6), drop path 0.2, fp16; GPaCo alpha 0.2, T 0.2,
 # center smoothing 0.1, no prior, K 8192; views (randclsstack, sim), RandAugment n 12 m 10.
@@ -37,7 +41,7 @@ exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --method gpaco --alpha 0.2 --beta 1.0 --gamma 1.0 --temperature 0.2 --smoothing 0.1 --no-prior \
     --queue-size 8192 --proj-dim 128 --proj-act gelu \
     --aug randclsstack_sim --randaug-n 12 --randaug-m 10 --mixup 0 --cutmix 0 --reprob 0 \
-    --epochs 50 --batch-size 128 --accum-iter 8 --optimizer adamw --blr 1e-3 --layer-decay 0.75 --wd 0.05 \
+    --epochs 50 --batch-size 128 --device-batch 16 --accum-iter 8 --optimizer adamw --blr 1e-3 --layer-decay 0.75 --wd 0.05 \
     --schedule mae_cosine --warmup-epochs 5 --min-lr 1e-6 --drop-path 0.2 \
     --amp fp16 ${PRETRAINED:+--finetune "$PRETRAINED"} \
     --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto

@@ -5,7 +5,10 @@
 # Original: PaCo/Full-ImageNet/sh/train_resnet200.sh (paco_imagenet.py); 4 GPUs, total batch 256.
 # The original script is broken (a trailing space after `--arch resnet200 \` ends the
 # command); this one runs with the intended flags, fp16 autocast included.
-# --batch-size is the GLOBAL batch: 256 on any GPU count (NGPUS=4 -> 64/GPU); lr is not rescaled.
+# GPUs: the original ran 4 GPUs x 64 images. --batch-size is the global batch (lr not rescaled);
+# --device-batch 64 computes BatchNorm, shuffle-BN and the in-batch contrast set over groups of
+# 64 images on any GPU count whose processes hold a multiple of 64
+# (docs/recipes.md#same-statistics-on-any-gpu-count).
 # Hyperparameters (docs/method.md#hyperparameters): 400 epochs, SGD lr 0.04 (10 warmup + cosine), wd 1e-4,
 # alpha 0.05, beta = gamma = 1, T 0.2, K 8192, dim 128, m 0.999, NO prior (balanced data),
 # aug randclsstack_sim (RandAugment n 3, m 12), fp16 autocast.
@@ -29,7 +32,7 @@ exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --method paco --arch resnet200 \
     --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$TEST_LIST" \
     --num-classes 1000 --image-size 224 --norm imagenet \
-    --epochs 400 --batch-size 256 --lr 0.04 --wd 1e-4 --schedule cosine --warmup-epochs 10 \
+    --epochs 400 --batch-size 256 --device-batch 64 --lr 0.04 --wd 1e-4 --schedule cosine --warmup-epochs 10 \
     --alpha 0.05 --beta 1.0 --gamma 1.0 --temperature 0.2 --queue-size 8192 --proj-dim 128 --momentum-encoder 0.999 --no-prior \
     --aug randclsstack_sim --randaug-n 3 --randaug-m 12 \
     --amp fp16 \

@@ -3,7 +3,10 @@
 #
 # Paper row: PaCo iNaturalist 2018, ResNet-50: 73.2 top-1 (README table).
 # Original: PaCo/LT/sh/Inat_train_R50.sh (paco_lt.py --dataset inat); 4 GPUs, total batch 128.
-# --batch-size is the GLOBAL batch: 128 on any GPU count (NGPUS=4 -> 32/GPU); lr is not rescaled.
+# GPUs: the original ran 4 GPUs x 32 images. --batch-size is the global batch (lr not rescaled);
+# --device-batch 32 computes BatchNorm, shuffle-BN and the in-batch contrast set over groups of
+# 32 images on any GPU count whose processes hold a multiple of 32
+# (docs/recipes.md#same-statistics-on-any-gpu-count).
 # Hyperparameters (docs/method.md#hyperparameters): 400 epochs, SGD lr 0.02 (10 warmup + cosine), wd 1e-4,
 # alpha 0.05, beta = gamma = 1, T 0.2, K 8192, dim 128, m 0.999, log-prior on, 8142 classes,
 # aug randcls_sim (RandAugment n 2, m 10), iNat normalisation.
@@ -27,7 +30,7 @@ exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --method paco --arch resnet50 \
     --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$TEST_LIST" \
     --num-classes 8142 --image-size 224 --norm inat \
-    --epochs 400 --batch-size 128 --lr 0.02 --wd 1e-4 --schedule cosine --warmup-epochs 10 \
+    --epochs 400 --batch-size 128 --device-batch 32 --lr 0.02 --wd 1e-4 --schedule cosine --warmup-epochs 10 \
     --alpha 0.05 --beta 1.0 --gamma 1.0 --temperature 0.2 --queue-size 8192 --proj-dim 128 --momentum-encoder 0.999 --prior \
     --aug randcls_sim --randaug-n 2 --randaug-m 10 \
     --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto

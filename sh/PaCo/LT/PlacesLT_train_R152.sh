@@ -3,10 +3,13 @@
 #
 # Paper row: PaCo Places-LT, ResNet-152: 41.2 top-1 (README table; on Places_LT_val).
 # Original: PaCo/LT/sh/PlacesLT_train_R152.sh (paco_fp16_places.py); 4 GPUs, total batch 128.
-# --batch-size is the GLOBAL batch: 128 on any GPU count (NGPUS=4 -> 32/GPU); lr is not rescaled.
 # Fine-tunes torchvision's ImageNet ResNet-152 (PRETRAINED, resnet152-394f9c45.pth, a local
 # file: nothing is downloaded) with every conv frozen except the last bottleneck
 # (--freeze all_but_last_block; BN affines, projection and classifier train).
+# GPUs: the original ran 4 GPUs x 32 images. --batch-size is the global batch (lr not rescaled);
+# --device-batch 32 computes BatchNorm, shuffle-BN and the in-batch contrast set over groups of
+# 32 images on any GPU count whose processes hold a multiple of 32
+# (docs/recipes.md#same-statistics-on-any-gpu-count).
 # Hyperparameters (docs/method.md#hyperparameters): 30 epochs, SGD lr 0.02 (5 warmup + cosine), wd 5e-4, fp16
 # autocast, alpha 0.05, beta = gamma = 1, T 0.2, K 8192, dim 128, m 0.999, log-prior on,
 # 365 classes, aug sim_sim.
@@ -31,7 +34,7 @@ exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --method paco --arch resnet152 \
     --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$TEST_LIST" \
     --num-classes 365 --image-size 224 --norm imagenet \
-    --epochs 30 --batch-size 128 --lr 0.02 --wd 5e-4 --schedule cosine --warmup-epochs 5 \
+    --epochs 30 --batch-size 128 --device-batch 32 --lr 0.02 --wd 5e-4 --schedule cosine --warmup-epochs 5 \
     --alpha 0.05 --beta 1.0 --gamma 1.0 --temperature 0.2 --queue-size 8192 --proj-dim 128 --momentum-encoder 0.999 --prior \
     --aug sim_sim \
     --amp fp16 ${PRETRAINED:+--pretrained "$PRETRAINED"} --freeze all_but_last_block \
