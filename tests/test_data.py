@@ -133,11 +133,40 @@ def test_split_dataset_reads_rgb(tmp_path):
     mean, std = NORMALIZATION["imagenet"]
     ev = SplitDataset(lst, tmp_path, build_eval_transform(16, mean=mean, std=std), num_classes=5)
     assert ev.num_classes == 5 and ev.class_counts == [2, 2, 0, 0, 0]
-    x, _ = ev[0]  # JPEG: decoded through draft()
+    x, _ = ev[0]  # JPEG
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32
     two = SplitDataset(lst, tmp_path, build_train_transform("sim_sim", image_size=16, mean=mean, std=std))
     views, _ = two[2]
     assert len(views) == 2 and all(v.shape == (3, 16, 16) for v in views)
+
+
+def test_eval_decodes_jpegs_in_full_unless_reduced_decode_is_asked(tmp_path):
+    """By default an evaluation JPEG is decoded in full, then resized and cropped: exactly the
+    transform applied to PIL's full decode. --reduced-jpeg-decode (reduced_decode) lets libjpeg
+    decode at a fraction of the size first, which changes the pixels."""
+    from gpaco.classification.args import eval_data_kwargs
+    from gpaco.classification.evaluate import build_eval_parser
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    smooth = np.kron(rng.integers(0, 256, (60, 80, 3)), np.ones((10, 10, 1))).astype(np.uint8)  # 600x800
+    Image.fromarray(smooth).save(tmp_path / "img/big.jpg", quality=95)
+    lst = write(tmp_path / "list.txt", "img/big.jpg 0\n")
+    mean, std = NORMALIZATION["imagenet"]
+    with Image.open(tmp_path / "img/big.jpg") as img:
+        full = img.convert("RGB")
+    full_decode = build_eval_transform(64, mean=mean, std=std)
+    x, _ = SplitDataset(lst, tmp_path, full_decode)[0]
+    assert torch.equal(x, full_decode(full))
+    reduced = build_eval_transform(64, mean=mean, std=std, reduced_decode=True)
+    y, _ = SplitDataset(lst, tmp_path, reduced)[0]
+    assert y.shape == x.shape and (y - x).abs().max() > 0.01  # other pixels: 1/8-size decode (600 -> 75 >= 73)
+
+    parser = build_eval_parser()
+    assert "CHANGES THE PIXELS" in " ".join(parser.format_help().split())
+    for argv, expected in (([], False), (["--reduced-jpeg-decode"], True)):
+        args = parser.parse_args(["--checkpoint", "x.pth", *argv])
+        assert eval_data_kwargs(args, num_classes=2)["reduced_decode"] is expected
 
 
 def _with_bad_files(tmp_path):

@@ -99,7 +99,8 @@ def test_cutout_zeroes_a_clipped_square():
 def test_eval_transform_deterministic_and_shapes():
     img = _image(300, 260)
     t = build_eval_transform(224, mean=MEAN, std=STD)
-    assert t.draft_size == 256 and t.num_views == 1
+    assert t.draft_size is None and t.num_views == 1  # full decode unless asked
+    assert build_eval_transform(224, mean=MEAN, std=STD, reduced_decode=True).draft_size == 256
     a, b = t(img), t(img)
     assert a.shape == (3, 224, 224) and torch.equal(a, b)
     bicubic = build_eval_transform(224, mean=MEAN, std=STD, interpolation="bicubic")(img)

@@ -31,7 +31,7 @@ def eval_data_kwargs(args: argparse.Namespace, *, num_classes: int, synthetic: b
     return dict(dataset=args.dataset, data_root=args.data_root, num_classes=num_classes, image_size=args.image_size,
                 norm=args.norm, resize_size=args.resize_size, interpolation=args.interpolation,
                 allow_outside_root=args.allow_outside_root, skip_bad_images=args.skip_bad_images,
-                synthetic=synthetic)
+                synthetic=synthetic, reduced_decode=args.reduced_jpeg_decode)
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -52,6 +52,11 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
                    help="normalisation statistics")
     g.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic"),
                    help="resize interpolation of the evaluation transform (ResNets: bilinear; MAE ViTs: bicubic)")
+    g.add_argument("--reduced-jpeg-decode", action="store_true",
+                   help="evaluation only: decode JPEGs at 1/2, 1/4 or 1/8 size (libjpeg draft, both sides kept "
+                        ">= the resize) before the evaluation resize. Several times faster on large images, but "
+                        "it CHANGES THE PIXELS (another downsampling filter), so accuracies can differ from the "
+                        "standard full decode that published numbers use. Default: full decode")
     g.add_argument("--workers", "-j", type=int, default=4, help="data loader workers per process")
     g.add_argument("--allow-outside-root", action="store_true",
                    help="accept split lines whose paths leave --data-root (absolute or '..')")

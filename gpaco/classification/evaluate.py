@@ -287,7 +287,8 @@ class EvalContext:
 
         mean, std = NORMALIZATION[self.args.norm]
         return build_eval_transform(self.args.image_size, resize_size=self.args.resize_size, mean=mean, std=std,
-                                    interpolation=self.args.interpolation)
+                                    interpolation=self.args.interpolation,
+                                    reduced_decode=self.args.reduced_jpeg_decode)
 
     def root(self, flag: str) -> Optional[str]:
         """The folder a robustness flag names; None (skipped, said so) when absent in a dry run."""

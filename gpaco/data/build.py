@@ -81,11 +81,12 @@ def build_train_dataset(*, dataset: str, data_root: str, train_list: Optional[st
 def build_eval_dataset(list_path: Optional[str], *, dataset: str, data_root: str, num_classes: int, image_size: int,
                        norm: str, resize_size: Optional[int] = None, interpolation: str = "bilinear",
                        allow_outside_root: bool = False, skip_bad_images: bool = False,
-                       synthetic: bool = False) -> Optional[Dataset]:
-    """The val/test split (None if ``list_path`` is not given); CIFAR's test set for the CIFAR datasets."""
+                       synthetic: bool = False, reduced_decode: bool = False) -> Optional[Dataset]:
+    """The val/test split (None if ``list_path`` is not given); CIFAR's test set for the CIFAR datasets.
+    ``reduced_decode``: JPEGs decoded at reduced size (changes pixels; default full decode)."""
     mean, std = NORMALIZATION[norm]
     transform = build_eval_transform(image_size, resize_size=resize_size, mean=mean, std=std,
-                                     interpolation=interpolation)
+                                     interpolation=interpolation, reduced_decode=reduced_decode)
     if synthetic:
         return SyntheticDataset(16, num_classes, image_size, transform, seed=1)
     if is_cifar(dataset):

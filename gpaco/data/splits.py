@@ -257,12 +257,12 @@ class SplitDataset(Dataset):
     def load_image(self, index: int) -> Image.Image:
         """Decode sample ``index`` as an RGB PIL image; :class:`DataError` if unreadable."""
         path = self.samples[index][0]
-        # Eval transforms expose draft_size (their Resize target). For JPEGs, draft() lets
-        # libjpeg decode at 1/2, 1/4 or 1/8 scale while keeping both sides >= draft_size,
-        # so the following Resize only sees a smaller input: several times faster on
-        # large images, pixel values differ slightly from a full decode (different
-        # downsampling filter). Train transforms expose none: a small random crop
-        # upscaled to full size would lose detail.
+        # An eval transform built with reduced_decode (--reduced-jpeg-decode) exposes
+        # draft_size (its Resize target). For JPEGs, draft() lets libjpeg decode at 1/2, 1/4
+        # or 1/8 scale while keeping both sides >= draft_size, so the following Resize only
+        # sees a smaller input: several times faster on large images, but the pixels differ
+        # from the standard full decode (another downsampling filter). By default no
+        # transform exposes one: every image is decoded in full.
         draft = getattr(self.transform, "draft_size", None)
         try:
             with open(path, "rb") as f:

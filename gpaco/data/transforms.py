@@ -482,13 +482,16 @@ def build_eval_transform(
     mean: Sequence[float],
     std: Sequence[float],
     interpolation: str = "bilinear",
+    reduced_decode: bool = False,
 ) -> Pipeline:
     """Deterministic eval transform: Resize(shorter side) > CenterCrop > ToTensor > Normalize.
 
     ``resize_size`` defaults to ``int(image_size / 0.875)`` (256 for 224). CIFAR-sized
     (``image_size <= 32`` and ``resize_size == image_size``): ToTensor > Normalize only
     for SxS input, as the original; other inputs are first resized and center-cropped to S. ``interpolation``: bilinear (ResNets) or bicubic
-    (the MAE ViTs). Exposes ``draft_size = resize_size`` for fast JPEG decoding.
+    (the MAE ViTs). ``reduced_decode=True`` exposes ``draft_size = resize_size``: a JPEG is
+    then decoded at reduced size (faster, different pixels; :class:`~gpaco.data.splits.SplitDataset`);
+    by default images are decoded in full, as every other evaluation does.
     """
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}")
@@ -506,4 +509,4 @@ def build_eval_transform(
         T.ToTensor(),
         T.Normalize(mean, std),
     ]
-    return Pipeline(ops, image_size, draft_size=resize_size)
+    return Pipeline(ops, image_size, draft_size=resize_size if reduced_decode else None)
