@@ -71,6 +71,7 @@ def main(out_file: str, device_batch: str) -> None:
         result[name] = rec
     if rank == 0:
         torch.save(result, out_file)
+    gdist.barrier()  # no rank tears the group down while another still uses it
     gdist.cleanup()
 
 
