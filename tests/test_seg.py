@@ -602,3 +602,32 @@ def test_convert_checkpoint_tool_reads_mmseg_layout(tmp_path):
     assert "mmseg gpaco r18, 19 classes" in proc.stdout
     ours = load_checkpoint(tmp_path / "ours.pth")
     assert ours["arch"] == "r18" and ours["method"] == "gpaco" and set(ours["model"]) == set(own)
+
+
+def test_lovasz_softmax_hand_computed():
+    from gpaco.losses.lovasz import lovasz_grad, lovasz_softmax
+
+    # 2 pixels, labels [0, 1], probabilities [0.8, 0.2] and [0.3, 0.7].
+    # class 0: errors sorted [0.3 (pixel 1, bg), 0.2 (pixel 0, fg)], gt [0, 1]: Jaccard along the
+    #   order 1 - [1/2, 0/2] = [0.5, 1.0] -> gradient [0.5, 0.5] -> 0.3*0.5 + 0.2*0.5 = 0.25
+    # class 1: errors sorted [0.3 (pixel 1, fg), 0.2 (pixel 0, bg)], gt [1, 0]: Jaccard [1, 1]
+    #   -> gradient [1, 0] -> 0.3;   mean over the two present classes: 0.275
+    assert torch.allclose(lovasz_grad(torch.tensor([0.0, 1.0])), torch.tensor([0.5, 0.5]))
+    probs = torch.tensor([[0.8, 0.2], [0.3, 0.7]])
+    logits = probs.log().T.reshape(1, 2, 1, 2)
+    labels = torch.tensor([[[0, 1]]])
+    assert lovasz_softmax(logits, labels).item() == pytest.approx(0.275, abs=1e-6)
+    # an ignored pixel changes nothing; a perfect prediction costs 0
+    logits3 = torch.cat([logits, torch.zeros(1, 2, 1, 1)], dim=3)
+    assert lovasz_softmax(logits3, torch.tensor([[[0, 1, 255]]])).item() == pytest.approx(0.275, abs=1e-6)
+    sure = torch.tensor([[[[20.0, -20.0]], [[-20.0, 20.0]]]])
+    assert lovasz_softmax(sure, labels).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_segmentation_loss_adds_lovasz_term():
+    torch.manual_seed(0)
+    out = {"logits": torch.randn(2, 3, 4, 4), "padded_size": (8, 8)}
+    labels = torch.randint(0, 3, (2, 8, 8))
+    base, _ = SegmentationLoss(3, paco=False, aux_weight=0)(out, labels)
+    total, parts = SegmentationLoss(3, paco=False, aux_weight=0, lovasz_weight=1.0)(out, labels)
+    assert set(parts) == {"ce", "lovasz"} and total.item() == pytest.approx(base.item() + parts["lovasz"].item())
