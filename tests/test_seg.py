@@ -226,6 +226,10 @@ def test_adamw_groups_exclude_norms_and_relative_position_tables():
     assert opt.param_groups[1]["weight_decay"] == 0.0 and opt.param_groups[0]["weight_decay"] == 0.01
     assert any("relative_position_bias_table" in n for n in names) and any("norm1" in n for n in names)
     assert all(any(k in n for k in ("relative_position_bias_table", "norm")) for n in names)
+    # only normalisation parameters (and the relative position tables): no conv weight of the heads
+    assert all(p.ndim == 1 for n, p in model.named_parameters() if id(p) in no_decay
+               and "relative_position_bias_table" not in n)
+    assert not any(n.startswith(("decoder.", "aux_head.", "cls_seg.")) for n in names)
     assert isinstance(opt, torch.optim.AdamW)
     sgd = build_seg_optimizer(model, name="sgd", lr=0.01, wd=5e-4)
     assert len(sgd.param_groups) == 1
@@ -268,9 +272,142 @@ def test_model_output_shapes(arch):
 
 def test_r18_uses_original_skip_width_and_channels():
     model = SegModel("r18", 19)
-    assert model.decoder.block1[0].out_channels == 12
+    assert model.decoder.c1_bottleneck.conv.in_channels == 64 and model.decoder.c1_bottleneck.conv.out_channels == 12
     assert model.cls_seg[1].in_channels == 128
-    assert model.aux_head[0][0].in_channels == 256 and model.aux_head[0][0].out_channels == 64
+    assert model.aux_head.convs[0].conv.in_channels == 256 and model.aux_head.convs[0].conv.out_channels == 64
+
+
+# Parameter counts of mmseg 0.x's EncoderDecoder for deeplabv3plus_r{18,50,101}-d8, by hand from
+# its module definitions: mmcv ConvModule = conv without bias + BN (2 per channel);
+# DepthwiseSeparableConvModule = depthwise ConvModule + pointwise ConvModule; ResNetV1c = deep
+# stem 3->32->32->64, BasicBlock / Bottleneck with a 1x1 conv + BN shortcut on each stage's
+# first block (BasicBlock stage 1: none); DepthwiseSeparableASPPHead = image_pool 1x1, a 1x1
+# and three separable 3x3 ASPP branches, a dense 3x3 bottleneck over 5 x channels, the 1x1
+# c1_bottleneck, two separable 3x3 sep_bottlenecks, conv_seg (with bias); FCNHead = one 3x3
+# ConvModule + conv_seg.
+def _mmseg_deeplabv3plus_params(depth: int, num_classes: int) -> int:
+    def conv(cin, cout, k, groups=1):
+        return cin // groups * cout * k * k + 2 * cout
+
+    def sep(cin, cout):
+        return conv(cin, cin, 3, cin) + conv(cin, cout, 1)
+
+    total = conv(3, 32, 3) + conv(32, 32, 3) + conv(32, 64, 3)
+    cin = 64
+    blocks = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
+    for i, n in enumerate(blocks):
+        p = 64 * 2 ** i
+        for b in range(n):
+            if depth == 18:
+                total += conv(cin, p, 3) + conv(p, p, 3) + (conv(cin, p, 1) if b == 0 and cin != p else 0)
+                cin = p
+            else:
+                total += conv(cin, p, 1) + conv(p, p, 3) + conv(p, 4 * p, 1) + (conv(cin, 4 * p, 1) if b == 0 else 0)
+                cin = 4 * p
+    top, c1_in, ch, c1, aux_in, aux_ch = ((512, 64, 128, 12, 256, 64) if depth == 18 else
+                                          (2048, 256, 512, 48, 1024, 256))
+    total += conv(top, ch, 1) + conv(top, ch, 1) + 3 * sep(top, ch) + conv(5 * ch, ch, 3) + conv(c1_in, c1, 1)
+    total += sep(ch + c1, ch) + sep(ch, ch) + ch * num_classes + num_classes
+    total += conv(aux_in, aux_ch, 3) + aux_ch * num_classes + num_classes
+    return total
+
+
+@pytest.mark.parametrize("arch,depth,expected", [("r18", 18, 12_468_962), ("r50", 50, 43_589_878),
+                                                 ("r101", 101, 62_582_006)])
+def test_deeplabv3plus_parameter_count_equals_mmseg(arch, depth, expected):
+    assert _mmseg_deeplabv3plus_params(depth, 19) == expected
+    model = SegModel(arch, 19)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def _mmseg_key_list(depth: int) -> list:
+    """The state-dict keys of mmseg's deeplabv3plus_r{depth}-d8 EncoderDecoder (+ the original's
+    GPaCo ``decode_head.mlp`` branch), written out from mmseg's module names."""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    keys = []
+
+    def conv_module(prefix):
+        keys.append(f"{prefix}.conv.weight")
+        keys.extend(f"{prefix}.bn.{b}" for b in bn)
+
+    for i in (0, 3, 6):
+        keys.append(f"backbone.stem.{i}.weight")
+        keys.extend(f"backbone.stem.{i + 1}.{b}" for b in bn)
+    blocks = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
+    for s, n in enumerate(blocks):
+        for b in range(n):
+            convs = 2 if depth == 18 else 3
+            for c in range(1, convs + 1):
+                keys.append(f"backbone.layer{s + 1}.{b}.conv{c}.weight")
+                keys.extend(f"backbone.layer{s + 1}.{b}.bn{c}.{x}" for x in bn)
+            if b == 0 and not (depth == 18 and s == 0):
+                keys.append(f"backbone.layer{s + 1}.0.downsample.0.weight")
+                keys.extend(f"backbone.layer{s + 1}.0.downsample.1.{x}" for x in bn)
+    conv_module("decode_head.image_pool.1")
+    conv_module("decode_head.aspp_modules.0")
+    for i in (1, 2, 3):
+        conv_module(f"decode_head.aspp_modules.{i}.depthwise_conv")
+        conv_module(f"decode_head.aspp_modules.{i}.pointwise_conv")
+    conv_module("decode_head.bottleneck")
+    conv_module("decode_head.c1_bottleneck")
+    for i in (0, 1):
+        conv_module(f"decode_head.sep_bottleneck.{i}.depthwise_conv")
+        conv_module(f"decode_head.sep_bottleneck.{i}.pointwise_conv")
+    keys += ["decode_head.conv_seg.weight", "decode_head.conv_seg.bias"]
+    conv_module("decode_head.mlp.0")
+    conv_module("decode_head.mlp.1")
+    keys += ["decode_head.mlp.2.weight", "decode_head.mlp.2.bias"]
+    conv_module("auxiliary_head.convs.0")
+    keys += ["auxiliary_head.conv_seg.weight", "auxiliary_head.conv_seg.bias"]
+    return keys
+
+
+@pytest.mark.parametrize("arch,depth", [("r18", 18), ("r50", 50)])
+def test_mmseg_named_state_dict_loads_key_for_key(arch, depth, tmp_path):
+    from gpaco.models.mmseg import from_mmseg_state_dict, is_mmseg_state_dict
+
+    model = build_seg_model(arch, 19, method="gpaco")
+    own = model.state_dict()
+    keys = _mmseg_key_list(depth)
+    assert len(keys) == len(own)
+    mapped_names = list(from_mmseg_state_dict({k: torch.zeros(1) for k in keys}))
+    assert sorted(mapped_names) == sorted(own)  # every key has its place, none is missing
+    # a checkpoint in mmseg's layout (``module.`` from DDP, tensors of the right shapes) loads strictly
+    src = {k: own[n].clone().normal_() if own[n].is_floating_point() else own[n].clone()
+           for k, n in zip(keys, mapped_names)}
+    ckpt = {"meta": {"mmseg_version": "0.17.0"}, "state_dict": {f"module.{k}": v for k, v in src.items()}}
+    from gpaco.checkpoint import unwrap_state_dict
+
+    state = unwrap_state_dict(ckpt)
+    assert is_mmseg_state_dict(state)
+    model.load_state_dict(from_mmseg_state_dict(state), strict=True)
+    assert torch.equal(model.encoder.stem[0].weight, src["backbone.stem.0.weight"])
+    assert torch.equal(model.cls_seg[1].weight, src["decode_head.conv_seg.weight"])
+    with pytest.raises(ValueError, match="has none of the prefixes"):
+        from_mmseg_state_dict({"neck.lateral.weight": torch.zeros(1)})
+
+
+def test_resnetv1c_output_stride_and_dilations():
+    from gpaco.models.mmseg import ResNetV1c
+
+    net = ResNetV1c(50)
+    feats = net(torch.randn(2, 3, 64, 64))
+    assert [f.shape[1:] for f in feats] == [(256, 16, 16), (512, 8, 8), (1024, 8, 8), (2048, 8, 8)]
+    # contract_dilation: each dilated stage's first block at half the dilation
+    assert net.layer3[0].conv2.dilation == (1, 1) and net.layer3[1].conv2.dilation == (2, 2)
+    assert net.layer4[0].conv2.dilation == (2, 2) and net.layer4[2].conv2.dilation == (4, 4)
+    assert net.layer2[0].conv2.stride == (2, 2) and net.layer2[0].downsample[0].stride == (2, 2)
+    assert isinstance(net.layer3[0].downsample[0], torch.nn.Conv2d)  # plain shortcut, no avg-pool (V1d)
+
+
+def test_smp_arch_for_users_models():
+    model = build_seg_model("smp:deeplabv3plus:resnet18", 5, method="gpaco")
+    out = model(torch.randn(2, 3, 48, 48), train_outputs=True)
+    assert out["logits"].shape == (2, 5, 12, 12) and out["aux"].shape[1] == 5
+    with pytest.raises(ValueError, match="unknown segmentation arch 'smp:fpn:resnet18'"):
+        build_seg_model("smp:fpn:resnet18", 5)
+    with pytest.raises(ValueError, match="--encoder overrides the encoder of smp"):
+        build_seg_model("r50", 5, encoder="resnet34")
 
 
 def test_pad_to_multiple():
@@ -279,18 +416,29 @@ def test_pad_to_multiple():
     assert y.shape == (1, 1, 8, 16) and y[..., :5, :9].eq(1).all() and y[..., 5:, :].eq(0).all()
 
 
-def test_load_encoder_weights_maps_timm_names(tmp_path):
+def test_load_encoder_weights_maps_timm_and_mmcv_names(tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    src = timm.create_model("resnet18d", pretrained=False, num_classes=10)
-    path = tmp_path / "resnet18d.safetensors"
-    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    from gpaco.models.mmseg import ResNetV1c
+
+    # open-mmlab's resnet50_v1c-style weights (stem.*, layer*.*, plus an ImageNet fc) into ResNetV1c
+    src = ResNetV1c(18)
+    state = {k: v.clone().normal_() if v.is_floating_point() else v for k, v in src.state_dict().items()}
+    state.update({"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
+    torch.save({"state_dict": state}, tmp_path / "resnet18_v1c.pth")
     model = SegModel("r18", 3)
-    report = load_encoder_weights(model, str(path), verbose=False)
-    assert report["loaded"] > 50 and report["missing"] == 0
-    assert torch.equal(model.encoder.model.conv1[0].weight, src.conv1[0].weight)
-    assert report["unused"] == 2  # fc.weight, fc.bias
+    report = load_encoder_weights(model, str(tmp_path / "resnet18_v1c.pth"), verbose=False)
+    assert report["missing"] == 0 and report["unused"] == 2  # fc.weight, fc.bias
+    assert torch.equal(model.encoder.stem[0].weight, state["stem.0.weight"])
+    # timm names into an smp:tu-... encoder
+    tsrc = timm.create_model("resnet18d", pretrained=False, num_classes=10)
+    path = tmp_path / "resnet18d.safetensors"
+    save_file({k: v.contiguous() for k, v in tsrc.state_dict().items()}, str(path))
+    smp_model = SegModel("smp:deeplabv3plus:tu-resnet18d", 3)
+    report = load_encoder_weights(smp_model, str(path), verbose=False)
+    assert report["loaded"] > 50 and report["missing"] == 0 and report["unused"] == 2
+    assert torch.equal(smp_model.encoder.model.conv1[0].weight, tsrc.conv1[0].weight)
 
 
 # ----------------------------------------------------------------------------- training
@@ -430,3 +578,56 @@ def test_torchrun_two_processes_train_and_evaluate_every_image_once(demo_root, t
         assert two[mode]["num_pixels"] == one[mode]["num_pixels"] == 4 * 32 * 32
         assert two[mode]["miou"] == pytest.approx(one[mode]["miou"], abs=1e-9)
         assert two[mode]["aacc"] == pytest.approx(one[mode]["aacc"], abs=1e-9)
+
+
+def test_convert_checkpoint_tool_reads_mmseg_layout(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gpaco.checkpoint import load_checkpoint
+
+    model = build_seg_model("r18", 19, method="gpaco")
+    keys = _mmseg_key_list(18)
+    from gpaco.models.mmseg import from_mmseg_state_dict
+
+    names = list(from_mmseg_state_dict({k: torch.zeros(1) for k in keys}))
+    own = model.state_dict()
+    torch.save({"meta": {}, "state_dict": {k: own[n] for k, n in zip(keys, names)}}, tmp_path / "mmseg.pth")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "tools" / "convert_checkpoint.py"), str(tmp_path / "mmseg.pth"),
+                           str(tmp_path / "ours.pth")], capture_output=True, text=True, cwd=root,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr
+    assert "mmseg gpaco r18, 19 classes" in proc.stdout
+    ours = load_checkpoint(tmp_path / "ours.pth")
+    assert ours["arch"] == "r18" and ours["method"] == "gpaco" and set(ours["model"]) == set(own)
+
+
+def test_lovasz_softmax_hand_computed():
+    from gpaco.losses.lovasz import lovasz_grad, lovasz_softmax
+
+    # 2 pixels, labels [0, 1], probabilities [0.8, 0.2] and [0.3, 0.7].
+    # class 0: errors sorted [0.3 (pixel 1, bg), 0.2 (pixel 0, fg)], gt [0, 1]: Jaccard along the
+    #   order 1 - [1/2, 0/2] = [0.5, 1.0] -> gradient [0.5, 0.5] -> 0.3*0.5 + 0.2*0.5 = 0.25
+    # class 1: errors sorted [0.3 (pixel 1, fg), 0.2 (pixel 0, bg)], gt [1, 0]: Jaccard [1, 1]
+    #   -> gradient [1, 0] -> 0.3;   mean over the two present classes: 0.275
+    assert torch.allclose(lovasz_grad(torch.tensor([0.0, 1.0])), torch.tensor([0.5, 0.5]))
+    probs = torch.tensor([[0.8, 0.2], [0.3, 0.7]])
+    logits = probs.log().T.reshape(1, 2, 1, 2)
+    labels = torch.tensor([[[0, 1]]])
+    assert lovasz_softmax(logits, labels).item() == pytest.approx(0.275, abs=1e-6)
+    # an ignored pixel changes nothing; a perfect prediction costs 0
+    logits3 = torch.cat([logits, torch.zeros(1, 2, 1, 1)], dim=3)
+    assert lovasz_softmax(logits3, torch.tensor([[[0, 1, 255]]])).item() == pytest.approx(0.275, abs=1e-6)
+    sure = torch.tensor([[[[20.0, -20.0]], [[-20.0, 20.0]]]])
+    assert lovasz_softmax(sure, labels).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_segmentation_loss_adds_lovasz_term():
+    torch.manual_seed(0)
+    out = {"logits": torch.randn(2, 3, 4, 4), "padded_size": (8, 8)}
+    labels = torch.randint(0, 3, (2, 8, 8))
+    base, _ = SegmentationLoss(3, paco=False, aux_weight=0)(out, labels)
+    total, parts = SegmentationLoss(3, paco=False, aux_weight=0, lovasz_weight=1.0)(out, labels)
+    assert set(parts) == {"ce", "lovasz"} and total.item() == pytest.approx(base.item() + parts["lovasz"].item())

@@ -72,7 +72,8 @@ def test_train_recipe_hyperparameters(row, method):
         assert set(a.no_decay_keys.split(",")) == {"absolute_pos_embed", "relative_position_bias_table", "norm"}
     else:
         assert (a.power, a.min_lr, a.warmup_iters, a.momentum, a.no_decay_keys) == (0.9, 1e-4, 0, 0.9, "")
-    assert a.eval_interval == a.ckpt_interval == iters // 10
+    # the original configs: ADE20K (160k) every 4000 iterations, the 40k/80k schedules every 4000/8000
+    assert a.eval_interval == a.ckpt_interval == (4000 if dataset == "ade20k" else iters // 10)
     scale, crop = {"ade20k": ([2048, 512], [512, 512]), "coco_stuff10k": ([2048, 512], [512, 512]),
                    "pascal_context59": ([520, 520], [480, 480]), "cityscapes": ([2048, 1024], [512, 1024])}[dataset]
     assert a.img_scale == scale and a.crop_size == crop
@@ -99,6 +100,6 @@ def test_eval_recipes(recipe):
 
 def test_pretrained_flag_default_and_off():
     _, argv = argv_of("sh/GPaCo/Seg/r50_deeplabv3plus_40k_coco10k_paco.sh")
-    assert argv[argv.index("--pretrained") + 1] == "pretrained/resnet50c.gluon_in1k.safetensors"
+    assert argv[argv.index("--pretrained") + 1] == "pretrained/resnet50_v1c.pth"  # open-mmlab://resnet50_v1c, mmcv names
     _, argv = argv_of("sh/GPaCo/Seg/r50_deeplabv3plus_40k_coco10k_paco.sh", PRETRAINED="")
     assert "--pretrained" not in argv

@@ -5,9 +5,12 @@
     python tools/convert_checkpoint.py IN OUT.safetensors    # weights only (metadata in the header)
     python tools/convert_checkpoint.py --trust-pickle IN OUT.pth
 
-The layout of IN is detected; the classifier (the class centers, the original's ``linear``)
+The layout of IN is detected. Classification: the classifier (the class centers, the original's ``linear``)
 becomes ``fc``; the projection, key encoder and queue are mapped when the target model has
-them. Unused and missing keys are printed. Without ``--trust-pickle`` IN is read with
+them. Segmentation: an mmseg DeepLabV3+ ResNetV1c checkpoint (the original's
+``deeplabv3plus_r{18,50,101}-d8`` releases) is renamed key for key to our SegModel
+(``backbone.`` -> ``encoder.``, ``decode_head.conv_seg.`` -> ``cls_seg.1.``, ...) and
+written for tools/eval_seg.py. Unused and missing keys are printed. Without ``--trust-pickle`` IN is read with
 ``torch.load(weights_only=True)``: nothing in it is executed.
 """
 import argparse
@@ -32,6 +35,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def convert_mmseg(src: str, dst: str, *, trust_pickle: bool = False):
+    """An mmseg segmentation checkpoint -> our seg checkpoint (None if ``src`` is not one)."""
+    from gpaco.checkpoint import load_checkpoint, load_checkpoint_trusting_pickle, save_checkpoint, unwrap_state_dict
+    from gpaco.models.mmseg import from_mmseg_state_dict, infer_mmseg_model, is_mmseg_state_dict
+    from gpaco.models.seg import build_seg_model
+
+    obj = load_checkpoint_trusting_pickle(src)[0] if trust_pickle else load_checkpoint(src)
+    try:
+        state = unwrap_state_dict(obj, src)
+    except ValueError:
+        return None
+    if not is_mmseg_state_dict(state):
+        return None
+    try:
+        info = infer_mmseg_model(state)
+        mapped = from_mmseg_state_dict(state)
+        model = build_seg_model(info["arch"], info["num_classes"], method=info["method"], embed_dim=info["embed_dim"])
+        model.load_state_dict(mapped, strict=True)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{src}: mmseg checkpoint, not convertible: {' '.join(str(e).split())[:400]}") from None
+    save_checkpoint({"model": mapped, **info, "args": dict(info), "conversion": {"source": src, "layout": "mmseg"}},
+                    dst)
+    print(f"{src}: mmseg {info['method']} {info['arch']}, {info['num_classes']} classes: {len(mapped)} tensors, "
+          f"every key mapped; wrote {dst} (evaluate with tools/eval_seg.py --checkpoint {dst} --dataset ...)")
+    return {"layout": "mmseg", **info}
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     from gpaco.models.convert import convert_file
@@ -40,6 +70,9 @@ def main(argv=None) -> dict:
         print(f"--trust-pickle: {args.input} may be unpickled in full, which runs any code it contains",
               file=sys.stderr)
     try:
+        seg = convert_mmseg(args.input, args.output, trust_pickle=args.trust_pickle)
+        if seg is not None:
+            return seg
         report, conversion = convert_file(args.input, args.output, trust_pickle=args.trust_pickle, method=args.method,
                                           arch=args.arch, num_classes=args.num_classes)
     except (CheckpointError, FileNotFoundError) as e:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .lovasz import lovasz_softmax
 from .paco import paco_rows
 
 __all__ = ["pixel_paco_loss", "sample_pixel_indices", "SegmentationLoss"]
@@ -83,19 +84,26 @@ class SegmentationLoss(nn.Module):
     crop, ignored ones included (mmseg 0.x), or over the labelled ones with
     ``ce_avg_non_ignore``. The pixel loss samples ``num_pixels`` pixels per image of the
     1/4-resolution embeddings and logits, labels nearest-downsampled to that size.
+    ``lovasz_weight`` > 0 adds the Lovász-softmax loss on the upsampled logits (the original's
+    ``UPerHead_paco11`` ablation; :mod:`gpaco.losses.lovasz`).
     """
 
     def __init__(self, num_classes: int, *, paco: bool = True, alpha: float = 0.01, temperature: float = 0.07,
                  num_pixels: int = 8192, aux_weight: float = 0.4, paco_weight: float = 1.0,
-                 ignore_index: int = 255, ce_avg_non_ignore: bool = False):
+                 ignore_index: int = 255, ce_avg_non_ignore: bool = False, lovasz_weight: float = 0.0):
         super().__init__()
+        self.lovasz_weight = lovasz_weight
         self.num_classes, self.use_paco = num_classes, paco
         self.alpha, self.temperature, self.num_pixels = alpha, temperature, num_pixels
         self.aux_weight, self.paco_weight = aux_weight, paco_weight
         self.ignore_index, self.avg_non_ignore = ignore_index, ce_avg_non_ignore
 
+    @staticmethod
+    def _upsample(logits: Tensor, labels: Tensor) -> Tensor:
+        return F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+
     def _ce(self, logits: Tensor, labels: Tensor) -> Tensor:
-        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self._upsample(logits, labels)
         loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="none")
         if self.avg_non_ignore:
             return loss.sum() / (labels != self.ignore_index).sum().clamp_min(1)
@@ -119,6 +127,9 @@ class SegmentationLoss(nn.Module):
         parts = {"ce": self._ce(out["logits"], labels)}
         if "aux" in out and self.aux_weight:
             parts["aux"] = self.aux_weight * self._ce(out["aux"], labels)
+        if self.lovasz_weight:
+            parts["lovasz"] = self.lovasz_weight * lovasz_softmax(self._upsample(out["logits"], labels), labels,
+                                                                  ignore_index=self.ignore_index)
         if self.use_paco:
             parts["paco"] = self.paco_weight * self.paco(out["embed"], out["logits"], labels, generator)
         total = sum(parts.values())

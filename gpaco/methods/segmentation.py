@@ -16,6 +16,9 @@ ALPHA = flag("--alpha", type=float, default=0.01, help="weight of the pixel samp
 TEMPERATURE = flag("--temperature", type=float, default=0.07, help="pixel contrastive temperature")
 NUM_PIXELS = flag("--num-pixels", type=int, default=8192, help="pixels sampled per image for GPaCo (-1: all)")
 PACO_WEIGHT = flag("--paco-weight", type=float, default=1.0, help="weight of the pixel GPaCo loss")
+LOVASZ_WEIGHT = flag("--lovasz-weight", type=float, default=0.0,
+                     help="weight of a Lovasz-softmax loss on the upsampled logits (the original's ADE20K paco11 "
+                          "ablation: 1); 0: off")
 EMBED_DIM = flag("--embed-dim", type=int, default=128, help="pixel embedding size of the GPaCo branch")
 
 _PREFIXES = {"backbone": "encoder.", "classifier": "decoder."}
@@ -42,7 +45,8 @@ SEG_CE = Method(
 SEG_GPACO = Method(
     name="gpaco", task="segmentation", summary="pixel CE + pixel GPaCo on sampled pixels of the 1/4-resolution "
     "embeddings", build_model=_gpaco_model, build_criterion=_gpaco_loss,
-    flags=(AUX_WEIGHT, CE_AVG_NON_IGNORE, ALPHA, TEMPERATURE, NUM_PIXELS, PACO_WEIGHT, EMBED_DIM),
+    flags=(AUX_WEIGHT, CE_AVG_NON_IGNORE, ALPHA, TEMPERATURE, NUM_PIXELS, PACO_WEIGHT, LOVASZ_WEIGHT, EMBED_DIM),
     model_options=("embed_dim",),
-    loss_options=("aux_weight", "ce_avg_non_ignore", "alpha", "temperature", "num_pixels", "paco_weight"),
+    loss_options=("aux_weight", "ce_avg_non_ignore", "alpha", "temperature", "num_pixels", "paco_weight",
+                  "lovasz_weight"),
     checkpoint_prefixes=_PREFIXES, paper="Cui et al., TPAMI 2023")

@@ -1,40 +1,38 @@
-"""Segmentation models for GPaCo (docs/method.md#segmentation-models): DeepLabV3+ and UPerNet from
-segmentation-models-pytorch with timm encoders, an auxiliary FCN head and the GPaCo
-embedding branch.
+"""Segmentation models for GPaCo (docs/method.md#segmentation-models): the paper's networks as
+mmseg 0.x builds them (:mod:`gpaco.models.mmseg`), an auxiliary FCN head and the GPaCo
+embedding branch; any segmentation-models-pytorch network for users' own models.
 
-=========  ==============  ===================================  ========  ======  ===========
-``arch``   decoder         encoder (timm, via smp ``tu-``)      channels  c1      aux in->ch
-=========  ==============  ===================================  ========  ======  ===========
-r18        DeepLabV3+ OS8  ``resnet18d``: deep stem + avg-down  128       12      256 -> 64
-r50        DeepLabV3+ OS8  ``resnet50c``: deep stem (= V1c)     512       48      1024 -> 256
-r101       DeepLabV3+ OS8  ``resnet101c``: deep stem (= V1c)    512       48      1024 -> 256
-swin_t     UPerNet         ``swin_tiny_patch4_window7_224``     512       -       384 -> 256
-swin_b     UPerNet         ``swin_base_patch4_window12_384``    512       -       512 -> 256
-swin_l     UPerNet         ``swin_large_patch4_window12_384``   512       -       768 -> 256
-=========  ==============  ===================================  ========  ======  ===========
+=========  ==========================  ================================  ========  ======  ===========
+``arch``   decoder                     encoder                           channels  c1      aux in->ch
+=========  ==========================  ================================  ========  ======  ===========
+r18        DepthwiseSeparableASPPHead  ResNetV1c-18, output stride 8     128       64->12  256 -> 64
+r50        DepthwiseSeparableASPPHead  ResNetV1c-50, output stride 8     512       256->48 1024 -> 256
+r101       DepthwiseSeparableASPPHead  ResNetV1c-101, output stride 8    512       256->48 1024 -> 256
+swin_t     UPerHead                    ``swin_tiny_patch4_window7_224``  512       -       384 -> 256
+swin_b     UPerHead                    ``swin_base_patch4_window12_384`` 512       -       512 -> 256
+swin_l     UPerHead                    ``swin_large_patch4_window12_384``512       -       768 -> 256
+=========  ==========================  ================================  ========  ======  ===========
 
-The original used mmseg's ResNetV1c (deep stem) for all three ResNets; timm has a
-``c`` variant (deep stem, plain strided shortcut) for ResNet-50/101 but not for
-ResNet-18, so R18 uses ``resnet18d`` (deep stem and an average-pool shortcut).
-``encoder=`` overrides the encoder (any smp encoder name, e.g. ``resnet18`` for
-torchvision's stem). Swin runs with ``dynamic_img_size`` and ``always_partition``
-(windows padded, always shifted, like mmseg's Swin) and drop-path 0.3.
+These are the original's rows (mmseg's ``deeplabv3plus_r{18,50,101}-d8`` and
+``upernet_swin`` configs): an mmseg checkpoint of them loads key for key after
+:func:`gpaco.models.mmseg.from_mmseg_state_dict` (Swin encoders: timm's parameter names,
+not mmseg's). Swin runs with ``dynamic_img_size`` and ``always_partition`` (windows padded,
+always shifted, like mmseg's Swin) and drop-path 0.3, each stage output through a LayerNorm.
 
-Differences from mmseg's heads that remain: smp's DeepLabV3+ ASPP is depthwise
-separable with one separable 3x3 after the ASPP and after the skip fusion (mmseg: a
-dense 3x3 bottleneck and two separable 3x3s), and smp's UPerNet applies a LayerNorm
-to each encoder feature (mmseg's Swin has the same per-stage norms inside the
-backbone). Inputs are zero-padded (after normalisation) to a multiple of 8 (ResNet)
-or 32 (Swin) and the outputs cropped back.
+``smp:<decoder>:<encoder>`` (e.g. ``smp:deeplabv3plus:resnet34``, ``smp:upernet:tu-convnext_tiny``)
+builds a segmentation-models-pytorch decoder (``deeplabv3plus`` at output stride 8, or
+``upernet``) on any smp encoder, with the same heads: for users' own models, not the paper's
+rows. Inputs are zero-padded (after normalisation) to a multiple of 8 (ResNet) or 32 (Swin)
+and the outputs cropped back.
 
 Heads on the decoder's final 1/4-resolution map (``channels`` wide):
 
-* ``cls_seg``: Dropout2d(0.1) + 1x1 conv to C classes -- the classifier, i.e. the GPaCo
-  class centers;
-* ``aux_head`` (FCN): 3x3 conv-BN-ReLU, Dropout2d(0.1), 1x1 conv on the stage-3
-  encoder feature (loss weight 0.4, applied by the criterion);
-* ``embed`` (GPaCo only): 1x1 conv-BN-ReLU x2, 1x1 conv to ``embed_dim`` (128) with
-  bias, L2-normalised per pixel.
+* ``cls_seg``: Dropout2d(0.1) + 1x1 conv to C classes (mmseg's ``conv_seg``) -- the
+  classifier, i.e. the GPaCo class centers;
+* ``aux_head`` (:class:`~gpaco.models.mmseg.FCNHead`): 3x3 ConvModule, Dropout2d(0.1), 1x1 conv
+  on the stage-3 encoder feature (loss weight 0.4, applied by the criterion);
+* ``embed`` (GPaCo only): 1x1 ConvModule x2, 1x1 conv to ``embed_dim`` (128) with bias,
+  L2-normalised per pixel.
 """
 from __future__ import annotations
 
@@ -46,34 +44,49 @@ from torch import Tensor, nn
 
 from gpaco.checkpoint import load_checkpoint, unwrap_state_dict
 
+from .mmseg import ConvModule, DepthwiseSeparableASPPHead, FCNHead, ResNetV1c, SwinEncoder, UPerHead
+
 __all__ = ["SEG_ARCHS", "SegArch", "SegModel", "FCNHead", "PixelEmbedding", "build_seg_model",
-           "load_encoder_weights", "pad_to_multiple"]
+           "load_encoder_weights", "pad_to_multiple", "seg_arch"]
 
 
 @dataclass(frozen=True)
 class SegArch:
     decoder: str                 # 'deeplabv3plus' or 'upernet'
-    encoder: str                 # smp encoder name
+    encoder: str                 # 'resnetv1c-<depth>', a timm Swin name, or (smp) an smp encoder name
     channels: int                # decoder output channels
     aux_in: int                  # channels of the stage-3 encoder feature
     aux_channels: int
     c1_channels: int = 48        # DeepLabV3+ skip projection
     size_divisor: int = 8
     encoder_kwargs: Tuple[Tuple[str, object], ...] = ()
+    smp: bool = False            # a segmentation-models-pytorch network (users' models)
 
 
 _SWIN = (("dynamic_img_size", True), ("always_partition", True), ("drop_path_rate", 0.3))
 SEG_ARCHS: Dict[str, SegArch] = {
-    "r18": SegArch("deeplabv3plus", "tu-resnet18d", 128, 256, 64, c1_channels=12),
-    "r50": SegArch("deeplabv3plus", "tu-resnet50c", 512, 1024, 256),
-    "r101": SegArch("deeplabv3plus", "tu-resnet101c", 512, 1024, 256),
-    "swin_t": SegArch("upernet", "tu-swin_tiny_patch4_window7_224", 512, 384, 256, size_divisor=32,
+    "r18": SegArch("deeplabv3plus", "resnetv1c-18", 128, 256, 64, c1_channels=12),
+    "r50": SegArch("deeplabv3plus", "resnetv1c-50", 512, 1024, 256),
+    "r101": SegArch("deeplabv3plus", "resnetv1c-101", 512, 1024, 256),
+    "swin_t": SegArch("upernet", "swin_tiny_patch4_window7_224", 512, 384, 256, size_divisor=32,
                       encoder_kwargs=_SWIN),
-    "swin_b": SegArch("upernet", "tu-swin_base_patch4_window12_384", 512, 512, 256, size_divisor=32,
+    "swin_b": SegArch("upernet", "swin_base_patch4_window12_384", 512, 512, 256, size_divisor=32,
                       encoder_kwargs=_SWIN),
-    "swin_l": SegArch("upernet", "tu-swin_large_patch4_window12_384", 512, 768, 256, size_divisor=32,
+    "swin_l": SegArch("upernet", "swin_large_patch4_window12_384", 512, 768, 256, size_divisor=32,
                       encoder_kwargs=_SWIN),
 }
+
+
+def seg_arch(arch: str) -> SegArch:
+    """The :class:`SegArch` of ``arch``: a :data:`SEG_ARCHS` name or ``smp:<decoder>:<encoder>``."""
+    if arch in SEG_ARCHS:
+        return SEG_ARCHS[arch]
+    parts = arch.split(":")
+    if len(parts) == 3 and parts[0] == "smp" and parts[1] in ("deeplabv3plus", "upernet") and parts[2]:
+        return SegArch(parts[1], parts[2], 256 if parts[1] == "deeplabv3plus" else 512, 0, 256,
+                       size_divisor=8 if parts[1] == "deeplabv3plus" else 32, smp=True)
+    raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {sorted(SEG_ARCHS)} or "
+                     f"smp:<deeplabv3plus|upernet>:<smp encoder> (e.g. smp:deeplabv3plus:resnet34)")
 
 
 def pad_to_multiple(x: Tensor, divisor: int, value: float = 0.0) -> Tensor:
@@ -85,29 +98,31 @@ def pad_to_multiple(x: Tensor, divisor: int, value: float = 0.0) -> Tensor:
     return F.pad(x, (0, pw, 0, ph), value=value)
 
 
-def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
-
-
-class FCNHead(nn.Sequential):
-    """mmseg's auxiliary FCNHead (one 3x3 conv, no input concat)."""
-
-    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1):
-        super().__init__(_conv_bn_relu(in_channels, channels, 3), nn.Dropout2d(dropout),
-                         nn.Conv2d(channels, num_classes, 1))
-
-
 class PixelEmbedding(nn.Module):
-    """GPaCo embedding branch: 1x1 conv-BN-ReLU x2, 1x1 conv to ``dim``, L2-normalised per pixel."""
+    """GPaCo embedding branch: 1x1 ConvModule x2, 1x1 conv to ``dim``, L2-normalised per pixel
+    (the original's ``mlp`` of the decode head)."""
 
     def __init__(self, channels: int, dim: int = 128):
         super().__init__()
-        self.mlp = nn.Sequential(_conv_bn_relu(channels, channels, 1), _conv_bn_relu(channels, channels, 1),
+        self.mlp = nn.Sequential(ConvModule(channels, channels, 1), ConvModule(channels, channels, 1),
                                  nn.Conv2d(channels, dim, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(self.mlp(x), dim=1)
+
+
+class _SmpDecoder(nn.Module):
+    """An smp decoder as ``forward(feats) -> map`` (smp passes its feature list whole)."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, feats):
+        try:
+            return self.decoder(feats)
+        except TypeError:  # older smp: decoder(*features)
+            return self.decoder(*feats)
 
 
 class SegModel(nn.Module):
@@ -123,41 +138,44 @@ class SegModel(nn.Module):
     def __init__(self, arch: str, num_classes: int, *, gpaco: bool = False, embed_dim: int = 128,
                  aux: bool = True, encoder: Optional[str] = None, encoder_kwargs: Optional[dict] = None):
         super().__init__()
-        import segmentation_models_pytorch as smp
-
-        if arch not in SEG_ARCHS:
-            raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {sorted(SEG_ARCHS)}")
-        spec = SEG_ARCHS[arch]
+        spec = seg_arch(arch)
         self.arch, self.num_classes, self.size_divisor = arch, int(num_classes), spec.size_divisor
         self.encoder_name = encoder or spec.encoder
         kwargs = dict(spec.encoder_kwargs)
         kwargs.update(encoder_kwargs or {})
-        if spec.decoder == "deeplabv3plus":
-            net = smp.DeepLabV3Plus(self.encoder_name, encoder_weights=None, encoder_output_stride=8,
-                                    decoder_channels=spec.channels, decoder_atrous_rates=(12, 24, 36),
-                                    decoder_aspp_dropout=0.0, classes=num_classes, **kwargs)
-            if spec.c1_channels != 48:
-                self._resize_skip(net.decoder, net.encoder.out_channels[2], spec.c1_channels, spec.channels)
-        elif spec.decoder == "upernet":
-            net = smp.UPerNet(self.encoder_name, encoder_weights=None, decoder_channels=spec.channels,
-                              classes=num_classes, **kwargs)
-        else:  # pragma: no cover - table typo
-            raise ValueError(spec.decoder)
-        self.encoder, self.decoder = net.encoder, net.decoder
-        del net  # its own segmentation head is not used
-        self.aux_index = 4  # smp feature list: [input, 1/2, 1/4, 1/8, stage 3, stage 4]
+        if spec.smp:
+            self._build_smp(spec, kwargs)
+        else:
+            if encoder is not None:
+                raise ValueError(f"--encoder overrides the encoder of smp:... archs only; {arch} is the paper's "
+                                 f"{spec.encoder} (use smp:{spec.decoder}:{encoder} for another encoder)")
+            if spec.encoder.startswith("resnetv1c-"):
+                self.encoder = ResNetV1c(int(spec.encoder.split("-")[1]))
+            else:
+                self.encoder = SwinEncoder(spec.encoder, **kwargs)
+            chans = self.encoder.out_channels
+            if spec.decoder == "deeplabv3plus":
+                self.decoder = DepthwiseSeparableASPPHead(chans[3], spec.channels, chans[0], spec.c1_channels)
+            else:
+                self.decoder = UPerHead(chans, spec.channels)
+            self.aux_index = 2  # stage 3
         aux_in = self.encoder.out_channels[self.aux_index]
         self.cls_seg = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(spec.channels, num_classes, 1))
         self.aux_head = FCNHead(aux_in, spec.aux_channels, num_classes) if aux else None
         self.embed = PixelEmbedding(spec.channels, embed_dim) if gpaco else None
 
-    @staticmethod
-    def _resize_skip(decoder: nn.Module, highres_in: int, c1: int, channels: int) -> None:
-        from segmentation_models_pytorch.decoders.deeplabv3.decoder import SeparableConv2d
+    def _build_smp(self, spec: SegArch, kwargs: dict) -> None:
+        import segmentation_models_pytorch as smp
 
-        decoder.block1 = _conv_bn_relu(highres_in, c1, 1)
-        decoder.block2 = nn.Sequential(SeparableConv2d(c1 + channels, channels, kernel_size=3, padding=1, bias=False),
-                                       nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        if spec.decoder == "deeplabv3plus":
+            net = smp.DeepLabV3Plus(self.encoder_name, encoder_weights=None, encoder_output_stride=8,
+                                    decoder_channels=spec.channels, decoder_atrous_rates=(12, 24, 36),
+                                    decoder_aspp_dropout=0.0, classes=self.num_classes, **kwargs)
+        else:
+            net = smp.UPerNet(self.encoder_name, encoder_weights=None, decoder_channels=spec.channels,
+                              classes=self.num_classes, **kwargs)
+        self.encoder, self.decoder = net.encoder, _SmpDecoder(net.decoder)
+        self.aux_index = 4  # smp feature list: [input, 1/2, 1/4, 1/8, stage 3, stage 4]
 
     def features(self, img: Tensor):
         x = pad_to_multiple(img, self.size_divisor)

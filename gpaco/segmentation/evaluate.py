@@ -20,13 +20,14 @@ from typing import Optional, Sequence
 from gpaco.data.seg_datasets import SEG_DATASETS, SyntheticSegDataset, build_seg_dataset
 from gpaco.data.seg_transforms import SegEvalTransform
 from gpaco.distributed import cleanup, init_distributed
-from gpaco.checkpoint import check_writable, load_checkpoint, strip_prefix
+from gpaco.checkpoint import check_writable, load_checkpoint, unwrap_state_dict
 from gpaco.engine.benchmarks import Benchmark, run_benchmarks
 from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.engine.args import FlagError
 from gpaco.segmentation.inference import evaluate_seg, format_iou_table, summary
 from gpaco.segmentation.train import add_seg_test_flags
 from gpaco.methods import get_method, method_names
+from gpaco.models.mmseg import from_mmseg_state_dict, is_mmseg_state_dict
 from gpaco.models.seg import SEG_ARCHS
 
 
@@ -41,7 +42,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--img-scale", type=int, nargs=2, default=None, metavar=("W", "H"))
     g.add_argument("--workers", "-j", type=int, default=2)
     g = p.add_argument_group("model (unset: the checkpoint's)")
-    g.add_argument("--arch", default=None, choices=sorted(SEG_ARCHS))
+    g.add_argument("--arch", default=None, help=f"{', '.join(sorted(SEG_ARCHS))} or smp:<decoder>:<encoder>")
     g.add_argument("--encoder", default=None)
     g.add_argument("--method", default=None, choices=method_names("segmentation"))
     g.add_argument("--embed-dim", type=int, default=None)
@@ -119,7 +120,10 @@ def run(args: argparse.Namespace) -> dict:
     model = get_method(args.method, "segmentation").build_model(args.arch, num_classes, embed_dim=args.embed_dim,
                                                                  encoder=args.encoder)
     if ckpt is not None:
-        state = strip_prefix(ckpt["model"], ("module.",))
+        state = unwrap_state_dict(ckpt, args.checkpoint)
+        if is_mmseg_state_dict(state):  # an mmseg EncoderDecoder checkpoint (the original's releases)
+            state = from_mmseg_state_dict(state)
+            print_main(f"{args.checkpoint}: mmseg layout, {len(state)} tensors mapped to our names")
         try:
             model.load_state_dict(state)
         except RuntimeError as e:

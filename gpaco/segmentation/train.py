@@ -36,7 +36,7 @@ from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.engine.optim import build_seg_optimizer
 from gpaco.engine.schedule import poly_lr
 from gpaco.methods import add_method_flags, get_method, method_names, method_options
-from gpaco.models.seg import SEG_ARCHS
+from gpaco.models.seg import SEG_ARCHS, seg_arch
 from gpaco.segmentation.inference import MS_RATIOS, collate, evaluate_seg, format_iou_table, summary, worker_init
 
 __all__ = ["build_train_parser", "parse_train_args", "run", "main", "cli", "add_seg_data_flags",
@@ -83,8 +83,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-split", default="val", help="split evaluated every --eval-interval (best.pth)")
     g.add_argument("--test-split", default=None, help="split of the final report (default: --val-split)")
     g = p.add_argument_group("model")
-    g.add_argument("--arch", default="r50", choices=sorted(SEG_ARCHS))
-    g.add_argument("--encoder", default=None, help="override the arch's smp encoder name")
+    g.add_argument("--arch", default="r50", help=f"the paper's networks: {', '.join(sorted(SEG_ARCHS))} (mmseg's "
+                   f"DeepLabV3+ / UPerNet); or smp:<deeplabv3plus|upernet>:<smp encoder> for your own")
+    g.add_argument("--encoder", default=None, help="another smp encoder for an smp:... arch")
     g.add_argument("--method", default="gpaco", choices=method_names(TASK),
                    help="segmentation method (gpaco.methods registry)")
     g.add_argument("--pretrained", default=None, help="local encoder weights file (nothing is downloaded)")
@@ -136,6 +137,10 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
     check_positive(args, ("iters", "batch_size", "lr"))
     validate_run_args(args)
     check_method_flags(args, TASK)
+    try:
+        seg_arch(args.arch)
+    except ValueError as e:
+        raise FlagError(f"--arch: {e}") from None
     if args.temperature <= 0:
         raise FlagError("--temperature must be > 0")
     if args.num_pixels == 0:
@@ -201,8 +206,9 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     train_set, val_set, test_set = _datasets(args, synthetic)
     per_process = args.dry_run_batch if args.dry_run else args.batch_size // world
 
-    print_main(f"gpaco train_seg: {args.method} {args.arch} ({SEG_ARCHS[args.arch].decoder}, encoder "
-               f"{args.encoder or SEG_ARCHS[args.arch].encoder}) on {args.dataset}: {len(train_set)} train images, "
+    spec = seg_arch(args.arch)
+    print_main(f"gpaco train_seg: {args.method} {args.arch} ({spec.decoder}, encoder "
+               f"{args.encoder or spec.encoder}) on {args.dataset}: {len(train_set)} train images, "
                f"{num_classes} classes{' (synthetic stand-in: data root absent)' if synthetic else ''}")
     print_main(f"processes {world} on {device.type}, global batch {per_process * world} = {per_process} per "
                f"process, crop {args.crop_size[0]}x{args.crop_size[1]}, {args.iters} iterations, {args.optimizer} "

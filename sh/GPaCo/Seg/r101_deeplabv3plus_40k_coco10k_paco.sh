@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPaCo, COCO-Stuff-10k, DeepLabV3+ R101-D8 (ResNetV1c = timm resnet101c): train.
+# GPaCo, COCO-Stuff-10k, DeepLabV3+ R101-D8 (ResNetV1c-101, mmseg's network as the original): train.
 #
 # Paper row (README): GPaCo COCO-Stuff-10k ResNet-101: mIoU 38.8 single-scale / 40.1 multi-scale.
 # Original: GPaCo/Seg/sh/ablation_paco_coco10k/r101_deeplabv3plus_40k_coco10k_paco.sh
@@ -17,8 +17,8 @@
 # Data: DATA_ROOT holds images/{train2014,test2014} and annotations/{...}/*_labelTrainIds.png
 # (make them once from the official cocostuff-10k-v1.1 release: python tools/prepare_data.py
 # coco_stuff10k --root DATA_ROOT; 171 classes, 0 = unlabeled -> ignored).
-# Weights: PRETRAINED is a local encoder file with timm key names, e.g. model.safetensors of the
-# Hugging Face repo timm/resnet101c.gluon_in1k; nothing is downloaded. The paper's numbers need
+# Weights: PRETRAINED is a local ImageNet ResNetV1c-101 file with mmcv key names (stem.*, layer*.*):
+# the original's open-mmlab://resnet101_v1c; nothing is downloaded. The paper's numbers need
 # it. PRETRAINED= (empty) trains from random initialisation.
 # Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
 # MASTER_PORT; DRY_RUN=1 (a quick check: synthetic data when DATA_ROOT is absent, 64 px crops,
@@ -29,7 +29,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 DATA_ROOT="${DATA_ROOT:-data/coco_stuff10k}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/GPaCo/Seg/r101_deeplabv3plus_40k_coco10k_paco}"
-PRETRAINED="${PRETRAINED-pretrained/resnet101c.gluon_in1k.safetensors}"
+PRETRAINED="${PRETRAINED-pretrained/resnet101_v1c.pth}"
 PRETRAINED_ARGS=()
 [ -n "$PRETRAINED" ] && PRETRAINED_ARGS=(--pretrained "$PRETRAINED")
 exec bash "$ROOT/sh/launch.sh" tools/train_seg.py \

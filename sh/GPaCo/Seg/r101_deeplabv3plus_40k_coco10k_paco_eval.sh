@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPaCo, COCO-Stuff-10k, DeepLabV3+ R101-D8 (ResNetV1c = timm resnet101c): evaluate, single-scale and multi-scale.
+# GPaCo, COCO-Stuff-10k, DeepLabV3+ R101-D8 (ResNetV1c-101, mmseg's network as the original): evaluate, single-scale and multi-scale.
 #
 # Paper row (README): GPaCo COCO-Stuff-10k ResNet-101: mIoU 38.8 (s.s.) / 40.1 (m.s.).
 # Original: tools/dist_test.sh CONFIG CKPT N --eval mIoU [--aug-test], CONFIG =

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPaCo, Pascal-Context-59, DeepLabV3+ R101-D8 (ResNetV1c = timm resnet101c): train.
+# GPaCo, Pascal-Context-59, DeepLabV3+ R101-D8 (ResNetV1c-101, mmseg's network as the original): train.
 #
 # Paper row (README): GPaCo Pascal-Context-59 ResNet-101: mIoU 54.2 single-scale / 56.3 multi-scale.
 # Original: GPaCo/Seg/sh/ablation_paco_context/r101_deeplabv3plus_40k_context_paco.sh
@@ -17,8 +17,8 @@
 # Data: DATA_ROOT is VOC2010 with JPEGImages/, SegmentationClassContext/ (the 0..59 label PNGs that
 # mmseg's pascal_context converter writes; 0 = background -> ignored) and
 # ImageSets/SegmentationContext/{train,val}.txt.
-# Weights: PRETRAINED is a local encoder file with timm key names, e.g. model.safetensors of the
-# Hugging Face repo timm/resnet101c.gluon_in1k; nothing is downloaded. The paper's numbers need
+# Weights: PRETRAINED is a local ImageNet ResNetV1c-101 file with mmcv key names (stem.*, layer*.*):
+# the original's open-mmlab://resnet101_v1c; nothing is downloaded. The paper's numbers need
 # it. PRETRAINED= (empty) trains from random initialisation.
 # Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
 # MASTER_PORT; DRY_RUN=1 (a quick check: synthetic data when DATA_ROOT is absent, 64 px crops,
@@ -29,7 +29,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 DATA_ROOT="${DATA_ROOT:-data/VOCdevkit/VOC2010}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/GPaCo/Seg/r101_deeplabv3plus_40k_context_paco}"
-PRETRAINED="${PRETRAINED-pretrained/resnet101c.gluon_in1k.safetensors}"
+PRETRAINED="${PRETRAINED-pretrained/resnet101_v1c.pth}"
 PRETRAINED_ARGS=()
 [ -n "$PRETRAINED" ] && PRETRAINED_ARGS=(--pretrained "$PRETRAINED")
 exec bash "$ROOT/sh/launch.sh" tools/train_seg.py \

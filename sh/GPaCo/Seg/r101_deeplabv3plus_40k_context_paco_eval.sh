@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPaCo, Pascal-Context-59, DeepLabV3+ R101-D8 (ResNetV1c = timm resnet101c): evaluate, single-scale and multi-scale.
+# GPaCo, Pascal-Context-59, DeepLabV3+ R101-D8 (ResNetV1c-101, mmseg's network as the original): evaluate, single-scale and multi-scale.
 #
 # Paper row (README): GPaCo Pascal-Context-59 ResNet-101: mIoU 54.2 (s.s.) / 56.3 (m.s.).
 # Original: tools/dist_test.sh CONFIG CKPT N --eval mIoU [--aug-test], CONFIG =

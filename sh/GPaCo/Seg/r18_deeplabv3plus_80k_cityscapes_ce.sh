@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CE baseline, Cityscapes, DeepLabV3+ R18-D8 (ResNetV1c-18 in the original; resnet18d here): train.
+# CE baseline, Cityscapes, DeepLabV3+ R18-D8 (ResNetV1c-18, mmseg's network as the original): train.
 #
 # Baseline of the GPaCo row Cityscapes ResNet-18 (78.1 / 79.7 mIoU): the same recipe without the
 # GPaCo branch (pixel CE + 0.4 aux CE).
@@ -16,8 +16,8 @@
 #
 # Data: DATA_ROOT holds leftImg8bit/{train,val} and gtFine/{train,val} with *_gtFine_labelTrainIds.png
 # (make them once: python tools/prepare_data.py cityscapes --root DATA_ROOT; 19 classes).
-# Weights: PRETRAINED is a local encoder file with timm key names, e.g. model.safetensors of the
-# Hugging Face repo timm/resnet18d.ra2_in1k; nothing is downloaded. The paper's numbers need
+# Weights: PRETRAINED is a local ImageNet ResNetV1c-18 file with mmcv key names (stem.*, layer*.*):
+# the original's open-mmlab://resnet18_v1c; nothing is downloaded. The paper's numbers need
 # it. PRETRAINED= (empty) trains from random initialisation.
 # Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
 # MASTER_PORT; DRY_RUN=1 (a quick check: synthetic data when DATA_ROOT is absent, 64 px crops,
@@ -28,7 +28,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 DATA_ROOT="${DATA_ROOT:-data/cityscapes}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/GPaCo/Seg/r18_deeplabv3plus_80k_cityscapes_ce}"
-PRETRAINED="${PRETRAINED-pretrained/resnet18d.ra2_in1k.safetensors}"
+PRETRAINED="${PRETRAINED-pretrained/resnet18_v1c.pth}"
 PRETRAINED_ARGS=()
 [ -n "$PRETRAINED" ] && PRETRAINED_ARGS=(--pretrained "$PRETRAINED")
 exec bash "$ROOT/sh/launch.sh" tools/train_seg.py \

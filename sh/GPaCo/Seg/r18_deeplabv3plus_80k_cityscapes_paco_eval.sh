@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPaCo, Cityscapes, DeepLabV3+ R18-D8 (ResNetV1c-18 in the original; resnet18d here): evaluate, single-scale and multi-scale.
+# GPaCo, Cityscapes, DeepLabV3+ R18-D8 (ResNetV1c-18, mmseg's network as the original): evaluate, single-scale and multi-scale.
 #
 # Paper row (README): GPaCo Cityscapes ResNet-18: mIoU 78.1 (s.s.) / 79.7 (m.s.).
 # Original: tools/dist_test.sh CONFIG CKPT N --eval mIoU [--aug-test], CONFIG =

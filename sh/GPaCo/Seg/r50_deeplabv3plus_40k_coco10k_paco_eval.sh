@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPaCo, COCO-Stuff-10k, DeepLabV3+ R50-D8 (ResNetV1c = timm resnet50c): evaluate, single-scale and multi-scale.
+# GPaCo, COCO-Stuff-10k, DeepLabV3+ R50-D8 (ResNetV1c-50, mmseg's network as the original): evaluate, single-scale and multi-scale.
 #
 # Paper row (README): GPaCo COCO-Stuff-10k ResNet-50: mIoU 37.0 (s.s.) / 37.9 (m.s.).
 # Original: tools/dist_test.sh CONFIG CKPT N --eval mIoU [--aug-test], CONFIG =

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPaCo, Pascal-Context-59, DeepLabV3+ R50-D8 (ResNetV1c = timm resnet50c): evaluate, single-scale and multi-scale.
+# GPaCo, Pascal-Context-59, DeepLabV3+ R50-D8 (ResNetV1c-50, mmseg's network as the original): evaluate, single-scale and multi-scale.
 #
 # Paper row (README): GPaCo Pascal-Context-59 ResNet-50: mIoU 51.9 (s.s.) / 53.7 (m.s.).
 # Original: tools/dist_test.sh CONFIG CKPT N --eval mIoU [--aug-test], CONFIG =

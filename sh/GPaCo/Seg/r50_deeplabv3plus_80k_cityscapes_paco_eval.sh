@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPaCo, Cityscapes, DeepLabV3+ R50-D8 (ResNetV1c = timm resnet50c): evaluate, single-scale and multi-scale.
+# GPaCo, Cityscapes, DeepLabV3+ R50-D8 (ResNetV1c-50, mmseg's network as the original): evaluate, single-scale and multi-scale.
 #
 # Paper row (README): GPaCo Cityscapes ResNet-50: mIoU 80.8 (s.s.) / 82.0 (m.s.).
 # Original: tools/dist_test.sh CONFIG CKPT N --eval mIoU [--aug-test], CONFIG =

@@ -13,7 +13,7 @@
 # aux FCN CE (weight 0.4).
 # Pipeline: random rescale 0.5-2.0 of (2048, 512), random crop 512x512 (cat_max_ratio 0.75),
 # flip, photometric distortion, normalise, pad with ignore 255. Checkpoint + val mIoU every
-# 16000 iterations (best.pth); metrics.json reports the final model on val (single scale).
+# 4000 iterations, as the original (best.pth); metrics.json reports the final model on val (single scale).
 #
 # Data: DATA_ROOT is ADEChallengeData2016 (images/{training,validation}, annotations/...; 150
 # classes, label 0 = other -> ignored).
@@ -37,5 +37,5 @@ exec bash "$ROOT/sh/launch.sh" tools/train_seg.py \
     --ratio-range 0.5 2.0 --cat-max-ratio 0.75 \
     --arch swin_t --method gpaco --alpha 0.01 --temperature 0.07 --num-pixels 8192 --embed-dim 128 --aux-weight 0.4 "${PRETRAINED_ARGS[@]+"${PRETRAINED_ARGS[@]}"}" \
     --iters 160000 --batch-size 16 --optimizer adamw --lr 6e-5 --wd 0.01 --betas 0.9 0.999 --power 1.0 --min-lr 0 --warmup-iters 1500 --warmup-ratio 1e-6 \
-    --eval-interval 16000 --ckpt-interval 16000 \
+    --eval-interval 4000 --ckpt-interval 4000 \
     --workers "${WORKERS:-4}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto
