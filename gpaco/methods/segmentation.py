@@ -16,6 +16,9 @@ ALPHA = flag("--alpha", type=float, default=0.01, help="weight of the pixel samp
 TEMPERATURE = flag("--temperature", type=float, default=0.07, help="pixel contrastive temperature")
 NUM_PIXELS = flag("--num-pixels", type=int, default=8192, help="pixels sampled per image for GPaCo (-1: all)")
 PACO_WEIGHT = flag("--paco-weight", type=float, default=1.0, help="weight of the pixel GPaCo loss")
+CLASS_COUNTS = flag("--class-counts", default=None, metavar="FILE",
+                    help="image-level class counts, one integer per line (line c: training images containing class "
+                         "c; tools/class_counts_seg.py writes it); default: counted from the training masks at start")
 EMBED_DIM = flag("--embed-dim", type=int, default=128, help="pixel embedding size of the GPaCo branch")
 
 _PREFIXES = {"backbone": "encoder.", "classifier": "decoder."}
