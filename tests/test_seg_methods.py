@@ -302,3 +302,77 @@ def test_parse_keeps_namespace_types():
 
     args = parse_train_args(["--method", "cecol", "--class-counts", "stats/x.txt", "--etf-seed", "5"])
     assert isinstance(args, argparse.Namespace) and args.class_counts == "stats/x.txt" and args.etf_seed == 5
+
+
+# ----------------------------------------------------------------------------- recipes
+
+CECO_RECIPES = {  # recipe stem -> (arch, method, ceco weight, scale, smooth): the original's four configs
+    "upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_ceco": ("swin_t", "ceco", 0.8, 5.0, 1.0),
+    "upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_cecol": ("swin_t", "cecol", 1.0, 1.0, 0.5),
+    "upernet_swin_base_patch4_window12_512x512_160k_ade20k_pretrain_384x384_22K_ceco": ("swin_b", "ceco", 0.2, 5.0, 1.0),
+    "upernet_swin_base_patch4_window12_512x512_160k_ade20k_pretrain_384x384_22K_cecol": ("swin_b", "cecol", 1.0, 1.0,
+                                                                                         0.5),
+}
+RR_RECIPE = "sh/RR/Seg/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_rr.sh"
+
+
+def _recipe_argv(recipe, **env):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    e = {k: v for k, v in os.environ.items() if k not in ("CLASS_COUNTS", "EXTRA_ARGS", "DRY_RUN", "OUTPUT_DIR",
+                                                            "DATA_ROOT", "PRETRAINED")}
+    e.update(env, GPACO_PRINT_ARGV="1")
+    proc = subprocess.run(["bash", str(root / recipe)], env=e, capture_output=True, text=True, timeout=60, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("GPACO_ARGV "))
+    return json.loads(line[len("GPACO_ARGV "):])
+
+
+def _check_common_ade20k_recipe(a):
+    assert (a.dataset, a.iters, a.batch_size, a.optimizer, a.lr, a.wd) == ("ade20k", 160000, 16, "adamw", 6e-5, 0.01)
+    assert (a.power, a.min_lr, a.warmup_iters, a.warmup_ratio, tuple(a.betas)) == (1.0, 0.0, 1500, 1e-6, (0.9, 0.999))
+    assert set(a.no_decay_keys.split(",")) == {"absolute_pos_embed", "relative_position_bias_table", "norm"}
+    assert a.img_scale == [2048, 512] and a.crop_size == [512, 512] and tuple(a.ratio_range) == (0.5, 2.0)
+    assert a.aux_weight == 0.4 and a.eval_interval == 4000 and a.resume == "auto" and a.class_counts is None
+
+
+@pytest.mark.parametrize("stem", sorted(CECO_RECIPES))
+def test_ceco_recipes_carry_the_original_configs(stem):
+    from gpaco.segmentation.train import parse_train_args
+
+    a = parse_train_args(_recipe_argv(f"sh/CeCo/Seg/{stem}.sh"))
+    _check_common_ade20k_recipe(a)
+    arch, method, weight, scale, smooth = CECO_RECIPES[stem]
+    assert (a.arch, a.method, a.ceco_weight, a.ceco_scale, a.ceco_smooth, a.etf_seed) == (arch, method, weight, scale,
+                                                                                          smooth, 0)
+    assert a.output_dir == f"runs/CeCo/Seg/{stem}"
+    assert a.pretrained.endswith("in1k.safetensors" if arch == "swin_t" else "in22k.safetensors")
+    # The recipe's flags equal the variant's defaults except Swin-B ceco's weight.
+    variant = CECO_VARIANTS[method]
+    assert (scale, smooth) == (variant["scale"], variant["smooth"])
+    assert (weight == variant["weight"]) == (stem != "upernet_swin_base_patch4_window12_512x512_160k_ade20k_"
+                                                     "pretrain_384x384_22K_ceco")
+
+
+def test_rr_recipe_and_class_counts_file():
+    from gpaco.segmentation.train import parse_train_args
+
+    a = parse_train_args(_recipe_argv(RR_RECIPE))
+    _check_common_ade20k_recipe(a)
+    assert (a.arch, a.method, a.rr_neg_w_precedence_bug, a.rr_prior) == ("swin_t", "rr", False, True)
+    a = parse_train_args(_recipe_argv(RR_RECIPE, CLASS_COUNTS="stats/ade20k_image_label_stats.txt"))
+    assert a.class_counts == "stats/ade20k_image_label_stats.txt"
+
+
+def test_sync_batchnorm_leaves_the_ceco_branch_per_process():
+    from torch import nn
+
+    from gpaco.models.seg import convert_sync_batchnorm
+
+    model = convert_sync_batchnorm(build_seg_model("r18", 5, method="ce", ceco="ceco"))
+    assert type(model.ceco.reduce[1]) is nn.BatchNorm2d
+    assert isinstance(model.aux_head[0][1], nn.SyncBatchNorm)
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in model.decoder.modules())

@@ -55,7 +55,7 @@ from gpaco.losses.rr import RegionBranch
 
 IGNORE_INDEX = 255  # the label of unlabelled pixels (gpaco.data.seg_transforms.IGNORE_INDEX)
 
-__all__ = ["SEG_ARCHS", "SegArch", "SegModel", "FCNHead", "PixelEmbedding", "build_seg_model",
+__all__ = ["SEG_ARCHS", "SegArch", "SegModel", "FCNHead", "PixelEmbedding", "build_seg_model", "convert_sync_batchnorm",
            "load_encoder_weights", "pad_to_multiple"]
 
 
@@ -145,6 +145,9 @@ class SegModel(nn.Module):
 
     #: state-dict prefixes of the branches that only training uses (the inference graph never runs them)
     TRAINING_ONLY_PREFIXES = ("embed.", "ceco.")
+    #: children whose BatchNorm stays per-process under SyncBatchNorm (the original's CeCo branch
+    #: has a plain BatchNorm2d that mmseg's SyncBN config does not reach)
+    LOCAL_BN_CHILDREN = ("ceco",)
 
     def __init__(self, arch: str, num_classes: int, *, gpaco: bool = False, embed_dim: int = 128,
                  aux: bool = True, encoder: Optional[str] = None, encoder_kwargs: Optional[dict] = None,
@@ -216,6 +219,14 @@ class SegModel(nn.Module):
         if self.ceco is not None and labels is not None:
             out.update(self.ceco(dec, labels))
         return out
+
+
+def convert_sync_batchnorm(model: SegModel) -> SegModel:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` on every child but :attr:`SegModel.LOCAL_BN_CHILDREN`."""
+    for name, child in list(model.named_children()):
+        if name not in model.LOCAL_BN_CHILDREN:
+            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    return model
 
 
 def build_seg_model(arch: str, num_classes: int, *, method: str = "gpaco", embed_dim: int = 128,

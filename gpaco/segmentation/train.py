@@ -23,7 +23,6 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from gpaco.checkpoint import CheckpointError
@@ -39,7 +38,7 @@ from gpaco.engine.optim import build_seg_optimizer
 from gpaco.engine.schedule import poly_lr
 from gpaco.losses.rr import write_class_counts
 from gpaco.methods import add_method_flags, get_method, method_names, method_options
-from gpaco.models.seg import SEG_ARCHS
+from gpaco.models.seg import SEG_ARCHS, convert_sync_batchnorm
 from gpaco.segmentation.class_counts import class_counts_for_training
 from gpaco.segmentation.inference import MS_RATIOS, collate, evaluate_seg, format_iou_table, summary, worker_init
 
@@ -223,7 +222,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     model = method.build_model(args.arch, num_classes, encoder=args.encoder, pretrained=args.pretrained, **model_kw)
     if lc.distributed and args.sync_bn:
         if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model)
         else:
             print_main("note: SyncBatchNorm needs CUDA; the CPU processes keep per-process BatchNorm")
     model.to(device)
