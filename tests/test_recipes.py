@@ -38,8 +38,8 @@ ENTRY_MODULES: Dict[str, str] = {
 }
 # Environment the recipes read that must not leak in from the caller's shell.
 RECIPE_ENV = ("DATA_ROOT", "TRAIN_LIST", "VAL_LIST", "TEST_LIST", "OUTPUT_DIR", "CHECKPOINT", "TRAIN_DIR",
-              "PRETRAINED", "WORKERS", "SEED", "EXTRA_ARGS", "DRY_RUN", "GPACO_PRINT_ARGV", "GPACO_PRINT_CMD",
-              "NGPUS", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "PYTHON")
+              "PRETRAINED", "CLASS_COUNTS", "WORKERS", "SEED", "EXTRA_ARGS", "DRY_RUN", "GPACO_PRINT_ARGV",
+              "GPACO_PRINT_CMD", "NGPUS", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "PYTHON")
 
 
 def _is_infra(path: Path) -> bool:

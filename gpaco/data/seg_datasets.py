@@ -317,6 +317,11 @@ class SegDataset(Dataset):
         label = reduce_zero_label(label) if self.reduce_zero_label else label.astype(np.int64)
         return img, label
 
+    def load_label(self, index: int) -> np.ndarray:
+        """The raw int64 HW label of ``index`` with reductions applied (the image is not read)."""
+        label = _read_label(self.pairs[index][1])
+        return reduce_zero_label(label) if self.reduce_zero_label else label.astype(np.int64)
+
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, key)
         img, label = self.load(index)
@@ -343,6 +348,9 @@ class SyntheticSegDataset(SegDataset):
         label = np.kron(blocks, np.ones((16, 16), np.int64))[:h, :w]
         label[rng.random((h, w)) < 0.02] = IGNORE_INDEX
         return img, label
+
+    def load_label(self, index: int) -> np.ndarray:
+        return self.load(index)[1]
 
 
 def build_seg_dataset(dataset: str, root, split: str, transform: Callable) -> SegDataset:

@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .pixel import SegmentationLoss
 from .rr import _labels_3d, class_frequencies
 
 __all__ = [
-    "CeCoBranch", "CeCoLoss", "ceco_loss", "class_centers", "class_centers_full", "simplex_etf",
+    "CeCoBranch", "CeCoLoss", "CeCoSegmentationLoss", "ceco_loss", "class_centers", "class_centers_full", "simplex_etf",
     "ceco_log_prior", "CECO_VARIANTS", "CECO_OUTPUT_KEYS",
 ]
 
@@ -274,3 +275,41 @@ class CeCoLoss(nn.Module):
             raise KeyError(f"CeCo criterion needs {missing} in the model outputs (CeCoBranch called with labels)")
         return ceco_loss(out["center_logits"], out["center_labels"], log_prior=self.log_prior, smooth=self.smooth,
                          weight=self.weight)
+
+
+class CeCoSegmentationLoss(nn.Module):
+    """The criterion of the ``ceco`` / ``cecol`` segmentation methods: pixel CE + ``aux_weight``
+    x aux CE (:class:`~gpaco.losses.pixel.SegmentationLoss`, mmseg's averaging over all pixels
+    unless ``ce_avg_non_ignore``) + the CeCo loss (:class:`CeCoLoss`) on the class centers of
+    the model's :class:`CeCoBranch`.
+
+    ``weight`` / ``smooth`` default to the ``variant``'s (:data:`CECO_VARIANTS`: the original
+    Swin-T configurations; the Swin-B ``ceco`` one uses ``weight=0.2``). ``class_counts``: the
+    image-level counts of the training set (how many images contain each class).
+
+    ``criterion(out, labels, generator=None)`` -> ``(total, {'ce', 'aux', 'ceco'} detached)``,
+    with ``out`` a SegModel's train outputs (``logits``, ``padded_size``, ``aux``,
+    ``center_logits``, ``center_labels``) and ``labels`` [B, H, W].
+    """
+
+    def __init__(self, num_classes: int, *, class_counts: Sequence[float], variant: str = "ceco",
+                 weight: Optional[float] = None, smooth: Optional[float] = None, aux_weight: float = 0.4,
+                 ce_avg_non_ignore: bool = False, ignore_index: int = 255):
+        super().__init__()
+        if variant not in CECO_VARIANTS:
+            raise ValueError(f"CeCo variant must be one of {sorted(CECO_VARIANTS)}, got {variant!r}")
+        if class_counts is None:
+            raise ValueError("CeCo needs class_counts: the image-level class counts of the training set")
+        settings = CECO_VARIANTS[variant]
+        self.variant = variant
+        self.seg = SegmentationLoss(num_classes, paco=False, aux_weight=aux_weight, ignore_index=ignore_index,
+                                    ce_avg_non_ignore=ce_avg_non_ignore)
+        self.ceco = CeCoLoss(num_classes, class_counts=class_counts,
+                             weight=float(settings["weight"] if weight is None else weight),
+                             smooth=float(settings["smooth"] if smooth is None else smooth))
+
+    def forward(self, out: Mapping[str, Tensor], labels: Tensor,
+                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        total, parts = self.seg(out, labels)
+        center = self.ceco(out)
+        return total + center, {**parts, "ceco": center.detach()}

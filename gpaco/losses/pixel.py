@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .lovasz import lovasz_softmax
 from .paco import paco_rows
 
-__all__ = ["pixel_paco_loss", "sample_pixel_indices", "SegmentationLoss"]
+__all__ = ["pixel_paco_loss", "sample_pixel_indices", "pad_labels", "SegmentationLoss"]
 
 
 def pixel_paco_loss(features: Tensor, labels: Tensor, logits: Tensor, *, alpha: float, temperature: float,
@@ -69,7 +69,9 @@ def sample_pixel_indices(batch: int, num: int, k: int, *, device=None,
     return keys.argsort(dim=1)[:, :k]
 
 
-def _pad_labels(labels: Tensor, size: Tuple[int, int], ignore_index: int) -> Tensor:
+def pad_labels(labels: Tensor, size: Tuple[int, int], ignore_index: int) -> Tensor:
+    """[B, H, W] labels padded (bottom/right) with ``ignore_index`` to ``size`` = (Hp, Wp), the
+    padded input a SegModel's train outputs cover (``out['padded_size']``)."""
     h, w = labels.shape[-2:]
     if (h, w) == tuple(size):
         return labels
@@ -102,7 +104,8 @@ class SegmentationLoss(nn.Module):
     def _upsample(logits: Tensor, labels: Tensor) -> Tensor:
         return F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
 
-    def _ce(self, logits: Tensor, labels: Tensor) -> Tensor:
+    def pixel_ce(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """CE of low-resolution ``logits`` [B, C, h, w] upsampled to ``labels`` [B, H, W]."""
         logits = self._upsample(logits, labels)
         loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="none")
         if self.avg_non_ignore:
@@ -123,10 +126,10 @@ class SegmentationLoss(nn.Module):
 
     def forward(self, out: Dict, labels: Tensor, generator: Optional[torch.Generator] = None):
         """Returns (total loss, {'ce', 'aux', 'paco'} detached floats-as-tensors)."""
-        labels = _pad_labels(labels, out["padded_size"], self.ignore_index)
-        parts = {"ce": self._ce(out["logits"], labels)}
+        labels = pad_labels(labels, out["padded_size"], self.ignore_index)
+        parts = {"ce": self.pixel_ce(out["logits"], labels)}
         if "aux" in out and self.aux_weight:
-            parts["aux"] = self.aux_weight * self._ce(out["aux"], labels)
+            parts["aux"] = self.aux_weight * self.pixel_ce(out["aux"], labels)
         if self.lovasz_weight:
             parts["lovasz"] = self.lovasz_weight * lovasz_softmax(self._upsample(out["logits"], labels), labels,
                                                                   ignore_index=self.ignore_index)

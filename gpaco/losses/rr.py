@@ -46,8 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .pixel import SegmentationLoss, pad_labels
+
 __all__ = [
-    "RegionBranch", "RegionRebalanceLoss", "region_rebalance_loss", "smoothed_region_ce",
+    "RegionBranch", "RegionRebalanceLoss", "RRSegmentationLoss", "region_rebalance_loss", "smoothed_region_ce",
     "read_class_counts", "write_class_counts", "image_class_counts", "class_frequencies",
     "region_log_prior", "RR_OUTPUT_KEYS",
 ]
@@ -395,3 +397,35 @@ class RegionRebalanceLoss(nn.Module):
         )
         total = parts.pop("total")
         return total, {k: v.detach() for k, v in parts.items()}
+
+
+class RRSegmentationLoss(nn.Module):
+    """The criterion of the ``rr`` segmentation method: RR's five terms
+    (:class:`RegionRebalanceLoss`; L1 takes the place of the plain pixel CE and, like L2 and
+    L3, averages over labelled pixels) + ``aux_weight`` x the aux head's CE (averaged over all
+    pixels, as mmseg's auxiliary loss).
+
+    ``criterion(out, labels, generator=None)`` -> ``(total, {'seg', 'seg_bias',
+    'seg_bias_mask', 'region', 'gt_region', 'aux'} detached)``, with ``out`` a SegModel's
+    train outputs (``logits``, ``padded_size``, ``aux`` and the :class:`RegionBranch` keys)
+    and ``labels`` [B, H, W].
+    """
+
+    def __init__(self, num_classes: int, *, class_counts: Optional[Sequence[float]] = None, main_w: float = 1.0,
+                 region_w: float = 1.0, smooth: float = 1.0, neg_w: float = 1.0, prior: bool = True,
+                 neg_w_precedence_bug: bool = False, aux_weight: float = 0.4, ignore_index: int = 255):
+        super().__init__()
+        self.rr = RegionRebalanceLoss(num_classes, class_counts=class_counts, main_w=main_w, region_w=region_w,
+                                      smooth=smooth, neg_w=neg_w, prior=prior, ignore_index=ignore_index,
+                                      neg_w_precedence_bug=neg_w_precedence_bug)
+        self.aux = SegmentationLoss(num_classes, paco=False, aux_weight=aux_weight, ignore_index=ignore_index)
+        self.aux_weight, self.ignore_index = float(aux_weight), ignore_index
+
+    def forward(self, out: Mapping[str, Tensor], labels: Tensor,
+                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        total, parts = self.rr(out, labels)
+        if "aux" in out and self.aux_weight:
+            aux = self.aux_weight * self.aux.pixel_ce(out["aux"], pad_labels(_labels_3d(labels), out["padded_size"],
+                                                                              self.ignore_index))
+            total, parts = total + aux, {**parts, "aux": aux.detach()}
+        return total, parts

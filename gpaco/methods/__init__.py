@@ -13,10 +13,12 @@ from .ce import BALANCED_CE, CE
 from .gpaco import GPACO
 from .multitask import MULTITASK
 from .paco import PACO
+from .ceco import SEG_CECO, SEG_CECOL
+from .rr import SEG_RR
 from .segmentation import SEG_CE, SEG_GPACO
 
 for _row in (CE, BALANCED_CE, PACO, GPACO, MULTITASK,  # classification
-             SEG_CE, SEG_GPACO):  # segmentation
+             SEG_CE, SEG_GPACO, SEG_CECO, SEG_CECOL, SEG_RR):  # segmentation
     register_method(_row)
 
 __all__ = ["TASKS", "Flag", "Method", "flag", "register_method", "unregister_method", "get_method", "method_names",

@@ -57,13 +57,18 @@ class Method:
             ``build_criterion`` as keywords; a mapping ``{dest: keyword}`` renames them.
         views: augmented views per training sample the loader yields (2: two-view methods).
         takes_labels: the training forward is ``model(view_1, view_2 or None, labels)``
-            (the contrastive models, which enqueue the labels) instead of ``model(images)``.
+            (the contrastive models, which enqueue the labels) instead of ``model(images)``;
+            segmentation: ``model(images, train_outputs=True, labels=labels)`` (CeCo and RR
+            branches) instead of ``model(images, train_outputs=True)``.
         default_aug / cifar_aug: the ``--aug`` of split datasets / CIFAR when none is given.
         checkpoint_prefixes: ``role -> state-dict prefix`` of the model (roles ``backbone``,
             ``classifier``, ``projection``, ``backbone_k``, ``projection_k``, ``queue``):
             how a checkpoint of another layout is placed into this model.
         validate: optional ``(options: dict) -> None`` that raises ``ValueError`` naming a
             flag when the method's options cannot work together.
+        needs_class_counts: segmentation: the criterion's ``class_counts=`` are the training
+            set's image-level class counts (read from ``--class-counts`` or counted from the
+            training masks at start); other segmentation criteria get ``class_counts=None``.
         paper: where the method comes from (the docs table).
     """
 
@@ -82,6 +87,7 @@ class Method:
     checkpoint_prefixes: Mapping[str, str] = field(default_factory=dict)
     validate: Optional[Callable[[Dict[str, Any]], None]] = None
     paper: str = ""
+    needs_class_counts: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

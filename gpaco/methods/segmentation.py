@@ -19,6 +19,9 @@ PACO_WEIGHT = flag("--paco-weight", type=float, default=1.0, help="weight of the
 LOVASZ_WEIGHT = flag("--lovasz-weight", type=float, default=0.0,
                      help="weight of a Lovasz-softmax loss on the upsampled logits (the original's ADE20K paco11 "
                           "ablation: 1); 0: off")
+CLASS_COUNTS = flag("--class-counts", default=None, metavar="FILE",
+                    help="image-level class counts, one integer per line (line c: training images containing class "
+                         "c; tools/class_counts_seg.py writes it); default: counted from the training masks at start")
 EMBED_DIM = flag("--embed-dim", type=int, default=128, help="pixel embedding size of the GPaCo branch")
 
 _PREFIXES = {"backbone": "encoder.", "classifier": "decoder."}

@@ -32,21 +32,30 @@ Heads on the decoder's final 1/4-resolution map (``channels`` wide):
 * ``aux_head`` (:class:`~gpaco.models.mmseg.FCNHead`): 3x3 ConvModule, Dropout2d(0.1), 1x1 conv
   on the stage-3 encoder feature (loss weight 0.4, applied by the criterion);
 * ``embed`` (GPaCo only): 1x1 ConvModule x2, 1x1 conv to ``embed_dim`` (128) with bias,
-  L2-normalised per pixel.
+  L2-normalised per pixel;
+* ``ceco`` (CeCo only, :class:`gpaco.losses.ceco.CeCoBranch`): a frozen, training-only branch
+  on the decoder output; absent from the inference graph;
+* ``region`` (RR only, :class:`gpaco.losses.rr.RegionBranch`): the region classifier whose
+  per-image class bias is added to the low-resolution logits, in training and at inference
+  (so also to every sliding window and every scale of multi-scale testing).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpaco.checkpoint import load_checkpoint, unwrap_state_dict
+from gpaco.losses.ceco import CeCoBranch
+from gpaco.losses.rr import RegionBranch
 
 from .mmseg import ConvModule, DepthwiseSeparableASPPHead, FCNHead, ResNetV1c, SwinEncoder, UPerHead
 
-__all__ = ["SEG_ARCHS", "SegArch", "SegModel", "FCNHead", "PixelEmbedding", "build_seg_model",
+IGNORE_INDEX = 255  # the label of unlabelled pixels (gpaco.data.seg_transforms.IGNORE_INDEX)
+
+__all__ = ["SEG_ARCHS", "SegArch", "SegModel", "FCNHead", "PixelEmbedding", "build_seg_model", "convert_sync_batchnorm",
            "load_encoder_weights", "pad_to_multiple", "seg_arch"]
 
 
@@ -126,17 +135,38 @@ class _SmpDecoder(nn.Module):
 
 
 class SegModel(nn.Module):
-    """Encoder + decoder + classifier (+ aux FCN head, + GPaCo embedding).
+    """Encoder + decoder + classifier (+ aux FCN head, + GPaCo embedding, + CeCo / RR branch).
 
-    ``model(img)`` returns [B, C, H, W] logits at the input size (inference);
-    ``model(img, train_outputs=True)`` returns a dict with the low-resolution pieces the
-    criterion needs: ``logits`` [B, C, h, w] (1/4 of the padded input, after dropout in
-    training), ``aux`` [B, C, h', w'] (if the aux head exists), ``embed`` [B, D, h, w]
-    (GPaCo), and ``padded_size`` (Hp, Wp) -- the input size those maps cover.
+    ``model(img)`` returns [B, C, H, W] logits at the input size (inference; with the RR
+    branch the region bias is added before upsampling);
+    ``model(img, train_outputs=True, labels=y)`` returns a dict with the low-resolution
+    pieces the criterion needs:
+
+    ====================  ===============  ===============================================
+    key                   shape            when
+    ====================  ===============  ===============================================
+    ``logits``            [B, C, h, w]     always; 1/4 of the padded input, after dropout
+    ``padded_size``       (Hp, Wp)         always; the input size those maps cover
+    ``aux``               [B, C, h', w']   aux head
+    ``embed``             [B, D, h, w]     GPaCo
+    ``center_logits``...  see CeCoBranch   CeCo, ``labels`` given
+    ``region_logits``...  see RegionBranch RR (``gt_region_*`` only with ``labels``)
+    ====================  ===============  ===============================================
+
+    ``labels`` [B, H, W] are the crop's labels (``IGNORE_INDEX`` padded to (Hp, Wp) here);
+    only the CeCo and RR branches read them. ``logits`` never include the RR bias: the
+    RR criterion adds it itself.
     """
 
+    #: state-dict prefixes of the branches that only training uses (the inference graph never runs them)
+    TRAINING_ONLY_PREFIXES = ("embed.", "ceco.")
+    #: children whose BatchNorm stays per-process under SyncBatchNorm (the original's CeCo branch
+    #: has a plain BatchNorm2d that mmseg's SyncBN config does not reach)
+    LOCAL_BN_CHILDREN = ("ceco",)
+
     def __init__(self, arch: str, num_classes: int, *, gpaco: bool = False, embed_dim: int = 128,
-                 aux: bool = True, encoder: Optional[str] = None, encoder_kwargs: Optional[dict] = None):
+                 aux: bool = True, encoder: Optional[str] = None, encoder_kwargs: Optional[dict] = None,
+                 ceco: Optional[str] = None, ceco_options: Optional[Mapping[str, Any]] = None, region: bool = False):
         super().__init__()
         spec = seg_arch(arch)
         self.arch, self.num_classes, self.size_divisor = arch, int(num_classes), spec.size_divisor
@@ -163,6 +193,9 @@ class SegModel(nn.Module):
         self.cls_seg = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(spec.channels, num_classes, 1))
         self.aux_head = FCNHead(aux_in, spec.aux_channels, num_classes) if aux else None
         self.embed = PixelEmbedding(spec.channels, embed_dim) if gpaco else None
+        self.ceco = CeCoBranch(spec.channels, num_classes, variant=ceco, ignore_index=IGNORE_INDEX,
+                               **dict(ceco_options or {})) if ceco else None
+        self.region = RegionBranch(spec.channels, num_classes) if region else None
 
     def _build_smp(self, spec: SegArch, kwargs: dict) -> None:
         import segmentation_models_pytorch as smp
@@ -182,10 +215,12 @@ class SegModel(nn.Module):
         feats = self.encoder(x)
         return x.shape[-2:], feats, self.decoder(feats)
 
-    def forward(self, img: Tensor, train_outputs: bool = False):
+    def forward(self, img: Tensor, train_outputs: bool = False, labels: Optional[Tensor] = None):
         padded, feats, dec = self.features(img)
         logits = self.cls_seg(dec)
         if not train_outputs:
+            if self.region is not None:
+                logits = logits + self.region(dec, logits)["region_bias"].to(logits.dtype)[:, :, None, None]
             logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
             return logits[..., : img.shape[-2], : img.shape[-1]]
         out = {"logits": logits, "padded_size": tuple(padded)}
@@ -193,16 +228,37 @@ class SegModel(nn.Module):
             out["aux"] = self.aux_head(feats[self.aux_index])
         if self.embed is not None:
             out["embed"] = self.embed(dec)
+        if labels is not None and (self.ceco is not None or self.region is not None):
+            labels = pad_to_multiple(labels, self.size_divisor, value=IGNORE_INDEX)
+            if labels.shape[-2:] != tuple(padded):
+                raise ValueError(f"labels {tuple(labels.shape)} do not cover the image {tuple(img.shape)}")
+        if self.region is not None:
+            out.update(self.region(dec, logits, labels))
+        if self.ceco is not None and labels is not None:
+            out.update(self.ceco(dec, labels))
         return out
 
 
+def convert_sync_batchnorm(model: SegModel) -> SegModel:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` on every child but :attr:`SegModel.LOCAL_BN_CHILDREN`."""
+    for name, child in list(model.named_children()):
+        if name not in model.LOCAL_BN_CHILDREN:
+            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    return model
+
+
 def build_seg_model(arch: str, num_classes: int, *, method: str = "gpaco", embed_dim: int = 128,
-                    aux: bool = True, encoder: Optional[str] = None, pretrained: Optional[str] = None) -> SegModel:
-    """``method`` 'gpaco' adds the embedding branch; 'ce' does not. ``pretrained``: a local
-    encoder weights file (timm key names; nothing is downloaded)."""
+                    aux: bool = True, encoder: Optional[str] = None, pretrained: Optional[str] = None,
+                    ceco: Optional[str] = None, ceco_options: Optional[Mapping[str, Any]] = None,
+                    region: bool = False) -> SegModel:
+    """``method`` 'gpaco' adds the embedding branch; 'ce' does not. ``ceco`` ('ceco' or 'cecol')
+    adds the frozen CeCo branch (``ceco_options``: :class:`~gpaco.losses.ceco.CeCoBranch`
+    keywords), ``region`` the RR region branch. ``pretrained``: a local encoder weights file
+    (timm key names; nothing is downloaded)."""
     if method not in ("ce", "gpaco"):
         raise ValueError(f"segmentation method must be 'ce' or 'gpaco', got {method!r}")
-    model = SegModel(arch, num_classes, gpaco=method == "gpaco", embed_dim=embed_dim, aux=aux, encoder=encoder)
+    model = SegModel(arch, num_classes, gpaco=method == "gpaco", embed_dim=embed_dim, aux=aux, encoder=encoder,
+                     ceco=ceco, ceco_options=ceco_options, region=region)
     if pretrained:
         load_encoder_weights(model, pretrained)
     return model

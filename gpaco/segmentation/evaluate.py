@@ -26,9 +26,9 @@ from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.engine.args import FlagError
 from gpaco.segmentation.inference import evaluate_seg, format_iou_table, summary
 from gpaco.segmentation.train import add_seg_test_flags
-from gpaco.methods import get_method, method_names
+from gpaco.methods import get_method, method_names, method_options
 from gpaco.models.mmseg import from_mmseg_state_dict, is_mmseg_state_dict
-from gpaco.models.seg import SEG_ARCHS
+from gpaco.models.seg import SEG_ARCHS, SegModel
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
@@ -95,8 +95,7 @@ def run(args: argparse.Namespace) -> dict:
     elif not args.dry_run:
         raise FlagError(f"--checkpoint {args.checkpoint}: no such file")
     train_args = (ckpt or {}).get("args") or {}
-    fallbacks = {"dataset": "demo", "data_root": "data/demo_seg", "arch": "r50", "method": "gpaco",
-                 "embed_dim": 128, "encoder": None}
+    fallbacks = {"dataset": "demo", "data_root": "data/demo_seg", "arch": "r50", "method": "gpaco", "encoder": None}
     for name, default in fallbacks.items():
         if getattr(args, name) is None:
             setattr(args, name, train_args.get(name, default))
@@ -117,13 +116,21 @@ def run(args: argparse.Namespace) -> dict:
     else:
         dataset = build_seg_dataset(args.dataset, args.data_root, args.split, SegEvalTransform())
 
-    model = get_method(args.method, "segmentation").build_model(args.arch, num_classes, embed_dim=args.embed_dim,
-                                                                 encoder=args.encoder)
+    method = get_method(args.method, "segmentation")
+    # The method's model flags as trained (--embed-dim overrides); builder defaults when unknown.
+    model_kw, _ = method_options(method, {**train_args, **({} if args.embed_dim is None else
+                                                           {"embed_dim": args.embed_dim})})
+    model = method.build_model(args.arch, num_classes, encoder=args.encoder, **model_kw)
     if ckpt is not None:
         state = unwrap_state_dict(ckpt, args.checkpoint)
         if is_mmseg_state_dict(state):  # an mmseg EncoderDecoder checkpoint (the original's releases)
             state = from_mmseg_state_dict(state)
             print_main(f"{args.checkpoint}: mmseg layout, {len(state)} tensors mapped to our names")
+        # Training-only branches (GPaCo's embedding, CeCo's) the evaluated method lacks: a CeCo
+        # checkpoint evaluates as the plain model (--method ce), with the same logits.
+        own = model.state_dict()
+        state = {k: v for k, v in state.items()
+                 if k in own or not k.startswith(SegModel.TRAINING_ONLY_PREFIXES)}
         try:
             model.load_state_dict(state)
         except RuntimeError as e:

@@ -1,4 +1,4 @@
-"""tools/train_seg.py: iteration-based semantic segmentation training (CE, pixel GPaCo).
+"""tools/train_seg.py: iteration-based semantic segmentation training (CE, pixel GPaCo, CeCo, RR).
 
 ``tools/eval_seg.py`` runs :func:`gpaco.segmentation.evaluate.main`. Both work as one
 process (CPU or one GPU) or one process per GPU under ``torchrun`` (``--batch-size`` is the
@@ -6,7 +6,9 @@ global batch). The run lifecycle (resume, atomic saves, SIGTERM/SIGUSR1 preempti
 ``--nan-policy``, logs) is :class:`gpaco.engine.lifecycle.TrainingRun`, shared with
 classification; the model and loss come from the method's registry row.
 
-* Loss: :class:`gpaco.losses.pixel.SegmentationLoss` (docs/method.md#pixel-gpaco-for-segmentation).
+* Loss: the method row's criterion (:class:`gpaco.losses.pixel.SegmentationLoss`, CeCo's, RR's;
+  docs/method.md). Methods with ``needs_class_counts`` get the image-level class counts of
+  ``--class-counts`` or of the training masks (written to ``OUTPUT_DIR/class_counts.txt``).
 * Schedule: mmcv's poly, :func:`gpaco.engine.schedule.poly_lr`.
 * Resume is exact at any iteration: iteration ``it`` sees the same images, augmentation
   seeds and dropout seeds however the run was interrupted (:class:`~gpaco.data.samplers.IterationSampler`).
@@ -21,7 +23,6 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from gpaco.checkpoint import CheckpointError
@@ -35,8 +36,10 @@ from gpaco.engine.lifecycle import TrainingRun, autocast_context
 from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.engine.optim import build_seg_optimizer
 from gpaco.engine.schedule import poly_lr
+from gpaco.losses.rr import write_class_counts
 from gpaco.methods import add_method_flags, get_method, method_names, method_options
-from gpaco.models.seg import SEG_ARCHS, seg_arch
+from gpaco.models.seg import SEG_ARCHS, convert_sync_batchnorm, seg_arch
+from gpaco.segmentation.class_counts import class_counts_for_training
 from gpaco.segmentation.inference import MS_RATIOS, collate, evaluate_seg, format_iou_table, summary, worker_init
 
 __all__ = ["build_train_parser", "parse_train_args", "run", "main", "cli", "add_seg_data_flags",
@@ -71,7 +74,7 @@ def add_seg_test_flags(p: argparse.ArgumentParser, *, multi_scale: bool = True) 
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tools/train_seg.py", description="Train a segmentation model (CE or GPaCo), "
+    p = argparse.ArgumentParser(prog="tools/train_seg.py", description="Train a segmentation model (CE, GPaCo, CeCo, RR), "
                                 "iteration-based, on one process or under torchrun.")
     add_seg_data_flags(p)
     g = p.add_argument_group("data")
@@ -217,15 +220,19 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     if args.dry_run and args.pretrained and not os.path.exists(args.pretrained):
         print_main(f"warning: --pretrained {args.pretrained} not found; the dry run uses random weights")
         args.pretrained = None
+    class_counts = None
+    if method.needs_class_counts:
+        class_counts = class_counts_for_training(path=args.class_counts, dataset=train_set, num_classes=num_classes,
+                                                 workers=0 if args.dry_run else args.workers)
     model_kw, loss_kw = method_options(method, vars(args))
     model = method.build_model(args.arch, num_classes, encoder=args.encoder, pretrained=args.pretrained, **model_kw)
     if lc.distributed and args.sync_bn:
         if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model)
         else:
             print_main("note: SyncBatchNorm needs CUDA; the CPU processes keep per-process BatchNorm")
     model.to(device)
-    criterion = method.build_criterion(num_classes=num_classes, **loss_kw)
+    criterion = method.build_criterion(num_classes=num_classes, class_counts=class_counts, **loss_kw)
     no_decay = tuple(k for k in args.no_decay_keys.split(",") if k)
     optimizer = build_seg_optimizer(model, name=args.optimizer, lr=args.lr, wd=args.wd, momentum=args.momentum,
                                     betas=tuple(args.betas), no_decay_keys=no_decay)
@@ -251,6 +258,8 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         print_main(f"resumed from {lc.resume_path}: {start_iter} iterations done")
     lc.open_output(vars(args))
     logger = lc.logger
+    if class_counts is not None and lc.is_main and not args.dry_run:
+        write_class_counts(os.path.join(args.output_dir, "class_counts.txt"), class_counts)
 
     stop = max_iters if args.stop_after is None or args.dry_run else min(max_iters, start_iter + args.stop_after)
     try:
@@ -289,7 +298,8 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         imgs = imgs.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with autocast_context(device, args.amp):
-            outputs = model(imgs, train_outputs=True)
+            outputs = model(imgs, train_outputs=True, labels=labels) if method.takes_labels else \
+                model(imgs, train_outputs=True)
         loss, parts = criterion(outputs, labels, generator=gen)
         if lc.faults is not None:
             loss = lc.faults.loss(it + 1, loss)

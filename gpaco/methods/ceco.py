@@ -1,0 +1,54 @@
+"""CeCo (CVPR 2023) for segmentation: a frozen, training-only center-collapse branch on the
+decoder output, with a simplex-ETF classifier (``ceco``) or a random frozen linear one
+(``cecol``) (docs/method.md#ceco-for-segmentation)."""
+from __future__ import annotations
+
+from gpaco.losses.ceco import CeCoSegmentationLoss
+from gpaco.models.seg import build_seg_model
+
+from .registry import Method, flag
+from .segmentation import AUX_WEIGHT, CE_AVG_NON_IGNORE, CLASS_COUNTS
+
+CECO_WEIGHT = flag("--ceco-weight", type=float, default=None,
+                   help="weight of the CeCo loss (default: ceco 0.8, cecol 1.0; the Swin-B ceco recipe: 0.2)")
+CECO_SMOOTH = flag("--ceco-smooth", type=float, default=None,
+                   help="target mass on the true class of the center CE (default: ceco 1.0, cecol 0.5)")
+CECO_SCALE = flag("--ceco-scale", type=float, default=None,
+                  help="logit scale of the center classifier (default: ceco 5.0, cecol 1.0)")
+ETF_SEED = flag("--etf-seed", type=int, default=0,
+                help="seed of the generator that draws the frozen classifier (ETF or random linear) once; it is "
+                     "saved in the checkpoint")
+
+_PREFIXES = {"backbone": "encoder.", "classifier": "decoder."}
+
+
+def _rows(variant: str):
+    def build_model(arch, num_classes, *, ceco_scale=None, etf_seed: int = 0, **kw):
+        return build_seg_model(arch, num_classes, method="ce", ceco=variant,
+                               ceco_options={"scale": ceco_scale, "etf_seed": etf_seed}, **kw)
+
+    def build_criterion(*, num_classes, class_counts=None, **kw):
+        return CeCoSegmentationLoss(num_classes, class_counts=class_counts, variant=variant, **kw)
+
+    return build_model, build_criterion
+
+
+_FLAGS = (AUX_WEIGHT, CE_AVG_NON_IGNORE, CLASS_COUNTS, CECO_WEIGHT, CECO_SMOOTH, CECO_SCALE, ETF_SEED)
+_MODEL_OPTIONS = ("ceco_scale", "etf_seed")
+_LOSS_OPTIONS = {"aux_weight": "aux_weight", "ce_avg_non_ignore": "ce_avg_non_ignore", "ceco_weight": "weight",
+                 "ceco_smooth": "smooth"}
+
+_ceco_model, _ceco_loss = _rows("ceco")
+_cecol_model, _cecol_loss = _rows("cecol")
+
+SEG_CECO = Method(
+    name="ceco", task="segmentation", summary="pixel CE + CeCo: class centers of the decoder output pulled to a "
+    "fixed simplex ETF (frozen, training-only branch)", build_model=_ceco_model, build_criterion=_ceco_loss,
+    flags=_FLAGS, model_options=_MODEL_OPTIONS, loss_options=_LOSS_OPTIONS, takes_labels=True,
+    checkpoint_prefixes=_PREFIXES, needs_class_counts=True, paper="Zhong et al., CVPR 2023")
+
+SEG_CECOL = Method(
+    name="cecol", task="segmentation", summary="CeCo's linear variant: a random frozen linear center classifier, "
+    "no normalisation", build_model=_cecol_model, build_criterion=_cecol_loss,
+    flags=_FLAGS, model_options=_MODEL_OPTIONS, loss_options=_LOSS_OPTIONS, takes_labels=True,
+    checkpoint_prefixes=_PREFIXES, needs_class_counts=True, paper="Zhong et al., CVPR 2023 (linear variant)")

@@ -1,0 +1,106 @@
+"""Image-level class counts of a segmentation training set (CeCo's and RR's priors):
+``counts[c]`` = how many training images contain at least one pixel of class ``c``.
+
+``tools/class_counts_seg.py`` writes them as one integer per line (the format of the
+original's ``stats/ade20k_image_label_stats.txt``, read back by
+:func:`gpaco.losses.rr.read_class_counts`); ``tools/train_seg.py`` counts them at start when
+a method needs them and ``--class-counts`` names no file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gpaco.data.seg_datasets import SEG_DATASETS, SegDataset, build_seg_dataset
+from gpaco.data.seg_transforms import IGNORE_INDEX
+from gpaco.engine.args import FlagError
+from gpaco.engine.cli import run_cli
+from gpaco.engine.logging import print_main
+from gpaco.losses.rr import read_class_counts, write_class_counts
+
+__all__ = ["dataset_image_class_counts", "class_counts_for_training", "build_parser", "main", "cli"]
+
+
+class _Presence(Dataset):
+    """Item i: [C] bool, the classes present in ``dataset``'s raw label i."""
+
+    def __init__(self, dataset: SegDataset, num_classes: int, ignore_index: int):
+        self.dataset, self.num_classes, self.ignore_index = dataset, num_classes, ignore_index
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        values = np.unique(self.dataset.load_label(i))
+        values = values[values != self.ignore_index]
+        if values.size and (values.min() < 0 or values.max() >= self.num_classes):
+            raise ValueError(f"{self.dataset.pairs[i][1]}: labels must be in [0, {self.num_classes}) or "
+                             f"{self.ignore_index}; found {values[(values < 0) | (values >= self.num_classes)][:8]}")
+        present = torch.zeros(self.num_classes, dtype=torch.bool)
+        present[torch.from_numpy(values)] = True
+        return present
+
+
+def dataset_image_class_counts(dataset: SegDataset, *, num_classes: int, ignore_index: int = IGNORE_INDEX,
+                               workers: int = 0) -> List[int]:
+    """``num_classes`` integers: the number of images of ``dataset`` (raw labels, no
+    augmentation) in which each class occurs. Reads only the label files."""
+    loader = DataLoader(_Presence(dataset, num_classes, ignore_index), batch_size=64, num_workers=workers)
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    for present in loader:
+        counts += present.sum(0)
+    return counts.tolist()
+
+
+def class_counts_for_training(*, path: Optional[str], dataset: SegDataset, num_classes: int,
+                              workers: int = 0) -> List[int]:
+    """The counts of ``path`` (``--class-counts``; its errors name the flag, file and line) or,
+    when ``path`` is None, counted from ``dataset``'s masks."""
+    if path:
+        try:
+            return read_class_counts(path, num_classes=num_classes)
+        except (OSError, ValueError) as e:
+            raise FlagError(f"--class-counts: {e}") from None
+    t0 = time.time()
+    counts = dataset_image_class_counts(dataset, num_classes=num_classes, workers=workers)
+    print_main(f"image-level class counts of {len(dataset)} training masks ({time.time() - t0:.0f}s): "
+               f"min {min(counts)}, max {max(counts)}; --class-counts FILE skips this")
+    if sum(counts) == 0:
+        raise FlagError(f"no training mask of {getattr(dataset, 'name', 'the dataset')} has a labelled pixel: "
+                        f"cannot compute the class prior")
+    return counts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tools/class_counts_seg.py", description="Write the image-level class counts "
+                                "of a segmentation split (one integer per line: line c = images containing class c), "
+                                "the --class-counts file of the ceco, cecol and rr methods.")
+    p.add_argument("--dataset", required=True, choices=sorted(SEG_DATASETS))
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--workers", "-j", type=int, default=4)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[int]:
+    args = build_parser().parse_args(argv)
+    info = SEG_DATASETS[args.dataset]
+    dataset = build_seg_dataset(args.dataset, args.data_root, args.split, transform=None)
+    counts = dataset_image_class_counts(dataset, num_classes=info.num_classes, workers=args.workers)
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
+    write_class_counts(args.out, counts)
+    print(f"wrote {args.out}: {info.num_classes} classes over {len(dataset)} {args.split} images "
+          f"(min {min(counts)}, max {max(counts)})", flush=True)
+    return counts
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    run_cli(main, argv)
