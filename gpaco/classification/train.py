@@ -44,6 +44,13 @@ def build_lr_schedule(args: argparse.Namespace) -> LRSchedule:
     if args.schedule == "mae_cosine":
         return build_schedule("mae_cosine", base_lr=args.lr, min_lr=args.min_lr, epochs=args.epochs,
                               warmup_epochs=args.warmup_epochs)
+    if args.schedule == "cosine_plain":
+        return build_schedule("cosine_plain", base_lr=args.lr, epochs=args.epochs)
+    if args.schedule == "step":
+        return build_schedule("step", base_lr=args.lr, warmup_epochs=args.warmup_epochs, milestones=args.milestones,
+                              warmup_start=args.warmup_start)
+    if args.schedule == "constant":
+        return build_schedule("constant", base_lr=args.lr)
     return build_schedule("cosine", base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
 
 

@@ -12,6 +12,7 @@ criterion                   model output                           used by
 :class:`PaCoLoss`           ContrastiveOutput (features, labels,   paco, gpaco
                             logits, num_anchors)
 :class:`MultiTaskLoss`      ContrastiveOutput                      multitask
+:class:`ResLTCriterion`     ResLTOutput (branch_logits [K, B, C])  reslt
 ==========================  =====================================  =====================
 """
 from __future__ import annotations
@@ -23,9 +24,11 @@ from torch import Tensor, nn
 
 from .ce import cross_entropy
 from .paco import log_prior_from_counts, paco_loss
+from .reslt import ResLTLoss
 from .supcon import multitask_loss
 
-__all__ = ["CrossEntropyLoss", "PaCoLoss", "MultiTaskLoss", "log_prior_buffer"]
+__all__ = ["CrossEntropyLoss", "PaCoLoss", "MultiTaskLoss", "ResLTCriterion", "log_prior_buffer",
+           "default_branch_sizes"]
 
 
 def log_prior_buffer(module: nn.Module, class_counts: Optional[Sequence[int]], use_prior: bool, who: str,
@@ -86,6 +89,37 @@ class MultiTaskLoss(nn.Module):
         return multitask_loss(output.features, output.labels, output.logits, output.num_anchors, alpha=self.alpha,
                               temperature=self.temperature, log_prior=self.log_prior,
                               label_smoothing=self.label_smoothing)
+
+
+def default_branch_sizes(num_classes: int) -> tuple:
+    """ResLT's M and T branch sizes as the ImageNet-LT script's fractions of the classes
+    (825 and 220 of 1000), at least one class each."""
+    return max(1, round(0.825 * num_classes)), max(1, round(0.22 * num_classes))
+
+
+class ResLTCriterion(nn.Module):
+    """ResLT loss on a ResLT model's training output (docs/method.md#reslt-loss).
+
+    Branch ``k`` holds the ``branch_sizes[k-1]`` rarest classes of ``class_counts``
+    (:func:`gpaco.losses.reslt.reslt_branch_masks`); None = :func:`default_branch_sizes`.
+    """
+
+    def __init__(self, *, num_classes: Optional[int] = None, class_counts: Optional[Sequence[int]] = None,
+                 beta: float = 0.99, branch_sizes: Optional[Sequence[int]] = None, fused_eps: float = 0.0) -> None:
+        super().__init__()
+        if class_counts is None:
+            raise ValueError("the ResLT loss needs the training class counts (its branches hold the rarest classes)")
+        if num_classes is not None and len(class_counts) != num_classes:
+            raise ValueError(f"the ResLT loss: {len(class_counts)} class counts for {num_classes} classes")
+        sizes = tuple(branch_sizes) if branch_sizes is not None else default_branch_sizes(len(class_counts))
+        self.loss = ResLTLoss(class_counts, sizes, beta=beta, fused_eps=fused_eps)
+
+    @property
+    def branch_masks(self) -> Tensor:
+        return self.loss.branch_masks
+
+    def forward(self, output, targets: Tensor) -> Tensor:
+        return self.loss(output.branch_logits, targets)
 
 
 def output_logits(output) -> Tensor:

@@ -13,9 +13,10 @@ from .ce import BALANCED_CE, CE
 from .gpaco import GPACO
 from .multitask import MULTITASK
 from .paco import PACO
+from .reslt import RESLT
 from .segmentation import SEG_CE, SEG_GPACO
 
-for _row in (CE, BALANCED_CE, PACO, GPACO, MULTITASK,  # classification
+for _row in (CE, BALANCED_CE, PACO, GPACO, MULTITASK, RESLT,  # classification
              SEG_CE, SEG_GPACO):  # segmentation
     register_method(_row)
 
