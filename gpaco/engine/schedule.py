@@ -143,7 +143,7 @@ def build_schedule(name: str, **kwargs: Any) -> LRSchedule:
         )
     if kwargs["base_lr"] < 0:
         raise ValueError(f"base_lr must be >= 0, got {kwargs['base_lr']}")
-    w = kwargs.get("warmup_epochs", 10)
+    w = kwargs.get("warmup_epochs", 10 if "warmup_epochs" in optional | required else 0)
     if w < 0 or (name == "step_cifar" and w == 0):
         raise ValueError(f"warmup_epochs must be {'> 0' if name == 'step_cifar' else '>= 0'}, got {w}")
     if not 0.0 <= kwargs.get("warmup_start", 0.0) <= 1.0:

@@ -13,6 +13,9 @@ criterion                   model output                           used by
                             logits, num_anchors)
 :class:`MultiTaskLoss`      ContrastiveOutput                      multitask
 :class:`ResLTCriterion`     ResLTOutput (branch_logits [K, B, C])  reslt
+:class:`MixupCrossEntropy`  MixupOutput (logits, labels_a,         mislas (stage 1)
+                            labels_b, lam) or logits [B, C]
+:class:`LASCriterion`       logits [B, C]                          mislas_stage2
 ==========================  =====================================  =====================
 """
 from __future__ import annotations
@@ -24,11 +27,12 @@ from torch import Tensor, nn
 
 from .ce import cross_entropy
 from .paco import log_prior_from_counts, paco_loss
+from .mislas import LabelAwareSmoothingLoss
 from .reslt import ResLTLoss
 from .supcon import multitask_loss
 
-__all__ = ["CrossEntropyLoss", "PaCoLoss", "MultiTaskLoss", "ResLTCriterion", "log_prior_buffer",
-           "default_branch_sizes"]
+__all__ = ["CrossEntropyLoss", "PaCoLoss", "MultiTaskLoss", "ResLTCriterion", "MixupCrossEntropy", "LASCriterion",
+           "log_prior_buffer", "default_branch_sizes"]
 
 
 def log_prior_buffer(module: nn.Module, class_counts: Optional[Sequence[int]], use_prior: bool, who: str,
@@ -120,6 +124,31 @@ class ResLTCriterion(nn.Module):
 
     def forward(self, output, targets: Tensor) -> Tensor:
         return self.loss(output.branch_logits, targets)
+
+
+class MixupCrossEntropy(nn.Module):
+    """MiSLAS stage 1: ``lam * CE(logits, labels_a) + (1 - lam) * CE(logits, labels_b)`` on a
+    :class:`~gpaco.models.mislas.MixupOutput` (plain CE on a logits tensor)."""
+
+    def __init__(self, *, num_classes: Optional[int] = None, class_counts: Optional[Sequence[int]] = None) -> None:
+        super().__init__()
+
+    def forward(self, output, targets: Tensor) -> Tensor:
+        if isinstance(output, Tensor):
+            return cross_entropy(output, targets)
+        return (output.lam * cross_entropy(output.logits, output.labels_a)
+                + (1.0 - output.lam) * cross_entropy(output.logits, output.labels_b))
+
+
+class LASCriterion(LabelAwareSmoothingLoss):
+    """MiSLAS stage 2: label-aware smoothing from the training counts
+    (docs/method.md#mislas-label-aware-smoothing); ``criterion(logits, targets)``."""
+
+    def __init__(self, *, num_classes: Optional[int] = None, class_counts: Optional[Sequence[int]] = None,
+                 head: float = 0.3, tail: float = 0.0, shape: str = "concave", power: Optional[float] = None) -> None:
+        if class_counts is None or (num_classes is not None and len(class_counts) != num_classes):
+            raise ValueError(f"label-aware smoothing needs the {num_classes or ''} training class counts")
+        super().__init__(class_counts, head=head, tail=tail, shape=shape, power=power)
 
 
 def output_logits(output) -> Tensor:

@@ -11,12 +11,13 @@ from .registry import (
 )
 from .ce import BALANCED_CE, CE
 from .gpaco import GPACO
+from .mislas import MISLAS, MISLAS_STAGE2
 from .multitask import MULTITASK
 from .paco import PACO
 from .reslt import RESLT
 from .segmentation import SEG_CE, SEG_GPACO
 
-for _row in (CE, BALANCED_CE, PACO, GPACO, MULTITASK, RESLT,  # classification
+for _row in (CE, BALANCED_CE, PACO, GPACO, MULTITASK, RESLT, MISLAS, MISLAS_STAGE2,  # classification
              SEG_CE, SEG_GPACO):  # segmentation
     register_method(_row)
 

@@ -65,6 +65,13 @@ class Method:
         validate: optional ``(options: dict) -> None`` that raises ``ValueError`` naming a
             flag when the method's options cannot work together.
         paper: where the method comes from (the docs table).
+        sampler: the training sampler: ``random`` (shuffled, every image once per epoch) or
+            ``class_aware`` (class-balanced batches, :class:`gpaco.data.samplers.ClassAwareSampler`).
+        prepare: optional ``(model, options: dict) -> str`` run once on a fresh (not resumed)
+            run after the model is built, e.g. MiSLAS stage 2 loading stage 1; returns a log
+            line; raises ``FileNotFoundError`` / ``ValueError`` naming its flag.
+        lr_scales: optional ``(model, options: dict) -> {parameter-name prefix: LR factor}``;
+            the optimizer then has one group per prefix (others at factor 1).
     """
 
     name: str
@@ -82,8 +89,13 @@ class Method:
     checkpoint_prefixes: Mapping[str, str] = field(default_factory=dict)
     validate: Optional[Callable[[Dict[str, Any]], None]] = None
     paper: str = ""
+    sampler: str = "random"
+    prepare: Optional[Callable[[nn.Module, Dict[str, Any]], str]] = None
+    lr_scales: Optional[Callable[[nn.Module, Dict[str, Any]], Dict[str, float]]] = None
 
     def __post_init__(self) -> None:
+        if self.sampler not in ("random", "class_aware"):
+            raise ValueError(f"method {self.name!r}: sampler must be 'random' or 'class_aware', got {self.sampler!r}")
         if self.task not in TASKS:
             raise ValueError(f"method {self.name!r}: task must be one of {TASKS}, got {self.task!r}")
         if self.views not in (1, 2):
