@@ -23,9 +23,11 @@ class SyntheticDataset(Dataset):
         self.image_size = image_size
         self.transform = transform
         self.seed = seed
-        # Every class present, then a long tail on class 0.
-        labels = np.concatenate([np.arange(num_classes), np.zeros(max(0, num_samples - num_classes), int)])
-        self.targets = labels[:max(num_samples, num_classes)].tolist()
+        # Every class present, then a long tail on class 0 (at least one extra image, so that
+        # the counts are never all equal: label-aware smoothing needs a head and a tail).
+        n = max(num_samples, num_classes + 1)
+        labels = np.concatenate([np.arange(num_classes), np.zeros(n - num_classes, int)])
+        self.targets = labels[:n].tolist()
         self.class_counts = np.bincount(self.targets, minlength=num_classes).tolist()
 
     def __len__(self) -> int:
