@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 __all__ = ["write_eval_report", "plot_per_class", "plot_confusion", "plot_reliability", "load_run", "compare_table",
+           "side_by_side_table",
            "plot_per_class_difference", "CONFUSION_MAX_CLASSES"]
 
 CONFUSION_MAX_CLASSES = 100
@@ -277,6 +278,24 @@ def compare_table(a: dict, b: dict, names: Sequence[str] = ("A", "B")) -> str:
     n_a, n_b = ma.get("num_samples"), mb.get("num_samples")
     if n_a != n_b:
         out.append(f"note: the runs were evaluated on different numbers of images ({n_a} vs {n_b})")
+    return "\n".join(out)
+
+
+def side_by_side_table(runs: Sequence[dict], names: Sequence[str]) -> str:
+    """Top-1, many/medium/few, mean class accuracy and ECE of any number of runs, one column each."""
+    cols = []
+    for r in runs:
+        m = r["metrics"]
+        shots = {**_shot_means(r["per_class"], r["train_counts"]), **{k: m[k] for k in ("many", "medium", "few")
+                                                                        if k in m}}
+        cols.append({"top-1": m.get("top1"), "many": shots.get("many"), "medium": shots.get("medium"),
+                     "few": shots.get("few"), "mean class acc": m.get("mean_class_acc"), "ECE (x100)": m.get("ece")})
+    width = max(10, *(len(n) for n in names))
+    out = [f"{'':<16s}" + " ".join(f"{n:>{width}s}" for n in names)]
+    for label in cols[0]:
+        cells = [c[label] for c in cols]
+        out.append(f"{label:<16s}" + " ".join(f"{v:>{width}.2f}" if isinstance(v, (int, float)) else "-".rjust(width)
+                                             for v in cells))
     return "\n".join(out)
 
 
