@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import demo_flags
 from gpaco.classification import evaluate as evaluator, train as trainer
 from gpaco.data.samplers import ClassAwareSampler
 from gpaco.losses.criteria import MixupCrossEntropy
@@ -69,33 +70,23 @@ def test_stage2_model_freezes_the_trunk_and_shifts_bn_only_when_asked():
         assert torch.equal(model.backbone.bn1.running_mean, before) is (not shift)
 
 
-def _common(demo_data):
-    return ["--data-root", str(demo_data), "--image-size", "32", "--resize-size", "32", "--norm", "mnist",
-            "--workers", "0", "--print-freq", "0", "--arch", "resnet8", "--aug", "digits"]
-
-
-def _lists(demo_data):
-    return ["--train-list", str(demo_data / "train_small.txt"), "--val-list", str(demo_data / "val_small.txt"),
-            "--test-list", str(demo_data / "test_small.txt")]
-
-
 def test_stage2_loads_stage1_trains_and_evaluates(demo_data, tmp_path):
     s1 = tmp_path / "stage1"
-    trainer.main(_common(demo_data) + _lists(demo_data) + [
+    trainer.main(demo_flags(demo_data) + [
         "--method", "mislas", "--mixup-alpha", "1.0", "--batch-size", "32", "--epochs", "1", "--lr", "0.05",
         "--schedule", "step", "--warmup-epochs", "1", "--output-dir", str(s1)])
     stage1 = torch.load(s1 / "best.pth", weights_only=True)["model"]
 
-    dry = trainer.main(_common(demo_data) + _lists(demo_data) + [
+    dry = trainer.main(demo_flags(demo_data) + [
         "--method", "mislas_stage2", "--stage1", str(s1 / "best.pth"), "--dry-run", "--output-dir",
         str(tmp_path / "dry")])
     assert dry["dry_run"] and not (tmp_path / "dry").exists()
     with pytest.raises(SystemExit, match="--stage1 .*no such file"):
-        trainer.main(_common(demo_data) + _lists(demo_data) + [
+        trainer.main(demo_flags(demo_data) + [
             "--method", "mislas_stage2", "--stage1", str(tmp_path / "absent.pth"), "--output-dir", str(tmp_path / "x")])
 
     s2 = tmp_path / "stage2"
-    result = trainer.main(_common(demo_data) + _lists(demo_data) + [
+    result = trainer.main(demo_flags(demo_data) + [
         "--method", "mislas_stage2", "--stage1", str(s1 / "best.pth"), "--no-shift-bn", "--lr-factor", "0.5",
         "--las-head", "0.3", "--las-tail", "0.0", "--batch-size", "32", "--epochs", "1", "--lr", "0.1",
         "--schedule", "cosine_plain", "--output-dir", str(s2)])
@@ -108,7 +99,7 @@ def test_stage2_loads_stage1_trains_and_evaluates(demo_data, tmp_path):
     metrics = json.loads((s2 / "metrics.json").read_text())
     assert 0 <= metrics["ece"] <= 100 and (s2.glob("reliability.png") or True)
     ev = evaluator.main(["--checkpoint", str(s2 / "best.pth"), "--test-list", str(demo_data / "test_small.txt"),
-                         "--batch-size", "50", "--output-dir", str(tmp_path / "eval"), *_common(demo_data)[:8]])
+                         "--batch-size", "50", "--output-dir", str(tmp_path / "eval"), *demo_flags(demo_data, lists=False)])
     assert ev["top1"] == pytest.approx(result["top1"]) and ev["ece"] == pytest.approx(result["ece"])
     assert (tmp_path / "eval" / "reliability.png").is_file()
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import demo_flags
 from gpaco.classification import evaluate as evaluator, train as trainer
 from gpaco.data.cifar_lt import lt_class_counts
 from gpaco.engine.schedule import build_schedule
@@ -102,18 +103,15 @@ def test_reslt_flags_are_checked():
 
 def test_reslt_trains_on_the_demo_and_its_checkpoint_evaluates(demo_data, tmp_path):
     out = tmp_path / "reslt"
-    common = ["--data-root", str(demo_data), "--image-size", "32", "--resize-size", "32", "--norm", "mnist",
-              "--workers", "0"]
-    result = trainer.main(common + [
-        "--train-list", str(demo_data / "train_small.txt"), "--val-list", str(demo_data / "val_small.txt"),
-        "--test-list", str(demo_data / "test_small.txt"), "--arch", "resnet8", "--batch-size", "32",
-        "--epochs", "1", "--lr", "0.05", "--schedule", "step", "--warmup-epochs", "1", "--print-freq", "0",
-        "--aug", "digits", "--method", "reslt", "--reslt-beta", "0.9", "--reslt-branch-sizes", "8", "6",
-        "--reslt-head", "conv", "--reslt-gamma", "0.5", "--output-dir", str(out)])
+    result = trainer.main(demo_flags(demo_data) + [
+        "--batch-size", "32", "--epochs", "1", "--lr", "0.05", "--schedule", "step", "--warmup-epochs", "1",
+        "--method", "reslt", "--reslt-beta", "0.9", "--reslt-branch-sizes", "8", "6", "--reslt-head", "conv",
+        "--reslt-gamma", "0.5", "--output-dir", str(out)])
     assert (out / "best.pth").is_file() and result["num_samples"] > 0
     ckpt = torch.load(out / "best.pth", weights_only=True)
     assert ckpt["method"] == "reslt" and any(k.startswith("head.") for k in ckpt["model"])
     ev = evaluator.main(["--checkpoint", str(out / "best.pth"), "--test-list", str(demo_data / "test_small.txt"),
-                         "--batch-size", "50", "--output-dir", str(tmp_path / "eval"), *common])
+                         "--batch-size", "50", "--output-dir", str(tmp_path / "eval"),
+                         *demo_flags(demo_data, lists=False)])
     assert ev["top1"] == pytest.approx(result["top1"]) and ev["num_samples"] == result["num_samples"]
     assert not ev["checkpoints"][0].get("missing")
