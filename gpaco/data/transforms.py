@@ -18,7 +18,6 @@ Components (``S`` = ``image_size``, 224 for ImageNet recipes, 32 for CIFAR):
 ``aug_cifar``             ``sim_cifar`` with Blur p.2 (GPaCo CIFAR-LT)
 ``crop_flip``               RRC(S) > HFlip (ResLT iNaturalist)
 ``cifar_crop_flip``         [fit to SxS] > RandomCrop(S, pad S/8) > HFlip (ResLT, MiSLAS CIFAR)
-``randclsgray``             RRC(S) > HFlip > ColorJitter p1 > Gray .2 > RandAugment(n, m) (ResCom)
 ``timm_randaug``          RRC(S, bicubic) > HFlip > RandAugment(rand-m{m}-n{n}-mstd0.5-inc1, bicubic): timm's
                           training transform as the MAE CE baseline uses it (random erasing: ``--reprob``)
 ``none``                  Resize(S) > CenterCrop(S)
@@ -84,13 +83,11 @@ TWO_VIEW_STRATEGIES: Dict[str, Tuple[str, str]] = {
     "sim_cifar_sim_cifar": ("sim_cifar", "sim_cifar"),  # GPaCo full CIFAR-100 (imb 1.0)
     "regular_aug_cifar": ("cifar_regular", "aug_cifar"),  # GPaCo CIFAR-LT (imb != 1)
     "digits_digits": ("digits", "digits"),  # the MNIST-LT demo
-    "randclsgray_randclsgray": ("randclsgray", "randclsgray"),  # ResCom
-    "cifar_regular_cifar_regular": ("cifar_regular", "cifar_regular"),  # ResCom CIFAR
 }
 SINGLE_VIEW_STRATEGIES: Tuple[str, ...] = (
     "randcls", "randclsstack", "regular", "sim", "sim02", "mocov2",
     "cifar_regular", "sim_cifar", "aug_cifar", "digits", "timm_randaug", "none",
-    "crop_flip", "cifar_crop_flip", "randclsgray",
+    "crop_flip", "cifar_crop_flip",
 )
 
 
@@ -400,9 +397,6 @@ def _component(name: str, size: int, randaug_n: int, randaug_m: int,
                 _rand_augment(size, randaug_n, randaug_m)]
     if name == "crop_flip":
         return [_RandomResizedCrop(size), fast_flip]
-    if name == "randclsgray":
-        return [_RandomResizedCrop(size), fast_flip, fast_jitter, fast_gray, _ToPIL(),
-                _rand_augment(size, randaug_n, randaug_m)]
     if name == "cifar_crop_flip":
         return [_FitSquare(size), T.RandomCrop(size, padding=max(1, size // 8)), flip]
     if name == "cifar_regular":
