@@ -184,6 +184,62 @@ def shot_accuracy(
 # --------------------------------------------------------------------------- classification meter
 
 
+ECE_BINS = 15  # MiSLAS's reliability bins
+_CONF_UNITS = 10 ** 9  # confidences are summed as int64 nano-units: exact and DDP-summable
+
+
+def calibration_bin_index(confidence: Tensor, n_bins: int = ECE_BINS) -> Tensor:
+    """Bin of each top-1 confidence: bin ``b`` (0-based) holds ``b/n < c <= (b+1)/n``; -1 for ``c <= 0``."""
+    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=confidence.dtype, device=confidence.device)
+    idx = torch.bucketize(confidence, edges, right=False) - 1
+    return torch.where((idx >= 0) & (idx < n_bins), idx, torch.full_like(idx, -1))
+
+
+@torch.no_grad()
+def expected_calibration_error(probs_or_logits: Tensor, labels: Tensor, n_bins: int = ECE_BINS, *,
+                               from_logits: Optional[bool] = None) -> float:
+    """Expected calibration error of the top-1 prediction, as MiSLAS reports it.
+
+    Confidence ``c_i = max_j p_ij``; bins of equal width (:func:`calibration_bin_index`);
+    ``ECE = sum_b |B_b| / n * |acc(B_b) - mean_conf(B_b)|`` over the non-empty bins, ``n``
+    the binned samples (all of them for softmax outputs).
+
+    Args:
+        probs_or_logits: [N, C] probabilities (rows summing to 1) or logits.
+        labels: [N] true classes.
+        n_bins: number of bins (MiSLAS: 15).
+        from_logits: True = apply softmax, False = already probabilities, None = softmax
+            unless every row is non-negative and sums to 1.
+    Returns:
+        ECE as a fraction in [0, 1]; MiSLAS's tables (and ``metrics.json``'s ``ece``) print it x 100.
+    """
+    if probs_or_logits.ndim != 2:
+        raise ValueError(f"probs_or_logits must be [N, C], got shape {tuple(probs_or_logits.shape)}")
+    n = probs_or_logits.shape[0]
+    if labels.shape != (n,):
+        raise ValueError(f"labels must be [N] = [{n}], got shape {tuple(labels.shape)}")
+    if n == 0:
+        raise ValueError("expected_calibration_error needs at least one sample")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    x = probs_or_logits.detach().to(torch.float64)
+    if from_logits is None:
+        from_logits = not (bool((x >= 0).all()) and torch.allclose(x.sum(-1), torch.ones_like(x[:, 0]), atol=1e-4))
+    probs = x.softmax(-1) if from_logits else x
+    conf, pred = probs.max(-1)
+    correct = (pred == labels.to(pred.device)).to(torch.float64)
+    idx = calibration_bin_index(conf, n_bins)
+    valid = idx >= 0
+    idx = idx[valid]
+    count = torch.bincount(idx, minlength=n_bins).to(torch.float64)
+    acc_sum = torch.bincount(idx, weights=correct[valid], minlength=n_bins)
+    conf_sum = torch.bincount(idx, weights=conf[valid], minlength=n_bins)
+    total = count.sum()
+    if total == 0:
+        raise ValueError("no confidence falls in (0, 1]: are these probabilities?")
+    return float((acc_sum - conf_sum).abs().sum() / total)
+
+
 class ClassificationMeter:
     """Exact, DDP-summable classification counts.
 
@@ -223,17 +279,19 @@ class ClassificationMeter:
         self.correct1 = torch.zeros(c, **kw)     # top-1 hits per target class
         self.correctk = torch.zeros(c, **kw)     # top-k hits per target class
         self.predicted = torch.zeros(c, **kw)    # top-1 predictions per class
+        # reliability bins of the top-1 softmax confidence: samples, hits, confidence sum (nano-units)
+        self.calibration = torch.zeros(3, ECE_BINS, **kw)
         self.confusion = torch.zeros(c, c, **kw) if self.keep_confusion else None  # [target, pred]
         self._reduced = False
 
     def _buffers(self) -> list[Tensor]:
-        bufs = [self.total, self.correct1, self.correctk, self.predicted]
+        bufs = [self.total, self.correct1, self.correctk, self.predicted, self.calibration]
         return bufs + ([self.confusion] if self.confusion is not None else [])
 
     def _set_buffers(self, bufs: list[Tensor]) -> None:
-        self.total, self.correct1, self.correctk, self.predicted = bufs[:4]
+        self.total, self.correct1, self.correctk, self.predicted, self.calibration = bufs[:5]
         if self.confusion is not None:
-            self.confusion = bufs[4]
+            self.confusion = bufs[5]
 
     @torch.no_grad()
     def update(self, logits: Tensor, targets: Tensor) -> None:
@@ -258,6 +316,13 @@ class ClassificationMeter:
         self.correct1 += torch.bincount(targets[hit1], minlength=c)
         self.correctk += torch.bincount(targets[hitk], minlength=c)
         self.predicted += torch.bincount(pred, minlength=c)
+        conf = logits.double().softmax(1).gather(1, pred[:, None]).squeeze(1)
+        bins = calibration_bin_index(conf)
+        ok = bins >= 0
+        b = bins[ok]
+        self.calibration[0] += torch.bincount(b, minlength=ECE_BINS)
+        self.calibration[1] += torch.bincount(b[hit1[ok]], minlength=ECE_BINS)
+        self.calibration[2].index_add_(0, b, (conf[ok] * _CONF_UNITS).round().long())  # per sample: split-exact
         if self.confusion is not None:
             self.confusion += torch.bincount(targets * c + pred, minlength=c * c).view(c, c)
 
@@ -278,7 +343,8 @@ class ClassificationMeter:
             ``num_samples``, ``top1``, ``top5`` (top-``topk``), ``mean_class_acc``,
             ``per_class`` (accuracy = recall per class, NaN where the class has no test
             sample), ``per_class_precision`` (NaN where never predicted),
-            ``per_class_recall``; with ``train_counts`` also ``many/medium/few`` (percent,
+            ``per_class_recall``, ``ece`` (expected calibration error x 100, 15 bins) and
+            ``calibration`` (per bin: count, accuracy, mean confidence); with ``train_counts`` also ``many/medium/few`` (percent,
             0.0 for an empty group) and ``many_classes/medium_classes/few_classes``.
         """
         total = self.total.cpu().numpy()
@@ -292,6 +358,14 @@ class ClassificationMeter:
             "top5": 100.0 * float(self.correctk.sum()) / n if n else 0.0,
             "mean_class_acc": float(np.nanmean(acc)) if n else 0.0,
         }
+        cal = self.calibration.cpu().numpy().astype(np.float64)
+        binned = cal[0].sum()
+        conf_sum = cal[2] / _CONF_UNITS
+        # ECE (percent): sum_b |hits_b - confidence_b| / n, 15 equal-width bins (MiSLAS)
+        out["ece"] = 100.0 * float(np.abs(cal[1] - conf_sum).sum() / binned) if binned else 0.0
+        out["calibration"] = {"bins": ECE_BINS, "count": cal[0].astype(int).tolist(),
+                              "accuracy": (_ratio(cal[1], cal[0]) * 100.0).tolist(),
+                              "confidence": (_ratio(conf_sum, cal[0]) * 100.0).tolist()}
         if train_counts is not None:
             counts = np.asarray(torch.as_tensor(train_counts).cpu()).reshape(-1)
             if counts.size != self.num_classes:

@@ -5,9 +5,13 @@
 #   bash sh/demo.sh                          # builds data/demo_mnist_lt, writes runs/demo/
 #   DEMO_DATA=my_data DEMO_OUT=runs/mine bash sh/demo.sh
 #
+#   METHODS="ce reslt mislas" bash sh/demo.sh   # pick the methods (default: ce balanced_ce gpaco)
+#   METHODS=all bash sh/demo.sh                 # ce balanced_ce gpaco reslt mislas (mislas = stage 1 + stage 2)
+#
 # DEMO_DATA: any folder with train.txt, val.txt, test.txt ('relative/path label' lines) and
 # the images they name; the same code path as ImageNet-LT. DEMO_EPOCHS, DEMO_ARCH and
-# DEMO_IMAGE_SIZE change the schedule, the network and the input size.
+# DEMO_IMAGE_SIZE change the schedule, the network and the input size. The runs are compared
+# side by side (top-1, many/medium/few, ECE) by tools/compare_runs.py.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -34,13 +38,33 @@ common=(--data-root "$DATA" --train-list "$DATA/train.txt" --val-list "$DATA/val
         --arch "$ARCH" --image-size "$SIZE" --resize-size "$SIZE" --norm mnist --epochs "$EPOCHS"
         --batch-size 64 --lr 0.05 --wd 5e-4 --warmup-epochs 2 --workers 0 --print-freq 0 --seed 0
         --resume auto)
-# CE and balanced CE: one view. GPaCo: two views, a queue of 256 keys, the class prior.
-# With 10 classes an anchor has ~100 same-class samples in the contrast set (ImageNet-LT:
-# a handful), so alpha is scaled down from the paper's 0.05 to keep the center term in charge.
-"$PY" tools/train.py "${common[@]}" --method ce --aug digits --output-dir "$OUT/ce"
-"$PY" tools/train.py "${common[@]}" --method balanced_ce --aug digits --output-dir "$OUT/balanced_ce"
-"$PY" tools/train.py "${common[@]}" --method gpaco --aug digits_digits --alpha 0.005 --temperature 0.2 \
-    --queue-size 256 --output-dir "$OUT/gpaco"
+METHODS="${METHODS:-ce balanced_ce gpaco}"
+[ "$METHODS" = all ] && METHODS="ce balanced_ce gpaco reslt mislas"
+runs=()
+for m in $METHODS; do
+    case "$m" in
+        # CE and balanced CE: one view. GPaCo: two views, a queue of 256 keys, the class prior.
+        # With 10 classes an anchor has ~100 same-class samples in the contrast set (ImageNet-LT:
+        # a handful), so alpha is scaled down from the paper's 0.05 to keep the center term in charge.
+        ce|balanced_ce) "$PY" tools/train.py "${common[@]}" --method "$m" --aug digits --output-dir "$OUT/$m" ;;
+        gpaco) "$PY" tools/train.py "${common[@]}" --method gpaco --aug digits_digits --alpha 0.005 --temperature 0.2 \
+                   --queue-size 256 --output-dir "$OUT/gpaco" ;;
+        # ResLT: M / T branches = the 8 / 6 rarest digits (the CIFAR-10-LT split), beta as CIFAR-10 imb 0.01.
+        reslt) "$PY" tools/train.py "${common[@]}" --method reslt --aug digits --reslt-beta 0.998 \
+                   --reslt-branch-sizes 8 6 --output-dir "$OUT/reslt" ;;
+        # MiSLAS: stage 1 with mixup (alpha 1, the CIFAR setting), then 3 epochs of stage 2 on it.
+        mislas) "$PY" tools/train.py "${common[@]}" --method mislas --aug digits --mixup-alpha 1.0 \
+                    --output-dir "$OUT/mislas_stage1"
+                "$PY" tools/train.py "${common[@]}" --method mislas_stage2 --aug digits --epochs 3 --lr 0.05 \
+                    --schedule cosine_plain --stage1 "$OUT/mislas_stage1/best.pth" --shift-bn --lr-factor 0.2 \
+                    --las-head 0.3 --las-tail 0.0 --output-dir "$OUT/mislas" ;;
+        *) echo "error: METHODS: unknown method '$m' (choose from ce balanced_ce gpaco reslt mislas, or all)" >&2; exit 2 ;;
+    esac
+    runs+=("$OUT/$m")
+done
 
-"$PY" tools/summarize_runs.py "$OUT/ce" "$OUT/balanced_ce" "$OUT/gpaco" --out "$OUT/summary.md" --plot "$OUT/summary.png"
-echo "summary: $OUT/summary.md, plot: $OUT/summary.png, runs: $OUT/{ce,balanced_ce,gpaco}"
+"$PY" tools/summarize_runs.py "${runs[@]}" --out "$OUT/summary.md" --plot "$OUT/summary.png"
+if [ "${#runs[@]}" -ge 2 ]; then
+    "$PY" tools/compare_runs.py "${runs[@]}" --plot "$OUT/compare.png" | tee "$OUT/compare.txt"
+fi
+echo "summary: $OUT/summary.md, plot: $OUT/summary.png, runs: ${runs[*]}"

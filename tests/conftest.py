@@ -27,3 +27,14 @@ def demo_data(tmp_path_factory) -> Path:
         lines = (root / f"{split}.txt").read_text().splitlines()
         (root / f"{split}_small.txt").write_text("\n".join(lines[::step]) + "\n")
     return root
+
+
+def demo_flags(demo_data: Path, *, lists: bool = True) -> list:
+    """tools/train.py / tools/eval.py flags of a seconds-long run on the small demo lists (32 px, no workers)."""
+    flags = ["--data-root", str(demo_data), "--image-size", "32", "--resize-size", "32", "--norm", "mnist",
+             "--workers", "0"]
+    if lists:
+        flags += ["--train-list", str(demo_data / "train_small.txt"), "--val-list", str(demo_data / "val_small.txt"),
+                  "--test-list", str(demo_data / "test_small.txt"), "--print-freq", "0", "--arch", "resnet8",
+                  "--aug", "digits"]
+    return flags

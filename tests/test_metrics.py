@@ -278,3 +278,24 @@ def test_segmeter_bruteforce():
     assert out["macc"] == pytest.approx(np.nanmean(accs))
     assert out["aacc"] == pytest.approx(100 * (p == t).float().mean().item())
     assert out["num_pixels"] == int(keep.sum())
+
+
+def test_meter_ece_is_mislas_ece_and_the_report_draws_it(tmp_path):
+    from gpaco.classification.report import write_eval_report
+    from gpaco.losses.mislas import expected_calibration_error
+
+    g = torch.Generator().manual_seed(1)
+    logits = 3 * torch.randn(200, 6, generator=g)
+    targets = torch.randint(0, 6, (200,), generator=g)
+    meter = ClassificationMeter(6)
+    meter.update(logits[:77], targets[:77])
+    meter.update(logits[77:], targets[77:])
+    out = meter.compute([50, 40, 30, 20, 10, 5])
+    assert out["ece"] == pytest.approx(100 * expected_calibration_error(logits, targets), abs=1e-6)
+    assert sum(out["calibration"]["count"]) == 200 and out["calibration"]["bins"] == 15
+    written = write_eval_report(str(tmp_path), out, [50, 40, 30, 20, 10, 5])
+    assert str(tmp_path / "reliability.png") in written and (tmp_path / "reliability.png").stat().st_size > 0
+    # perfectly calibrated by construction: one bin at confidence 1 with every sample right
+    sure = ClassificationMeter(3)
+    sure.update(torch.tensor([[100.0, 0, 0], [0, 100.0, 0]]), torch.tensor([0, 1]))
+    assert sure.compute()["ece"] == pytest.approx(0.0, abs=1e-6)

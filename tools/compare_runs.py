@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Compare two evaluated runs: many/medium/few side by side and the per-class accuracy difference.
+"""Compare evaluated runs: many/medium/few side by side and the per-class accuracy difference.
 
     python tools/compare_runs.py runs/demo/ce runs/demo/gpaco [--names CE GPaCo] [--plot compare.png]
+    python tools/compare_runs.py runs/demo/ce runs/demo/reslt runs/demo/mislas   # three or more: one table
 
 RUN is a run folder or an evaluation folder (with metrics.json, and per_class.csv for the
 training counts), or a metrics.json file. Prints top-1/top-5, many/medium/few (with the number
 of classes in each group), mean class accuracy and, when both have them, the robustness
-figures, with B - A; plots accuracy(B) - accuracy(A) per class, head to tail.
+figures, with B - A; plots accuracy(B) - accuracy(A) per class, head to tail. With more than two
+runs: one column per run (top-1, many/medium/few, mean class accuracy, ECE), no plot.
 """
 import argparse
 import os
@@ -14,9 +16,8 @@ import os
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tools/compare_runs.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_a", metavar="RUN_A")
-    p.add_argument("run_b", metavar="RUN_B")
-    p.add_argument("--names", nargs=2, default=None, metavar=("A", "B"), help="column names (default: folder names)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two runs (A B: the difference table and plot) or more")
+    p.add_argument("--names", nargs="+", default=None, help="column names, one per run (default: folder names)")
     p.add_argument("--plot", default=None,
                    help="per-class difference plot (default: compare_<A>_vs_<B>.png in the current folder)")
     return p
@@ -32,13 +33,22 @@ def _name(path: str) -> str:
 
 def main(argv=None) -> str:
     args = build_parser().parse_args(argv)
-    from gpaco.classification.report import compare_table, load_run, plot_per_class_difference
+    from gpaco.classification.report import compare_table, load_run, plot_per_class_difference, side_by_side_table
 
+    if len(args.runs) < 2:
+        raise SystemExit("error: give at least two runs (RUN RUN ...)")
+    if args.names is not None and len(args.names) != len(args.runs):
+        raise SystemExit(f"error: --names needs one name per run ({len(args.runs)}), got {len(args.names)}")
     try:
-        a, b = load_run(args.run_a), load_run(args.run_b)
+        runs = [load_run(r) for r in args.runs]
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    names = args.names or [_name(args.run_a), _name(args.run_b)]
+    names = args.names or [_name(r) for r in args.runs]
+    if len(runs) > 2:
+        table = side_by_side_table(runs, names)
+        print(table)
+        return table
+    a, b = runs
     table = compare_table(a, b, names)
     print(table)
     plot = args.plot or f"compare_{names[0].replace('/', '_')}_vs_{names[1].replace('/', '_')}.png"

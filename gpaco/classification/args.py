@@ -133,11 +133,18 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (default: off)")
     g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (timm backbones)")
     g.add_argument("--schedule", "--sched", default="cosine",
-                   choices=("cosine", "cosine_epoch", "step_cifar", "mae_cosine"),
+                   choices=("cosine", "cosine_epoch", "step_cifar", "mae_cosine", "cosine_plain", "step", "constant"),
                    help="cosine (= cosine_epoch): per-epoch warmup + off-by-one cosine; step_cifar: the CIFAR "
                         "warmup + steps at 320/360; mae_cosine: per-iteration warmup + half-cycle cosine to "
-                        "--min-lr (MAE fine-tuning)")
+                        "--min-lr (MAE fine-tuning); cosine_plain: lr/2 (1 + cos(pi e / E)), no warmup (ResLT "
+                        "iNat, MiSLAS); step: warmup from --warmup-start x lr, x0.1 at each of --milestones "
+                        "(ResLT, MiSLAS CIFAR); constant (docs/method.md#learning-rate-schedules)")
     g.add_argument("--warmup-epochs", type=int, default=10)
+    g.add_argument("--milestones", type=int, nargs="+", default=[160, 180], metavar="EPOCH",
+                   help="--schedule step: epochs (0-based) from which the LR is x0.1 more")
+    g.add_argument("--warmup-start", type=float, default=0.0,
+                   help="--schedule step: the first warmup epoch starts from this fraction of --lr "
+                        "(ResLT CIFAR 1/3, MiSLAS 0)")
     g.add_argument("--finetune", default=None, metavar="PATH",
                    help="local MAE pre-training checkpoint ({'model': ...}) for a ViT backbone: the head is "
                         "dropped, pos_embed resampled, the rest loaded non-strictly; the class centers start "
@@ -169,7 +176,7 @@ _POSITIVE_INTS = ("batch_size", "device_batch", "epochs", "accum_iter", "image_s
 _NON_NEGATIVE_INTS = ("workers", "warmup_epochs", "randaug_n", "randaug_m", "proj_dim")
 _FLOATS = ("imb_factor", "lr", "blr", "min_lr", "layer_decay", "momentum", "wd", "clip_grad", "drop_path",
            "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob", "alpha", "beta", "gamma",
-           "temperature", "smoothing", "label_smoothing", "momentum_encoder")
+           "temperature", "smoothing", "label_smoothing", "momentum_encoder", "warmup_start")
 
 
 def validate_common_args(args: argparse.Namespace) -> None:
@@ -223,6 +230,15 @@ def validate_train_args(args: argparse.Namespace) -> None:
         raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be <= --epochs ({args.epochs})")
     if args.schedule == "step_cifar" and args.warmup_epochs == 0:
         raise FlagError("--schedule step_cifar needs --warmup-epochs > 0")
+    if not 0.0 <= args.warmup_start <= 1.0:
+        raise FlagError(f"--warmup-start must be in [0, 1], got {args.warmup_start}")
+    if args.schedule == "step" and (any(m < 0 for m in args.milestones) or args.milestones != sorted(args.milestones)):
+        raise FlagError(f"--milestones must be ascending epochs >= 0, got {args.milestones}")
+    if method.validate is not None:
+        try:
+            method.validate(vars(args))
+        except ValueError as e:
+            raise FlagError(str(e)) from None
     if args.schedule == "mae_cosine" and args.warmup_epochs >= args.epochs:
         raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be < --epochs ({args.epochs}) with "
                         f"--schedule mae_cosine")

@@ -28,7 +28,7 @@ from gpaco.data.build import build_eval_dataset, data_available, eval_loader
 from gpaco.data.splits import class_counts, read_split
 from gpaco.distributed import cleanup, gather_in_order, init_distributed
 from gpaco.classification.args import FlagError, add_data_flags, add_model_flags, eval_data_kwargs, is_cifar
-from gpaco.methods import method_names
+from gpaco.methods import add_method_flags, all_methods, get_method, method_names, method_options
 from gpaco.methods.flags import PROJ_DIM, QUEUE_SIZE
 from gpaco.checkpoint import CheckpointError, check_writable
 from gpaco.models.convert import CheckpointMismatchError, build_model_from_checkpoint, read_checkpoint
@@ -36,6 +36,16 @@ from gpaco.engine.benchmarks import Benchmark, run_benchmarks
 from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.classification.loop import predict
 from gpaco.classification.report import write_eval_report
+
+
+# Method flags that may override a checkpoint's model options at evaluation (the sizes have their own flags).
+_METHOD_DESTS = {f.dest for m in all_methods("classification") for f in m.flags} - {"proj_dim", "queue_size"}
+
+
+def model_overrides(method: str, args: argparse.Namespace) -> dict:
+    """build_model keywords of the method flags set on the eval command line."""
+    given = {k: v for k, v in vars(args).items() if k in _METHOD_DESTS}
+    return method_options(get_method(method), given)[0]
 
 
 class _Repeatable(argparse.Action):
@@ -54,6 +64,11 @@ def build_eval_parser() -> argparse.ArgumentParser:
                                             "ImageNet-C/-R/-Sketch; exact under torchrun.")
     add_data_flags(p)
     add_model_flags(p)
+    add_method_flags(p, "classification", "method options (evaluation-time model options, e.g. --reslt-gamma; "
+                                          "unset: the checkpoint's)")
+    for action in p._actions:  # only what the command line sets overrides the checkpoint's training flags
+        if action.dest in _METHOD_DESTS:
+            action.default = argparse.SUPPRESS
     g = p.add_argument_group("checkpoints (repeat --checkpoint for an ensemble)")
     g.add_argument("--checkpoint", action=_Repeatable, required=True, metavar="PATH",
                    help="ours (best.pth, checkpoint.pth), the original's released .pth.tar / MAE .pth, a converted "
@@ -168,7 +183,9 @@ def run(args: argparse.Namespace) -> dict:
                 c, method=method or (args.method if c is None else None),
                 arch=arch or (args.arch if c is None else None),
                 num_classes=args.num_classes or (fallback_classes if c is None else None),
-                defaults={"proj_dim": args.proj_dim, "queue_size": args.queue_size})
+                defaults={"proj_dim": args.proj_dim, "queue_size": args.queue_size},
+                build_kwargs=model_overrides(method or args.method or (c.meta.get("method") if c else None) or "ce",
+                                             args))
         except CheckpointMismatchError as e:
             raise SystemExit(f"error: {e}") from None
         except CheckpointError as e:

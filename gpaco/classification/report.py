@@ -8,7 +8,9 @@
   sorted head to tail; many/medium/few boundaries dashed); class order when the train counts
   are unknown;
 * ``confusion.png`` for up to 100 classes: the row-normalised confusion matrix (rows = true
-  class, columns = predicted class).
+  class, columns = predicted class);
+* ``reliability.png``: accuracy against mean top-1 confidence per confidence bin, with the
+  expected calibration error (``metrics['calibration']``, ``metrics['ece']``).
 
 ``tools/compare_runs.py`` uses :func:`load_run`, :func:`compare_table` and
 :func:`plot_per_class_difference`.
@@ -23,7 +25,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["write_eval_report", "plot_per_class", "plot_confusion", "load_run", "compare_table",
+__all__ = ["write_eval_report", "plot_per_class", "plot_confusion", "plot_reliability", "load_run", "compare_table",
+           "side_by_side_table",
            "plot_per_class_difference", "CONFUSION_MAX_CLASSES"]
 
 CONFUSION_MAX_CLASSES = 100
@@ -71,7 +74,36 @@ def write_eval_report(out_dir: str, metrics: dict, train_counts: Optional[Sequen
         path = os.path.join(out_dir, "confusion.png")
         plot_confusion(confusion, path)
         written.append(path)
+    if metrics.get("calibration"):
+        path = os.path.join(out_dir, "reliability.png")
+        plot_reliability(metrics["calibration"], metrics.get("ece"), path)
+        written.append(path)
     return written
+
+
+def plot_reliability(calibration: dict, ece: Optional[float], path: str) -> None:
+    """Reliability diagram: per confidence bin, accuracy (bars) against the diagonal, gaps to
+    the bin's mean confidence outlined; ``calibration`` as ClassificationMeter.compute's."""
+    plt = _pyplot()
+    n = int(calibration["bins"])
+    width = 100.0 / n
+    centers = [width * (b + 0.5) for b in range(n)]
+    acc = [0.0 if a is None or a != a else a for a in calibration["accuracy"]]
+    conf = [c if c == c else centers[b] for b, c in enumerate(calibration["confidence"])]
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=100)
+    ax.bar(centers, acc, width=width, color="#2e86de", edgecolor="black", lw=0.5, label="accuracy")
+    ax.bar(centers, [c - a for c, a in zip(conf, acc)], bottom=acc, width=width, color="#e74c3c", alpha=0.3,
+           edgecolor="#c0392b", lw=0.5, label="gap to confidence")
+    ax.plot([0, 100], [0, 100], "--", color="gray", lw=1)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("top-1 confidence (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"reliability, ECE {ece:.2f}" if ece is not None else "reliability", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _pyplot():
@@ -222,6 +254,8 @@ def compare_table(a: dict, b: dict, names: Sequence[str] = ("A", "B")) -> str:
         cls = f" ({na} cls)" if na == nb and na is not None else f" ({na}/{nb} cls)" if na or nb else ""
         rows.append((f"{g}{cls}", sa.get(g), sb.get(g)))
     rows.append(("mean class acc", ma.get("mean_class_acc"), mb.get("mean_class_acc")))
+    if ma.get("ece") is not None or mb.get("ece") is not None:
+        rows.append(("ECE (x100, 15 bins)", ma.get("ece"), mb.get("ece")))
     ca, cb = ma.get("corruption") or {}, mb.get("corruption") or {}
     for key, label in (("mce_unnormalised", "mCE (unnormalised)"), ("mce_alexnet_normalised", "rel. mCE (AlexNet)"),
                        ("mce_baseline_normalised", "mCE / baseline")):
@@ -244,6 +278,24 @@ def compare_table(a: dict, b: dict, names: Sequence[str] = ("A", "B")) -> str:
     n_a, n_b = ma.get("num_samples"), mb.get("num_samples")
     if n_a != n_b:
         out.append(f"note: the runs were evaluated on different numbers of images ({n_a} vs {n_b})")
+    return "\n".join(out)
+
+
+def side_by_side_table(runs: Sequence[dict], names: Sequence[str]) -> str:
+    """Top-1, many/medium/few, mean class accuracy and ECE of any number of runs, one column each."""
+    cols = []
+    for r in runs:
+        m = r["metrics"]
+        shots = {**_shot_means(r["per_class"], r["train_counts"]), **{k: m[k] for k in ("many", "medium", "few")
+                                                                        if k in m}}
+        cols.append({"top-1": m.get("top1"), "many": shots.get("many"), "medium": shots.get("medium"),
+                     "few": shots.get("few"), "mean class acc": m.get("mean_class_acc"), "ECE (x100)": m.get("ece")})
+    width = max(10, *(len(n) for n in names))
+    out = [f"{'':<16s}" + " ".join(f"{n:>{width}s}" for n in names)]
+    for label in cols[0]:
+        cells = [c[label] for c in cols]
+        out.append(f"{label:<16s}" + " ".join(f"{v:>{width}.2f}" if isinstance(v, (int, float)) else "-".rjust(width)
+                                             for v in cells))
     return "\n".join(out)
 
 

@@ -44,6 +44,13 @@ def build_lr_schedule(args: argparse.Namespace) -> LRSchedule:
     if args.schedule == "mae_cosine":
         return build_schedule("mae_cosine", base_lr=args.lr, min_lr=args.min_lr, epochs=args.epochs,
                               warmup_epochs=args.warmup_epochs)
+    if args.schedule == "cosine_plain":
+        return build_schedule("cosine_plain", base_lr=args.lr, epochs=args.epochs)
+    if args.schedule == "step":
+        return build_schedule("step", base_lr=args.lr, warmup_epochs=args.warmup_epochs, milestones=args.milestones,
+                              warmup_start=args.warmup_start)
+    if args.schedule == "constant":
+        return build_schedule("constant", base_lr=args.lr)
     return build_schedule("cosine", base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
 
 
@@ -211,6 +218,15 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         print_main(f"warning: --finetune {args.finetune} not found; the dry run uses random weights")
     elif args.finetune and ckpt is None:
         finetune_from(model, args.finetune)  # a resumed run takes every weight from its checkpoint
+    if method.prepare is not None and ckpt is None:  # a resumed run takes every weight from its checkpoint
+        try:
+            print_main(method.prepare(model, vars(args)))
+        except FileNotFoundError as e:
+            if not args.dry_run:
+                raise FlagError(str(e)) from None
+            print_main(f"warning: {e}; the dry run uses random weights")
+        except ValueError as e:
+            raise FlagError(str(e)) from None
     if args.freeze == "all_but_last_block":
         print_main(f"froze {freeze_all_but_last_block(model)} conv layers (all but the last block)")
     model.to(device)
@@ -218,7 +234,8 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         model.to(memory_format=torch.channels_last)
     loss_kw = method_options(method, vars(args))[1]
     criterion = method.build_criterion(num_classes=num_classes, class_counts=train_counts, **loss_kw).to(device)
-    optimizer = build_optimizer(model, **optimizer_kwargs(args))
+    lr_scales = method.lr_scales(model, vars(args)) if method.lr_scales is not None else None
+    optimizer = build_optimizer(model, lr_scales=lr_scales, **optimizer_kwargs(args))
     schedule = build_lr_schedule(args)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
 
@@ -230,7 +247,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     batch = args.dry_run_batch if args.dry_run else per_process_batch
     workers = 0 if args.dry_run else args.workers
     train_dl = train_loader(train_set, batch_size=batch, workers=workers, rank=rank, world_size=world,
-                            seed=args.seed, pin_memory=pin)
+                            seed=args.seed, pin_memory=pin, sampler=method.sampler)
     val_dl = eval_loader(val_set, batch_size=batch, workers=workers, rank=rank, world_size=world,
                          pin_memory=pin) if val_set is not None else None
     test_dl = eval_loader(test_set, batch_size=batch, workers=workers, rank=rank, world_size=world,

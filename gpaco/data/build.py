@@ -23,9 +23,11 @@ class SyntheticDataset(Dataset):
         self.image_size = image_size
         self.transform = transform
         self.seed = seed
-        # Every class present, then a long tail on class 0.
-        labels = np.concatenate([np.arange(num_classes), np.zeros(max(0, num_samples - num_classes), int)])
-        self.targets = labels[:max(num_samples, num_classes)].tolist()
+        # Every class present, then a long tail on class 0 (at least one extra image, so that
+        # the counts are never all equal: label-aware smoothing needs a head and a tail).
+        n = max(num_samples, num_classes + 1)
+        labels = np.concatenate([np.arange(num_classes), np.zeros(n - num_classes, int)])
+        self.targets = labels[:n].tolist()
         self.class_counts = np.bincount(self.targets, minlength=num_classes).tolist()
 
     def __len__(self) -> int:
@@ -197,12 +199,21 @@ class EpochSeededDataset(Dataset):
 
 
 def train_loader(dataset: Dataset, *, batch_size: int, workers: int, rank: int, world_size: int, seed: int,
-                 pin_memory: bool) -> DataLoader:
+                 pin_memory: bool, sampler: str = "random") -> DataLoader:
     """Shuffled, drop_last (the queue needs a constant global batch); call :func:`set_train_epoch`
     before every epoch. Each sample is augmented from its own (seed, epoch, index) seed
-    (:class:`EpochSeededDataset`), the loader's base seed comes from a per-epoch generator."""
-    sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                          drop_last=True)
+    (:class:`EpochSeededDataset`), the loader's base seed comes from a per-epoch generator.
+    ``sampler="class_aware"``: class-balanced batches (:class:`~gpaco.data.samplers.ClassAwareSampler`)."""
+    if sampler == "class_aware":
+        from .samplers import ClassAwareSampler
+
+        sampler = ClassAwareSampler(dataset.targets, batch_size * world_size, rank=rank, world_size=world_size,
+                                    seed=seed)
+    elif sampler == "random":
+        sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                              drop_last=True)
+    else:
+        raise ValueError(f"sampler must be 'random' or 'class_aware', got {sampler!r}")
     loader = DataLoader(EpochSeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler,
                         num_workers=workers, drop_last=True, pin_memory=pin_memory,
                         generator=torch.Generator().manual_seed(seed))  # not persistent: set per epoch

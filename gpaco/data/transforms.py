@@ -16,6 +16,8 @@ Components (``S`` = ``image_size``, 224 for ImageNet recipes, 32 for CIFAR):
 ``cifar_regular``         [fit to SxS] > RandomCrop(S, pad S/8) > HFlip > AutoAugment(CIFAR10) > Cutout(1, S/2)
 ``sim_cifar``             RRC(S, .2-1) > HFlip > ColorJitter(.4,.4,.4,.1) p.8 > Gray .2 > Blur p.5
 ``aug_cifar``             ``sim_cifar`` with Blur p.2 (GPaCo CIFAR-LT)
+``crop_flip``               RRC(S) > HFlip (ResLT iNaturalist)
+``cifar_crop_flip``         [fit to SxS] > RandomCrop(S, pad S/8) > HFlip (ResLT, MiSLAS CIFAR)
 ``timm_randaug``          RRC(S, bicubic) > HFlip > RandAugment(rand-m{m}-n{n}-mstd0.5-inc1, bicubic): timm's
                           training transform as the MAE CE baseline uses it (random erasing: ``--reprob``)
 ``none``                  Resize(S) > CenterCrop(S)
@@ -85,6 +87,7 @@ TWO_VIEW_STRATEGIES: Dict[str, Tuple[str, str]] = {
 SINGLE_VIEW_STRATEGIES: Tuple[str, ...] = (
     "randcls", "randclsstack", "regular", "sim", "sim02", "mocov2",
     "cifar_regular", "sim_cifar", "aug_cifar", "digits", "timm_randaug", "none",
+    "crop_flip", "cifar_crop_flip",
 )
 
 
@@ -392,6 +395,10 @@ def _component(name: str, size: int, randaug_n: int, randaug_m: int,
     if name == "randclsstack":
         return [_RandomResizedCrop(size), fast_flip, fast_jitter, fast_gray, blur, _ToPIL(),
                 _rand_augment(size, randaug_n, randaug_m)]
+    if name == "crop_flip":
+        return [_RandomResizedCrop(size), fast_flip]
+    if name == "cifar_crop_flip":
+        return [_FitSquare(size), T.RandomCrop(size, padding=max(1, size // 8)), flip]
     if name == "cifar_regular":
         # torchvision's CIFAR10 AutoAugment policy has the same sub-policies and magnitude
         # bins as the original's CIFAR10Policy. Differences: gray fill 128 is passed to

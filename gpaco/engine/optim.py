@@ -94,14 +94,37 @@ def param_groups(
     return list(groups.values())
 
 
+def lr_scale_groups(model: nn.Module, lr_scales: Dict[str, float], *, weight_decay: float) -> List[Dict]:
+    """One group per ``{name prefix: LR factor}`` entry (first matching prefix wins), the rest
+    in a factor-1 group; weight decay on all, frozen parameters left out."""
+    groups: Dict[str, Dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        key = next((k for k in lr_scales if name.startswith(k)), "")
+        if key not in groups:
+            groups[key] = {"name": key or "rest", "params": [], "weight_decay": weight_decay,
+                           "lr_scale": float(lr_scales.get(key, 1.0))}
+        groups[key]["params"].append(p)
+    return list(groups.values())
+
+
 def build_optimizer(model: nn.Module, *, name: str = "sgd", lr: float, momentum: float = 0.9, wd: float = 0.0,
-                    layer_decay: Optional[float] = None) -> torch.optim.Optimizer:
+                    layer_decay: Optional[float] = None,
+                    lr_scales: Optional[Dict[str, float]] = None) -> torch.optim.Optimizer:
     """The classification optimizer: ``sgd`` | ``adamw`` at ``lr`` (already resolved from ``--blr``).
 
     ``sgd`` without ``layer_decay`` is exactly the ResNet recipes' single-group SGD (weight
     decay on every parameter); otherwise :func:`param_groups` (``adamw``: betas 0.9/0.999,
-    eps 1e-8, as MAE fine-tuning).
+    eps 1e-8, as MAE fine-tuning). ``lr_scales`` (SGD; MiSLAS stage 2): per-prefix LR factors
+    (:func:`lr_scale_groups`).
     """
+    if lr_scales:
+        if name != "sgd" or layer_decay is not None:
+            raise ValueError("per-prefix LR factors are for SGD without layer decay")
+        optimizer = torch.optim.SGD(lr_scale_groups(model, lr_scales, weight_decay=wd), lr=lr, momentum=momentum)
+        apply_lr(optimizer, lr)
+        return optimizer
     if name == "sgd" and layer_decay is None:
         params = [p for p in model.parameters() if p.requires_grad]
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)

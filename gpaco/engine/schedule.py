@@ -7,6 +7,10 @@
   runs at 1.1*lr, a quirk kept on purpose), then x0.1 after each milestone.
 * ``mae_cosine`` (MAE ViT fine-tuning): per iteration on a fractional epoch; linear
   warmup then half-cycle cosine down to ``min_lr``.
+* ``cosine_plain`` (ResLT iNaturalist, MiSLAS): ``lr*0.5*(1+cos(pi*e/E))`` per epoch, no warmup.
+* ``step`` (ResLT and MiSLAS CIFAR): for ``e < W`` ``lr*(s*(1-f)+f)`` with ``f=(e+1)/W`` and
+  start factor ``s`` (ResLT 1/3, MiSLAS 0), then x0.1 for every milestone ``m <= e``.
+* ``constant``: ``lr`` throughout (ResCom's CIFAR runs as released).
 
 The arithmetic order matches the original's, so values agree bit for bit with
 ``refvectors/lr_schedules.json``.
@@ -20,7 +24,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 __all__ = [
-    "lr_at_epoch_cosine", "lr_at_epoch_cifar_step", "lr_at_iter_mae",
+    "lr_at_epoch_cosine", "lr_at_epoch_cifar_step", "lr_at_iter_mae", "lr_at_epoch_cosine_plain", "lr_at_epoch_step",
+    "lr_constant",
     "LRSchedule", "build_schedule", "apply_lr", "SCHEDULES",
 ]
 
@@ -55,6 +60,27 @@ def lr_at_iter_mae(epoch_float: float, *, base_lr: float, min_lr: float, epochs:
         return base_lr * epoch_float / warmup_epochs
     w = warmup_epochs
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch_float - w) / (epochs - w)))
+
+
+def lr_at_epoch_cosine_plain(epoch: int, *, base_lr: float, epochs: int) -> float:
+    """``base_lr * 0.5 * (1 + cos(pi * epoch / epochs))`` for 0-based ``epoch`` (no warmup)."""
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def lr_at_epoch_step(epoch: int, *, base_lr: float, warmup_epochs: int = 5, milestones: Sequence[int] = (160, 180),
+                     warmup_start: float = 0.0) -> float:
+    """Linear warmup from ``warmup_start * base_lr`` over epochs ``0 .. W-1`` (epoch ``e`` runs at
+    ``base_lr * (s * (1 - f) + f)``, ``f = (e + 1) / W``), then x0.1 for each milestone ``m <= e``."""
+    if epoch < warmup_epochs:
+        f = (epoch + 1) / warmup_epochs
+        return base_lr * (warmup_start * (1.0 - f) + f)
+    passed = sum(1 for m in milestones if epoch >= m)
+    return base_lr * 10.0 ** -passed if passed else base_lr
+
+
+def lr_constant(epoch: int, *, base_lr: float) -> float:
+    """``base_lr`` at every epoch."""
+    return base_lr
 
 
 def apply_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -93,11 +119,15 @@ SCHEDULES: dict[str, tuple[Callable[..., float], bool, frozenset, frozenset]] = 
     "cosine": (lr_at_epoch_cosine, False, frozenset({"base_lr", "epochs", "warmup_epochs"}), frozenset()),
     "step_cifar": (lr_at_epoch_cifar_step, False, frozenset({"base_lr"}), frozenset({"warmup_epochs", "milestones"})),
     "mae_cosine": (lr_at_iter_mae, True, frozenset({"base_lr", "min_lr", "epochs", "warmup_epochs"}), frozenset()),
+    "cosine_plain": (lr_at_epoch_cosine_plain, False, frozenset({"base_lr", "epochs"}), frozenset()),
+    "step": (lr_at_epoch_step, False, frozenset({"base_lr"}),
+             frozenset({"warmup_epochs", "milestones", "warmup_start"})),
+    "constant": (lr_constant, False, frozenset({"base_lr"}), frozenset()),
 }
 
 
 def build_schedule(name: str, **kwargs: Any) -> LRSchedule:
-    """Build a schedule by name: ``'cosine'``, ``'step_cifar'`` or ``'mae_cosine'``.
+    """Build a schedule by name: a key of :data:`SCHEDULES`.
 
     Keyword arguments are those of the matching ``lr_at_*`` function; unknown or missing
     ones raise ``TypeError`` here rather than at the first epoch.
@@ -113,9 +143,11 @@ def build_schedule(name: str, **kwargs: Any) -> LRSchedule:
         )
     if kwargs["base_lr"] < 0:
         raise ValueError(f"base_lr must be >= 0, got {kwargs['base_lr']}")
-    w = kwargs.get("warmup_epochs", 10)
+    w = kwargs.get("warmup_epochs", 10 if "warmup_epochs" in optional | required else 0)
     if w < 0 or (name == "step_cifar" and w == 0):
         raise ValueError(f"warmup_epochs must be {'> 0' if name == 'step_cifar' else '>= 0'}, got {w}")
+    if not 0.0 <= kwargs.get("warmup_start", 0.0) <= 1.0:
+        raise ValueError(f"warmup_start must be in [0, 1], got {kwargs['warmup_start']}")
     if "epochs" in kwargs:
         e = kwargs["epochs"]
         # mae_cosine divides by (E - W); cosine by (E - W + 1).

@@ -12,6 +12,10 @@ criterion                   model output                           used by
 :class:`PaCoLoss`           ContrastiveOutput (features, labels,   paco, gpaco
                             logits, num_anchors)
 :class:`MultiTaskLoss`      ContrastiveOutput                      multitask
+:class:`ResLTCriterion`     ResLTOutput (branch_logits [K, B, C])  reslt
+:class:`MixupCrossEntropy`  MixupOutput (logits, labels_a,         mislas (stage 1)
+                            labels_b, lam) or logits [B, C]
+:class:`LASCriterion`       logits [B, C]                          mislas_stage2
 ==========================  =====================================  =====================
 """
 from __future__ import annotations
@@ -23,9 +27,12 @@ from torch import Tensor, nn
 
 from .ce import cross_entropy
 from .paco import log_prior_from_counts, paco_loss
+from .mislas import LabelAwareSmoothingLoss
+from .reslt import ResLTLoss
 from .supcon import multitask_loss
 
-__all__ = ["CrossEntropyLoss", "PaCoLoss", "MultiTaskLoss", "log_prior_buffer"]
+__all__ = ["CrossEntropyLoss", "PaCoLoss", "MultiTaskLoss", "ResLTCriterion", "MixupCrossEntropy", "LASCriterion",
+           "log_prior_buffer", "default_branch_sizes"]
 
 
 def log_prior_buffer(module: nn.Module, class_counts: Optional[Sequence[int]], use_prior: bool, who: str,
@@ -86,6 +93,62 @@ class MultiTaskLoss(nn.Module):
         return multitask_loss(output.features, output.labels, output.logits, output.num_anchors, alpha=self.alpha,
                               temperature=self.temperature, log_prior=self.log_prior,
                               label_smoothing=self.label_smoothing)
+
+
+def default_branch_sizes(num_classes: int) -> tuple:
+    """ResLT's M and T branch sizes as the ImageNet-LT script's fractions of the classes
+    (825 and 220 of 1000), at least one class each."""
+    return max(1, round(0.825 * num_classes)), max(1, round(0.22 * num_classes))
+
+
+class ResLTCriterion(nn.Module):
+    """ResLT loss on a ResLT model's training output (docs/method.md#reslt-loss).
+
+    Branch ``k`` holds the ``branch_sizes[k-1]`` rarest classes of ``class_counts``
+    (:func:`gpaco.losses.reslt.reslt_branch_masks`); None = :func:`default_branch_sizes`.
+    """
+
+    def __init__(self, *, num_classes: Optional[int] = None, class_counts: Optional[Sequence[int]] = None,
+                 beta: float = 0.99, branch_sizes: Optional[Sequence[int]] = None, fused_eps: float = 0.0) -> None:
+        super().__init__()
+        if class_counts is None:
+            raise ValueError("the ResLT loss needs the training class counts (its branches hold the rarest classes)")
+        if num_classes is not None and len(class_counts) != num_classes:
+            raise ValueError(f"the ResLT loss: {len(class_counts)} class counts for {num_classes} classes")
+        sizes = tuple(branch_sizes) if branch_sizes is not None else default_branch_sizes(len(class_counts))
+        self.loss = ResLTLoss(class_counts, sizes, beta=beta, fused_eps=fused_eps)
+
+    @property
+    def branch_masks(self) -> Tensor:
+        return self.loss.branch_masks
+
+    def forward(self, output, targets: Tensor) -> Tensor:
+        return self.loss(output.branch_logits, targets)
+
+
+class MixupCrossEntropy(nn.Module):
+    """MiSLAS stage 1: ``lam * CE(logits, labels_a) + (1 - lam) * CE(logits, labels_b)`` on a
+    :class:`~gpaco.models.mislas.MixupOutput` (plain CE on a logits tensor)."""
+
+    def __init__(self, *, num_classes: Optional[int] = None, class_counts: Optional[Sequence[int]] = None) -> None:
+        super().__init__()
+
+    def forward(self, output, targets: Tensor) -> Tensor:
+        if isinstance(output, Tensor):
+            return cross_entropy(output, targets)
+        return (output.lam * cross_entropy(output.logits, output.labels_a)
+                + (1.0 - output.lam) * cross_entropy(output.logits, output.labels_b))
+
+
+class LASCriterion(LabelAwareSmoothingLoss):
+    """MiSLAS stage 2: label-aware smoothing from the training counts
+    (docs/method.md#mislas-label-aware-smoothing); ``criterion(logits, targets)``."""
+
+    def __init__(self, *, num_classes: Optional[int] = None, class_counts: Optional[Sequence[int]] = None,
+                 head: float = 0.3, tail: float = 0.0, shape: str = "concave", power: Optional[float] = None) -> None:
+        if class_counts is None or (num_classes is not None and len(class_counts) != num_classes):
+            raise ValueError(f"label-aware smoothing needs the {num_classes or ''} training class counts")
+        super().__init__(class_counts, head=head, tail=tail, shape=shape, power=power)
 
 
 def output_logits(output, batch: int) -> Tensor:

@@ -30,6 +30,9 @@ from torch import Tensor, nn
 
 from .paco import compute_dtype
 
+# The calibration metric MiSLAS reports lives with the other metrics; re-exported here.
+from gpaco.metrics import expected_calibration_error  # noqa: E402,F401
+
 __all__ = ["label_aware_smoothing", "las_loss", "LabelAwareSmoothingLoss", "expected_calibration_error"]
 
 _SHAPES = ("concave", "linear", "convex", "exp")
@@ -147,56 +150,3 @@ class LabelAwareSmoothingLoss(nn.Module):
         s = self.smoothing
         power = f", power={self.power}" if self.shape == "exp" else ""
         return f"shape={self.shape!r}{power}, smoothing=[{float(s.min()):.4g}, {float(s.max()):.4g}]"
-
-
-@torch.no_grad()
-def expected_calibration_error(
-    probs_or_logits: Tensor,
-    labels: Tensor,
-    n_bins: int = 15,
-    *,
-    from_logits: Optional[bool] = None,
-) -> float:
-    """Expected calibration error on the top-1 prediction, as MiSLAS reports it.
-
-    Confidence ``c_i = max_j p_ij``, prediction ``argmax_j p_ij``. Bin ``b`` (of
-    ``n_bins`` equal widths) holds ``(b-1)/n_bins < c_i <= b/n_bins``; then
-    ``ECE = sum_b |B_b| / n * |acc(B_b) - mean_conf(B_b)|`` over non-empty bins, where
-    ``n`` counts the binned samples (all of them for softmax outputs).
-
-    Args:
-        probs_or_logits: [N, C] probabilities (rows summing to 1) or logits.
-        labels: [N] true classes.
-        n_bins: number of bins (MiSLAS: 15).
-        from_logits: True = apply softmax, False = already probabilities, None = softmax
-            unless every row is non-negative and sums to 1.
-    Returns:
-        ECE as a fraction in [0, 1]; MiSLAS's tables print it x 100.
-    """
-    if probs_or_logits.ndim != 2:
-        raise ValueError(f"probs_or_logits must be [N, C], got shape {tuple(probs_or_logits.shape)}")
-    n = probs_or_logits.shape[0]
-    if labels.shape != (n,):
-        raise ValueError(f"labels must be [N] = [{n}], got shape {tuple(labels.shape)}")
-    if n == 0:
-        raise ValueError("expected_calibration_error needs at least one sample")
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    x = probs_or_logits.detach().to(torch.float64)
-    if from_logits is None:
-        from_logits = not (bool((x >= 0).all()) and torch.allclose(x.sum(-1), torch.ones_like(x[:, 0]), atol=1e-4))
-    probs = x.softmax(-1) if from_logits else x
-    conf, pred = probs.max(-1)
-    correct = (pred == labels.to(pred.device)).to(torch.float64)
-    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=conf.device)
-    idx = torch.bucketize(conf, edges, right=False)  # edges[idx-1] < conf <= edges[idx]
-    valid = (idx >= 1) & (idx <= n_bins)
-    idx = idx[valid] - 1
-    count = torch.bincount(idx, minlength=n_bins).to(torch.float64)
-    acc_sum = torch.bincount(idx, weights=correct[valid], minlength=n_bins)
-    conf_sum = torch.bincount(idx, weights=conf[valid], minlength=n_bins)
-    total = count.sum()
-    if total == 0:
-        raise ValueError("no confidence falls in (0, 1]: are these probabilities?")
-    gaps = (acc_sum - conf_sum).abs()  # |B_b| * |acc_b - conf_b|
-    return float(gaps.sum() / total)

@@ -70,6 +70,13 @@ class Method:
             set's image-level class counts (read from ``--class-counts`` or counted from the
             training masks at start); other segmentation criteria get ``class_counts=None``.
         paper: where the method comes from (the docs table).
+        sampler: the training sampler: ``random`` (shuffled, every image once per epoch) or
+            ``class_aware`` (class-balanced batches, :class:`gpaco.data.samplers.ClassAwareSampler`).
+        prepare: optional ``(model, options: dict) -> str`` run once on a fresh (not resumed)
+            run after the model is built, e.g. MiSLAS stage 2 loading stage 1; returns a log
+            line; raises ``FileNotFoundError`` / ``ValueError`` naming its flag.
+        lr_scales: optional ``(model, options: dict) -> {parameter-name prefix: LR factor}``;
+            the optimizer then has one group per prefix (others at factor 1).
     """
 
     name: str
@@ -88,8 +95,13 @@ class Method:
     validate: Optional[Callable[[Dict[str, Any]], None]] = None
     paper: str = ""
     needs_class_counts: bool = False
+    sampler: str = "random"
+    prepare: Optional[Callable[[nn.Module, Dict[str, Any]], str]] = None
+    lr_scales: Optional[Callable[[nn.Module, Dict[str, Any]], Dict[str, float]]] = None
 
     def __post_init__(self) -> None:
+        if self.sampler not in ("random", "class_aware"):
+            raise ValueError(f"method {self.name!r}: sampler must be 'random' or 'class_aware', got {self.sampler!r}")
         if self.task not in TASKS:
             raise ValueError(f"method {self.name!r}: task must be one of {TASKS}, got {self.task!r}")
         if self.views not in (1, 2):

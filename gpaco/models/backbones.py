@@ -49,7 +49,11 @@ TIMM_ARCHS: Dict[str, Union[str, None]] = {
     "resnet200": None,  # timm has no ImageNet weights for it (the original had none either)
     "resnext50_32x4d": "tv_in1k",
     "resnext101_32x4d": None,  # [3, 4, 23, 3], 32 groups, width 4, as the original's local model
+    "resnet10": None,  # BasicBlock [1, 1, 1, 1] (ResLT's ImageNet-LT R10); timm's resnet10t has another stem
 }
+
+# Archs timm has no registered name for: timm ResNet keywords.
+_TIMM_RESNET_LAYOUTS: Dict[str, Dict[str, Any]] = {"resnet10": {"layers": (1, 1, 1, 1)}}
 
 _HEAD_PREFIXES = ("fc.", "head.", "classifier.", "linear.", "last_linear.")
 _WRAPPER_PREFIXES = ("encoder_q.backbone.", "encoder.backbone.", "backbone.", "encoder_q.", "encoder.")
@@ -110,6 +114,12 @@ def _create_timm(arch: str, hub: bool, drop_path_rate: float, kwargs: Dict[str, 
         raise ValueError(f"unknown arch '{arch}'; known: {', '.join(list_archs())} (or any timm model name)")
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
+    if arch in _TIMM_RESNET_LAYOUTS:
+        if hub:
+            raise RuntimeError(f"there are no hub weights for '{arch}'; {_PRETRAINED_HINT}")
+        from timm.models.resnet import BasicBlock, ResNet
+
+        return ResNet(BasicBlock, num_classes=0, **_TIMM_RESNET_LAYOUTS[arch], **kwargs)
     if hub:
         _check_hub_weights(arch, name)
     try:

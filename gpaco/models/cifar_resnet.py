@@ -74,10 +74,13 @@ class CifarResNet(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)  # LDAM's init (fan_in, ReLU gain)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last stage's map [B, 64, H/4, W/4] before pooling (timm's name; ResLT's head reads it)."""
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+        return self.layer3(self.layer2(self.layer1(out)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.forward_features(x), 1), 1)
 
 
 class _Bottleneck(nn.Module):

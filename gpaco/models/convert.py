@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 LAYOUTS = ("gpaco", "paco_original", "gpaco_original", "mae_gpaco", "mae", "classifier")
-ROLES = ("backbone", "projection", "backbone_k", "projection_k", "classifier", "queue")
+ROLES = ("backbone", "projection", "backbone_k", "projection_k", "classifier", "queue", "extra")
 
 def target_prefixes(method: str) -> Dict[str, str]:
     """Where each role lives in ``method``'s model: its registry row's ``checkpoint_prefixes``."""
@@ -251,7 +251,7 @@ def _role_of(key: str, layout: str) -> Tuple[Optional[str], str]:
                              ("queue.", "queue")):
             if key.startswith(prefix):
                 return role, key[len(prefix):]
-        return None, "not part of any gpaco model"
+        return "extra", key  # a method's own module (ResLT's head, MiSLAS's LWS scale): kept by name
     if layout in ("paco_original", "gpaco_original"):
         for enc, suffix in (("encoder_q.", ""), ("encoder_k.", "_k")):
             if key.startswith(enc + "fc."):
@@ -306,17 +306,20 @@ def render_for_method(roles: Mapping[str, Mapping[str, Tensor]], method: str,
     for role, tensors in roles.items():
         for sub, v in tensors.items():
             name = source_key.get((role, sub), f"{role}:{sub}") if source_key else f"{role}:{sub}"
-            if role in prefixes:
+            if role == "extra":  # our layout's keys outside the shared roles keep their names
+                out[sub] = v
+            elif role in prefixes:
                 out[prefixes[role] + sub] = v
             else:
                 unused.append((name, f"a {method} model has no {role.replace('_k', ' (key encoder)')}"))
     return out, unused
 
 
-def classification_prefixes(method: str) -> Tuple[str, str]:
-    """The state-dict prefixes inference reads for ``method``: (backbone, classifier)."""
+def classification_prefixes(method: str) -> Tuple[str, ...]:
+    """The state-dict prefixes inference reads for ``method``: (backbone, classifier[, head]);
+    ``head`` is a method's module between them (ResLT's branch head, MiSLAS's LWS scale)."""
     p = target_prefixes(method)
-    return p["backbone"], p["classifier"]
+    return (p["backbone"], p["classifier"]) + ((p["head"],) if "head" in p else ())
 
 
 def infer_model_kwargs(roles: Mapping[str, Mapping[str, Tensor]]) -> Dict[str, Any]:
@@ -466,6 +469,11 @@ def build_model_from_checkpoint(
         kw["projection_act"] = args["proj_act"]
     if method == "paco" and args.get("normalize_pooled"):
         kw["normalize_pooled"] = True
+    if args:  # the method's other model options as trained (ResLT's branches and eval gamma...)
+        from gpaco.methods import method_options
+
+        for name, value in method_options(get_method(method), args)[0].items():
+            kw.setdefault(name, value)
     kw.update(build_kwargs or {})
     try:
         model = get_method(method).build_model(arch, int(num_classes), pretrained=False, **kw)

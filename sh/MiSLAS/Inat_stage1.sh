@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# MiSLAS stage 1, iNaturalist 2018, ResNet-50: train with mixup.
+#
+# Paper row: MiSLAS (CVPR 2021) iNaturalist 2018 ResNet-50: stage 1 66.9 -> stage 2 71.6 top-1 (ECE 7.67) (README).
+# This is stage 1 (66.9); sh/MiSLAS/Inat_stage2.sh loads its best.pth.
+# Original: dvlab-research/MiSLAS train_stage1.py with its iNaturalist 2018 stage-1 config; batch 256
+# on 4 (DataParallel) GPU(s). --batch-size is the GLOBAL batch; lr is not rescaled.
+# Hyperparameters: 200 epochs, SGD momentum .9 lr .1, wd 1e-4 on backbone and classifier,
+# LR lr/2 (1 + cos(pi e / E)) per epoch (--schedule cosine_plain), mixup alpha 0.2 (lambda ~ Beta per batch, a random partner;
+# loss lam CE(y) + (1 - lam) CE(y_perm)), aug --aug regular.
+#
+# Data: DATA_ROOT holds iNaturalist18_{train,val}.txt; selection and report both use the val list.
+# Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
+# MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent);
+# EXTRA_ARGS="--flag value" (appended last: overrides any flag here). Relative paths are
+# relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+DATA_ROOT="${DATA_ROOT:-data/inat2018}"
+TRAIN_LIST="${TRAIN_LIST:-$DATA_ROOT/iNaturalist18_train.txt}"
+VAL_LIST="${VAL_LIST:-$DATA_ROOT/iNaturalist18_val.txt}"
+OUTPUT_DIR="${OUTPUT_DIR:-runs/MiSLAS/Inat_stage1}"
+exec bash "$ROOT/sh/launch.sh" tools/train.py \
+    --method mislas --arch resnet50 --mixup-alpha 0.2  \
+    --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$VAL_LIST" --num-classes 8142 --image-size 224 --norm inat \
+    --epochs 200 --batch-size 256 --lr 0.1 --wd 1e-4 --schedule cosine_plain \
+    --aug regular \
+    --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto

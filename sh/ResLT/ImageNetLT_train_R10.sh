@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# ResLT, ImageNet-LT, ResNet-10 (BasicBlock [1,1,1,1]): train.
+#
+# Paper row: ResLT (TPAMI 2022) ImageNet-LT ResNet-10 (BasicBlock [1,1,1,1]): no number in the README (a link only).
+# Original: jiequancui/ResLT ImageNetLT/sh/R10.sh (ImageNetTrain_reslt.py); total batch 256.
+# GPU count not stated by the original. --batch-size is the GLOBAL batch: 256 on any
+# GPU count; lr is not rescaled.
+# Hyperparameters: 180 epochs, SGD momentum .9 lr 0.1 (5 warmup epochs + the off-by-one
+# cosine = --schedule cosine --warmup-epochs 5), wd 5e-4 on every parameter, beta .99, eval
+# gamma 0.3 (W / ||W||^gamma, no bias), branches M = 825 and T = 220 rarest classes
+# (from the training counts), 1e-7 inside the fused log, aug RRC + flip + ColorJitter(.4,.4,.4,0)
+# (--aug regular). no --after_1x1conv: the head runs on the pooled vector in training and evaluation (--reslt-pool before).
+#
+# Data: DATA_ROOT is the ImageNet-2012 folder holding ImageNet_LT_{train,val,test}.txt.
+# best.pth is selected on ImageNet_LT_val; metrics.json reports ImageNet_LT_test (the original
+# selected its best epoch on the test split).
+# Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
+# MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent);
+# EXTRA_ARGS="--flag value" (appended last: overrides any flag here). Relative paths are
+# relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+DATA_ROOT="${DATA_ROOT:-data/imagenet}"
+TRAIN_LIST="${TRAIN_LIST:-$DATA_ROOT/ImageNet_LT_train.txt}"
+VAL_LIST="${VAL_LIST:-$DATA_ROOT/ImageNet_LT_val.txt}"
+TEST_LIST="${TEST_LIST:-$DATA_ROOT/ImageNet_LT_test.txt}"
+OUTPUT_DIR="${OUTPUT_DIR:-runs/ResLT/ImageNetLT_train_R10}"
+exec bash "$ROOT/sh/launch.sh" tools/train.py \
+    --method reslt --arch resnet10 \
+    --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$TEST_LIST" \
+    --num-classes 1000 --image-size 224 --norm imagenet \
+    --epochs 180 --batch-size 256 --lr 0.1 --wd 5e-4 --schedule cosine --warmup-epochs 5 \
+    --reslt-beta 0.99 --reslt-gamma 0.3 --reslt-branch-sizes 825 220 --reslt-head conv --reslt-pool before \
+    --reslt-fused-eps 1e-7 --aug regular \
+    --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto

@@ -1,0 +1,117 @@
+"""ResLT as a method: branch membership, the gamma-normalised evaluation, the pooling order,
+and one epoch on the demo data through the registry, evaluated from its checkpoint."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import demo_flags
+from gpaco.classification import evaluate as evaluator, train as trainer
+from gpaco.data.cifar_lt import lt_class_counts
+from gpaco.engine.schedule import build_schedule
+from gpaco.losses.criteria import ResLTCriterion
+from gpaco.methods import get_method
+from gpaco.models.reslt import ResLTModel, build_reslt, gamma_normalised_weight
+
+
+@pytest.mark.parametrize("num_classes, sizes, m_first, t_first", [(10, (8, 6), 2, 4), (100, (65, 30), 35, 70)])
+@pytest.mark.parametrize("imb", [0.01, 0.02, 0.1])
+def test_branches_from_counts_match_the_original_cifar_slices(num_classes, sizes, m_first, t_first, imb):
+    counts = lt_class_counts(50000 / num_classes, num_classes, imb)
+    masks = ResLTCriterion(num_classes=num_classes, class_counts=counts, branch_sizes=sizes).branch_masks
+    assert masks[0].all()
+    assert masks[1].nonzero().flatten().tolist() == list(range(m_first, num_classes))
+    assert masks[2].nonzero().flatten().tolist() == list(range(t_first, num_classes))
+
+
+def test_branch_ties_are_broken_by_class_index():
+    masks = ResLTCriterion(class_counts=[5, 1, 1, 1, 9], branch_sizes=(2, 1)).branch_masks
+    assert masks[1].tolist() == [False, True, True, False, False]
+    assert masks[2].tolist() == [False, True, False, False, False]
+
+
+def test_gamma_normalised_eval_is_the_hand_computation():
+    torch.manual_seed(0)
+    model = build_reslt("resnet8", 5, branch_sizes=(3, 2), head="conv", pool="before", eval_gamma=0.7).eval()
+    x = torch.randn(3, 3, 16, 16)
+    fmap = model.backbone.forward_features(x)
+    feats = model.head(F.adaptive_avg_pool2d(fmap, 1)).flatten(1)  # [B, 3F]
+    f_sum = feats.view(3, 3, -1).sum(1)
+    w = model.fc.weight
+    expected = f_sum @ (w / w.norm(dim=1, keepdim=True) ** 0.7).t()  # no bias
+    assert torch.allclose(model(x), expected, atol=1e-5)
+    assert torch.equal(gamma_normalised_weight(w, 0.0), w)
+    model.eval_gamma = None  # CIFAR: the plain sum of the three branch logits (bias three times)
+    expected = sum(model.fc(feats.view(3, 3, -1)[:, b]) for b in range(3))
+    assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+def test_train_and_eval_pool_in_the_same_order_unless_asked():
+    torch.manual_seed(0)
+    model = ResLTModel("resnet8", 4, head="conv", pool="after")
+    x = torch.randn(4, 3, 16, 16)
+    model.train()
+    train_out = model(x)
+    assert train_out.branch_logits.shape == (3, 4, 4)
+    assert torch.allclose(train_out.logits, train_out.branch_logits.sum(0))
+    model.eval()
+    fmap = model.backbone.forward_features(x)
+    pooled_after = F.adaptive_avg_pool2d(model.head(fmap), 1).flatten(1).view(4, 3, -1)
+    assert torch.allclose(model(x), model.fc(pooled_after).sum(1), atol=1e-5)
+    model.original_eval_pooling = True  # the original's eval: pool before the ReLU'd head
+    pooled_before = model.head(F.adaptive_avg_pool2d(fmap, 1)).flatten(1).view(4, 3, -1)
+    assert torch.allclose(model(x), model.fc(pooled_before).sum(1), atol=1e-5)
+    assert not torch.allclose(pooled_after, pooled_before)
+
+
+def test_reslt_loss_on_the_model_output_uses_every_branch():
+    torch.manual_seed(0)
+    counts = [50, 20, 5]
+    crit = get_method("reslt").build_criterion(num_classes=3, class_counts=counts, beta=0.5, branch_sizes=[2, 1])
+    z = torch.randn(3, 4, 3, requires_grad=True)
+    from gpaco.models.reslt import ResLTOutput
+
+    loss = crit(ResLTOutput(z, z.sum(0)), torch.tensor([0, 1, 2, 2]))
+    loss.backward()
+    assert torch.isfinite(loss) and (z.grad.abs().sum((1, 2)) > 0).all()
+    with pytest.raises(ValueError, match="3 class counts for 4 classes"):
+        ResLTCriterion(num_classes=4, class_counts=counts)
+
+
+def test_step_and_plain_cosine_schedules():
+    reslt = build_schedule("step", base_lr=0.1, warmup_epochs=5, milestones=(160, 180), warmup_start=1 / 3)
+    assert reslt(0) == pytest.approx(0.1 * (1 / 3 * 0.8 + 0.2))
+    assert reslt(4) == pytest.approx(0.1) and reslt(159) == 0.1
+    assert reslt(160) == pytest.approx(0.01) and reslt(180) == pytest.approx(0.001)
+    mislas = build_schedule("step", base_lr=0.1, warmup_epochs=5, milestones=(160, 180))
+    assert [mislas(e) for e in range(5)] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])
+    cos = build_schedule("cosine_plain", base_lr=0.1, epochs=10)
+    assert cos(0) == pytest.approx(0.1) and cos(5) == pytest.approx(0.05)
+    assert build_schedule("constant", base_lr=0.3)(99) == 0.3
+
+
+def test_reslt_flags_are_checked():
+    from gpaco.classification.args import parse_train_args
+
+    args = parse_train_args(["--train-list", "x", "--method", "reslt", "--reslt-branch-sizes", "6600",
+                             "--reslt-gamma", "0.3"])
+    assert args.reslt_branch_sizes == [6600] and args.aug == "randcls"
+    with pytest.raises(SystemExit, match="--reslt-branch-sizes must be positive"):
+        parse_train_args(["--train-list", "x", "--method", "reslt", "--reslt-branch-sizes", "0"])
+    with pytest.raises(SystemExit, match="--reslt-beta is an option of --method reslt, not ce"):
+        parse_train_args(["--train-list", "x", "--method", "ce", "--reslt-beta", "0.5"])
+
+
+def test_reslt_trains_on_the_demo_and_its_checkpoint_evaluates(demo_data, tmp_path):
+    out = tmp_path / "reslt"
+    result = trainer.main(demo_flags(demo_data) + [
+        "--batch-size", "32", "--epochs", "1", "--lr", "0.05", "--schedule", "step", "--warmup-epochs", "1",
+        "--method", "reslt", "--reslt-beta", "0.9", "--reslt-branch-sizes", "8", "6", "--reslt-head", "conv",
+        "--reslt-gamma", "0.5", "--output-dir", str(out)])
+    assert (out / "best.pth").is_file() and result["num_samples"] > 0
+    ckpt = torch.load(out / "best.pth", weights_only=True)
+    assert ckpt["method"] == "reslt" and any(k.startswith("head.") for k in ckpt["model"])
+    ev = evaluator.main(["--checkpoint", str(out / "best.pth"), "--test-list", str(demo_data / "test_small.txt"),
+                         "--batch-size", "50", "--output-dir", str(tmp_path / "eval"),
+                         *demo_flags(demo_data, lists=False)])
+    assert ev["top1"] == pytest.approx(result["top1"]) and ev["num_samples"] == result["num_samples"]
+    assert not ev["checkpoints"][0].get("missing")
