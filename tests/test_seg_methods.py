@@ -374,5 +374,5 @@ def test_sync_batchnorm_leaves_the_ceco_branch_per_process():
 
     model = convert_sync_batchnorm(build_seg_model("r18", 5, method="ce", ceco="ceco"))
     assert type(model.ceco.reduce[1]) is nn.BatchNorm2d
-    assert isinstance(model.aux_head[0][1], nn.SyncBatchNorm)
+    assert isinstance(model.aux_head.convs[0].bn, nn.SyncBatchNorm)
     assert any(isinstance(m, nn.SyncBatchNorm) for m in model.decoder.modules())

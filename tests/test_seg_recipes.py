@@ -47,7 +47,21 @@ def test_every_row_has_gpaco_ce_and_eval_recipes():
     names = {Path(r).stem for r in RECIPES}
     for row in ROWS:
         assert {f"{row}_paco", f"{row}_ce", f"{row}_paco_eval"} <= names, row
-    assert len(RECIPES) == 3 * len(ROWS)
+    paco11 = [r for r in RECIPES if r.endswith("_paco11.sh")]  # the original's ADE20K Lovasz ablations
+    assert len(RECIPES) == 3 * len(ROWS) + len(paco11) and len(paco11) == 3
+
+
+@pytest.mark.parametrize("size", ["tiny", "base", "large"])
+def test_paco11_ablation_is_the_gpaco_run_plus_lovasz(size):
+    from gpaco.segmentation.train import parse_train_args
+
+    row = f"upernet_swin{size}_160k_ade20k"
+    a = parse_train_args(argv_of(f"sh/GPaCo/Seg/{row}_paco11.sh")[1])
+    b = parse_train_args(argv_of(f"sh/GPaCo/Seg/{row}_paco.sh")[1])
+    assert (a.lovasz_weight, a.paco_weight, b.lovasz_weight) == (1.0, 1.0, 0.0)
+    assert a.output_dir == f"runs/GPaCo/Seg/{row}_paco11"
+    differ = {k for k in vars(a) if getattr(a, k) != getattr(b, k)}
+    assert differ == {"lovasz_weight", "output_dir"}, differ
 
 
 @pytest.mark.parametrize("row", sorted(ROWS))
