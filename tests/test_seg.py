@@ -404,6 +404,8 @@ def test_smp_arch_for_users_models():
     model = build_seg_model("smp:deeplabv3plus:resnet18", 5, method="gpaco")
     out = model(torch.randn(2, 3, 48, 48), train_outputs=True)
     assert out["logits"].shape == (2, 5, 12, 12) and out["aux"].shape[1] == 5
+    narrow = build_seg_model("smp:deeplabv3plus:resnet18:64", 5, method="ce")
+    assert narrow.cls_seg[1].in_channels == 64
     with pytest.raises(ValueError, match="unknown segmentation arch 'smp:fpn:resnet18'"):
         build_seg_model("smp:fpn:resnet18", 5)
     with pytest.raises(ValueError, match="--encoder overrides the encoder of smp"):

@@ -87,15 +87,18 @@ SEG_ARCHS: Dict[str, SegArch] = {
 
 
 def seg_arch(arch: str) -> SegArch:
-    """The :class:`SegArch` of ``arch``: a :data:`SEG_ARCHS` name or ``smp:<decoder>:<encoder>``."""
+    """The :class:`SegArch` of ``arch``: a :data:`SEG_ARCHS` name or
+    ``smp:<decoder>:<encoder>[:<channels>]`` (decoder channels default 256 / 512)."""
     if arch in SEG_ARCHS:
         return SEG_ARCHS[arch]
     parts = arch.split(":")
-    if len(parts) == 3 and parts[0] == "smp" and parts[1] in ("deeplabv3plus", "upernet") and parts[2]:
-        return SegArch(parts[1], parts[2], 256 if parts[1] == "deeplabv3plus" else 512, 0, 256,
-                       size_divisor=8 if parts[1] == "deeplabv3plus" else 32, smp=True)
+    if 3 <= len(parts) <= 4 and parts[0] == "smp" and parts[1] in ("deeplabv3plus", "upernet") and parts[2] and \
+            (len(parts) == 3 or parts[3].isdigit() and int(parts[3]) > 0):
+        channels = int(parts[3]) if len(parts) == 4 else (256 if parts[1] == "deeplabv3plus" else 512)
+        return SegArch(parts[1], parts[2], channels, 0, 256, size_divisor=8 if parts[1] == "deeplabv3plus" else 32,
+                       smp=True)
     raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {sorted(SEG_ARCHS)} or "
-                     f"smp:<deeplabv3plus|upernet>:<smp encoder> (e.g. smp:deeplabv3plus:resnet34)")
+                     f"smp:<deeplabv3plus|upernet>:<smp encoder>[:<decoder channels>] (e.g. smp:deeplabv3plus:resnet34)")
 
 
 def pad_to_multiple(x: Tensor, divisor: int, value: float = 0.0) -> Tensor:
