@@ -38,3 +38,20 @@ def demo_flags(demo_data: Path, *, lists: bool = True) -> list:
                   "--test-list", str(demo_data / "test_small.txt"), "--print-freq", "0", "--arch", "resnet8",
                   "--aug", "digits"]
     return flags
+
+
+def subprocess_env(**extra) -> dict:
+    """Environment of a tool run in a subprocess: this process's intra-op thread count (float
+    sums, conv and matmul, are only bit-identical under the same parallelism, so an in-process
+    reference run compares exactly), offline, CPU, and no torchrun or fault-injection variables
+    unless ``extra`` sets them."""
+    import torch
+
+    from gpaco.engine.preemption import FAULT_ENV
+
+    e = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1",
+         "CUDA_VISIBLE_DEVICES": "", **extra}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", FAULT_ENV):
+        if var not in extra:
+            e.pop(var, None)
+    return e

@@ -48,7 +48,7 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def original_layout(model: torch.nn.Module, method: str) -> "OrderedDict[str, torch.Tensor]":
-    """The original's DDP state dict (SPEC §1.4, §3.1) of one of our models, key by key."""
+    """The original's DDP state dict (docs/method.md#checkpoint-layouts) of one of our models, key by key."""
     sd = model.state_dict()
     out = OrderedDict()
     enc_q = "encoder_q" if method == "paco" else "encoder"

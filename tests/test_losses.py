@@ -76,7 +76,7 @@ def test_log_prior_from_counts():
 
 # ---------------------------------------------------------------- slow, obviously-right reference
 def slow_paco(features, labels, logits, n, *, alpha, T, beta=1.0, gamma=1.0, log_prior=None, smoothing=0.0):
-    """One anchor at a time, in float64, straight from the formula (SPEC §1.3)."""
+    """One anchor at a time, in float64, straight from the formula (docs/method.md#paco-loss)."""
     f = features.double()
     z = logits.double()
     C = z.shape[1]
@@ -221,7 +221,7 @@ def test_multitask_is_ce_plus_supcon():
 
 
 def test_paco_reduces_to_logit_adjusted_ce_without_samples():
-    # alpha -> 0 and gamma -> 0: only the center (balanced-softmax) term remains (SPEC §7.2).
+    # alpha -> 0 and gamma -> 0: only the center (balanced-softmax) term remains (docs/method.md#paco-loss).
     features, labels, logits = random_inputs(48, 16, 10, dtype=torch.float64)
     prior = log_prior_from_counts(CLS_COUNTS).double()
     ours = paco_loss(features, labels, logits, 16, alpha=0.0, gamma=0.0, temperature=0.2, log_prior=prior)

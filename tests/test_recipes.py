@@ -176,7 +176,7 @@ def test_recipe_default_paths(recipe):
         assert (SH / f"{train_dir}.sh").is_file(), f"{recipe}: --checkpoint {ckpt} is not a train recipe's run"
 
 
-# The paper's hyperparameters (SPEC §3.4) for key recipes, as parsed flags.
+# The paper's hyperparameters (docs/method.md#hyperparameters) for key recipes, as parsed flags.
 EXPECTED = {
     "sh/GPaCo/LT/ImageNetLT_train_R50.sh": dict(
         method="gpaco", arch="resnet50", lr=0.04, alpha=0.045, batch_size=128, aug="randcls_randclsstack",

@@ -9,7 +9,6 @@ a fault at an exact micro-batch; the external-signal tests send real signals to 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -27,6 +26,8 @@ from gpaco.classification import train as trainer
 from gpaco.checkpoint import CheckpointError, load_checkpoint
 from gpaco.classification.loop import NonFiniteLossError
 from gpaco.engine.preemption import FAULT_ENV, FaultInjector
+
+from conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "tools" / "train.py")
@@ -51,17 +52,6 @@ def ce_args(data, out, *extra):
         "mnist", "--batch-size", "32", "--lr", "0.05", "--warmup-epochs", "1", "--workers", "0", "--print-freq", "0",
         "--method", "ce", "--aug", "none", "--epochs", "2", "--output-dir", str(out), *extra,
     ]
-
-
-def env(**extra):
-    # The subprocess must use this process's thread count: the in-process reference run's
-    # float sums (conv, matmul) are only bit-identical under the same intra-op parallelism.
-    e = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1",
-         "CUDA_VISIBLE_DEVICES": "", **extra}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", FAULT_ENV):
-        if var not in extra:
-            e.pop(var, None)
-    return e
 
 
 def assert_same_run(a_dir: Path, b_dir: Path) -> None:
@@ -122,7 +112,8 @@ def test_external_sigusr1_then_resume_is_exact(demo_data, straight, tmp_path):
     """A real SIGUSR1 sent to tools/train.py wherever it is: exit 0, one line, exact resume."""
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, TRAIN, *run_args(demo_data, out, "--workers", "1", "--print-freq", "1")],
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -166,7 +157,7 @@ def test_sigkill_during_save_keeps_last_checkpoint(demo_data, straight, tmp_path
     loads, the half-written temporary file never replaces it, and the resumed run is exact."""
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, *run_args(demo_data, out, "--workers", "1")],
-                          env=env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     stale = list(out.glob(".checkpoint.pth.*.tmp"))
     assert len(stale) == 1 and stale[0].stat().st_size > 0
@@ -183,7 +174,8 @@ def test_sigkill_during_save_keeps_last_checkpoint(demo_data, straight, tmp_path
 def torchrun(*argv, timeout=240, **extra_env):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", TRAIN, *argv]
     t0 = time.time()
-    proc = subprocess.run(cmd, env=env(**extra_env), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(cmd, env=subprocess_env(**extra_env), capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
     return proc, time.time() - t0
 
 
@@ -389,8 +381,8 @@ def test_tools_train_prints_one_error_line(demo_data, tmp_path):
         (["--epochs", "0"], r"--epochs must be > 0"),
     ]
     for extra, pattern in cases:
-        proc = subprocess.run([sys.executable, TRAIN, *ce_args(demo_data, tmp_path / "run", *extra)], env=env(),
-                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        proc = subprocess.run([sys.executable, TRAIN, *ce_args(demo_data, tmp_path / "run", *extra)],
+                              env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
         err = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), proc.stderr[-3000:]
         assert re.search(pattern, err[0]), err[0]

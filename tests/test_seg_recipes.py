@@ -28,7 +28,7 @@ def argv_of(recipe: str, **env):
     return script, json.loads(lines[1][len("GPACO_ARGV "):])
 
 
-# (alpha, arch, dataset, iters, global batch, optimizer, lr, wd) per README row (SPEC §2.5, §3.4)
+# (alpha, arch, dataset, iters, global batch, optimizer, lr, wd) per README row (docs/method.md#hyperparameters)
 ROWS = {
     "upernet_swintiny_160k_ade20k": (0.01, "swin_t", "ade20k", 160000, 16, "adamw", 6e-5, 0.01),
     "upernet_swinbase_160k_ade20k": (0.01, "swin_b", "ade20k", 160000, 16, "adamw", 6e-5, 0.01),

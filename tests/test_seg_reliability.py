@@ -4,7 +4,6 @@ The signals come from ``GPACO_FAULT_INJECT`` (test-only, gpaco/engine/preemption
 process sends itself SIGTERM before iteration N's forward pass, as SLURM would.
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,8 @@ import torch
 from gpaco.checkpoint import load_checkpoint
 from gpaco.engine.preemption import FAULT_ENV
 from gpaco.segmentation import train as seg
+
+from conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SEG = str(ROOT / "tools" / "train_seg.py")
@@ -36,19 +37,9 @@ def argv(root, out, *extra):
             "--test-split", "test", "--output-dir", str(out), "--resume", "auto", *extra]
 
 
-def env(**extra):
-    # Same intra-op thread count as this process: float sums are only bit-identical then.
-    e = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1",
-         "CUDA_VISIBLE_DEVICES": "", **extra}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", FAULT_ENV):
-        if var not in extra:
-            e.pop(var, None)
-    return e
-
-
 def train_seg(*args, **extra_env):
-    return subprocess.run([sys.executable, TRAIN_SEG, *args], env=env(**extra_env), capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    return subprocess.run([sys.executable, TRAIN_SEG, *args], env=subprocess_env(**extra_env), capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
 
 
 @pytest.mark.slow

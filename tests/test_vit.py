@@ -1,5 +1,5 @@
 """MAE ViT fine-tuning on the one engine: models, --finetune loading, layer decay, the
-per-iteration schedule, gradient accumulation, mixup/erasing, recipes (SPEC §2.4, §3.3)."""
+per-iteration schedule, gradient accumulation, mixup/erasing, recipes (docs/method.md#mae-vits, #learning-rate-schedules)."""
 from __future__ import annotations
 
 import json
