@@ -251,7 +251,7 @@ def _argv(root, out, method, *extra):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ceco", "rr"])
-def test_train_resume_and_evaluate_through_the_registry(name, demo_root, tmp_path):
+def test_train_resume_and_evaluate_through_the_registry(name, demo_root, tmp_path, capsys):
     """Two iterations straight and 1 + (preempted, resumed) 1 give identical checkpoints
     (frozen CeCo BN statistics included); tools/eval_seg.py reproduces the final mIoU; a CeCo
     checkpoint also evaluates as the plain model (--method ce) with the same numbers."""
@@ -260,7 +260,9 @@ def test_train_resume_and_evaluate_through_the_registry(name, demo_root, tmp_pat
 
     straight = seg.main(_argv(demo_root, tmp_path / "a", name, "--iters", "2"))
     assert seg.main(_argv(demo_root, tmp_path / "b", name, "--iters", "2", "--stop-after", "1"))["stopped_at_iter"] == 1
+    assert "image-level class counts of" in capsys.readouterr().out  # counted from the masks once
     seg.main(_argv(demo_root, tmp_path / "b", name, "--iters", "2"))
+    assert "image-level class counts of" not in capsys.readouterr().out  # the resume reads class_counts.txt
     a, b = (load_checkpoint(tmp_path / d / "checkpoint.pth") for d in "ab")
     assert a["iter"] == b["iter"] == 2 and a["method"] == name
     for k in a["model"]:

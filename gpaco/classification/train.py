@@ -164,7 +164,6 @@ def check_batch_config(args: argparse.Namespace, world_size: int) -> int:
     return per_process
 
 
-CHECKPOINT_META = ("num_classes", "arch", "method", "class_counts")
 BEST_KEYS = ("model", "epoch", "args", "num_classes", "arch", "method", "best_top1", "class_counts")
 
 

@@ -100,6 +100,20 @@ def write_class_counts(path: Union[str, os.PathLike], counts: Sequence[int]) -> 
     Path(path).write_text("".join(f"{int(c)}\n" for c in counts))
 
 
+def classes_present(mask, num_classes: int, *, ignore_index: int = 255, where: str = "mask") -> Tensor:
+    """[num_classes] bool: the classes occurring in one label map (tensor or array, any shape);
+    ValueError naming ``where`` for a value outside ``[0, num_classes)`` and ``ignore_index``."""
+    values = torch.as_tensor(np.asarray(mask)).reshape(-1).unique()
+    values = values[values != ignore_index]
+    if values.numel() and (values.min() < 0 or values.max() >= num_classes):
+        bad = values[(values < 0) | (values >= num_classes)]
+        raise ValueError(f"{where}: labels must be in [0, {num_classes}) or ignore_index={ignore_index}; "
+                         f"found {bad.tolist()[:8]}")
+    present = torch.zeros(num_classes, dtype=torch.bool)
+    present[values.long()] = True
+    return present
+
+
 def image_class_counts(masks: Iterable, num_classes: int, *, ignore_index: int = 255) -> List[int]:
     """Image-level class counts: for each class, the number of masks in which it occurs.
 
@@ -109,14 +123,9 @@ def image_class_counts(masks: Iterable, num_classes: int, *, ignore_index: int =
     Returns:
         ``num_classes`` integers.
     """
-    counts = np.zeros(num_classes, dtype=np.int64)
+    counts = torch.zeros(num_classes, dtype=torch.int64)
     for i, mask in enumerate(masks):
-        values = torch.as_tensor(np.asarray(mask)).reshape(-1).unique()
-        values = values[values != ignore_index]
-        if values.numel() and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(f"mask {i}: labels must be in [0, {num_classes}) or ignore_index={ignore_index}; "
-                             f"found {values.tolist()[:8]}")
-        counts[values.long().numpy()] += 1
+        counts += classes_present(mask, num_classes, ignore_index=ignore_index, where=f"mask {i}")
     return counts.tolist()
 
 

@@ -13,7 +13,6 @@ import os
 import time
 from typing import List, Optional, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -22,7 +21,7 @@ from gpaco.data.seg_transforms import IGNORE_INDEX
 from gpaco.engine.args import FlagError
 from gpaco.engine.cli import run_cli
 from gpaco.engine.logging import print_main
-from gpaco.losses.rr import read_class_counts, write_class_counts
+from gpaco.losses.rr import classes_present, read_class_counts, write_class_counts
 
 __all__ = ["dataset_image_class_counts", "class_counts_for_training", "build_parser", "main", "cli"]
 
@@ -37,14 +36,8 @@ class _Presence(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        values = np.unique(self.dataset.load_label(i))
-        values = values[values != self.ignore_index]
-        if values.size and (values.min() < 0 or values.max() >= self.num_classes):
-            raise ValueError(f"{self.dataset.pairs[i][1]}: labels must be in [0, {self.num_classes}) or "
-                             f"{self.ignore_index}; found {values[(values < 0) | (values >= self.num_classes)][:8]}")
-        present = torch.zeros(self.num_classes, dtype=torch.bool)
-        present[torch.from_numpy(values)] = True
-        return present
+        return classes_present(self.dataset.load_label(i), self.num_classes, ignore_index=self.ignore_index,
+                               where=str(self.dataset.pairs[i][1]))
 
 
 def dataset_image_class_counts(dataset: SegDataset, *, num_classes: int, ignore_index: int = IGNORE_INDEX,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from gpaco.checkpoint import CheckpointError
+from gpaco.checkpoint import CheckpointError, find_resume
 from gpaco.classification.args import check_method_flags
 from gpaco.data.samplers import IterationSampler
 from gpaco.data.seg_datasets import SEG_DATASETS, SyntheticSegDataset, build_seg_dataset
@@ -221,8 +221,13 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         print_main(f"warning: --pretrained {args.pretrained} not found; the dry run uses random weights")
         args.pretrained = None
     class_counts = None
+    counts_file = os.path.join(args.output_dir, "class_counts.txt")
     if method.needs_class_counts:
-        class_counts = class_counts_for_training(path=args.class_counts, dataset=train_set, num_classes=num_classes,
+        path = args.class_counts
+        resuming = not args.dry_run and find_resume(args.output_dir, args.resume) is not None
+        if path is None and resuming and os.path.isfile(counts_file):
+            path = counts_file  # the counts the run's first part took from the masks: not counted again
+        class_counts = class_counts_for_training(path=path, dataset=train_set, num_classes=num_classes,
                                                  workers=0 if args.dry_run else args.workers)
     model_kw, loss_kw = method_options(method, vars(args))
     model = method.build_model(args.arch, num_classes, encoder=args.encoder, pretrained=args.pretrained, **model_kw)
@@ -259,7 +264,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     lc.open_output(vars(args))
     logger = lc.logger
     if class_counts is not None and lc.is_main and not args.dry_run:
-        write_class_counts(os.path.join(args.output_dir, "class_counts.txt"), class_counts)
+        write_class_counts(counts_file, class_counts)
 
     stop = max_iters if args.stop_after is None or args.dry_run else min(max_iters, start_iter + args.stop_after)
     try:
