@@ -83,3 +83,7 @@ def test_bad_flag_is_one_error_line(tmp_path):
     proc = train_seg("--method", "ce", "--alpha", "0.5", "--dry-run")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --alpha is an option of --method gpaco, not ce"
+    proc = train_seg("--dataset", "demo", "--data-root", str(tmp_path / "absent"), "--iters", "2",
+                     "--output-dir", str(tmp_path / "o"))
+    assert proc.returncode == 2 and not (tmp_path / "o").exists()
+    assert proc.stderr.strip() == f"error: demo: --data-root {tmp_path / 'absent'} does not exist"

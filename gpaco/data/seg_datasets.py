@@ -39,6 +39,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .seg_transforms import IGNORE_INDEX
+from .splits import DataError
 
 __all__ = [
     "SegDataError", "SegDatasetInfo", "SEG_DATASETS", "SegDataset", "SyntheticSegDataset",
@@ -49,8 +50,9 @@ __all__ = [
 Pair = Tuple[str, str]
 
 
-class SegDataError(ValueError):
-    """The data root does not hold the expected layout; the message says what is missing."""
+class SegDataError(DataError):
+    """The data root does not hold the expected layout; the message says what is missing
+    (a :class:`~gpaco.data.splits.DataError`, so the tools report it as one error line)."""
 
 
 CITYSCAPES_CLASSES = (
