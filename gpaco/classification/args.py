@@ -133,12 +133,14 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (default: off)")
     g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (timm backbones)")
     g.add_argument("--schedule", "--sched", default="cosine",
-                   choices=("cosine", "cosine_epoch", "step_cifar", "mae_cosine", "cosine_plain", "step", "constant"),
+                   choices=("cosine", "cosine_epoch", "step_cifar", "mae_cosine", "cosine_plain", "step", "cosine_min",
+                            "constant"),
                    help="cosine (= cosine_epoch): per-epoch warmup + off-by-one cosine; step_cifar: the CIFAR "
                         "warmup + steps at 320/360; mae_cosine: per-iteration warmup + half-cycle cosine to "
                         "--min-lr (MAE fine-tuning); cosine_plain: lr/2 (1 + cos(pi e / E)), no warmup (ResLT "
                         "iNat, MiSLAS); step: warmup from --warmup-start x lr, x0.1 at each of --milestones "
-                        "(ResLT, MiSLAS CIFAR); constant (docs/method.md#learning-rate-schedules)")
+                        "(ResLT, MiSLAS CIFAR); cosine_min: warmup + cosine to lr x 1e-5 (ResCom); constant "
+                        "(docs/method.md#learning-rate-schedules)")
     g.add_argument("--warmup-epochs", type=int, default=10)
     g.add_argument("--milestones", type=int, nargs="+", default=[160, 180], metavar="EPOCH",
                    help="--schedule step: epochs (0-based) from which the LR is x0.1 more")
@@ -228,6 +230,8 @@ def validate_train_args(args: argparse.Namespace) -> None:
         raise FlagError(f"--min-lr must be >= 0, got {args.min_lr}")
     if args.schedule == "cosine" and args.warmup_epochs > args.epochs:
         raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be <= --epochs ({args.epochs})")
+    if args.schedule == "cosine_min" and args.warmup_epochs >= args.epochs:
+        raise FlagError(f"--schedule cosine_min needs --warmup-epochs ({args.warmup_epochs}) < --epochs ({args.epochs})")
     if args.schedule == "step_cifar" and args.warmup_epochs == 0:
         raise FlagError("--schedule step_cifar needs --warmup-epochs > 0")
     if not 0.0 <= args.warmup_start <= 1.0:

@@ -49,6 +49,8 @@ def build_lr_schedule(args: argparse.Namespace) -> LRSchedule:
     if args.schedule == "step":
         return build_schedule("step", base_lr=args.lr, warmup_epochs=args.warmup_epochs, milestones=args.milestones,
                               warmup_start=args.warmup_start)
+    if args.schedule == "cosine_min":
+        return build_schedule("cosine_min", base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
     if args.schedule == "constant":
         return build_schedule("constant", base_lr=args.lr)
     return build_schedule("cosine", base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
