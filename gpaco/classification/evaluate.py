@@ -35,7 +35,7 @@ from gpaco.models.convert import CheckpointMismatchError, build_model_from_check
 from gpaco.engine.benchmarks import Benchmark, run_benchmarks
 from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.classification.loop import predict
-from gpaco.classification.report import write_eval_report
+from gpaco.classification.report import fairness_line, write_eval_report
 
 
 # Method flags that may override a checkpoint's model options at evaluation (the sizes have their own flags).
@@ -332,6 +332,7 @@ def _clean(ctx: EvalContext) -> dict:
              if "many" in metrics else " | many/medium/few need the train counts (--train-list)")
     print_main(f"{ctx.name}: top-1 {metrics['top1']:.2f} top-5 {metrics['top5']:.2f}{shots} | "
                f"{metrics['num_samples']} images")
+    print_main(fairness_line(metrics))
     return metrics
 
 
