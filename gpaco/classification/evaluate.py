@@ -33,6 +33,7 @@ from gpaco.methods.flags import PROJ_DIM, QUEUE_SIZE
 from gpaco.checkpoint import CheckpointError, check_writable
 from gpaco.models.convert import CheckpointMismatchError, build_model_from_checkpoint, read_checkpoint
 from gpaco.engine.benchmarks import Benchmark, run_benchmarks
+from gpaco.engine.cli import run_cli
 from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.classification.loop import predict
 from gpaco.classification.report import fairness_line, write_eval_report
@@ -414,3 +415,8 @@ BENCHMARKS = (
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     return run(build_eval_parser().parse_args(argv))
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """tools/eval.py and the ``gpaco-eval`` command (docs/reliability.md: one ``error: ...`` line, exit 2)."""
+    run_cli(main, argv)
