@@ -34,6 +34,14 @@ def test_class_fairness_skips_absent_classes_and_takes_the_shot_gap():
     assert out["many_few_gap"] == pytest.approx(80.0 - 10.0)  # many = mean(90, 70)
 
 
+def test_class_fairness_worked_example_of_the_docs():
+    out = class_fairness([100.0, 50.0, 0.0], [300, 50, 5])  # docs/method.md#metrics
+    assert [round(out[k], 3) for k in ("worst_class_acc", "class_acc_std", "class_acc_cv", "many_few_gap")] == \
+        [0.0, 40.825, 0.816, 100.0]
+    flat = class_fairness([50.0, 50.0, 50.0], [300, 50, 5])
+    assert (flat["worst_class_acc"], flat["class_acc_std"], flat["class_acc_cv"], flat["many_few_gap"]) == (50, 0, 0, 0)
+
+
 def test_class_fairness_undefined_cases():
     assert class_fairness([0.0, 0.0])["class_acc_cv"] is None  # mean 0: no coefficient of variation
     assert class_fairness([50.0, 40.0], [200, 50])["many_few_gap"] is None  # no few class
