@@ -62,6 +62,22 @@ def test_meter_reports_fairness_and_confusion():
     assert fairness_line({"worst_class_acc": None}) == "per class: no class has a test sample"
 
 
+def test_compare_tables_show_the_fairness_figures():
+    from gpaco.classification.report import compare_table, side_by_side_table
+
+    def run(per_class, train):
+        metrics = {"top1": 50.0, "per_class": per_class, **class_fairness(per_class, train)}
+        return {"metrics": metrics, "per_class": per_class, "train_counts": train}
+
+    a, b = run([100.0, 50.0, 0.0], [300, 50, 5]), run([60.0, 50.0, 40.0], [300, 50, 5])
+    lines = {ln[:16].strip(): ln.split()[-3:] for ln in compare_table(a, b).splitlines()[1:]}
+    assert lines["worst class acc"] == ["0.00", "40.00", "40.00"]
+    assert lines["gap many - few"] == ["100.00", "20.00", "-80.00"]
+    assert lines["per-class CV"] == ["0.82", "0.16", "-0.65"]
+    table = side_by_side_table([a, b], ["A", "B"])
+    assert [ln.split()[-2:] for ln in table.splitlines() if ln.startswith("worst class acc")] == [["0.00", "40.00"]]
+
+
 # --------------------------------------------------------------------------- summary.csv and TensorBoard tags
 
 

@@ -311,9 +311,14 @@ def _shot_means(per_class: Sequence[float], train: Optional[Sequence[int]]) -> D
     return out
 
 
+# class_fairness's figures in the comparison tables (training's and eval's metrics.json hold them)
+FAIRNESS_LABELS = (("worst_class_acc", "worst class acc"), ("class_acc_std", "per-class std"),
+                   ("class_acc_cv", "per-class CV"), ("many_few_gap", "gap many - few"))
+
+
 def compare_table(a: dict, b: dict, names: Sequence[str] = ("A", "B")) -> str:
-    """Top-1/top-5, many/medium/few (with class counts), mean class accuracy and, when both
-    have them, the robustness figures, side by side with the difference B - A."""
+    """Top-1/top-5, many/medium/few (with class counts), mean class accuracy, the per-class
+    fairness figures and, when both have them, the robustness figures, side by side with the difference B - A."""
     ma, mb = a["metrics"], b["metrics"]
     sa = {**_shot_means(a["per_class"], a["train_counts"]), **{k: ma[k] for k in ("many", "medium", "few",
                                                                                    "many_classes", "medium_classes",
@@ -329,6 +334,9 @@ def compare_table(a: dict, b: dict, names: Sequence[str] = ("A", "B")) -> str:
         cls = f" ({na} cls)" if na == nb and na is not None else f" ({na}/{nb} cls)" if na or nb else ""
         rows.append((f"{g}{cls}", sa.get(g), sb.get(g)))
     rows.append(("mean class acc", ma.get("mean_class_acc"), mb.get("mean_class_acc")))
+    for key, label in FAIRNESS_LABELS:
+        if ma.get(key) is not None or mb.get(key) is not None:
+            rows.append((label, ma.get(key), mb.get(key)))
     if ma.get("ece") is not None or mb.get("ece") is not None:
         rows.append(("ECE (x100, 15 bins)", ma.get("ece"), mb.get("ece")))
     ca, cb = ma.get("corruption") or {}, mb.get("corruption") or {}
@@ -357,14 +365,17 @@ def compare_table(a: dict, b: dict, names: Sequence[str] = ("A", "B")) -> str:
 
 
 def side_by_side_table(runs: Sequence[dict], names: Sequence[str]) -> str:
-    """Top-1, many/medium/few, mean class accuracy and ECE of any number of runs, one column each."""
+    """Top-1, many/medium/few, mean class accuracy, worst class, per-class std and ECE of any number of runs,
+    one column each."""
     cols = []
     for r in runs:
         m = r["metrics"]
         shots = {**_shot_means(r["per_class"], r["train_counts"]), **{k: m[k] for k in ("many", "medium", "few")
                                                                         if k in m}}
         cols.append({"top-1": m.get("top1"), "many": shots.get("many"), "medium": shots.get("medium"),
-                     "few": shots.get("few"), "mean class acc": m.get("mean_class_acc"), "ECE (x100)": m.get("ece")})
+                     "few": shots.get("few"), "mean class acc": m.get("mean_class_acc"),
+                     "worst class acc": m.get("worst_class_acc"), "per-class std": m.get("class_acc_std"),
+                     "ECE (x100)": m.get("ece")})
     width = max(10, *(len(n) for n in names))
     out = [f"{'':<16s}" + " ".join(f"{n:>{width}s}" for n in names)]
     for label in cols[0]:
