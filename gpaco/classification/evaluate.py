@@ -323,10 +323,9 @@ def _clean(ctx: EvalContext) -> dict:
     """The --test-list split: top-1/5, many/medium/few, per class, confusion."""
     args = ctx.args
     meter, local = predict(ctx.models, ctx.loader_of(ctx.test_set), keep_logits=bool(args.save_logits), **ctx.common)
-    metrics = meter.compute(ctx.train_counts)
+    metrics = meter.compute(ctx.train_counts)  # with the confusion matrix up to 100 classes
     if meter.confusion is not None:
         ctx.confusion = meter.confusion.cpu()
-        metrics["confusion"] = ctx.confusion.tolist()
     if args.save_logits and not args.dry_run:
         ctx.logits_all = gather_in_order(local, len(ctx.test_set), ctx.common["device"])
     shots = (f" | many {metrics['many']:.2f} medium {metrics['medium']:.2f} few {metrics['few']:.2f}"
