@@ -215,7 +215,6 @@ def plot_per_class(per_class: Sequence[float], train_counts: Optional[Sequence[i
             ax1.axvline(x, color="gray", ls="--", lw=0.8)
     else:
         ax1.set_xlabel("class (train counts unknown: pass --train-list)")
-        ax1.set_yticks([])
         ax2 = ax1
     ax2.plot(range(n), acc, "o-" if n <= 100 else "-", color="#c0392b", ms=3, lw=1, label="test accuracy")
     ax2.set_ylabel("test accuracy (%)")
