@@ -18,7 +18,7 @@ import torch
 from gpaco.checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
 from gpaco.classification.args import FlagError, eval_data_kwargs, parse_train_args, train_data_kwargs
 from gpaco.classification.loop import evaluate, train_one_epoch
-from gpaco.classification.report import write_eval_report
+from gpaco.classification.report import fairness_line, plot_curves, write_eval_report
 from gpaco.data.build import (
     build_eval_dataset, build_train_dataset, class_counts_of, data_available, eval_loader, is_cifar,
     set_train_epoch, train_loader,
@@ -26,10 +26,11 @@ from gpaco.data.build import (
 from gpaco.engine.args import run_kwargs
 from gpaco.engine.cli import run_cli
 from gpaco.engine.lifecycle import TrainingRun, seed_everything
-from gpaco.engine.logging import print_main, to_jsonable
+from gpaco.engine.logging import SUMMARY_NAME, print_main, read_summary, to_jsonable
 from gpaco.engine.optim import build_optimizer
 from gpaco.engine.schedule import LRSchedule, build_schedule
 from gpaco.methods import get_method, method_options
+from gpaco.metrics import FAIRNESS_KEYS
 from gpaco.models.vit import init_center_head, is_vit, load_mae_checkpoint
 
 
@@ -352,7 +353,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         if val_dl is not None and ((epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs):
             val = evaluate(model_without_ddp, val_dl, num_classes=num_classes, train_counts=train_counts,
                            **loop_kw)
-            record.update({f"val_{k}": val[k] for k in ("top1", "top5", "many", "medium", "few")})
+            record.update({f"val_{k}": val.get(k) for k in ("top1", "top5", "many", "medium", "few", *FAIRNESS_KEYS)})
             is_best = val["top1"] > best_top1
             if is_best:
                 best_top1, best_epoch = val["top1"], epoch + 1
@@ -383,11 +384,16 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         print_main(f"test ({selection}): top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} | many "
                    f"{test['many']:.2f} medium {test['medium']:.2f} few {test['few']:.2f} | {test['num_samples']} "
                    f"images")
+        print_main(fairness_line(test))
+        logger.log_scalars({f"test_{k}": test.get(k) for k in ("top1", "top5", "many", "medium", "few",
+                                                                *FAIRNESS_KEYS)}, args.epochs)
         if lc.is_main:
             write_eval_report(args.output_dir, test, train_counts)
     if lc.is_main:
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
             json.dump(to_jsonable(result), f, indent=1)
+        plot_curves(read_summary(os.path.join(args.output_dir, SUMMARY_NAME)),
+                    os.path.join(args.output_dir, "curves.png"))
     return result
 
 

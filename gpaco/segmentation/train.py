@@ -335,7 +335,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
             print_main(f"[iter {it}/{max_iters}] loss {avg['loss']:.4f} ({parts_s}) lr {lr:.3e} {rate:.1f} img/s "
                        f"eta {time.strftime('%H:%M:%S', time.gmtime(eta)) if eta < 86400 else f'{eta / 3600:.0f}h'}")
             logger.log_epoch({"iter": it, "lr": lr, **avg, **({"nan_skipped": nan_skipped} if nan_skipped else {})})
-            logger.log_scalars({f"train/{k}": v for k, v in avg.items()} | {"train/lr": lr}, it)
+            logger.log_scalars({f"train/{k}": v for k, v in avg.items()} | {"lr": lr}, it)
             sums, window_n, t_window = {}, 0, time.time()
         if args.dry_run:
             continue
