@@ -6,6 +6,9 @@
   A second signal while the first is being honoured stops the process at once (the
   previous handler is restored and the signal re-delivered); the atomic save keeps the
   last complete checkpoint intact either way.
+* :func:`ignore_stop_signals` is the ``worker_init_fn`` of every DataLoader: SLURM's
+  ``scancel`` and a ``kill -- -PGID`` signal the whole process group, and a loader worker
+  that died of the signal would take the run down before the main process could save.
 * :func:`gpaco.distributed.agree` makes every rank take the same decision (stop after this step, skip
   this non-finite step): one tiny all-reduce, a no-op in a single process.
 * :class:`FaultInjector` reads ``GPACO_FAULT_INJECT`` **(test-only)** to raise, poison
@@ -22,7 +25,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-__all__ = ["STOP_SIGNALS", "PreemptionHandler", "FaultInjector", "InjectedFault", "FAULT_ENV"]
+__all__ = ["STOP_SIGNALS", "PreemptionHandler", "ignore_stop_signals", "FaultInjector", "InjectedFault", "FAULT_ENV"]
 
 #: Signals that request a graceful stop (checkpoint, exit 0).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -75,6 +78,14 @@ class PreemptionHandler:
 
     def __exit__(self, *exc) -> None:
         self.restore()
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores SIGTERM/SIGUSR1 (torch's worker loop
+    installs a SIGTERM handler that kills it), the main process alone decides to stop. A
+    worker still ends with its loader, or when the main process is gone (torch's watchdog)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class InjectedFault(RuntimeError):
