@@ -83,3 +83,28 @@ def test_seg_sigterm_to_process_group_with_loader_workers_checkpoints(tmp_path):
     assert "preempted (SIGTERM): checkpoint saved at iteration" in stdout
     it = load_checkpoint(out / "checkpoint.pth")["iter"]
     assert 3 <= it < 200
+
+
+# ------------------------------------------------------------------ 4, 10. flags that silently ruin a run
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_clip_grad_must_be_positive(value, capsys):
+    """--clip-grad -1 ran gradient ascent, 0 stopped learning: both are refused."""
+    with pytest.raises(SystemExit) as exc:
+        trainer.cli(["--train-list", "x", "--clip-grad", value])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: --clip-grad is the maximum gradient norm and must be > 0 "
+                                               f"(leave the flag out for no clipping), got {float(value)}")
+
+
+def test_default_warmup_is_shortened_for_a_short_run_but_an_explicit_one_is_checked(capsys):
+    from gpaco.classification.args import parse_train_args
+
+    args = parse_train_args(["--train-list", "x", "--epochs", "1"])
+    assert args.warmup_epochs == 1
+    assert "note: --warmup-epochs 1 (the default 10 shortened to fit --epochs 1" in capsys.readouterr().out
+    assert parse_train_args(["--train-list", "x", "--epochs", "30"]).warmup_epochs == 10
+    assert parse_train_args(["--train-list", "x", "--epochs", "3", "--schedule", "mae_cosine"]).warmup_epochs == 2
+    with pytest.raises(SystemExit, match=r"--warmup-epochs \(10\) must be <= --epochs \(1\)"):
+        parse_train_args(["--train-list", "x", "--epochs", "1", "--warmup-epochs", "10"])
