@@ -108,3 +108,211 @@ def test_default_warmup_is_shortened_for_a_short_run_but_an_explicit_one_is_chec
     assert parse_train_args(["--train-list", "x", "--epochs", "3", "--schedule", "mae_cosine"]).warmup_epochs == 2
     with pytest.raises(SystemExit, match=r"--warmup-epochs \(10\) must be <= --epochs \(1\)"):
         parse_train_args(["--train-list", "x", "--epochs", "1", "--warmup-epochs", "10"])
+
+
+# ------------------------------------------------------------------ 2. best.pth agrees with checkpoint.pth
+
+
+def test_foreign_best_pth_is_never_reported(demo_data, tmp_path, capsys):
+    """Resuming into a folder whose best.pth came from another run: the best that checkpoint.pth
+    records is either recovered (its weights are that best) or the selection restarts; the test
+    result always comes from this run's weights."""
+    out, other = tmp_path / "run", tmp_path / "other"
+    trainer.main(ce_args(demo_data, other, "--epochs", "1", "--seed", "1"))
+    trainer.main(ce_args(demo_data, out, "--epochs", "3", "--stop-after", "2"))
+    ckpt = load_checkpoint(out / "checkpoint.pth")
+    (out / "best.pth").write_bytes((other / "best.pth").read_bytes())
+    capsys.readouterr()
+    result = trainer.main(ce_args(demo_data, out, "--epochs", "3", "--resume", "auto"))
+    said = capsys.readouterr().out
+    best = load_checkpoint(out / "best.pth")
+    assert best["run_id"] == ckpt["run_id"] == load_checkpoint(out / "checkpoint.pth")["run_id"]
+    assert best["epoch"] == result["selected_epoch"]
+    if ckpt["best_epoch"] == 2:  # checkpoint.pth's weights are the best: best.pth rewritten from them
+        assert "belongs to another run" in said and "rewritten from" in said
+    else:
+        assert "belongs to another run" in said and "selection restarts" in said
+        assert result["selected_epoch"] == 3
+
+
+def test_missing_best_pth_on_a_finished_run_reports_clearly_once(demo_data, tmp_path, capsys):
+    """best.pth deleted after the run: --resume auto does not retrain and fail on every retry;
+    it repairs best.pth from checkpoint.pth or falls back to the last epoch, saying so."""
+    out = tmp_path / "run"
+    first = trainer.main(ce_args(demo_data, out))
+    (out / "best.pth").unlink()
+    capsys.readouterr()
+    again = trainer.main(ce_args(demo_data, out, "--resume", "auto"))
+    said = capsys.readouterr().out
+    assert "best.pth is missing" in said
+    if first["selected_epoch"] == 2:
+        assert again["top1"] == first["top1"] and (out / "best.pth").exists()
+    else:
+        assert again["selected_epoch"] == 2 and "selection restarts" in said
+    assert trainer.main(ce_args(demo_data, out, "--resume", "auto"))["selected_epoch"] == again["selected_epoch"]
+
+
+KILL_BETWEEN_SAVES = """
+import os, signal, sys
+import gpaco.engine.lifecycle as lifecycle
+real = lifecycle.TrainingRun._save_or_explain
+def save(state, path):
+    real(state, path)
+    if str(path).endswith("checkpoint.pth") and state.get("epoch") == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # after checkpoint.pth, before best.pth
+lifecycle.TrainingRun._save_or_explain = staticmethod(save)
+from gpaco.classification.train import cli
+cli(sys.argv[1:])
+"""
+
+
+def test_kill_between_checkpoint_and_best_saves_keeps_them_in_agreement(demo_data, tmp_path):
+    out = tmp_path / "run"
+    argv = ce_args(demo_data, out, "--epochs", "3", "--lr", "0.02")
+    proc = subprocess.run([sys.executable, "-c", KILL_BETWEEN_SAVES, *argv], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    ckpt = load_checkpoint(out / "checkpoint.pth")
+    assert ckpt["epoch"] == 2
+    result = trainer.main([*argv, "--resume", "auto"])
+    best = load_checkpoint(out / "best.pth")
+    assert best["epoch"] == result["selected_epoch"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["selected_epoch"] == best["epoch"]
+    if ckpt["best_epoch"] == 2:  # the epoch-2 weights were the best: best.pth holds exactly them
+        if result["selected_epoch"] == 2:
+            assert all(torch.equal(best["model"][k], ckpt["model"][k]) for k in best["model"])
+
+
+def test_load_best_refuses_weights_of_another_epoch(demo_data, tmp_path):
+    from gpaco.checkpoint import CheckpointError, save_checkpoint
+    from gpaco.engine.lifecycle import TrainingRun
+
+    out = tmp_path / "run"
+    trainer.main(ce_args(demo_data, out, "--epochs", "1"))
+    best = load_checkpoint(out / "best.pth")
+    save_checkpoint({**best, "epoch": 5}, out / "best.pth")
+    with TrainingRun(output_dir=str(out), resume="auto") as lc:
+        lc.resume_checkpoint()
+        with pytest.raises(CheckpointError, match=r"best.pth holds epoch 5, not the best epoch 1"):
+            lc.load_best("epoch", 1)
+
+
+# ------------------------------------------------------------------ 5. --nan-policy skip never saves NaN weights
+
+
+def test_nan_skip_with_exploding_lr_stops_and_keeps_the_good_checkpoint(demo_data, tmp_path, capsys):
+    """lr 1e3 makes the weights NaN; every later step is skipped. Before: exit 0, NaN
+    checkpoint.pth and best.pth, train_loss 0.0 logged. Now: exit 1 naming the epoch, nothing
+    non-finite written, the log never claims a loss for an epoch without a finite step."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        trainer.cli(ce_args(demo_data, out, "--lr", "1000", "--nan-policy", "skip", "--epochs", "3"))
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("the model weights became NaN/Inf" in err[0] or "every step of epoch" in err[0]), err
+    for name in ("checkpoint.pth", "best.pth"):
+        if (out / name).exists():
+            model = load_checkpoint(out / name)["model"]
+            assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point()), name
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()] if (out / "log.jsonl").exists() else []
+    assert all(r["train_loss"] != 0.0 for r in log)
+    assert not (out / "metrics.json").exists()
+
+
+def test_every_step_skipped_stops(demo_data, tmp_path, monkeypatch):
+    from gpaco.classification.loop import NonFiniteLossError
+    from gpaco.engine.preemption import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, ",".join(f"nan_step{i}" for i in range(8, 15)))  # all of epoch 2
+    with pytest.raises(NonFiniteLossError, match=r"every step of epoch 2 \(7\) had a non-finite loss"):
+        trainer.main(ce_args(demo_data, tmp_path / "run", "--nan-policy", "skip"))
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pth")["epoch"] == 1
+
+
+# ------------------------------------------------------------------ 3. the output folder
+
+
+def test_fresh_run_into_a_run_folder_is_refused_unless_resume_or_overwrite(demo_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    trainer.main(ce_args(demo_data, out, "--epochs", "1"))
+    before = (out / "checkpoint.pth").read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        trainer.cli(ce_args(demo_data, out, "--epochs", "1"))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --output-dir {out} already holds a run (checkpoint.pth, best.pth, log.jsonl, args.yaml, "
+        f"metrics.json); continue it with --resume auto, or replace it with --overwrite")
+    assert (out / "checkpoint.pth").read_bytes() == before
+    trainer.main(ce_args(demo_data, out, "--epochs", "1", "--overwrite", "--seed", "4"))
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1  # replaced, not appended to
+    assert "--overwrite: removed the previous run's" in capsys.readouterr().out
+    assert not (out / "run.lock").exists()
+
+
+def test_lock_refuses_a_live_run_and_takes_over_a_dead_one(demo_data, tmp_path, capsys):
+    import socket
+
+    out = tmp_path / "run"
+    out.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "run.lock").write_text(f"{live.pid} {socket.gethostname()}\n")
+        with pytest.raises(SystemExit) as exc:
+            trainer.cli(ce_args(demo_data, out, "--epochs", "1", "--resume", "auto"))
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --output-dir {out} is in use by a live run (pid {live.pid} on host "
+                              f"{socket.gethostname()}, lock {out / 'run.lock'})"), err
+    finally:
+        live.kill()
+        live.wait()
+    trainer.main(ce_args(demo_data, out, "--epochs", "1", "--resume", "auto"))  # the pid is gone now
+    assert f"took over the lock {out / 'run.lock'} of a run that is gone (pid {live.pid}" in capsys.readouterr().out
+    assert not (out / "run.lock").exists()
+
+
+def test_output_dir_flags(demo_data, tmp_path, monkeypatch, capsys):
+    from gpaco.classification.args import parse_train_args
+
+    with pytest.raises(SystemExit, match="--output-dir is empty"):
+        parse_train_args(["--train-list", "x", "--output-dir", ""])
+    with pytest.raises(SystemExit, match="--resume auto continues the run in --output-dir"):
+        parse_train_args(["--train-list", "x", "--resume", "auto"])
+    monkeypatch.chdir(tmp_path)
+    argv = [a for a in ce_args(demo_data, "unused", "--epochs", "1") if a not in ("--output-dir", "unused")]
+    trainer.main(argv)
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("ce-resnet8-") and (runs[0] / "metrics.json").exists()
+    assert f"--output-dir not given: this run writes to runs/{runs[0].name}" in capsys.readouterr().out
+
+
+def test_config_reruns_args_yaml_and_command_line_overrides(demo_data, tmp_path):
+    from gpaco.classification.args import parse_train_args
+
+    out = tmp_path / "run"
+    trainer.main(ce_args(demo_data, out, "--epochs", "1", "--seed", "7"))
+    args = parse_train_args(["--config", str(out / "args.yaml"), "--output-dir", str(tmp_path / "again"),
+                             "--lr", "0.01"])
+    saved = __import__("yaml").safe_load((out / "args.yaml").read_text())
+    assert (args.seed, args.lr, args.output_dir, args.train_list) == (7, 0.01, str(tmp_path / "again"),
+                                                                        saved["train_list"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 1\nlearning_rate: 0.1\n")
+    with pytest.raises(SystemExit, match=rf"--config {bad}: unknown key 'learning_rate'"):
+        parse_train_args(["--config", str(bad)])
+
+
+def test_resume_prints_changed_flags_and_refuses_model_or_data_changes(demo_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    trainer.main(ce_args(demo_data, out, "--epochs", "2", "--stop-after", "1"))
+    with pytest.raises(SystemExit) as exc:
+        trainer.cli(ce_args(demo_data, out, "--epochs", "2", "--resume", "auto", "--arch", "resnet20",
+                            "--image-size", "28"))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --resume: --arch 'resnet8' -> 'resnet20', --image-size 32 -> 28 change the model "
+                          "or the data"), err
+    capsys.readouterr()
+    trainer.main(ce_args(demo_data, out, "--epochs", "2", "--resume", "auto", "--lr", "0.04"))
+    assert "resumed with changed flags: --lr 0.05 -> 0.04" in capsys.readouterr().out

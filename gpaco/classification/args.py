@@ -13,7 +13,9 @@ import os
 from typing import Optional, Sequence
 
 from gpaco.data.build import is_cifar
-from gpaco.engine.args import FlagError, add_run_flags, check_finite, check_positive, validate_run_args
+from gpaco.engine.args import (
+    FlagError, add_run_flags, check_finite, check_positive, parse_with_config, validate_run_args,
+)
 from gpaco.methods import add_method_flags, all_methods, get_method, method_names
 
 TASK = "classification"
@@ -157,7 +159,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--freeze", default="none", choices=("none", "all_but_last_block"),
                    help="all_but_last_block: Places-LT fine-tuning (convs frozen except the last bottleneck)")
 
-    g = add_run_flags(p, default_output="runs/train", print_freq=20)
+    g = add_run_flags(p, print_freq=20)
     g.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="leave after this many epochs of this run with a checkpoint, as if preempted; the "
                         "schedule still follows --epochs and --resume auto continues")
@@ -171,7 +173,7 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 
 def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    args = build_train_parser().parse_args(argv)
+    args = parse_with_config(build_train_parser(), argv)
     validate_train_args(args)
     return args
 

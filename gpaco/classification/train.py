@@ -25,7 +25,7 @@ from gpaco.data.build import (
 )
 from gpaco.engine.args import run_kwargs
 from gpaco.engine.cli import run_cli
-from gpaco.engine.lifecycle import TrainingRun, seed_everything
+from gpaco.engine.lifecycle import NonFiniteLossError, TrainingRun, seed_everything
 from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.engine.optim import build_optimizer
 from gpaco.engine.schedule import LRSchedule, build_schedule
@@ -165,10 +165,14 @@ def check_batch_config(args: argparse.Namespace, world_size: int) -> int:
 
 
 BEST_KEYS = ("model", "epoch", "args", "num_classes", "arch", "method", "best_top1", "class_counts")
+#: Flags a resume may not change: they change the model or the data (plus the method's model options).
+RESUME_FIXED = ("arch", "method", "num_classes", "dataset", "data_root", "train_list", "val_list", "imb_factor",
+                "image_size", "norm", "device_batch", "freeze")
 
 
 def run(args: argparse.Namespace) -> dict:
     with TrainingRun(**run_kwargs(args)) as lifecycle:
+        args.output_dir = lifecycle.output_dir
         return _run(args, lifecycle)
 
 
@@ -279,6 +283,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     resume_rng, resume_epoch_state = None, None
     if ckpt is not None:
         path = lc.resume_path
+        lc.check_resume_args(ckpt.get("args") or {}, vars(args), RESUME_FIXED + tuple(method.model_options))
         try:
             lc.load_model_state(model_without_ddp, ckpt["model"], path)
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -288,7 +293,6 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path} is not a gpaco training checkpoint (--resume needs the "
                                   f"checkpoint.pth of a run): {type(e).__name__}: {e}") from None
-        best_top1, best_epoch = float(ckpt.get("best_top1", -1.0)), int(ckpt.get("best_epoch", -1))
         if start_step:
             if start_step >= len(train_dl):
                 raise CheckpointError(f"{path} stopped at step {start_step} of epoch {start_epoch + 1}, "
@@ -306,6 +310,9 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
             print_main(f"resumed from {path}: epoch {start_epoch} done, best val top-1 {best_top1:.2f}")
     lc.open_output(vars(args))
     logger = lc.logger
+    if ckpt is not None:
+        best_top1, best_epoch = lc.reconcile_best(ckpt, step_key="epoch", best_step_key="best_epoch",
+                                                  best_metric_key="best_top1", best_keys=BEST_KEYS)
 
     def train_state(epoch_done: int) -> dict:
         return {
@@ -338,8 +345,13 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
             rngs = lc.gather_rng_states()
             state = train_state(epoch)
             state.update(step=step, epoch_state=stats["epoch_state"], rng_per_rank=rngs, world_size=world)
-            lc.save(state)
+            lc.save(state, where=f"epoch {epoch + 1} step {step}")
             return lc.preempted(f"epoch {epoch + 1} step {step}/{len(train_dl) + skip}", {"epoch": epoch, "step": step})
+        epoch_steps = skip + len(train_dl)
+        if stats.get("nan_skipped", 0) >= epoch_steps:
+            raise NonFiniteLossError(f"every step of epoch {epoch + 1} ({epoch_steps}) had a non-finite loss and was "
+                                     f"skipped (--nan-policy skip); stopped, the last checkpoint is kept (lower --lr "
+                                     f"or set --clip-grad)")
         record = {"epoch": epoch + 1, "lr": lr, **stats}
         if args.skip_bad_images and hasattr(train_set, "num_skipped"):
             record["skipped_images"] = train_set.num_skipped  # this rank's, since the start of this process
@@ -356,7 +368,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
                 best_top1, best_epoch = val["top1"], epoch + 1
             print_main(f"[epoch {epoch + 1}] val top-1 {val['top1']:.2f} (many {val['many']:.2f} / medium "
                        f"{val['medium']:.2f} / few {val['few']:.2f}); best {best_top1:.2f} at epoch {best_epoch}")
-        lc.save(train_state(epoch + 1), best_keys=BEST_KEYS if is_best else None)
+        lc.save(train_state(epoch + 1), best_keys=BEST_KEYS if is_best else None, where=f"the end of epoch {epoch + 1}")
         logger.log_epoch(record)
         logger.log_scalars({k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch + 1)
         # A stop signal during the last step, the evaluation or the save: the epoch's checkpoint is written.
@@ -371,7 +383,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     selection = "last epoch (no --val-list)"
     if val_dl is not None and best_epoch > 0:
         lc.barrier()
-        best = load_checkpoint(lc.best_path)
+        best = lc.load_best("epoch", best_epoch)
         model_without_ddp.load_state_dict(best["model"])
         selection = f"best val top-1 {best_top1:.2f} at epoch {best_epoch}"
     result = {"selection": selection, "selected_epoch": best_epoch if best_epoch > 0 else args.epochs}
