@@ -316,3 +316,37 @@ def test_resume_prints_changed_flags_and_refuses_model_or_data_changes(demo_data
     capsys.readouterr()
     trainer.main(ce_args(demo_data, out, "--epochs", "2", "--resume", "auto", "--lr", "0.04"))
     assert "resumed with changed flags: --lr 0.05 -> 0.04" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ 10. first steps that fail for no reason
+
+
+def test_wrong_data_root_fails_before_anything_is_written(demo_data, tmp_path, capsys):
+    """Before: found at the first image, after the model was built and args.yaml written."""
+    out = tmp_path / "run"
+    wrong = tmp_path / "elsewhere"
+    wrong.mkdir()
+    with pytest.raises(SystemExit) as exc:
+        trainer.cli(ce_args(demo_data, out, "--data-root", str(wrong)))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    first = (demo_data / "train_small.txt").read_text().split()[0]
+    assert err == (f"error: {demo_data / 'train_small.txt'}:1 (--train-list): image {wrong / first} not found; "
+                   f"is --data-root {wrong} right?")
+    assert not out.exists()
+
+
+def test_dry_run_with_an_existing_data_root_uses_its_lists_or_names_the_missing_one(demo_data, tmp_path, capsys):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as exc:
+        trainer.cli(["--data-root", str(empty), "--train-list", str(empty / "train.txt"), "--dry-run",
+                     "--method", "ce", "--arch", "resnet8", "--aug", "digits", "--image-size", "32"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: {empty / 'train.txt'}: split list not found (expected a "
+                                               f"text file of '<relative/path> <label>' lines)")
+    result = trainer.main(["--data-root", str(tmp_path / "absent"), "--dry-run", "--method", "ce", "--arch",
+                           "resnet8", "--aug", "digits", "--image-size", "32"])
+    said = capsys.readouterr().out
+    assert result["dry_run"] and "on SYNTHETIC images (--data-root does not exist)" in said
+    assert f"synthetic stand-in: --data-root {tmp_path / 'absent'} does not exist" in said

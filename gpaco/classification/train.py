@@ -19,8 +19,9 @@ from gpaco.checkpoint import CheckpointError, load_checkpoint, rng_state, set_rn
 from gpaco.classification.args import FlagError, eval_data_kwargs, parse_train_args, train_data_kwargs
 from gpaco.classification.loop import evaluate, train_one_epoch
 from gpaco.classification.report import write_eval_report
+from gpaco.data import DataError
 from gpaco.data.build import (
-    build_eval_dataset, build_train_dataset, class_counts_of, data_available, eval_loader, is_cifar,
+    build_eval_dataset, build_train_dataset, class_counts_of, eval_loader, is_cifar,
     set_train_epoch, train_loader,
 )
 from gpaco.engine.args import run_kwargs
@@ -164,6 +165,32 @@ def check_batch_config(args: argparse.Namespace, world_size: int) -> int:
     return per_process
 
 
+def dry_run_stand_in(args: argparse.Namespace) -> bool:
+    """Whether a dry run uses synthetic images: only when ``--data-root`` does not exist (a
+    recipe checked on a machine without the data). A data root that exists is the real data:
+    a missing split list there is an error naming it, not a silent stand-in."""
+    if not args.dry_run or os.path.isdir(args.data_root):
+        if args.dry_run and not is_cifar(args.dataset) and not args.train_list:
+            raise FlagError(f"--train-list is required: --data-root {args.data_root} exists, so the dry run checks "
+                            f"the real data")
+        return False
+    return True
+
+
+def check_data_found(data_root: str, splits) -> None:
+    """A wrong ``--data-root`` fails here, before the model is built or anything is written,
+    instead of at the first image: the first image of every split list must exist."""
+    for flag, ds in splits:
+        samples = getattr(ds, "samples", None)
+        if not samples:
+            continue  # CIFAR: its reader already checked the files
+        path, line = samples[0][0], ds._lines[0] if getattr(ds, "_lines", None) else 1
+        if not os.path.isfile(path):
+            where = f"--data-root {data_root} does not exist" if not os.path.isdir(data_root) else \
+                f"is --data-root {data_root} right?"
+            raise DataError(f"{ds.list_path}:{line} ({flag}): image {path} not found; {where}")
+
+
 BEST_KEYS = ("model", "epoch", "args", "num_classes", "arch", "method", "best_top1", "class_counts")
 #: Flags a resume may not change: they change the model or the data (plus the method's model options).
 RESUME_FIXED = ("arch", "method", "num_classes", "dataset", "data_root", "train_list", "val_list", "imb_factor",
@@ -181,8 +208,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     per_process_batch = check_batch_config(args, world)
     method = get_method(args.method)
 
-    synthetic = args.dry_run and not data_available(dataset=args.dataset, data_root=args.data_root,
-                                                    list_path=args.train_list)
+    synthetic = dry_run_stand_in(args)
     if args.dry_run and not is_cifar(args.dataset):
         args.image_size = min(args.image_size, args.dry_run_image_size)
         args.resize_size = None
@@ -194,8 +220,11 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     val_set = build_eval_dataset(args.val_list, **eval_kw)
     test_set = build_eval_dataset(args.test_list, **eval_kw)
 
+    if not synthetic:
+        check_data_found(args.data_root, [("--train-list", train_set), ("--val-list", val_set),
+                                          ("--test-list", test_set)])
     print_main(f"gpaco train: {args.method} {args.arch} on {len(train_set)} images, {num_classes} classes"
-               f"{' (synthetic stand-in: data root absent)' if synthetic else ''}")
+               f"{f' (synthetic stand-in: --data-root {args.data_root} does not exist)' if synthetic else ''}")
     if args.accum_iter > 1 or args.blr is not None:
         lr_note = (f"lr {args.lr:g} = blr {args.blr:g} x {args.batch_size * args.accum_iter} / 256"
                    if args.blr is not None else f"lr {args.lr} (not rescaled)")
@@ -276,7 +305,8 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         if val_dl is not None or test_dl is not None:
             evaluate(model_without_ddp, val_dl or test_dl, num_classes=num_classes, train_counts=train_counts,
                      max_steps=1, **loop_kw)
-        print_main(f"dry run ok: 2 steps, loss {stats['train_loss']:.4f}; nothing written")
+        print_main(f"dry run ok: 2 steps, loss {stats['train_loss']:.4f}"
+                   f"{' on SYNTHETIC images (--data-root does not exist)' if synthetic else ''}; nothing written")
         return {"dry_run": True, **stats}
 
     start_epoch, start_step, best_top1, best_epoch = 0, 0, -1.0, -1
