@@ -350,3 +350,26 @@ def test_dry_run_with_an_existing_data_root_uses_its_lists_or_names_the_missing_
     said = capsys.readouterr().out
     assert result["dry_run"] and "on SYNTHETIC images (--data-root does not exist)" in said
     assert f"synthetic stand-in: --data-root {tmp_path / 'absent'} does not exist" in said
+
+
+def test_seg_output_folder_is_protected(tmp_path, capsys):
+    from gpaco.data.demo_seg import build_demo_scenes
+    from gpaco.segmentation import train as seg
+
+    root = tmp_path / "scenes"
+    build_demo_scenes(root, num_train=4, num_val=2, num_test=2, size=32)
+    out = tmp_path / "run"
+    argv = ["--dataset", "demo", "--data-root", str(root), "--arch", "r18", "--method", "ce", "--img-scale", "32",
+            "32", "--crop-size", "32", "32", "--batch-size", "2", "--workers", "0", "--print-freq", "0",
+            "--eval-interval", "0", "--iters", "2", "--output-dir", str(out)]
+    seg.main(argv)
+    assert load_checkpoint(out / "checkpoint.pth")["run_id"]
+    with pytest.raises(SystemExit) as exc:
+        seg.cli(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: --output-dir {out} already holds a run (checkpoint.pth")
+    with pytest.raises(SystemExit) as exc:
+        seg.cli([*argv, "--resume", "auto", "--crop-size", "16", "16"])
+    assert "error: --resume: --crop-size [32, 32] -> [16, 16] change the model or the data" in capsys.readouterr().err
+    seg.main([*argv, "--overwrite"])
+    assert not (out / "run.lock").exists()
