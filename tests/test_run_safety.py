@@ -241,8 +241,8 @@ def test_fresh_run_into_a_run_folder_is_refused_unless_resume_or_overwrite(demo_
         trainer.cli(ce_args(demo_data, out, "--epochs", "1"))
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: --output-dir {out} already holds a run (checkpoint.pth, best.pth, log.jsonl, args.yaml, "
-        f"metrics.json); continue it with --resume auto, or replace it with --overwrite")
+        f"error: --output-dir {out} already holds a run (checkpoint.pth, best.pth, log.jsonl, metrics.json); "
+        f"continue it with --resume auto, or replace it with --overwrite")
     assert (out / "checkpoint.pth").read_bytes() == before
     trainer.main(ce_args(demo_data, out, "--epochs", "1", "--overwrite", "--seed", "4"))
     assert len((out / "log.jsonl").read_text().splitlines()) == 1  # replaced, not appended to

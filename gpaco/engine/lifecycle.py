@@ -40,12 +40,24 @@ from gpaco.engine.logging import RunLogger, print_main, save_args_yaml
 from gpaco.engine.preemption import FaultInjector, PreemptionHandler
 
 __all__ = ["TrainingRun", "NonFiniteLossError", "seed_everything", "autocast_context", "BEST_NAME", "LOCK_NAME",
-           "RUN_FILES", "changed_args"]
+           "RUN_FILES", "changed_args", "run_evidence"]
 
 BEST_NAME = "best.pth"
 LOCK_NAME = "run.lock"
-#: What a training run writes into its folder: one of them there means the folder holds a run.
+#: What a training run writes into its folder (``--overwrite`` removes them).
 RUN_FILES = (RESUME_NAME, BEST_NAME, "log.jsonl", "args.yaml", "metrics.json")
+
+
+def run_evidence(folder: str) -> list:
+    """The files that show ``folder`` holds a run: a checkpoint, a best.pth, metrics or a
+    non-empty log (a run that failed before its first epoch leaves only args.yaml and an empty
+    log, which a fresh start may reuse)."""
+    found = []
+    for name in RUN_FILES:
+        path = os.path.join(folder, name)
+        if name != "args.yaml" and os.path.isfile(path) and (name != "log.jsonl" or os.path.getsize(path) > 0):
+            found.append(name)
+    return found
 #: Flags that differ between two runs yet never matter to a resume.
 _RUN_ONLY_FLAGS = {"output_dir", "resume", "overwrite", "config", "dry_run", "print_freq", "workers", "stop_after",
                    "dist_timeout"}
@@ -238,7 +250,7 @@ class TrainingRun:
                             "runs/<method>-<arch>-<time>)")
         problem = None
         if self.is_main and not self.resume:
-            present = [n for n in RUN_FILES if os.path.exists(os.path.join(self.output_dir, n))]
+            present = run_evidence(self.output_dir)
             if present and not self.overwrite:
                 problem = (f"--output-dir {self.output_dir} already holds a run ({', '.join(present)}); continue "
                            f"it with --resume auto, or replace it with --overwrite")
