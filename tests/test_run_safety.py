@@ -60,12 +60,12 @@ def test_sigterm_to_process_group_with_loader_workers_checkpoints(demo_data, tmp
     out = tmp_path / "run"
     rc, stdout, err = kill_group_when([sys.executable, TRAIN, *ce_args(demo_data, out, "--workers", "2",
                                                                         "--epochs", "4", "--print-freq", "1")],
-                                      "[epoch 1][3/")
+                                      "[epoch 1]")  # a progress line: the workers are running
     assert rc == 0, err[-3000:]
     assert "Traceback" not in err and "killed by signal" not in err
     assert "preempted (SIGTERM): checkpoint saved at epoch 1 step" in stdout
     ckpt = load_checkpoint(out / "checkpoint.pth")
-    assert ckpt["epoch"] == 0 and ckpt["step"] >= 3
+    assert ckpt["epoch"] == 0 and ckpt["step"] >= 1
 
 
 def test_seg_sigterm_to_process_group_with_loader_workers_checkpoints(tmp_path):

@@ -303,9 +303,18 @@ class TrainingRun:
         save removed, ``args.yaml`` written, ``log.jsonl`` / TensorBoard opened. No-op in a dry run."""
         if self.dry_run:
             return
+        problem = None
         if self.is_main:
             check_writable(self.output_dir)
-            self._take_lock()
+            try:
+                self._take_lock()
+            except FlagError as e:
+                problem = str(e.code)[len("error: "):]
+        if self.distributed:
+            problem = all_gather_objects(problem)[0]  # every rank stops with rank 0's error
+        if problem:
+            raise FlagError(problem)
+        if self.is_main:
             if self.overwrite and not self.resume:
                 removed = [n for n in RUN_FILES if os.path.exists(os.path.join(self.output_dir, n))]
                 for name in removed:
