@@ -238,7 +238,8 @@ class TrainingRun:
                                                                sorted(diff.items())))
         refused = sorted(k for k in diff if k in fixed)
         if refused:
-            raise FlagError(f"--resume: {', '.join(f'{flag_name(k)} {diff[k][0]!r} -> {diff[k][1]!r}' for k in refused)}"
+            listed = ", ".join(f"{flag_name(k)} {diff[k][0]!r} -> {diff[k][1]!r}" for k in refused)
+            raise FlagError(f"--resume: {listed}"
                             f" change the model or the data of the run in {self.output_dir}; use the checkpoint's "
                             f"values, or start a new run in another --output-dir")
 
@@ -353,7 +354,8 @@ class TrainingRun:
         bad = [k for k, v in (state.get("model") or {}).items()
                if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
-            raise NonFiniteLossError(f"the model weights became NaN/Inf ({bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''})"
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise NonFiniteLossError(f"the model weights became NaN/Inf ({bad[0]}{more})"
                                      f"{f' at {where}' if where else ''}; not saved, the last good checkpoint is kept "
                                      f"(lower --lr or set --clip-grad)")
         if not self.is_main:
@@ -375,7 +377,8 @@ class TrainingRun:
         if self._run_id_known and best.get("run_id") != self.run_id:
             return f"belongs to another run (run id {best.get('run_id')}, this run {self.run_id})"
         if int(best.get(step_key, -1)) != best_step:
-            return f"holds {step_key} {best.get(step_key)}, not the best {step_key} {best_step} that checkpoint.pth records"
+            return (f"holds {step_key} {best.get(step_key)}, not the best {step_key} {best_step} that "
+                    f"checkpoint.pth records")
         return None
 
     def reconcile_best(self, ckpt: Mapping[str, Any], *, step_key: str, best_step_key: str, best_metric_key: str,

@@ -215,9 +215,10 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     per_process = args.dry_run_batch if args.dry_run else args.batch_size // world
 
     spec = seg_arch(args.arch)
+    stand_in = f" (synthetic stand-in: --data-root {args.data_root} does not exist)" if synthetic else ""
     print_main(f"gpaco train_seg: {args.method} {args.arch} ({spec.decoder}, encoder "
                f"{args.encoder or spec.encoder}) on {args.dataset}: {len(train_set)} train images, "
-               f"{num_classes} classes{' (synthetic stand-in: data root absent)' if synthetic else ''}")
+               f"{num_classes} classes{stand_in}")
     print_main(f"processes {world} on {device.type}, global batch {per_process * world} = {per_process} per "
                f"process, crop {args.crop_size[0]}x{args.crop_size[1]}, {args.iters} iterations, {args.optimizer} "
                f"lr {args.lr} wd {args.wd}")
@@ -365,8 +366,8 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
 
     if args.dry_run:
         val = evaluate_seg(model_without_ddp, val_set, num_classes=num_classes, max_images=1, **eval_kw)
-        print_main(f"dry run ok: 2 iterations, loss {last.get('loss', float('nan')):.4f}, eval {summary(val)}; "
-                   f"nothing written")
+        print_main(f"dry run ok: 2 iterations, loss {last.get('loss', float('nan')):.4f}, eval {summary(val)}"
+                   f"{' on SYNTHETIC images (--data-root does not exist)' if synthetic else ''}; nothing written")
         return {"dry_run": True, "train_loss": last.get("loss"), **{k: last[k] for k in last if k != "loss"},
                 "miou": val["miou"]}
 
