@@ -157,30 +157,31 @@ import gpaco.engine.lifecycle as lifecycle
 real = lifecycle.TrainingRun._save_or_explain
 def save(state, path):
     real(state, path)
-    if str(path).endswith("checkpoint.pth") and state.get("epoch") == 2:
-        os.kill(os.getpid(), signal.SIGKILL)  # after checkpoint.pth, before best.pth
+    # a new best at epoch >= 2: checkpoint.pth records it, best.pth (still the older best) is next
+    if str(path).endswith("checkpoint.pth") and state["epoch"] >= 2 and state["best_epoch"] == state["epoch"]:
+        os.kill(os.getpid(), signal.SIGKILL)
 lifecycle.TrainingRun._save_or_explain = staticmethod(save)
 from gpaco.classification.train import cli
 cli(sys.argv[1:])
 """
 
 
-def test_kill_between_checkpoint_and_best_saves_keeps_them_in_agreement(demo_data, tmp_path):
+def test_kill_between_checkpoint_and_best_saves_keeps_them_in_agreement(demo_data, tmp_path, capsys):
+    """Before: metrics.json said `selected_epoch 5` and reported epoch 1's weights."""
     out = tmp_path / "run"
-    argv = ce_args(demo_data, out, "--epochs", "3", "--lr", "0.02")
+    argv = ce_args(demo_data, out, "--epochs", "3")
     proc = subprocess.run([sys.executable, "-c", KILL_BETWEEN_SAVES, *argv], env=subprocess_env(),
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     ckpt = load_checkpoint(out / "checkpoint.pth")
-    assert ckpt["epoch"] == 2
+    assert ckpt["best_epoch"] == ckpt["epoch"] >= 2 and load_checkpoint(out / "best.pth")["epoch"] < ckpt["epoch"]
+    capsys.readouterr()
     result = trainer.main([*argv, "--resume", "auto"])
+    assert "best.pth holds epoch" in capsys.readouterr().out
     best = load_checkpoint(out / "best.pth")
-    assert best["epoch"] == result["selected_epoch"]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["selected_epoch"] == best["epoch"]
-    if ckpt["best_epoch"] == 2:  # the epoch-2 weights were the best: best.pth holds exactly them
-        if result["selected_epoch"] == 2:
-            assert all(torch.equal(best["model"][k], ckpt["model"][k]) for k in best["model"])
+    assert best["epoch"] == result["selected_epoch"] == json.loads((out / "metrics.json").read_text())["selected_epoch"]
+    if best["epoch"] == ckpt["epoch"]:  # repaired from checkpoint.pth: exactly those weights
+        assert all(torch.equal(best["model"][k], ckpt["model"][k]) for k in best["model"])
 
 
 def test_load_best_refuses_weights_of_another_epoch(demo_data, tmp_path):
