@@ -246,6 +246,7 @@ def test_fresh_run_into_a_run_folder_is_refused_unless_resume_or_overwrite(demo_
     assert (out / "checkpoint.pth").read_bytes() == before
     trainer.main(ce_args(demo_data, out, "--epochs", "1", "--overwrite", "--seed", "4"))
     assert len((out / "log.jsonl").read_text().splitlines()) == 1  # replaced, not appended to
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1  # TensorBoard: the new run's curves only
     assert "--overwrite: removed the previous run's" in capsys.readouterr().out
     assert not (out / "run.lock").exists()
 

@@ -18,6 +18,7 @@ metrics, test-time modes.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import random
 import re
@@ -318,7 +319,9 @@ class TrainingRun:
         if self.is_main:
             if self.overwrite and not self.resume:
                 removed = [n for n in RUN_FILES if os.path.exists(os.path.join(self.output_dir, n))]
-                for name in removed:
+                removed += [os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(self.output_dir),
+                                                                                 "events.out.tfevents.*"))]
+                for name in removed:  # the old TensorBoard curves too, or they would mix with the new run's
                     os.remove(os.path.join(self.output_dir, name))
                 if removed:
                     print_main(f"--overwrite: removed the previous run's {', '.join(removed)} from {self.output_dir}")
