@@ -374,3 +374,23 @@ def test_seg_output_folder_is_protected(tmp_path, capsys):
     assert "error: --resume: --crop-size [32, 32] -> [16, 16] change the model or the data" in capsys.readouterr().err
     seg.main([*argv, "--overwrite"])
     assert not (out / "run.lock").exists()
+
+
+def test_seg_nan_weights_are_never_saved(tmp_path, capsys):
+    from gpaco.data.demo_seg import build_demo_scenes
+    from gpaco.segmentation import train as seg
+
+    root = tmp_path / "scenes"
+    build_demo_scenes(root, num_train=4, num_val=2, num_test=2, size=32)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        seg.cli(["--dataset", "demo", "--data-root", str(root), "--arch", "r18", "--method", "ce", "--img-scale",
+                 "32", "32", "--crop-size", "32", "32", "--batch-size", "2", "--workers", "0", "--print-freq", "0",
+                 "--eval-interval", "0", "--ckpt-interval", "2", "--iters", "6", "--lr", "1e8", "--nan-policy",
+                 "skip", "--output-dir", str(out)])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the model weights became NaN/Inf (") and "not saved, the last good checkpoint" in err
+    if (out / "checkpoint.pth").exists():
+        model = load_checkpoint(out / "checkpoint.pth")["model"]
+        assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())

@@ -360,7 +360,7 @@ class TrainingRun:
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
             raise NonFiniteLossError(f"the model weights became NaN/Inf ({bad[0]}{more})"
                                      f"{f' at {where}' if where else ''}; not saved, the last good checkpoint is kept "
-                                     f"(lower --lr or set --clip-grad)")
+                                     f"(lower --lr)")
         if not self.is_main:
             return
         state = {**state, "run_id": self.run_id}
