@@ -158,10 +158,14 @@ class TrainingRun:
         self.faults = FaultInjector.from_env(self.rank)  # test-only (GPACO_FAULT_INJECT)
         seed_everything(self.seed)
         if self.output_dir is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
+            folder = os.path.join("runs", f"{self.run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            n = 1
+            while os.path.exists(folder if n == 1 else f"{folder}-{n}"):  # two runs started in the same second
+                n += 1
+            folder = folder if n == 1 else f"{folder}-{n}"
             if self.distributed:
-                stamp = all_gather_objects(stamp)[0]  # rank 0's clock names the folder for all
-            self.output_dir = os.path.join("runs", f"{self.run_name}-{stamp}")
+                folder = all_gather_objects(folder)[0]  # rank 0's clock names the folder for all
+            self.output_dir = folder
             print_main(f"--output-dir not given: this run writes to {self.output_dir}")
         if not self.dry_run:
             self._refuse_foreign_run()  # before any data or model is built
