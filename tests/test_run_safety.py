@@ -196,6 +196,11 @@ def test_load_best_refuses_weights_of_another_epoch(demo_data, tmp_path):
         lc.resume_checkpoint()
         with pytest.raises(CheckpointError, match=r"best.pth holds epoch 5, not the best epoch 1"):
             lc.load_best("epoch", 1)
+    save_checkpoint({**best, "epoch": 1}, out / "best.pth")
+    with TrainingRun(output_dir=str(out), overwrite=True) as lc:  # a fresh run: a new run id
+        assert lc.resume_checkpoint() is None
+        with pytest.raises(CheckpointError, match=r"best.pth belongs to another run \(run id "):
+            lc.load_best("epoch", 1)
 
 
 # ------------------------------------------------------------------ 5. --nan-policy skip never saves NaN weights

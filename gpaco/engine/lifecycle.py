@@ -142,7 +142,7 @@ class TrainingRun:
         self.logger = RunLogger(output_dir or ".", enabled=False)
         self.nan_skipped = 0
         self.run_id: Optional[str] = None  # set by resume_checkpoint: carried by checkpoint.pth and best.pth
-        self._run_id_known = False  # the resumed checkpoint named its run (older ones did not)
+        self._run_id_known = False  # a fresh run, or a resumed checkpoint that names its run
         self._lock: Optional[str] = None
         self._stack = contextlib.ExitStack()
 
@@ -227,8 +227,9 @@ class TrainingRun:
         if path is None and self.resume == "auto":
             print_main(f"--resume auto: no checkpoint in {self.output_dir}, starting from scratch")
         self.resume_path = path
-        self._run_id_known = bool(ckpt and ckpt.get("run_id"))
-        self.run_id = str(ckpt["run_id"]) if self._run_id_known else uuid.uuid4().hex[:12]
+        resumed_id = ckpt.get("run_id") if ckpt is not None else None
+        self._run_id_known = ckpt is None or bool(resumed_id)  # checkpoints written before run ids had none
+        self.run_id = str(resumed_id) if resumed_id else uuid.uuid4().hex[:12]
         if self.distributed:
             self.run_id = all_gather_objects(self.run_id)[0]
         return ckpt
