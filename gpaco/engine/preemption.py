@@ -88,6 +88,8 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     blocked and a thread waits for it and checks who sent it. Otherwise a worker ends with its
     loader, or when the main process is gone (torch's watchdog)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # macOS: the sender cannot be told, SIGTERM keeps its default
+        return
     parent = os.getppid()
 
     def wait_for_parent() -> None:
