@@ -130,10 +130,12 @@ class FeatureQueue(nn.Module):
         batch = keys.shape[0]
         if self.size % batch:
             raise ValueError(_queue_message(self.size, batch))
-        ptr = int(self.ptr.item())
-        self.features[ptr:ptr + batch] = keys.to(self.features.dtype)
-        self.labels[ptr:ptr + batch] = labels.to(self.labels.dtype)
-        self.ptr[0] = (ptr + batch) % self.size
+        # Written at rows ptr .. ptr + batch - 1 without reading ptr back to the host (a read
+        # would stall a GPU step and break torch.compile graphs); K % batch == 0, so no wrap.
+        rows = self.ptr + torch.arange(batch, device=self.ptr.device)
+        self.features.index_copy_(0, rows, keys.to(self.features.dtype))
+        self.labels.index_copy_(0, rows, labels.to(self.labels.dtype))
+        self.ptr.add_(batch).remainder_(self.size)
 
     def snapshot(self) -> Tuple[Tensor, Tensor]:
         """Detached copies (features [K, dim], labels [K]) for building the contrast set;
