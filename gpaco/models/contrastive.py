@@ -347,6 +347,15 @@ class GPaCoModel(nn.Module):
     def backbone(self) -> nn.Module:
         return self.encoder.backbone
 
+    def one_pass(self, x: Tensor) -> bool:
+        """Both views in one encoder pass? Yes on accelerators (half the kernel launches) and
+        under torch.compile (one graph); in eager CPU code the convolutions cost the same
+        either way while the per-view BatchNorm split costs copies (~4% of a ResNet-50 step,
+        bench/train_step.py), so there two passes. ``one_pass_on_cpu`` overrides (tests)."""
+        return x.device.type != "cpu" or torch.compiler.is_compiling() or self.one_pass_on_cpu
+
+    one_pass_on_cpu = False
+
     def classify(self, x: Tensor) -> Tensor:
         """Logits [B, C] (the projection is not needed)."""
         if self.training and self.views > 1:
@@ -365,7 +374,7 @@ class GPaCoModel(nn.Module):
             pooled_q, z_q = self.encoder(im_q)
             q = F.normalize(z_q, dim=1)
             return self._output([q], [pooled_q], labels, groups, enqueue=q)
-        if im_q.shape == im_k.shape and supports_one_pass(self.encoder):
+        if im_q.shape == im_k.shape and self.one_pass(im_q) and supports_one_pass(self.encoder):
             # Both views in one pass, BatchNorm statistics still per view (and per virtual
             # device with --device-batch; view_bn.py).
             pooled, z = self.encoder(torch.cat([im_q, im_k], dim=0))
