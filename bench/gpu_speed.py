@@ -1,4 +1,4 @@
-"""GPU throughput: ResNet-50 CE and GPaCo in bf16 with channels_last, eager and compiled.
+"""GPU throughput: ResNet-50 CE, PaCo and GPaCo in bf16 with channels_last, eager and compiled.
 
 Synthetic data already on the device (so the input pipeline is out of the picture), the
 real engine pieces (``build_model`` + ``Criterion`` + ``train_one_epoch`` with
@@ -29,6 +29,7 @@ import _common as C  # noqa: E402
 
 from gpaco.methods import build_criterion  # noqa: E402
 from gpaco.classification.loop import train_one_epoch  # noqa: E402
+from gpaco.engine.optim import build_optimizer  # noqa: E402
 from gpaco.models import build_model  # noqa: E402
 
 NUM_CLASSES, QUEUE = 1000, 8192
@@ -59,8 +60,7 @@ class EngineRun:
         if channels_last:
             model.to(memory_format=torch.channels_last)
         self.criterion = build_criterion(method, class_counts=counts).to(device)
-        self.opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
-                                   weight_decay=5e-4)
+        self.opt = build_optimizer(model, lr=1e-4, momentum=0.9, wd=5e-4)  # as tools/train.py
         self.model = torch.compile(model) if compile_ else model
         self.data = make_batches(method, batch, size, steps, device, channels_last)
         self.images_per_step = batch * (2 if method in ("paco", "gpaco") else 1)
@@ -131,6 +131,7 @@ def main(argv=None):
         tag = "compiled" if comp else "eager"
         runs = {f"bare_ce_{tag}": lambda: BareRun(2 * B, S, n, device, comp),
                 f"ce_{tag}": lambda: EngineRun("ce", 2 * B, S, n, device, comp),
+                f"paco_{tag}": lambda: EngineRun("paco", B, S, n, device, comp),
                 f"gpaco_{tag}": lambda: EngineRun("gpaco", B, S, n, device, comp)}
         built, mem = {}, {}
         for k, make in runs.items():  # build and warm up one at a time to get each one's peak memory
@@ -151,7 +152,7 @@ def main(argv=None):
     print(f"{'config':22s} {'step ms':>9s} {'images/s':>10s} {'samples/s':>10s} {'peak GiB':>9s}")
     for k, r in results.items():
         t = C.median(r["s"])
-        samples = r["images"] // 2 if k.startswith("gpaco") else r["images"]
+        samples = r["images"] // 2 if k.startswith(("gpaco", "paco")) else r["images"]
         mem = f"{r['mem_gib']:.2f}" if r["mem_gib"] is not None else "-"
         print(f"{k:22s} {1e3 * t:9.1f} {r['images'] / t:10.0f} {samples / t:10.0f} {mem:>9s}")
     rows = []
@@ -162,8 +163,11 @@ def main(argv=None):
                           name))
         rows.append(C.Row("gpu", f"GPU {tag}: our CE / bare CE (2B={2 * B})", C.paired_ratio(c, b), 1.03, "<=",
                           name))
+        p_, c1 = results[f"paco_{tag}"]["s"], results[f"ce_{tag}"]["s"]
+        rows.append(C.Row("gpu", f"GPU {tag}: PaCo step (B={B}) / CE step (2B)", C.paired_ratio(p_, c1), None, "<=",
+                          name))
     if len(modes) == 2:
-        for m in ("ce", "gpaco"):
+        for m in ("ce", "paco", "gpaco"):
             rows.append(C.Row("gpu", f"GPU {m}: compiled / eager step", C.paired_ratio(
                 results[f"{m}_compiled"]["s"], results[f"{m}_eager"]["s"]), None, "<=", name))
     C.print_rows(rows)
