@@ -33,20 +33,24 @@ def _step(model, criterion, x, y):
     return criterion(forward_train(model, x, y), y)
 
 
-@pytest.mark.parametrize("method,arch,kw", [
-    ("paco", "resnet8", {}), ("gpaco", "resnet8", {}), ("multitask", "resnet8", {}),
-    ("gpaco", "resnet8", {"device_batch": 4}), ("paco", "resnet8", {"device_batch": 4}),
-    ("ce", "resnet8", {"device_batch": 4}), ("gpaco", VIT, {}), ("ce", VIT, {}),
+@pytest.mark.parametrize("method,arch,kw,one_pass", [
+    ("paco", "resnet8", {}, False), ("gpaco", "resnet8", {}, False), ("gpaco", "resnet8", {}, True),
+    ("multitask", "resnet8", {}, True), ("gpaco", "resnet8", {"device_batch": 4}, False),
+    ("gpaco", "resnet8", {"device_batch": 4}, True), ("paco", "resnet8", {"device_batch": 4}, False),
+    ("ce", "resnet8", {"device_batch": 4}, False), ("gpaco", VIT, {}, True), ("ce", VIT, {}, False),
 ])
-def test_training_step_is_one_graph(method, arch, kw):
-    """Forward + loss of one training step: one graph, no graph break (torch._dynamo.explain)."""
+def test_training_step_is_one_graph(method, arch, kw, one_pass):
+    """Forward + loss of one training step: one graph, no graph break (torch._dynamo.explain);
+    GPaCo in its CPU (two passes) and accelerator (one pass) forms."""
     model, criterion, x, y = _setup(method, arch, 32 if arch == VIT else 16, **kw)
+    model.one_pass_on_cpu = one_pass
     explained = dynamo.explain(_step)(model, criterion, x, y)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
-def _compare(method, backend, steps=2):
+def _compare(method, backend, steps=2, one_pass=False):
     model, criterion, x, y = _setup(method)
+    model.one_pass_on_cpu = one_pass  # GPaCo: the accelerators' one-pass form on CPU too
     ref = copy.deepcopy(model)
     compiled = torch.compile(model, backend=backend)
     for step in range(steps):
@@ -72,18 +76,19 @@ def _compare(method, backend, steps=2):
     return model
 
 
-@pytest.mark.parametrize("method", ["paco", "gpaco"])
-def test_compiled_step_equals_eager(method):
+@pytest.mark.parametrize("method,one_pass", [("paco", False), ("gpaco", False), ("gpaco", True)])
+def test_compiled_step_equals_eager(method, one_pass):
     """dynamo + AOTAutograd (the graphs inductor compiles): losses, gradients, BN statistics,
-    queue and pointer equal to eager over two steps (the second sees the first's enqueue)."""
-    model = _compare(method, "aot_eager")
+    queue and pointer equal to eager over two steps (the second sees the first's enqueue);
+    GPaCo in both its CPU (two passes) and accelerator (one pass, per-view BN) forms."""
+    model = _compare(method, "aot_eager", one_pass=one_pass)
     assert int(model.queue.ptr) == 2 * B
 
 
 @pytest.mark.slow
 def test_inductor_gpaco_step_equals_eager():
     """The same through inductor's generated code (~1 minute of compilation on 2 cores)."""
-    _compare("gpaco", "inductor")
+    _compare("gpaco", "inductor", one_pass=True)
 
 
 def test_momentum_update_equals_the_loop():

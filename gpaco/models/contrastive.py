@@ -348,11 +348,11 @@ class GPaCoModel(nn.Module):
         return self.encoder.backbone
 
     def one_pass(self, x: Tensor) -> bool:
-        """Both views in one encoder pass? Yes on accelerators (half the kernel launches) and
-        under torch.compile (one graph); in eager CPU code the convolutions cost the same
-        either way while the per-view BatchNorm split costs copies (~4% of a ResNet-50 step,
-        bench/train_step.py), so there two passes. ``one_pass_on_cpu`` overrides (tests)."""
-        return x.device.type != "cpu" or torch.compiler.is_compiling() or self.one_pass_on_cpu
+        """Both views in one encoder pass? Yes on accelerators (half the kernel launches).
+        On CPU the convolutions cost the same either way while the per-view BatchNorm split
+        costs copies (~4% of a ResNet-50 step eager, ~7% compiled; docs/benchmarks.md), so
+        there two passes, as the original. ``one_pass_on_cpu`` overrides (tests)."""
+        return x.device.type != "cpu" or self.one_pass_on_cpu
 
     one_pass_on_cpu = False
 
