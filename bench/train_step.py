@@ -31,9 +31,7 @@ training resolution.
   process's own CPU time moved by ~3%.
 
 GPaCoModel runs both views as one batch of 2B with per-view BatchNorm statistics
-(gpaco/models/view_bn.py; tests/test_models.py checks it equals the original's two passes) on
-accelerators and under torch.compile; in eager CPU code it takes two passes, as the original
-(the per-view split's copies cost ~4% there, GPaCoModel.one_pass).
+(gpaco/models/view_bn.py; tests/test_models.py checks it equals the original's two passes).
 
     python bench/train_step.py [--quick] [--batch 8] [--image-size 224] [--threads 1]
 """

@@ -50,7 +50,7 @@ def test_training_step_is_one_graph(method, arch, kw, one_pass):
 
 def _compare(method, backend, steps=2, one_pass=False):
     model, criterion, x, y = _setup(method)
-    model.one_pass_on_cpu = one_pass  # GPaCo: the accelerators' one-pass form on CPU too
+    model.one_pass_on_cpu = one_pass  # GPaCo: True one pass (the default), False two passes (SyncBatchNorm)
     ref = copy.deepcopy(model)
     compiled = torch.compile(model, backend=backend)
     for step in range(steps):

@@ -361,7 +361,6 @@ def test_gpaco_one_pass_equals_two_passes(bn_momentum, dtype):
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = bn_momentum
     ref = copy.deepcopy(model)
-    model.one_pass_on_cpu = True  # eager CPU code takes two passes by default (GPaCoModel.one_pass)
     im_q, im_k, y = (t.to(dtype) if t.is_floating_point() else t for t in _batch(3))
     out = model(im_q, im_k, y)
     with batchnorm_views(ref.encoder, 1):  # the reference: one plain BatchNorm call per view
