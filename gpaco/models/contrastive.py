@@ -298,8 +298,9 @@ class GPaCoModel(nn.Module):
 
     BatchNorm statistics are per view, as in the original's two forward passes; the two
     views nevertheless go through the encoder as ONE batch of 2B (its BatchNorms are
-    :class:`~gpaco.models.view_bn.ViewBatchNorm2d` with two views, converted at build), unless the encoder holds a SyncBatchNorm or the
-    views differ in shape. No momentum encoder, no shuffle-BN.
+    :class:`~gpaco.models.view_bn.ViewBatchNorm2d` with two views, converted at build),
+    unless the encoder holds a SyncBatchNorm or the views differ in shape (or
+    ``one_pass_on_cpu`` is False on CPU). No momentum encoder, no shuffle-BN.
 
     Submodules: ``encoder`` (backbone + :class:`GPaCoProjection`, or :class:`MAEProjection` with
     ``projection_act="gelu"``), ``fc``, ``queue``.
