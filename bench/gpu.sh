@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU throughput of ResNet-50 CE and GPaCo: bf16 autocast + channels_last, eager and
+# GPU throughput of ResNet-50 CE, PaCo and GPaCo and of ViT-B/16 CE / GPaCo fine-tuning: bf16 autocast + channels_last, eager and
 # torch.compile, synthetic data on the device, the real engine pieces (bench/gpu_speed.py).
 # Prints the card's name, images/s and samples/s per configuration, peak GPU memory, and
 # the ratios GPaCo(B)/CE(2B), our CE/bare CE, compiled/eager.
@@ -7,6 +7,7 @@
 #   bash bench/gpu.sh                      # B=128 per GPaCo view (CE at 256), 224px
 #   bash bench/gpu.sh --batch 64 --no-compile
 #   CUDA_VISIBLE_DEVICES=1 bash bench/gpu.sh
+#   bash bench/gpu.sh --device cpu --tiny --no-compile   # CPU smoke test (tests/test_bench_gpu_smoke.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-}

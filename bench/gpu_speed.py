@@ -1,4 +1,4 @@
-"""GPU throughput: ResNet-50 CE and GPaCo in bf16 with channels_last, eager and compiled.
+"""GPU throughput: ResNet-50 CE, PaCo and GPaCo in bf16 with channels_last, eager and compiled.
 
 Synthetic data already on the device (so the input pipeline is out of the picture), the
 real engine pieces (``build_model`` + ``Criterion`` + ``train_one_epoch`` with
@@ -6,6 +6,9 @@ real engine pieces (``build_model`` + ``Criterion`` + ``train_one_epoch`` with
 --compile`` does), and a bare loop (timm resnet50 + F.cross_entropy + SGD under the same
 autocast/channels_last) as the baseline of the CE recipe. Configurations run interleaved;
 each figure is the median over rounds of ``--steps`` steps.
+
+Also the ViT-B/16 fine-tuning step (MAE recipe: AdamW with layer decay, no channels_last),
+GPaCo at B/2 per view against CE at B.
 
 Prints images/s (and samples/s: a GPaCo sample is two images), the ratios
 GPaCo(B) / CE(2B) step time (same images per step), our CE / bare CE, compiled / eager,
@@ -29,6 +32,7 @@ import _common as C  # noqa: E402
 
 from gpaco.methods import build_criterion  # noqa: E402
 from gpaco.classification.loop import train_one_epoch  # noqa: E402
+from gpaco.engine.optim import build_optimizer  # noqa: E402
 from gpaco.models import build_model  # noqa: E402
 
 NUM_CLASSES, QUEUE = 1000, 8192
@@ -51,16 +55,20 @@ def make_batches(method, batch, size, steps, device, channels_last):
 
 
 class EngineRun:
-    def __init__(self, method, batch, size, steps, device, compile_, channels_last=True, amp="bf16"):
+    def __init__(self, method, batch, size, steps, device, compile_, channels_last=True, amp="bf16", arch="resnet50"):
         torch.manual_seed(0)
         self.device, self.amp, self.channels_last = device, amp, channels_last
         counts = [max(1, int(1280 * 256 ** (-c / (NUM_CLASSES - 1)))) for c in range(NUM_CLASSES)]
-        model = build_model(method, "resnet50", NUM_CLASSES, queue_size=QUEUE, global_batch=batch).to(device)
+        vit = arch.startswith("mae_vit")
+        kw = {"backbone_kwargs": {"img_size": size}, "drop_path_rate": 0.1} if vit else {}
+        model = build_model(method, arch, NUM_CLASSES, queue_size=QUEUE, global_batch=batch, **kw).to(device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
         self.criterion = build_criterion(method, class_counts=counts).to(device)
-        self.opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
-                                   weight_decay=5e-4)
+        if vit:  # MAE fine-tuning's optimizer, as the ViT recipes
+            self.opt = build_optimizer(model, name="adamw", lr=1e-4, wd=0.05, layer_decay=0.75)
+        else:
+            self.opt = build_optimizer(model, lr=1e-4, momentum=0.9, wd=5e-4)  # as tools/train.py
         self.model = torch.compile(model) if compile_ else model
         self.data = make_batches(method, batch, size, steps, device, channels_last)
         self.images_per_step = batch * (2 if method in ("paco", "gpaco") else 1)
@@ -125,13 +133,18 @@ def main(argv=None):
     else:
         name = f"CPU ({C.cpu_model()})"
     B, S, n = args.batch, args.image_size, args.steps
+    # ViT-B/16 fine-tuning (tiny: the 2-block test ViT): CE at VB images, GPaCo at VB/2 per view.
+    vit, VB = ("mae_vit_tiny_d2_patch8", 2 * B) if args.tiny else ("mae_vit_base_patch16", B)
     modes = [False] if args.no_compile else [False, True]
     results = {}
     for comp in modes:
         tag = "compiled" if comp else "eager"
         runs = {f"bare_ce_{tag}": lambda: BareRun(2 * B, S, n, device, comp),
                 f"ce_{tag}": lambda: EngineRun("ce", 2 * B, S, n, device, comp),
-                f"gpaco_{tag}": lambda: EngineRun("gpaco", B, S, n, device, comp)}
+                f"paco_{tag}": lambda: EngineRun("paco", B, S, n, device, comp),
+                f"gpaco_{tag}": lambda: EngineRun("gpaco", B, S, n, device, comp),
+                f"vit_ce_{tag}": lambda: EngineRun("ce", VB, S, n, device, comp, False, arch=vit),
+                f"vit_gpaco_{tag}": lambda: EngineRun("gpaco", VB // 2, S, n, device, comp, False, arch=vit)}
         built, mem = {}, {}
         for k, make in runs.items():  # build and warm up one at a time to get each one's peak memory
             if device.type == "cuda":
@@ -151,7 +164,7 @@ def main(argv=None):
     print(f"{'config':22s} {'step ms':>9s} {'images/s':>10s} {'samples/s':>10s} {'peak GiB':>9s}")
     for k, r in results.items():
         t = C.median(r["s"])
-        samples = r["images"] // 2 if k.startswith("gpaco") else r["images"]
+        samples = r["images"] // 2 if k.startswith(("gpaco", "paco", "vit_gpaco")) else r["images"]
         mem = f"{r['mem_gib']:.2f}" if r["mem_gib"] is not None else "-"
         print(f"{k:22s} {1e3 * t:9.1f} {r['images'] / t:10.0f} {samples / t:10.0f} {mem:>9s}")
     rows = []
@@ -162,8 +175,14 @@ def main(argv=None):
                           name))
         rows.append(C.Row("gpu", f"GPU {tag}: our CE / bare CE (2B={2 * B})", C.paired_ratio(c, b), 1.03, "<=",
                           name))
+        p_, c1 = results[f"paco_{tag}"]["s"], results[f"ce_{tag}"]["s"]
+        rows.append(C.Row("gpu", f"GPU {tag}: PaCo step (B={B}) / CE step (2B)", C.paired_ratio(p_, c1), None, "<=",
+                          name))
+        vg, vc = results[f"vit_gpaco_{tag}"]["s"], results[f"vit_ce_{tag}"]["s"]
+        rows.append(C.Row("gpu", f"GPU {tag}: {vit} GPaCo step (B={VB // 2}) / CE step ({VB})",
+                          C.paired_ratio(vg, vc), None, "<=", name))
     if len(modes) == 2:
-        for m in ("ce", "gpaco"):
+        for m in ("ce", "paco", "gpaco", "vit_ce", "vit_gpaco"):
             rows.append(C.Row("gpu", f"GPU {m}: compiled / eager step", C.paired_ratio(
                 results[f"{m}_compiled"]["s"], results[f"{m}_eager"]["s"]), None, "<=", name))
     C.print_rows(rows)

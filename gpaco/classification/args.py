@@ -79,7 +79,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="local weights file for the backbone (nothing is downloaded)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile the model")
+                   help="torch.compile the model (one graph for the CE, PaCo, GPaCo, multi-task and ViT steps, "
+                        "--device-batch included)")
     g.add_argument("--amp", default="none", choices=("none", "fp16", "bf16"),
                    help="autocast dtype (fp16 uses a GradScaler); the losses run in float32 regardless")
 
@@ -236,9 +237,6 @@ def validate_train_args(args: argparse.Namespace) -> None:
     if args.device_batch is not None:
         if args.batch_size % args.device_batch:
             raise FlagError(f"--device-batch {args.device_batch} must divide --batch-size {args.batch_size}")
-        if args.compile:
-            raise FlagError("--device-batch splits every BatchNorm call into groups, which --compile cannot "
-                            "trace; drop one of them")
     if args.schedule == "cosine_epoch":
         args.schedule = "cosine"
     if args.blr is not None:

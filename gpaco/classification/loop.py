@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from gpaco.engine.lifecycle import NonFiniteLossError, TrainingRun, autocast_context
 from gpaco.engine.logging import print_main, progress_line
@@ -45,6 +45,39 @@ def _sync_context(model: nn.Module, sync: bool):
     return no_sync()
 
 
+class _DeviceTally:
+    """The epoch's running sums kept on the device, so a step reads nothing back to the host
+    (on a GPU a read waits for every queued kernel and breaks CUDA graphs). They are read
+    only where a person asked for output: every ``--print-freq`` steps and at the epoch's end.
+
+    With one process under ``--nan-policy stop`` the finiteness check is deferred the same
+    way: the first non-finite step and its loss are recorded on the device and raised at the
+    next read; the steps in between run on non-finite values, and nothing is saved."""
+
+    def __init__(self, device: torch.device, loss_sum: float, correct: int) -> None:
+        self.loss_sum = torch.tensor(loss_sum, dtype=torch.float64, device=device)
+        self.correct = torch.tensor(correct, dtype=torch.long, device=device)
+        self.bad_step = torch.tensor(-1, dtype=torch.long, device=device)
+        self.bad_loss = torch.zeros((), dtype=torch.float32, device=device)
+
+    def add(self, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
+        loss = loss.detach()
+        self.loss_sum += loss.double()
+        self.correct += (logits.detach().argmax(1) == targets).sum()
+
+    def watch(self, loss: Tensor, step: int) -> None:
+        loss = loss.detach()
+        first = ~torch.isfinite(loss) & (self.bad_step < 0)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_loss = torch.where(first, loss.float(), self.bad_loss)
+
+    def read(self) -> Tuple[float, int, int, float]:
+        """(loss sum, correct, first non-finite step or -1, its loss): one host read."""
+        loss_sum, correct, bad_step, bad_loss = torch.stack([
+            self.loss_sum, self.correct.double(), self.bad_step.double(), self.bad_loss.double()]).tolist()
+        return loss_sum, int(correct), int(bad_step), bad_loss
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: Callable,
@@ -68,9 +101,16 @@ def train_one_epoch(
     start_step: int = 0,
     epoch_state: Optional[Dict[str, float]] = None,
     lifecycle: Optional[TrainingRun] = None,
+    epochs: Optional[int] = None,
 ) -> Dict[str, float]:
     """Returns the epoch's mean loss, train top-1 (view 1) and throughput (and, with a
     per-iteration schedule, ``lr``: the last LR it set).
+
+    No step reads a device value back to the host (except under DDP or ``--nan-policy
+    skip``, whose per-step decisions need one; and ``--amp fp16``'s GradScaler): loss and
+    accuracy are summed on the device and read every ``print_freq`` steps, which print one
+    line with the epoch's running-average loss, images/s, data-loading time per step and
+    the ETA of the run (of ``epochs`` epochs; of this epoch when None).
 
     ``accum_iter``: an optimizer step every ``accum_iter`` micro-batches (loss divided by
     it; DDP gradient sync only on the last one). A trailing incomplete cycle at the end of
@@ -87,12 +127,13 @@ def train_one_epoch(
     (what a stopped call returned) continues the epoch's running sums.
     ``lifecycle`` (the run's :class:`~gpaco.engine.lifecycle.TrainingRun`; None: stop on a
     non-finite loss, no stop signals): its ``--nan-policy`` -- ``stop`` raises
-    :class:`NonFiniteLossError` naming the step, ``skip`` drops that micro-batch's gradient
-    and counts it (``nan_skipped``) -- and its stop signal, polled every micro-batch: once
-    set (on any rank) the loop returns after the next optimizer step with
-    ``stopped_at_step`` (micro-batches of the epoch done) and ``epoch_state``. Not
-    honoured on the epoch's last micro-batch (the caller finishes the epoch normally).
-    Under DDP the ranks agree on both decisions.
+    :class:`NonFiniteLossError` naming the first non-finite step (at once under DDP, else at
+    the next progress line or the epoch's end, see :class:`_DeviceTally`) -- ``skip`` drops
+    that micro-batch's gradient and counts it (``nan_skipped``) -- and its stop signal,
+    polled every micro-batch: once set (on any rank) the loop returns after the next
+    optimizer step with ``stopped_at_step`` (micro-batches of the epoch done) and
+    ``epoch_state``. Not honoured on the epoch's last micro-batch (the caller finishes the
+    epoch normally). Under DDP the ranks agree on both decisions.
     """
     nan_policy = lifecycle.nan_policy if lifecycle is not None else "stop"
     faults = lifecycle.faults if lifecycle is not None else None
@@ -101,19 +142,37 @@ def train_one_epoch(
     iters = epoch_iters if max_steps is None else min(max_steps, epoch_iters)
     per_iteration = lr_schedule is not None and lr_schedule.per_iteration
     st = dict(epoch_state or {})
-    loss_sum, correct, seen = float(st.get("loss_sum", 0.0)), int(st.get("correct", 0)), int(st.get("seen", 0))
-    steps, nan_skipped = int(st.get("steps", 0)), int(st.get("nan_skipped", 0))
+    tally = _DeviceTally(device, float(st.get("loss_sum", 0.0)), int(st.get("correct", 0)))
+    seen, steps, nan_skipped = int(st.get("seen", 0)), int(st.get("steps", 0)), int(st.get("nan_skipped", 0))
     done_before = float(st.get("time_s", 0.0))
     distributed = lifecycle is not None and lifecycle.distributed
+    # A per-step decision on the loss needs its value on the host: only where asked for.
+    check_each_step = distributed or nan_policy == "skip"
     first = optimizer.param_groups[0]
     lr = first["lr"] / first.get("lr_scale", 1.0)  # the unscaled LR (layer decay scales the groups)
     start = time.time()
+    data_time, last_end, done_here = 0.0, time.perf_counter(), 0
     stopped_at = None
     cycle_has_grad = False
+    nonfinite = False
+
+    def where(it: int) -> str:
+        return f"epoch {epoch + 1} step {it + 1}/{epoch_iters} (global step {epoch * epoch_iters + it + 1})"
+
+    def read() -> Tuple[float, int]:
+        loss_sum, correct, bad_step, bad_loss = tally.read()
+        if bad_step >= 0:
+            message = f"loss is {bad_loss} at {where(bad_step)}"
+            if lifecycle is None:
+                raise NonFiniteLossError(message)
+            lifecycle.nonfinite(torch.tensor(bad_loss), where(bad_step))  # raises under --nan-policy stop
+        return loss_sum, correct
+
     optimizer.zero_grad(set_to_none=True)
     for it, (images, targets) in enumerate(loader, start_step):
         if it >= iters:
             break
+        data_time += time.perf_counter() - last_end
         global_step = epoch * epoch_iters + it + 1
         if faults is not None:
             faults.before(global_step)
@@ -136,15 +195,13 @@ def train_one_epoch(
             loss = criterion(output, loss_targets)
             if faults is not None:
                 loss = faults.loss(global_step, loss)
-            if lifecycle is not None:
+            if check_each_step:
                 nonfinite, stop_any = lifecycle.agree(loss)
             else:
-                nonfinite, stop_any = not bool(torch.isfinite(loss)), False
+                tally.watch(loss, it)
+                stop_any = lifecycle is not None and lifecycle.preempt.requested
             if nonfinite:
-                where = f"epoch {epoch + 1} step {it + 1}/{epoch_iters} (global step {global_step})"
-                if lifecycle is None:
-                    raise NonFiniteLossError(f"loss is {loss.item()} at {where}")
-                lifecycle.nonfinite(loss, where)  # raises under --nan-policy stop
+                lifecycle.nonfinite(loss, where(it))  # raises under --nan-policy stop
                 nan_skipped += 1
                 if step_now and distributed and accum_iter > 1:
                     # The cycle's earlier micro-batches ran under no_sync and this one would have
@@ -174,18 +231,28 @@ def train_one_epoch(
 
         if not nonfinite:
             batch = targets.shape[0]
-            logits = output_logits(output, batch)
-            loss_sum += loss.item()
-            correct += (logits.argmax(1) == targets).sum().item()
+            tally.add(loss, output_logits(output, batch), targets)
             seen += batch
             steps += 1
-        if print_freq and (it % print_freq == 0 or it == iters - 1):
-            print_main(progress_line(epoch + 1, it + 1, iters, time.time() - start, seen * world_size,
-                                     loss=loss.item(), lr=lr))
-        if stop_any and step_now and it + 1 < iters:
+        done_here += 1
+        last = it == iters - 1
+        stopping = stop_any and step_now and it + 1 < iters
+        if (print_freq and ((it + 1) % print_freq == 0 or last)) or stopping:
+            loss_sum, _ = read()
+            if print_freq:
+                elapsed = time.time() - start
+                per_step = elapsed / done_here
+                left = iters - it - 1 + (epoch_iters * max(epochs - epoch - 1, 0) if epochs else 0)
+                print_main(progress_line(epoch + 1, it + 1, iters, elapsed, seen * world_size,
+                                         loss=loss_sum / max(steps, 1), lr=lr,
+                                         data=f"{1e3 * data_time / done_here:.0f}ms",
+                                         eta_s=per_step * left))
+        if stopping:
             stopped_at = it + 1
             break
+        last_end = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)  # drop a trailing incomplete accumulation cycle
+    loss_sum, correct = read()
     elapsed = time.time() - start
     stats = {
         **({"lr": lr} if per_iteration else {}),

@@ -372,7 +372,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         stats = train_one_epoch(train_model, criterion, train_dl, optimizer, scaler, epoch=epoch,
                                 print_freq=args.print_freq, world_size=world, accum_iter=args.accum_iter,
                                 start_step=skip, epoch_state=resume_epoch_state if skip else None,
-                                lifecycle=lc, **train_kw)
+                                lifecycle=lc, epochs=last_epoch, **train_kw)
         if "stopped_at_step" in stats:  # preempted mid-epoch: every rank stopped after the same step
             step = stats["stopped_at_step"]
             rngs = lc.gather_rng_states()

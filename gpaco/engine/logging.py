@@ -262,7 +262,8 @@ def _format_metric(name: str, value: Any) -> str:
 
 
 def progress_line(
-    epoch: int, it: int, iters: int, elapsed: float, images_seen: int, *, epochs: Optional[int] = None, **metrics: Any
+    epoch: int, it: int, iters: int, elapsed: float, images_seen: int, *, epochs: Optional[int] = None,
+    eta_s: Optional[float] = None, **metrics: Any
 ) -> str:
     """One progress line, e.g. ``[epoch 3][ 40/120] loss 2.314 lr 0.0200 42.1 img/s eta 0:01:54``.
 
@@ -274,6 +275,8 @@ def progress_line(
         images_seen: images processed in this epoch so far (by this process).
         epochs: total epochs; when given (with 0-based ``epoch``) the ETA covers the
             remaining epochs too, otherwise only the rest of this epoch.
+        eta_s: seconds left, when the caller knows better (e.g. the whole run's); overrides
+            the estimate from ``elapsed``.
         metrics: extra ``name=value`` pairs printed in order (``lr`` gets 4 decimals).
     """
     width = len(str(iters))
@@ -285,6 +288,8 @@ def progress_line(
     if epochs is not None:
         remaining += iters * max(epochs - epoch - 1, 0)
     eta = elapsed / it * remaining if it > 0 else float("nan")
+    if eta_s is not None:
+        eta = eta_s
     parts.append(f"eta {_format_duration(eta)}")
     return " ".join(parts)
 

@@ -185,7 +185,10 @@ def paco_loss(
         )
     num_classes = logits.shape[-1]
     anchor_labels = labels[..., :num_anchors]
-    if anchor_labels.numel() and (anchor_labels.min() < 0 or anchor_labels.max() >= num_classes):
+    # Checked where reading the labels stalls nothing (CPU, eager); on a GPU an out-of-range
+    # label fails the indexing kernel instead, as in cross-entropy.
+    if (anchor_labels.numel() and anchor_labels.device.type == "cpu" and not torch.compiler.is_compiling()
+            and (anchor_labels.min() < 0 or anchor_labels.max() >= num_classes)):
         raise ValueError(f"anchor labels must be in [0, {num_classes}) (the logits' class count), "
                          f"got min {int(anchor_labels.min())}, max {int(anchor_labels.max())}")
     if not grouped:

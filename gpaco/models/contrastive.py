@@ -20,7 +20,7 @@ all-gathered keys of previous steps and is always detached.
 
 With ``device_batch=N`` (``--device-batch``; docs/recipes.md#same-statistics-on-any-gpu-count)
 the local batch is G = B / N virtual devices of N samples, each as one GPU of the original:
-BatchNorm normalises each group separately (:func:`~gpaco.models.view_bn.per_group_batchnorm`),
+BatchNorm normalises each group separately (:class:`~gpaco.models.view_bn.ViewBatchNorm2d`),
 and the contrast set is per group. The output is then batched over groups (the same rows
 as above with B replaced by N, the queue repeated in every group):
 
@@ -49,7 +49,7 @@ from ..distributed import all_gather_nograd, batch_shuffle, batch_unshuffle
 from .backbones import create_backbone
 from .heads import GPaCoProjection, PaCoProjection
 from .vit import MAE_ARCHS, MAEProjection, is_vit, register_archs
-from .view_bn import per_group_batchnorm, supports_one_pass
+from .view_bn import batchnorm_views, convert_view_batchnorm, supports_one_pass
 
 __all__ = [
     "ContrastiveOutput", "FeatureQueue", "Encoder", "Classifier", "PaCoModel", "GPaCoModel",
@@ -130,10 +130,12 @@ class FeatureQueue(nn.Module):
         batch = keys.shape[0]
         if self.size % batch:
             raise ValueError(_queue_message(self.size, batch))
-        ptr = int(self.ptr.item())
-        self.features[ptr:ptr + batch] = keys.to(self.features.dtype)
-        self.labels[ptr:ptr + batch] = labels.to(self.labels.dtype)
-        self.ptr[0] = (ptr + batch) % self.size
+        # Written at rows ptr .. ptr + batch - 1 without reading ptr back to the host (a read
+        # would stall a GPU step and break torch.compile graphs); K % batch == 0, so no wrap.
+        rows = self.ptr + torch.arange(batch, device=self.ptr.device)
+        self.features.index_copy_(0, rows, keys.to(self.features.dtype))
+        self.labels.index_copy_(0, rows, labels.to(self.labels.dtype))
+        self.ptr.add_(batch).remainder_(self.size)
 
     def snapshot(self) -> Tuple[Tensor, Tensor]:
         """Detached copies (features [K, dim], labels [K]) for building the contrast set;
@@ -180,11 +182,13 @@ class Classifier(nn.Module):
         self.feat_dim, self.num_classes = feat_dim, num_classes
         self.device_batch = device_batch
         self.fc = nn.Linear(feat_dim, num_classes)
+        if device_batch is not None:
+            convert_view_batchnorm(self.backbone, device_batch=device_batch)
 
     def forward(self, x: Tensor) -> Tensor:
-        groups = device_groups(x.shape[0], self.device_batch) if self.training else 1
-        with per_group_batchnorm(self, groups=groups):
-            return self.fc(self.backbone(x))
+        if self.training:
+            device_groups(x.shape[0], self.device_batch)  # says when --device-batch does not divide the batch
+        return self.fc(self.backbone(x))
 
 
 class PaCoModel(nn.Module):
@@ -224,6 +228,8 @@ class PaCoModel(nn.Module):
         self.normalize_pooled = normalize_pooled
         self.device_batch = device_batch
         self.encoder_q = Encoder(backbone, PaCoProjection(dim, hidden_dim, proj_dim))
+        if device_batch is not None:
+            convert_view_batchnorm(self.encoder_q, device_batch=device_batch)
         self.fc = nn.Linear(dim, num_classes)
         # The key encoder starts as an exact copy; afterwards only its parameters follow
         # the query encoder (EMA); its BN running statistics stay its own (docs/method.md#paco-model).
@@ -239,10 +245,12 @@ class PaCoModel(nn.Module):
 
     @torch.no_grad()
     def momentum_update(self) -> None:
-        """theta_k <- m * theta_k + (1 - m) * theta_q, parameters only."""
+        """theta_k <- m * theta_k + (1 - m) * theta_q, parameters only: two foreach kernels over
+        all parameters (the arithmetic of a per-parameter ``mul_(m).add_(q, alpha=1 - m)``)."""
         m = self.momentum
-        for p_q, p_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
+        keys = list(self.encoder_k.parameters())
+        torch._foreach_mul_(keys, m)
+        torch._foreach_add_(keys, [p.detach() for p in self.encoder_q.parameters()], alpha=1.0 - m)
 
     def classify(self, x: Tensor) -> Tensor:
         """Logits [B, C] from the query backbone (the projection is not needed)."""
@@ -260,8 +268,7 @@ class PaCoModel(nn.Module):
             raise ValueError("training forward needs labels: model(im_q, im_k, labels)")
         labels = labels.long()
         groups = device_groups(im_q.shape[0], self.device_batch)
-        with per_group_batchnorm(self.encoder_q, groups=groups):
-            pooled, z_q = self.encoder_q(im_q)
+        pooled, z_q = self.encoder_q(im_q)
         q = F.normalize(z_q, dim=1)
         logits = self.fc(F.normalize(pooled, dim=1) if self.normalize_pooled else pooled)
 
@@ -270,8 +277,7 @@ class PaCoModel(nn.Module):
             # Shuffle-BN: the key encoder's BN sees a batch mixed across processes (and
             # across the virtual devices of --device-batch).
             im_k_shuffled, unshuffle_idx = batch_shuffle(im_k)
-            with per_group_batchnorm(self.encoder_k, groups=groups):
-                _, z_k = self.encoder_k(im_k_shuffled)
+            _, z_k = self.encoder_k(im_k_shuffled)
             k = batch_unshuffle(F.normalize(z_k, dim=1), unshuffle_idx)
 
         queue_feats, queue_labels = self.queue.snapshot()
@@ -291,9 +297,10 @@ class GPaCoModel(nn.Module):
     """GPaCo (docs/method.md#gpaco-model): one encoder, both views with gradient, queue + classifier ``fc``.
 
     BatchNorm statistics are per view, as in the original's two forward passes; the two
-    views nevertheless go through the encoder as ONE batch of 2B (``per_group_batchnorm``
-    splits every BatchNorm's statistics), unless the encoder holds a SyncBatchNorm or the
-    views differ in shape. No momentum encoder, no shuffle-BN.
+    views nevertheless go through the encoder as ONE batch of 2B (its BatchNorms are
+    :class:`~gpaco.models.view_bn.ViewBatchNorm2d` with two views, converted at build),
+    unless the encoder holds a SyncBatchNorm or the views differ in shape (or
+    ``one_pass_on_cpu`` is False on CPU). No momentum encoder, no shuffle-BN.
 
     Submodules: ``encoder`` (backbone + :class:`GPaCoProjection`, or :class:`MAEProjection` with
     ``projection_act="gelu"``), ``fc``, ``queue``.
@@ -332,6 +339,8 @@ class GPaCoModel(nn.Module):
         # Both have the same state-dict keys.
         projection = GPaCoProjection if projection_act == "relu" else MAEProjection
         self.encoder = Encoder(backbone, projection(dim, hidden_dim, proj_dim))
+        self.views = 1 if single_view else 2
+        convert_view_batchnorm(self.encoder, views=self.views, device_batch=device_batch)
         self.fc = nn.Linear(dim, num_classes)
         self.queue = FeatureQueue(queue_size, proj_dim, num_classes, global_batch)
 
@@ -339,13 +348,20 @@ class GPaCoModel(nn.Module):
     def backbone(self) -> nn.Module:
         return self.encoder.backbone
 
-    @property
-    def _one_pass(self) -> bool:
-        # torch.compile traces the two-pass form: per_group_batchnorm swaps module methods.
-        return supports_one_pass(self.encoder) and not torch.compiler.is_compiling()
+    def one_pass(self, x: Tensor) -> bool:
+        """Both views in one encoder pass? Always on accelerators (half the kernel launches).
+        On CPU it depends on the batch (docs/benchmarks.md): a ResNet-50 step at 8 images per
+        view and 224 px is 25% faster in one pass, at 16 per view and 112 px 6% slower (the
+        per-view BatchNorm split copies); ``one_pass_on_cpu`` (default True) chooses."""
+        return x.device.type != "cpu" or self.one_pass_on_cpu
+
+    one_pass_on_cpu = True
 
     def classify(self, x: Tensor) -> Tensor:
         """Logits [B, C] (the projection is not needed)."""
+        if self.training and self.views > 1:
+            with batchnorm_views(self.encoder, 1):  # one view, e.g. a training-mode probe
+                return self.fc(self.encoder.backbone(x))
         return self.fc(self.encoder.backbone(x))
 
     def forward(
@@ -355,21 +371,22 @@ class GPaCoModel(nn.Module):
             return self.classify(im_q)
         labels = labels.long()
         groups = device_groups(im_q.shape[0], self.device_batch)
-        if not self.single_view and self._one_pass and im_q.shape == im_k.shape:
+        if self.single_view:
+            pooled_q, z_q = self.encoder(im_q)
+            q = F.normalize(z_q, dim=1)
+            return self._output([q], [pooled_q], labels, groups, enqueue=q)
+        if im_q.shape == im_k.shape and self.one_pass(im_q) and supports_one_pass(self.encoder):
             # Both views in one pass, BatchNorm statistics still per view (and per virtual
             # device with --device-batch; view_bn.py).
-            with per_group_batchnorm(self.encoder, views=2, groups=groups):
-                pooled, z = self.encoder(torch.cat([im_q, im_k], dim=0))
+            pooled, z = self.encoder(torch.cat([im_q, im_k], dim=0))
             q, k = F.normalize(z, dim=1).chunk(2)
             pooled_q, pooled_k = pooled.chunk(2)
             return self._output([q, k], [pooled_q, pooled_k], labels, groups, enqueue=k)
-        with per_group_batchnorm(self.encoder, groups=groups):
+        # Separate passes (per-view BN statistics): SyncBatchNorm, or views of different sizes.
+        with batchnorm_views(self.encoder, 1):
             pooled_q, z_q = self.encoder(im_q)
+            pooled_k, z_k = self.encoder(im_k)
         q = F.normalize(z_q, dim=1)
-        if self.single_view:
-            return self._output([q], [pooled_q], labels, groups, enqueue=q)
-        with per_group_batchnorm(self.encoder, groups=groups):
-            pooled_k, z_k = self.encoder(im_k)  # separate pass: per-view BN statistics
         k = F.normalize(z_k, dim=1)
         return self._output([q, k], [pooled_q, pooled_k], labels, groups, enqueue=k)
 

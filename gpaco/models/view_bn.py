@@ -8,8 +8,11 @@ Two things make one BatchNorm call stand for several in the original code:
   own per-GPU batch; a run on fewer GPUs splits each process's batch into ``groups``
   virtual devices of that size (docs/recipes.md#same-statistics-on-any-gpu-count).
 
-Inside :func:`per_group_batchnorm` every training-mode BatchNorm under ``module`` cuts its
-batch into ``views x groups`` equal chunks, view-major,
+The models convert their BatchNorms once at build (:func:`convert_view_batchnorm`) into
+:class:`ViewBatchNorm2d` (1d, 3d), plain BatchNorm subclasses with ``views`` and
+``device_batch`` attributes, so no step patches a module and ``torch.compile`` traces the
+two-view pass as one graph. In training mode each such layer cuts its batch into
+``views x groups`` equal chunks (``groups = batch / (views x device_batch)``), view-major,
 
 ==========  =================================================================
 batch rows  ``[view 0: group 0 .. group G-1 | view 1: group 0 .. group G-1]``
@@ -37,13 +40,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["per_group_batchnorm", "supports_one_pass", "has_batchnorm"]
+__all__ = ["ViewBatchNorm1d", "ViewBatchNorm2d", "ViewBatchNorm3d", "convert_view_batchnorm", "batchnorm_views",
+           "per_group_batchnorm", "supports_one_pass", "has_batchnorm"]
 
 
-def supports_one_pass(module: nn.Module) -> bool:
-    """False when a SyncBatchNorm is present: its statistics span processes, and splitting
-    them per view would need one collective per view; such models keep separate passes."""
-    return not any(isinstance(m, nn.SyncBatchNorm) for m in module.modules())
+def supports_one_pass(module: nn.Module, views: int = 2) -> bool:
+    """True when every BatchNorm under ``module`` is a per-chunk one set for ``views`` views.
+    False after SyncBatchNorm conversion (its statistics span processes, and splitting them
+    per view would need one collective per view) or with other BatchNorm subclasses: such
+    models keep separate passes."""
+    return all(isinstance(m, _ViewBatchNorm) and m.views == views
+               for m in module.modules() if isinstance(m, _BatchNorm))
 
 
 def has_batchnorm(module: nn.Module) -> bool:
@@ -110,24 +117,95 @@ def _momenta(bn: _BatchNorm, *, views: int, groups: int) -> List[Optional[float]
     return momenta
 
 
-def _split_forward(bn: _BatchNorm, views: int, groups: int):
+def _chunked_forward(bn: _BatchNorm, x: Tensor, views: int, groups: int) -> Tensor:
     chunks = views * groups
+    if x.shape[0] % chunks:
+        raise ValueError(f"{type(bn).__name__}: batch {x.shape[0]} does not split into {views} view(s) x "
+                         f"{groups} group(s) of equal size")
+    momenta = _momenta(bn, views=views, groups=groups)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling():
+        return _ChunkedBatchNormFn.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, momenta, bn.eps)
+    # The form torch.compile traces (and fuses the cat into); CUDA, bf16/fp16 and float64 eager too.
+    return torch.cat([
+        F.batch_norm(chunk, bn.running_mean if m is not None else None,
+                     bn.running_var if m is not None else None, bn.weight, bn.bias, True,
+                     m if m is not None else 0.0, bn.eps)
+        for chunk, m in zip(x.chunk(chunks), momenta)])
 
-    def forward(x: Tensor) -> Tensor:
-        if not bn.training:
-            return type(bn).forward(bn, x)
-        if x.shape[0] % chunks:
-            raise ValueError(f"{type(bn).__name__}: batch {x.shape[0]} does not split into {views} view(s) x "
-                             f"{groups} group(s) of equal size")
-        momenta = _momenta(bn, views=views, groups=groups)
-        if x.device.type == "cpu" and x.dtype == torch.float32:
-            return _ChunkedBatchNormFn.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, momenta, bn.eps)
-        return torch.cat([
-            F.batch_norm(chunk, bn.running_mean if m is not None else None,
-                         bn.running_var if m is not None else None, bn.weight, bn.bias, True,
-                         m if m is not None else 0.0, bn.eps)
-            for chunk, m in zip(x.chunk(chunks), momenta)])
-    return forward
+
+class _ViewBatchNorm:
+    """Mixin of the per-chunk BatchNorm classes: ``views`` views of ``device_batch`` rows per
+    virtual device (or ``groups`` groups when ``device_batch`` is None); a plain BatchNorm
+    when there is one chunk or in eval mode. Set once at model build
+    (:func:`convert_view_batchnorm`), so a step patches nothing and ``torch.compile`` traces
+    one pass."""
+
+    views: int = 1
+    groups: int = 1
+    device_batch: Optional[int] = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return super().forward(x)
+        groups = self.groups
+        if self.device_batch is not None:
+            groups = max(x.shape[0] // (self.views * self.device_batch), 1)
+        if self.views * groups == 1:
+            return super().forward(x)
+        return _chunked_forward(self, x, self.views, groups)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, views={self.views}, device_batch={self.device_batch}"
+
+
+class ViewBatchNorm1d(_ViewBatchNorm, nn.BatchNorm1d):
+    """:class:`torch.nn.BatchNorm1d` with per-view / per-virtual-device statistics."""
+
+
+class ViewBatchNorm2d(_ViewBatchNorm, nn.BatchNorm2d):
+    """:class:`torch.nn.BatchNorm2d` with per-view / per-virtual-device statistics."""
+
+
+class ViewBatchNorm3d(_ViewBatchNorm, nn.BatchNorm3d):
+    """:class:`torch.nn.BatchNorm3d` with per-view / per-virtual-device statistics."""
+
+
+_VIEW_CLASSES = {nn.BatchNorm1d: ViewBatchNorm1d, nn.BatchNorm2d: ViewBatchNorm2d, nn.BatchNorm3d: ViewBatchNorm3d}
+_VIEW_CLASSES.update({c: c for c in list(_VIEW_CLASSES.values())})
+
+
+def convert_view_batchnorm(module: nn.Module, *, views: int = 1, device_batch: Optional[int] = None,
+                           groups: int = 1) -> int:
+    """Turn every plain BatchNorm1d/2d/3d under ``module`` into its per-chunk subclass in place
+    (same parameters, buffers and state-dict keys) with these ``views`` / ``device_batch``
+    (or a fixed number of ``groups``). Subclasses such as SyncBatchNorm or timm's
+    BatchNormAct2d are left as they are (:func:`supports_one_pass` then says False).
+    Returns how many layers were converted."""
+    if views < 1 or groups < 1:
+        raise ValueError(f"views and groups must be >= 1, got {views} and {groups}")
+    n = 0
+    for m in module.modules():
+        cls = _VIEW_CLASSES.get(type(m))
+        if cls is not None:
+            m.__class__ = cls
+            m.views, m.groups, m.device_batch = views, groups, device_batch
+            n += 1
+    return n
+
+
+@contextmanager
+def batchnorm_views(module: nn.Module, views: int) -> Iterator[None]:
+    """Within the block the per-chunk BatchNorms under ``module`` take ``views`` views (e.g. one
+    for a single-view pass through a two-view encoder)."""
+    bns = [m for m in module.modules() if isinstance(m, _ViewBatchNorm)]
+    before = [m.views for m in bns]
+    for m in bns:
+        m.views = views
+    try:
+        yield
+    finally:
+        for m, v in zip(bns, before):
+            m.views = v
 
 
 @contextmanager
@@ -135,7 +213,8 @@ def per_group_batchnorm(module: nn.Module, *, views: int = 1, groups: int = 1) -
     """Within the block, training-mode BatchNorm layers under ``module`` normalise each of the
     ``views x groups`` equal batch chunks (view-major) separately and update their running
     statistics from group 0 of each view (module docstring). Eval mode uses running statistics
-    as always. ``views = groups = 1`` leaves the layers as they are.
+    as always. ``views = groups = 1`` leaves the layers as they are. For models, convert once
+    at build instead (:func:`convert_view_batchnorm`): this swaps classes on entry and exit.
 
     Raises ValueError for a SyncBatchNorm (its statistics span processes) when chunks > 1.
     """
@@ -147,10 +226,16 @@ def per_group_batchnorm(module: nn.Module, *, views: int = 1, groups: int = 1) -
         return
     if any(isinstance(m, nn.SyncBatchNorm) for m in bns):
         raise ValueError("per-chunk BatchNorm cannot split a SyncBatchNorm, whose statistics span processes")
-    for bn in bns:
-        bn.forward = _split_forward(bn, views, groups)
+    saved = [(m, m.__class__, m.__dict__.get("views"), m.__dict__.get("groups"), m.__dict__.get("device_batch"))
+             for m in bns]
+    convert_view_batchnorm(module, views=views, groups=groups)
     try:
         yield
     finally:
-        for bn in bns:
-            del bn.forward  # back to the class's own forward
+        for m, cls, *attrs in saved:
+            m.__class__ = cls
+            for name, value in zip(("views", "groups", "device_batch"), attrs):
+                if value is None:
+                    m.__dict__.pop(name, None)
+                else:
+                    setattr(m, name, value)

@@ -1,0 +1,108 @@
+"""``--compile``: the PaCo, GPaCo, multi-task and ViT training steps trace as one graph
+(per-view BatchNorm is a module, view_bn.py; the queue pointer stays on the device) and a
+compiled step equals the eager one within float32 rounding."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+
+from gpaco.classification.loop import forward_train
+from gpaco.methods import build_criterion
+from gpaco.models import build_model
+
+C, B = 10, 8
+VIT = "mae_vit_tiny_d2_patch8"  # embed 64, depth 2, patch 8, 32 px
+
+
+def _setup(method, arch="resnet8", size=16, **kw):
+    torch.manual_seed(0)
+    if arch == VIT:
+        kw["backbone_kwargs"] = {"img_size": size}
+    model = build_model(method, arch, C, queue_size=4 * B, proj_dim=16, global_batch=B, **kw)
+    criterion = build_criterion(method, class_counts=[C - c for c in range(C)])
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(B, 3, size, size, generator=g) for _ in range(2)]
+    labels = torch.randint(0, C, (B,), generator=g)
+    return model, criterion, (views if method != "ce" else views[0]), labels
+
+
+def _step(model, criterion, x, y):
+    return criterion(forward_train(model, x, y), y)
+
+
+@pytest.mark.parametrize("method,arch,kw,one_pass", [
+    ("paco", "resnet8", {}, False), ("gpaco", "resnet8", {}, False), ("gpaco", "resnet8", {}, True),
+    ("multitask", "resnet8", {}, True), ("gpaco", "resnet8", {"device_batch": 4}, False),
+    ("gpaco", "resnet8", {"device_batch": 4}, True), ("paco", "resnet8", {"device_batch": 4}, False),
+    ("ce", "resnet8", {"device_batch": 4}, False), ("gpaco", VIT, {}, True), ("ce", VIT, {}, False),
+])
+def test_training_step_is_one_graph(method, arch, kw, one_pass):
+    """Forward + loss of one training step: one graph, no graph break (torch._dynamo.explain);
+    GPaCo in its CPU (two passes) and accelerator (one pass) forms."""
+    model, criterion, x, y = _setup(method, arch, 32 if arch == VIT else 16, **kw)
+    model.one_pass_on_cpu = one_pass
+    explained = dynamo.explain(_step)(model, criterion, x, y)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def _compare(method, backend, steps=2, one_pass=False):
+    model, criterion, x, y = _setup(method)
+    model.one_pass_on_cpu = one_pass  # GPaCo: True one pass (the default), False two passes (SyncBatchNorm)
+    ref = copy.deepcopy(model)
+    compiled = torch.compile(model, backend=backend)
+    for step in range(steps):
+        torch.manual_seed(step)  # PaCo's shuffle-BN permutation
+        loss = _step(compiled, criterion, x, y)
+        loss.backward()
+        torch.manual_seed(step)
+        loss_ref = _step(ref, criterion, x, y)
+        loss_ref.backward()
+        assert torch.allclose(loss, loss_ref, rtol=1e-5, atol=1e-6), (step, loss, loss_ref)
+        for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+            assert (p.grad is None) == (q.grad is None), name
+            if p.grad is not None:
+                assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5 * q.grad.abs().max().item()), name
+        for (name, a), b in zip(model.named_buffers(), ref.buffers()):
+            assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6), name  # BN statistics, queue, ptr
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), ref.parameters()):
+                if p.grad is not None:
+                    p -= 0.1 * p.grad
+                    q -= 0.1 * q.grad
+                p.grad = q.grad = None
+    return model
+
+
+@pytest.mark.parametrize("method,one_pass", [("paco", False), ("gpaco", False), ("gpaco", True)])
+def test_compiled_step_equals_eager(method, one_pass):
+    """dynamo + AOTAutograd (the graphs inductor compiles): losses, gradients, BN statistics,
+    queue and pointer equal to eager over two steps (the second sees the first's enqueue);
+    GPaCo in both its CPU (two passes) and accelerator (one pass, per-view BN) forms."""
+    model = _compare(method, "aot_eager", one_pass=one_pass)
+    assert int(model.queue.ptr) == 2 * B
+
+
+@pytest.mark.slow
+def test_inductor_gpaco_step_equals_eager():
+    """The same through inductor's generated code (~1 minute of compilation on 2 cores)."""
+    _compare("gpaco", "inductor", one_pass=True)
+
+
+def test_momentum_update_equals_the_loop():
+    """The foreach momentum update is bit for bit the per-parameter mul_/add_ loop."""
+    model, *_ = _setup("paco")
+    with torch.no_grad():
+        for p in model.encoder_q.parameters():
+            p.add_(torch.randn_like(p))
+    ref = copy.deepcopy(model)
+    model.momentum_update()
+    m = ref.momentum
+    with torch.no_grad():
+        for p_q, p_k in zip(ref.encoder_q.parameters(), ref.encoder_k.parameters()):
+            p_k.mul_(m).add_(p_q, alpha=1.0 - m)
+    for a, b in zip(model.encoder_k.parameters(), ref.encoder_k.parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(next(model.encoder_k.parameters()), next(model.encoder_q.parameters()))
