@@ -3,7 +3,7 @@
 
 Runs as one process or under torchrun (every test image counted exactly once).
 """
-from gpaco.classification.evaluate import main
+from gpaco.classification.evaluate import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

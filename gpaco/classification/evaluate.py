@@ -27,7 +27,11 @@ import torch
 from gpaco.data.build import build_eval_dataset, data_available, eval_loader
 from gpaco.data.splits import class_counts, read_split
 from gpaco.distributed import cleanup, gather_in_order, init_distributed
-from gpaco.classification.args import FlagError, add_data_flags, add_model_flags, eval_data_kwargs, is_cifar
+from gpaco.classification.args import (
+    FlagError, add_data_flags, add_model_flags, eval_data_kwargs, is_cifar, validate_common_args,
+)
+from gpaco.engine.args import HelpFormatter
+from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.methods import add_method_flags, all_methods, get_method, method_names, method_options
 from gpaco.methods.flags import PROJ_DIM, QUEUE_SIZE
 from gpaco.checkpoint import CheckpointError, check_writable
@@ -58,7 +62,7 @@ class _Repeatable(argparse.Action):
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tools/eval.py", conflict_handler="resolve",
+    p = argparse.ArgumentParser(prog="tools/eval.py", conflict_handler="resolve", formatter_class=HelpFormatter,
                                 description="Evaluate gpaco or original PaCo/GPaCo checkpoints (one, or an ensemble "
                                             "summing their logits): top-1/top-5, many/medium/few, per-class report, "
                                             "ImageNet-C/-R/-Sketch; exact under torchrun.")
@@ -102,6 +106,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
                    help="ImageNet-Sketch (1000 wnid folders): top-1 with the full head")
     p.add_argument("--dry-run", action="store_true", help="build everything, evaluate one small batch "
                    "(random weights if the checkpoint is absent), write nothing")
+    add_debug_flag(p)
     return p
 
 
@@ -412,4 +417,11 @@ BENCHMARKS = (
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    return run(build_eval_parser().parse_args(argv))
+    args = build_eval_parser().parse_args(argv)
+    validate_common_args(args)
+    return run(args)
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """tools/eval.py under the one error contract (gpaco.engine.cli)."""
+    run_cli(main, argv)

@@ -69,6 +69,16 @@ def list_archs() -> List[str]:
     return list(CIFAR_ARCHS) + list(TIMM_ARCHS)
 
 
+def known_arch(arch: str) -> bool:
+    """Whether :func:`create_backbone` (or the MAE ViTs) can build ``arch``; no model is built."""
+    import timm
+
+    from .vit import MAE_ARCHS
+
+    return (arch in CIFAR_ARCHS or arch in TIMM_ARCHS or arch in _TIMM_RESNET_LAYOUTS or arch in MAE_ARCHS
+            or timm.is_model(arch.split(".")[0]))
+
+
 def create_backbone(
     arch: str,
     *,
