@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-problems", type=int, default=200,
                    help="problems printed per list (0: all); the totals are always printed")
     p.add_argument("--jobs", "-j", type=int, default=8, help="threads for the file checks")
+    p.add_argument("--debug", action="store_true",
+                   help="show the Python traceback of an error instead of the one 'error: ...' line")
     return p
 
 
@@ -358,4 +360,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:  # the shared error contract when gpaco is importable; this tool itself needs only the standard library
+        from gpaco.engine.cli import run_cli
+    except ImportError:
+        sys.exit(main())
+    sys.exit(run_cli(main))

@@ -165,12 +165,24 @@ def _load_members(args, dry_run: bool):
     return paths, archs, methods, loaded
 
 
+def check_data_flags(args: argparse.Namespace) -> None:
+    """A missing --data-root or --test-list is named before any checkpoint is read (a dry run
+    falls back to synthetic images instead)."""
+    if args.dry_run:
+        return
+    if args.test_list and not os.path.isfile(args.test_list):
+        raise FlagError(f"--test-list {args.test_list}: no such file (expected '<relative/path> <label>' lines)")
+    if (args.test_list or is_cifar(args.dataset)) and not os.path.isdir(args.data_root):
+        raise FlagError(f"--data-root {args.data_root}: no such folder (the --test-list paths are relative to it)")
+
+
 def run(args: argparse.Namespace) -> dict:
     dist = init_distributed()
     device = dist.device
     if args.batch_size % dist.world_size:
         raise FlagError(f"--batch-size {args.batch_size} must be divisible by the number of processes "
                         f"({dist.world_size})")
+    check_data_flags(args)
     paths, archs, methods, loaded = _load_members(args, args.dry_run)
     first = next((c for c in loaded if c is not None), None)
     first_args = (first.meta.get("args") or {}) if first is not None else {}
