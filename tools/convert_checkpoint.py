@@ -77,8 +77,8 @@ def main(argv=None) -> dict:
             return seg
         report, conversion = convert_file(args.input, args.output, trust_pickle=args.trust_pickle, method=args.method,
                                           arch=args.arch, num_classes=args.num_classes)
-    except ValueError as e:  # a file that is not a state dict (gpaco.checkpoint.unwrap_state_dict)
-        raise CheckpointError(str(e)) from None
+    except (CheckpointError, FileNotFoundError, ValueError) as e:  # ValueError: not a state dict (unwrap_state_dict)
+        raise SystemExit(f"error: {e}") from None
     print(report.summary())
     print(f"wrote {args.output} ({report.method} {report.arch}, {report.loaded} tensors)")
     return conversion

@@ -28,7 +28,7 @@ def train_data_kwargs(args: argparse.Namespace, *, synthetic: bool = False) -> d
     return dict(dataset=args.dataset, data_root=args.data_root, train_list=args.train_list, aug=args.aug,
                 image_size=args.image_size, norm=args.norm, num_classes=args.num_classes, imb_factor=args.imb_factor,
                 randaug_n=args.randaug_n, randaug_m=args.randaug_m, allow_outside_root=args.allow_outside_root,
-                skip_bad_images=args.skip_bad_images, synthetic=synthetic)
+                skip_bad_images=args.skip_bad_images, follow_symlinks=args.follow_symlinks, synthetic=synthetic)
 
 
 def eval_data_kwargs(args: argparse.Namespace, *, num_classes: int, synthetic: bool = False) -> dict:
@@ -36,7 +36,7 @@ def eval_data_kwargs(args: argparse.Namespace, *, num_classes: int, synthetic: b
     return dict(dataset=args.dataset, data_root=args.data_root, num_classes=num_classes, image_size=args.image_size,
                 norm=args.norm, resize_size=args.resize_size, interpolation=args.interpolation,
                 allow_outside_root=args.allow_outside_root, skip_bad_images=args.skip_bad_images,
-                synthetic=synthetic, reduced_decode=args.reduced_jpeg_decode)
+                follow_symlinks=args.follow_symlinks, synthetic=synthetic, reduced_decode=args.reduced_jpeg_decode)
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -66,7 +66,10 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
                    help=f"data loader worker processes per process (0: load in the main process; at most "
                         f"{MAX_WORKERS_PER_CPU} x the CPU count)")
     g.add_argument("--allow-outside-root", action="store_true",
-                   help="accept split lines whose paths leave --data-root (absolute or '..')")
+                   help="accept split lines whose paths leave --data-root (absolute, '..' or symbolic links)")
+    g.add_argument("--follow-symlinks", action="store_true",
+                   help="accept images whose symbolic links lead out of --data-root (refused by default: a link "
+                        "can silently swap in files from elsewhere)")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="skip and count unreadable images instead of stopping")
 

@@ -64,7 +64,7 @@ def is_cifar(dataset: str) -> bool:
 def build_train_dataset(*, dataset: str, data_root: str, train_list: Optional[str], aug: str, image_size: int,
                         norm: str, num_classes: Optional[int] = None, imb_factor: float = 0.01, randaug_n: int = 2,
                         randaug_m: int = 10, allow_outside_root: bool = False, skip_bad_images: bool = False,
-                        synthetic: bool = False) -> Dataset:
+                        follow_symlinks: bool = False, synthetic: bool = False) -> Dataset:
     """The training split: ``dataset`` ``split`` (the ``train_list`` file under ``data_root``),
     ``cifar10``/``cifar100`` (the long-tailed subset of ``imb_factor``), or ``synthetic``
     random images (dry runs without data), with the ``aug`` strategy's transform."""
@@ -77,12 +77,13 @@ def build_train_dataset(*, dataset: str, data_root: str, train_list: Optional[st
         return CIFARLT(data_root, num_classes=100 if dataset == "cifar100" else 10, imb_factor=imb_factor,
                        train=True, transform=transform, seed=0)
     return SplitDataset(train_list, data_root, transform, num_classes=num_classes,
-                        allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images)
+                        allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images,
+                        follow_symlinks=follow_symlinks)
 
 
 def build_eval_dataset(list_path: Optional[str], *, dataset: str, data_root: str, num_classes: int, image_size: int,
                        norm: str, resize_size: Optional[int] = None, interpolation: str = "bilinear",
-                       allow_outside_root: bool = False, skip_bad_images: bool = False,
+                       allow_outside_root: bool = False, skip_bad_images: bool = False, follow_symlinks: bool = False,
                        synthetic: bool = False, reduced_decode: bool = False) -> Optional[Dataset]:
     """The val/test split (None if ``list_path`` is not given); CIFAR's test set for the CIFAR datasets.
     ``reduced_decode``: JPEGs decoded at reduced size (changes pixels; default full decode)."""
@@ -97,7 +98,8 @@ def build_eval_dataset(list_path: Optional[str], *, dataset: str, data_root: str
     if not list_path:
         return None
     return SplitDataset(list_path, data_root, transform, num_classes=num_classes,
-                        allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images)
+                        allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images,
+                        follow_symlinks=follow_symlinks)
 
 
 def data_available(*, dataset: str, data_root: str, list_path: Optional[str]) -> bool:
