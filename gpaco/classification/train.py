@@ -21,7 +21,7 @@ from gpaco.classification.loop import evaluate, train_one_epoch
 from gpaco.classification.report import write_eval_report
 from gpaco.data.build import (
     build_eval_dataset, build_train_dataset, class_counts_of, data_available, eval_loader, is_cifar,
-    set_train_epoch, train_loader,
+    set_train_epoch, train_loader, check_ranks_agree,
 )
 from gpaco.engine.args import run_kwargs
 from gpaco.engine.cli import run_cli
@@ -189,6 +189,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     eval_kw = eval_data_kwargs(args, num_classes=num_classes, synthetic=synthetic)
     val_set = build_eval_dataset(args.val_list, **eval_kw)
     test_set = build_eval_dataset(args.test_list, **eval_kw)
+    check_ranks_agree({"--train-list": train_set, "--val-list": val_set, "--test-list": test_set})
 
     print_main(f"gpaco train: {args.method} {args.arch} on {len(train_set)} images, {num_classes} classes"
                f"{' (synthetic stand-in: data root absent)' if synthetic else ''}")

@@ -109,8 +109,9 @@ def _parse_split(
     data_root: str | os.PathLike,
     num_classes: Optional[int],
     allow_outside_root: bool,
-) -> Tuple[List[Tuple[str, int]], List[int]]:
-    """:func:`read_split` plus the 1-based line number of every sample."""
+) -> Tuple[List[Tuple[str, int]], List[int], int]:
+    """:func:`read_split` plus the 1-based line number of every sample and a CRC-32 of the
+    list's sample lines (stripped, so line endings and blank lines do not count)."""
     list_path = os.fspath(list_path)
     if not os.path.isfile(list_path):
         raise DataError(f"{list_path}: split list not found (expected a text file of '<relative/path> <label>' lines)")
@@ -120,6 +121,7 @@ def _parse_split(
     root_prefix = os.path.join(root, "")  # 'root/' so '/data2' is not inside '/data'
     samples: List[Tuple[str, int]] = []
     lines: List[int] = []
+    kept: List[str] = []
     try:
         with open(list_path, "rb") as f:
             blob = f.read()
@@ -178,7 +180,8 @@ def _parse_split(
                     )
         samples.append((path, label))
         lines.append(lineno)
-    return samples, lines
+        kept.append(line)
+    return samples, lines, zlib.crc32("\n".join(kept).encode())
 
 
 def read_split(
@@ -226,6 +229,7 @@ class SplitDataset(Dataset):
         num_classes: as given, else inferred from the labels (pass the train split's
             value for val/test lists, which may lack the last classes).
         class_counts: ``[num_classes]`` samples per class (the train prior).
+        list_crc: CRC-32 of the list's sample lines (ranks compare it, gpaco.data.build).
         num_skipped: images skipped so far with ``skip_bad_images``, counted in shared
             memory so that the skips of forked DataLoader workers add up in the main
             process (per rank under DDP; spawned workers count on their own copy).
@@ -256,7 +260,8 @@ class SplitDataset(Dataset):
         self.data_root = os.fspath(data_root)
         # None: links may go anywhere; else the resolved root every image must stay inside
         self._real_root = None if follow_symlinks or allow_outside_root else os.path.realpath(self.data_root)
-        self.samples, self._lines = _parse_split(list_path, data_root, num_classes, allow_outside_root)
+        self.samples, self._lines, self.list_crc = _parse_split(list_path, data_root, num_classes,
+                                                                allow_outside_root)
         if not self.samples:
             raise DataError(f"{self.list_path}: split list has no samples")
         self.targets = [label for _, label in self.samples]

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from gpaco.checkpoint import CheckpointError, find_resume
 from gpaco.classification.args import check_method_flags
+from gpaco.data.build import check_ranks_agree
 from gpaco.data.samplers import IterationSampler
 from gpaco.data.seg_datasets import SEG_DATASETS, SyntheticSegDataset, build_seg_dataset
 from gpaco.data.seg_transforms import SegEvalTransform, SegTrainTransform
@@ -200,6 +201,7 @@ def _datasets(args, synthetic: bool):
     val = build_seg_dataset(args.dataset, args.data_root, args.val_split, SegEvalTransform())
     test = val if args.test_split == args.val_split else build_seg_dataset(
         args.dataset, args.data_root, args.test_split, SegEvalTransform())
+    check_ranks_agree({"--data-root train": train, "--val-split": val, "--test-split": test})
     return train, val, test
 
 
