@@ -251,3 +251,28 @@ def test_train_help_text():
                     "timm's --smoothing", "the cross-entropy's label smoothing is --label-smoothing"):
         assert snippet in text, snippet
     assert "..." not in text.split("--aug AUG", 1)[1].split("--randaug-n", 1)[0]
+
+
+# --------------------------------------------------------------------------- --amp on the CPU
+
+
+@pytest.mark.parametrize("capability,noted", [("AVX2", True), ("DEFAULT", True), ("AVX512", False)])
+def test_low_precision_on_a_cpu_without_native_support_is_noted(capability, noted, monkeypatch, capsys):
+    from gpaco.engine.precision import resolve_amp
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    cpu = torch.device("cpu")
+    assert resolve_amp("bf16", cpu, dry_run=False) == "bf16"
+    out = capsys.readouterr().out
+    assert (f"--amp bf16 on a CPU without AVX-512/AMX (torch reports {capability})" in out) is noted
+    assert resolve_amp("none", cpu, dry_run=False) == "none" and capsys.readouterr().out == ""
+    assert resolve_amp("fp16", torch.device("cuda"), dry_run=True) == "fp16"
+
+
+def test_cpu_dry_run_computes_in_float32(demo_data, tmp_path, capsys):
+    argv = demo_flags(demo_data) + ["--method", "ce", "--epochs", "1", "--warmup-epochs", "0", "--dry-run",
+                                    "--amp", "fp16", "--output-dir", str(tmp_path / "run"), "--batch-size", "8"]
+    result = run_cli(trainer.main, argv)
+    out = capsys.readouterr().out
+    assert out.count("dry run on the CPU: computing in float32 (--amp fp16 applies to the GPU run)") == 1
+    assert result["dry_run"] and np.isfinite(result["train_loss"])

@@ -28,6 +28,7 @@ from gpaco.engine.cli import run_cli
 from gpaco.engine.lifecycle import TrainingRun, seed_everything
 from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.engine.optim import build_optimizer
+from gpaco.engine.precision import resolve_amp
 from gpaco.engine.schedule import LRSchedule, build_schedule
 from gpaco.methods import get_method, method_options
 from gpaco.models.vit import init_center_head, is_vit, load_mae_checkpoint
@@ -256,11 +257,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         raise FlagError(f"the train split has {len(train_set)} images, fewer than one global batch "
                         f"(--batch-size {args.batch_size}); lower --batch-size")
 
-    amp = args.amp
-    if args.dry_run and device.type == "cpu" and amp == "fp16":
-        # CPU float16 autocast runs at a small fraction of float32 speed (a ViT-B step takes
-        # ~15 s); the dry run autocasts to bfloat16 instead and still goes through the GradScaler.
-        amp = "bf16"
+    amp = resolve_amp(args.amp, device, dry_run=args.dry_run)  # a CPU dry run: float32, still via the GradScaler
     loop_kw = dict(device=device, amp=amp, channels_last=args.channels_last)
     erasing, mixup = build_batch_augment(args, num_classes, device, batch, device_batch_of(args))
     train_kw = dict(lr_schedule=schedule if schedule.per_iteration else None, random_erasing=erasing,

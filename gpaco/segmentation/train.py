@@ -38,6 +38,7 @@ from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.engine.lifecycle import TrainingRun, autocast_context
 from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.engine.optim import build_seg_optimizer
+from gpaco.engine.precision import resolve_amp
 from gpaco.engine.schedule import poly_lr
 from gpaco.losses.rr import write_class_counts
 from gpaco.methods import add_method_flags, get_method, method_names, method_options
@@ -218,6 +219,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     rank, world, device = lc.rank, lc.world_size, lc.device
+    args.amp = resolve_amp(args.amp, device, dry_run=args.dry_run)
     if args.batch_size % world:
         raise FlagError(f"--batch-size {args.batch_size} is the global batch and must be divisible by the number "
                         f"of processes ({world})")
