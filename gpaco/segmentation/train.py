@@ -60,7 +60,7 @@ BEST_KEYS = ("model", "iter", "args", "num_classes", "arch", "method", "dataset"
 def add_seg_data_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="demo", choices=sorted(SEG_DATASETS),
-                   help="dataset layout under --data-root (docs/data.md#segmentation); demo: the MNIST digit "
+                   help="dataset layout under --data-root (docs/data.md#layouts); demo: the MNIST digit "
                         "scenes of tools/prepare_data.py demo_seg")
     g.add_argument("--data-root", default="data/demo_seg", help="the dataset's folder (images and masks)")
     g.add_argument("--img-scale", type=int, nargs=2, default=None, metavar=("W", "H"),
