@@ -105,7 +105,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                    f"{', '.join(TWO_VIEW_STRATEGIES)}; one view: {', '.join(SINGLE_VIEW_STRATEGIES)} "
                    f"(default: the method's; CIFAR: the method's CIFAR strategy)")
     g.add_argument("--randaug-n", type=int, default=2, help="RandAugment: operations per image")
-    g.add_argument("--randaug-m", type=int, default=10, help="RandAugment: magnitude (0..30)")
+    g.add_argument("--randaug-m", type=int, default=10, help="RandAugment: magnitude (0..10)")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (> 0 enables; CE baselines only)")
     g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (> 0 enables; CE baselines only)")
     g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")

@@ -37,8 +37,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from torch import Tensor, nn
 
 from gpaco.checkpoint import (
-    CheckpointError, check_loadable_tensors, load_checkpoint, load_checkpoint_trusting_pickle, read_safetensors_metadata,
-    unwrap_state_dict,
+    CheckpointError, check_loadable_tensors, load_checkpoint, load_checkpoint_trusting_pickle,
+    read_safetensors_metadata, unwrap_state_dict,
 )
 
 __all__ = [
