@@ -28,11 +28,12 @@ from gpaco.distributed import all_reduce_counts
 
 __all__ = [
     "topk_correct", "ShotSplit", "shot_groups", "class_accuracy", "shot_accuracy",
-    "shot_accuracy_from_class_acc", "ClassificationMeter",
+    "shot_accuracy_from_class_acc", "class_fairness", "FAIRNESS_KEYS", "ClassificationMeter",
     "corruption_errors", "mce_normalised_by", "imagenet_r_mask",
     "confusion_matrix", "SegMeter",
 ]
 
+FAIRNESS_KEYS = ("worst_class_acc", "class_acc_std", "class_acc_cv", "many_few_gap")  # class_fairness's keys
 ArrayLike = Union[Tensor, np.ndarray, Sequence[int], Sequence[float]]
 GROUPS = ("many", "medium", "few")
 
@@ -160,6 +161,32 @@ def shot_accuracy_from_class_acc(
         sel = acc[masks[name] & present]
         out[name] = float(np.mean(sel)) if sel.size else 0.0  # empty group: 0.0, as the original
         out[f"{name}_classes"] = int(sel.size)
+    return out
+
+
+def class_fairness(
+    acc_per_class: ArrayLike, train_counts: Optional[ArrayLike] = None, *, many_thr: int = 100, few_thr: int = 20
+) -> dict[str, Optional[float]]:
+    """How unequal the per-class accuracies are (docs/method.md#metrics), over the classes with
+    test samples (NaN entries are skipped).
+
+    Returns (same unit as ``acc_per_class``, except the CV which has none):
+        ``worst_class_acc`` (the lowest per-class accuracy), ``class_acc_std`` (population
+        standard deviation, ddof 0), ``class_acc_cv`` (std / mean; None when the mean is 0)
+        and, with ``train_counts``, ``many_few_gap`` (many minus few; None when either group
+        is empty). All None when no class has a test sample.
+    """
+    acc = np.asarray(torch.as_tensor(acc_per_class, dtype=torch.float64).cpu()).reshape(-1)
+    present = acc[~np.isnan(acc)]
+    out: dict[str, Optional[float]] = dict.fromkeys(FAIRNESS_KEYS[:3])
+    if present.size:
+        mean, std = float(present.mean()), float(present.std())
+        out.update(worst_class_acc=float(present.min()), class_acc_std=std,
+                   class_acc_cv=std / mean if mean > 0 else None)
+    if train_counts is not None:
+        shots = shot_accuracy_from_class_acc(acc, train_counts, many_thr=many_thr, few_thr=few_thr)
+        both = shots["many_classes"] and shots["few_classes"]
+        out["many_few_gap"] = shots["many"] - shots["few"] if both else None
     return out
 
 
@@ -345,7 +372,10 @@ class ClassificationMeter:
             sample), ``per_class_precision`` (NaN where never predicted),
             ``per_class_recall``, ``ece`` (expected calibration error x 100, 15 bins) and
             ``calibration`` (per bin: count, accuracy, mean confidence); with ``train_counts`` also ``many/medium/few`` (percent,
-            0.0 for an empty group) and ``many_classes/medium_classes/few_classes``.
+            0.0 for an empty group) and ``many_classes/medium_classes/few_classes``;
+            :func:`class_fairness` of the per-class accuracies (``worst_class_acc``,
+            ``class_acc_std``, ``class_acc_cv``, with ``train_counts`` ``many_few_gap``) and,
+            when the meter keeps one, ``confusion`` ([C][C] counts, rows = target).
         """
         total = self.total.cpu().numpy()
         correct1 = self.correct1.cpu().numpy()
@@ -371,6 +401,10 @@ class ClassificationMeter:
             if counts.size != self.num_classes:
                 raise ValueError(f"train_counts has {counts.size} classes, the meter {self.num_classes}")
             out.update(shot_accuracy_from_class_acc(acc, counts, many_thr=many_thr, few_thr=few_thr))
+        out.update(class_fairness(acc, counts if train_counts is not None else None, many_thr=many_thr,
+                                  few_thr=few_thr))
+        if self.confusion is not None:
+            out["confusion"] = self.confusion.cpu().tolist()
         out["per_class"] = acc.tolist()
         out["per_class_precision"] = precision.tolist()
         out["per_class_recall"] = acc.tolist()

@@ -6,7 +6,7 @@
 #   DEMO_DATA=my_data DEMO_OUT=runs/mine bash sh/demo.sh
 #
 #   METHODS="ce reslt mislas" bash sh/demo.sh   # pick the methods (default: ce balanced_ce gpaco)
-#   METHODS=all bash sh/demo.sh                 # ce balanced_ce gpaco reslt mislas (mislas = stage 1 + stage 2)
+#   METHODS=all bash sh/demo.sh                 # ce balanced_ce gpaco reslt rescom mislas (mislas = stage 1 + 2)
 #
 # DEMO_DATA: any folder with train.txt, val.txt, test.txt ('relative/path label' lines) and
 # the images they name; the same code path as ImageNet-LT. DEMO_EPOCHS, DEMO_ARCH and
@@ -39,7 +39,7 @@ common=(--data-root "$DATA" --train-list "$DATA/train.txt" --val-list "$DATA/val
         --batch-size 64 --lr 0.05 --wd 5e-4 --warmup-epochs 2 --workers 0 --print-freq 0 --seed 0
         --resume auto)
 METHODS="${METHODS:-ce balanced_ce gpaco}"
-[ "$METHODS" = all ] && METHODS="ce balanced_ce gpaco reslt mislas"
+[ "$METHODS" = all ] && METHODS="ce balanced_ce gpaco reslt rescom mislas"
 runs=()
 for m in $METHODS; do
     case "$m" in
@@ -52,13 +52,18 @@ for m in $METHODS; do
         # ResLT: M / T branches = the 8 / 6 rarest digits (the CIFAR-10-LT split), beta as CIFAR-10 imb 0.01.
         reslt) "$PY" tools/train.py "${common[@]}" --method reslt --aug digits --reslt-beta 0.998 \
                    --reslt-branch-sizes 8 6 --output-dir "$OUT/reslt" ;;
+        # ResCom: the CIFAR-100-LT config (T 0.2, con_weight 0.5, 10 keys per class, 1 hard positive,
+        # effective-number beta 0.999999) with all 90 other-class keys as negatives (10 classes).
+        rescom) "$PY" tools/train.py "${common[@]}" --method rescom --aug digits_digits --proj-dim 32 \
+                    --temperature 0.2 --rescom-con-weight 0.5 --rescom-queue-per-class 10 --rescom-positives 1 \
+                    --rescom-negatives 90 --rescom-beta 0.999999 --output-dir "$OUT/rescom" ;;
         # MiSLAS: stage 1 with mixup (alpha 1, the CIFAR setting), then 3 epochs of stage 2 on it.
         mislas) "$PY" tools/train.py "${common[@]}" --method mislas --aug digits --mixup-alpha 1.0 \
                     --output-dir "$OUT/mislas_stage1"
                 "$PY" tools/train.py "${common[@]}" --method mislas_stage2 --aug digits --epochs 3 --lr 0.05 \
                     --schedule cosine_plain --stage1 "$OUT/mislas_stage1/best.pth" --shift-bn --lr-factor 0.2 \
                     --las-head 0.3 --las-tail 0.0 --output-dir "$OUT/mislas" ;;
-        *) echo "error: METHODS: unknown method '$m' (choose from ce balanced_ce gpaco reslt mislas, or all)" >&2; exit 2 ;;
+        *) echo "error: METHODS: unknown method '$m' (choose from ce balanced_ce gpaco reslt rescom mislas, or all)" >&2; exit 2 ;;
     esac
     runs+=("$OUT/$m")
 done

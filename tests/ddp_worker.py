@@ -8,6 +8,8 @@ Every rank writes OUT_DIR/rank{R}.pt with:
 * for ``paco`` and ``gpaco``: one DDP training step on rank-specific data, then the
   queue (features, labels, ptr), the keys and labels this rank produced, the queue
   before the step, and one trained parameter;
+* ``rescom``: one DDP ResCom step, rank r's samples all of class r: the class-balanced
+  queue after and before it, its pointers, this rank's first-view features;
 * ``paco_key_order``: PaCo keys computed through the cross-rank shuffle vs. a local pass.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gpaco import distributed as gdist
 from gpaco.losses import paco_loss
+from gpaco.losses.criteria import ResComCriterion
 from gpaco.models import build_model
 
 LOCAL_BATCH = 4
@@ -77,6 +80,25 @@ def main(out_dir: str) -> None:
             "fc_weight": model.fc.weight.detach().clone(),
             "loss": loss.detach(),
         }
+
+    # ResCom: every rank's first-view features go into the class-balanced queue of every rank.
+    # Rank r's samples all have class r, so class r's K = LOCAL_BATCH slots must hold them in order.
+    torch.manual_seed(0)
+    model = build_model("rescom", "resnet8", NUM_CLASSES, proj_dim=8, queue_per_class=LOCAL_BATCH)
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(100 + rank)
+    labels = torch.full((LOCAL_BATCH,), rank)
+    keys_before = model.balanced_queue.keys.clone()
+    views = [torch.randn(LOCAL_BATCH, 3, 32, 32, generator=g) for _ in range(2)]
+    out = ddp(*views, labels)
+    loss = ResComCriterion(class_counts=[5] * NUM_CLASSES, num_positives=2, num_negatives=6)(out, labels)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    result["rescom"] = {"keys": model.balanced_queue.keys.clone(), "ptr": model.balanced_queue.ptr.clone(),
+                        "keys_before": keys_before, "view1": out.features[:LOCAL_BATCH].detach().clone(),
+                        "snapshot": out.keys}
 
     # Keys must come back to the rank that owns the images, in order. With the key
     # encoder's BN in eval mode every key depends on its own image only, so the keys

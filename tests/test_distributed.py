@@ -70,6 +70,19 @@ def test_queue_identical_and_holds_every_rank_keys(ranks, method):
 
 @pytest.mark.slow
 @pytest.mark.distributed
+def test_rescom_balanced_queue_gathers_every_rank(ranks):
+    res = [r["rescom"] for r in ranks]
+    for r in res[1:]:
+        assert torch.equal(r["keys"], res[0]["keys"]) and torch.equal(r["ptr"], res[0]["ptr"])
+    for rank, r in enumerate(res):
+        assert torch.equal(res[0]["keys"][rank], r["view1"])  # class `rank` holds that rank's view-1 rows
+        assert torch.equal(r["snapshot"], r["keys_before"])  # the loss mined the queue as it was
+    assert res[0]["ptr"].tolist() == [0] * 5  # each written class wrapped around its K slots exactly once
+    assert torch.equal(res[0]["keys"][NPROC:], res[0]["keys_before"][NPROC:])  # other classes untouched
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_paco_keys_return_to_their_rank(ranks):
     for r in ranks:
         assert torch.allclose(r["paco_key_order"]["keys"], r["paco_key_order"]["expected"], atol=1e-5)

@@ -178,6 +178,15 @@ def test_recipe_default_paths(recipe):
 
 # The paper's hyperparameters (docs/method.md#hyperparameters) for key recipes, as parsed flags.
 EXPECTED = {
+    # ResCom's only published config (CIFAR-100-LT imb 0.01); docs/migrating.md for the schedule
+    "sh/ResCom/CIFAR100LT_train_imb0.01.sh": dict(
+        method="rescom", arch="resnet32", batch_size=128, epochs=400, lr=0.1, wd=5e-4, proj_dim=32, temperature=0.2,
+        rescom_con_weight=0.5, rescom_queue_per_class=10, rescom_positives=1, rescom_negatives=400,
+        rescom_beta=0.999999, schedule="step", milestones=[320, 360], warmup_epochs=10,
+        aug="cifar_regular_cifar_regular", num_classes=100, imb_factor=0.01),
+    "sh/ResCom/ImageNetLT_train_R50.sh": dict(
+        method="rescom", arch="resnet50", lr=0.02, wd=5e-4, epochs=400, temperature=0.1, rescom_con_weight=1.0,
+        rescom_beta=0.0, schedule="cosine_min", aug="randclsgray_randclsgray", randaug_n=2, randaug_m=10),
     "sh/GPaCo/LT/ImageNetLT_train_R50.sh": dict(
         method="gpaco", arch="resnet50", lr=0.04, alpha=0.045, batch_size=128, aug="randcls_randclsstack",
         randaug_n=2, randaug_m=10, temperature=0.2, queue_size=8192, wd=5e-4, epochs=400, prior=True,

@@ -516,6 +516,11 @@ def test_checkpoint_round_trip_resume_and_eval(demo_root, tmp_path):
     assert resumed["miou"] == straight["miou"]
     assert (tmp_path / "a" / "best.pth").is_file() and (tmp_path / "a" / "metrics.json").is_file()
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["num_images"] == 4
+    from gpaco.engine.logging import read_summary
+
+    rows = read_summary(tmp_path / "b" / "summary.csv")  # the resumed run continued it: each iteration once
+    assert [r["iter"] for r in rows] == ["1", "2", "3", "4"] and [bool(r["val_miou"]) for r in rows] == \
+        [False, True, False, False]
 
     ev = seg_eval.main(["--checkpoint", str(tmp_path / "a" / "checkpoint.pth"), "--split", "test", "--workers", "0",
                         "--mode", "both", "--output-dir", str(tmp_path / "ev")])

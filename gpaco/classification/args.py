@@ -9,18 +9,20 @@ registry (:mod:`gpaco.methods`).
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Optional, Sequence
 
 from gpaco.data.build import is_cifar
 from gpaco.data.transforms import SINGLE_VIEW_STRATEGIES, TWO_VIEW_STRATEGIES
 from gpaco.engine.args import (
     MAX_WORKERS_PER_CPU, FlagError, HelpFormatter, add_run_flags, check_finite, check_positive, clamp_workers,
-    validate_run_args,
+    parse_with_config, validate_run_args,
 )
 from gpaco.engine.cli import add_debug_flag
 from gpaco.methods import add_method_flags, all_methods, get_method, method_names
 
 TASK = "classification"
+DEFAULT_WARMUP_EPOCHS = 10
 
 
 def train_data_kwargs(args: argparse.Namespace, *, synthetic: bool = False) -> dict:
@@ -68,7 +70,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-outside-root", action="store_true",
                    help="accept split lines whose paths leave --data-root (absolute, '..' or symbolic links)")
     g.add_argument("--follow-symlinks", action="store_true",
-                   help="accept images whose symbolic links lead out of --data-root (refused by default: a link "
+                   help="accept images whose symbolic links lead out of --data-root (otherwise refused: a link "
                         "can silently swap in files from elsewhere)")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="skip and count unreadable images instead of stopping")
@@ -143,16 +145,21 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="layer-wise LR decay of a ViT (MAE: 0.65 ViT-B, 0.75 ViT-L); default off")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, in [0, 1)")
     g.add_argument("--wd", type=float, default=5e-4, help="weight decay, >= 0 (sgd: all parameters, as the original)")
-    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (default: off)")
+    g.add_argument("--clip-grad", type=float, default=None, metavar="MAX_NORM",
+                   help="clip the gradient norm to MAX_NORM > 0 (default: off)")
     g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (timm backbones)")
     g.add_argument("--schedule", "--sched", default="cosine",
-                   choices=("cosine", "cosine_epoch", "step_cifar", "mae_cosine", "cosine_plain", "step", "constant"),
+                   choices=("cosine", "cosine_epoch", "step_cifar", "mae_cosine", "cosine_plain", "step", "cosine_min",
+                            "constant"),
                    help="cosine (= cosine_epoch): per-epoch warmup + off-by-one cosine; step_cifar: the CIFAR "
                         "warmup + steps at 320/360; mae_cosine: per-iteration warmup + half-cycle cosine to "
                         "--min-lr (MAE fine-tuning); cosine_plain: lr/2 (1 + cos(pi e / E)), no warmup (ResLT "
                         "iNat, MiSLAS); step: warmup from --warmup-start x lr, x0.1 at each of --milestones "
-                        "(ResLT, MiSLAS CIFAR); constant (docs/method.md#learning-rate-schedules)")
-    g.add_argument("--warmup-epochs", type=int, default=10, help="epochs of linear LR warmup")
+                        "(ResLT, MiSLAS CIFAR); cosine_min: warmup + cosine to lr x 1e-5 (ResCom); constant "
+                        "(docs/method.md#learning-rate-schedules)")
+    g.add_argument("--warmup-epochs", type=int, default=None,
+                   help=f"LR warmup epochs (default {DEFAULT_WARMUP_EPOCHS}, shortened with a note when --epochs "
+                        f"is shorter; a value you give that does not fit --epochs is an error)")
     g.add_argument("--milestones", type=int, nargs="+", default=[160, 180], metavar="EPOCH",
                    help="--schedule step: epochs (0-based) from which the LR is x0.1 more")
     g.add_argument("--warmup-start", type=float, default=0.0,
@@ -165,7 +172,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--freeze", default="none", choices=("none", "all_but_last_block"),
                    help="all_but_last_block: Places-LT fine-tuning (convs frozen except the last bottleneck)")
 
-    g = add_run_flags(p, default_output="runs/train", print_freq=20)
+    g = add_run_flags(p, print_freq=20)
     g.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="leave after this many epochs of this run with a checkpoint, as if preempted; the "
                         "schedule still follows --epochs and --resume auto continues")
@@ -180,7 +187,7 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 
 def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    args = build_train_parser().parse_args(argv)
+    args = parse_with_config(build_train_parser(), argv)
     validate_train_args(args)
     return args
 
@@ -235,6 +242,20 @@ def check_method_flags(args: argparse.Namespace, task: str = TASK) -> None:
                 raise FlagError(f"{f.names[0]} is an option of --method {'/'.join(owners)}, not {args.method}")
 
 
+def resolve_warmup(args: argparse.Namespace) -> None:
+    """``--warmup-epochs`` left out: the default, shortened to fit a short ``--epochs`` (with a
+    note); a value the user gave is kept as is (and checked against ``--epochs``)."""
+    if args.warmup_epochs is not None:
+        return
+    args.warmup_epochs = DEFAULT_WARMUP_EPOCHS
+    fits = args.epochs - 1 if args.schedule in ("mae_cosine", "cosine_min") else args.epochs
+    if args.warmup_epochs > fits and args.schedule in ("cosine", "mae_cosine", "cosine_min", "step_cifar", "step"):
+        args.warmup_epochs = max(fits, 1 if args.schedule == "step_cifar" else 0)
+        if os.environ.get("RANK", "0") == "0":  # parsed before the process group exists
+            print(f"note: --warmup-epochs {args.warmup_epochs} (the default {DEFAULT_WARMUP_EPOCHS} shortened to fit "
+                  f"--epochs {args.epochs}; pass --warmup-epochs to choose)", flush=True)
+
+
 def validate_train_args(args: argparse.Namespace) -> None:
     validate_common_args(args)
     check_method_flags(args)
@@ -261,8 +282,14 @@ def validate_train_args(args: argparse.Namespace) -> None:
         raise FlagError(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
     if args.min_lr < 0:
         raise FlagError(f"--min-lr must be >= 0, got {args.min_lr}")
+    resolve_warmup(args)
+    if args.clip_grad is not None and args.clip_grad <= 0:
+        raise FlagError(f"--clip-grad is the maximum gradient norm and must be > 0 (leave the flag out for no "
+                        f"clipping), got {args.clip_grad}")
     if args.schedule == "cosine" and args.warmup_epochs > args.epochs:
         raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be <= --epochs ({args.epochs})")
+    if args.schedule == "cosine_min" and args.warmup_epochs >= args.epochs:
+        raise FlagError(f"--schedule cosine_min needs --warmup-epochs ({args.warmup_epochs}) < --epochs ({args.epochs})")
     if args.schedule == "step_cifar" and args.warmup_epochs == 0:
         raise FlagError("--schedule step_cifar needs --warmup-epochs > 0")
     if not 0.0 <= args.warmup_start <= 1.0:

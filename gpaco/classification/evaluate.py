@@ -40,7 +40,7 @@ from gpaco.models.convert import CheckpointMismatchError, build_model_from_check
 from gpaco.engine.benchmarks import Benchmark, run_benchmarks
 from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.classification.loop import predict
-from gpaco.classification.report import write_eval_report
+from gpaco.classification.report import fairness_line, write_eval_report
 
 
 # Method flags that may override a checkpoint's model options at evaluation (the sizes have their own flags).
@@ -340,16 +340,16 @@ def _clean(ctx: EvalContext) -> dict:
     """The --test-list split: top-1/5, many/medium/few, per class, confusion."""
     args = ctx.args
     meter, local = predict(ctx.models, ctx.loader_of(ctx.test_set), keep_logits=bool(args.save_logits), **ctx.common)
-    metrics = meter.compute(ctx.train_counts)
+    metrics = meter.compute(ctx.train_counts)  # with the confusion matrix up to 100 classes
     if meter.confusion is not None:
         ctx.confusion = meter.confusion.cpu()
-        metrics["confusion"] = ctx.confusion.tolist()
     if args.save_logits and not args.dry_run:
         ctx.logits_all = gather_in_order(local, len(ctx.test_set), ctx.common["device"])
     shots = (f" | many {metrics['many']:.2f} medium {metrics['medium']:.2f} few {metrics['few']:.2f}"
              if "many" in metrics else " | many/medium/few need the train counts (--train-list)")
     print_main(f"{ctx.name}: top-1 {metrics['top1']:.2f} top-5 {metrics['top5']:.2f}{shots} | "
                f"{metrics['num_samples']} images")
+    print_main(fairness_line(metrics))
     return metrics
 
 
@@ -436,5 +436,5 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> None:
-    """tools/eval.py under the one error contract (gpaco.engine.cli)."""
+    """tools/eval.py and the ``gpaco-eval`` command (docs/reliability.md: one ``error: ...`` line, exit 2)."""
     run_cli(main, argv)

@@ -5,12 +5,16 @@
 * ``per_class.csv``: class, train_count, test_count, accuracy, precision, recall (percent;
   empty where undefined: no test sample, never predicted, train counts unknown);
 * ``per_class.png``: per-class test accuracy against the class's training frequency (classes
-  sorted head to tail; many/medium/few boundaries dashed); class order when the train counts
-  are unknown;
+  sorted head to tail; many/medium/few boundaries dashed; a legend, and the mean and worst
+  class in the title); class order when the train counts are unknown;
 * ``confusion.png`` for up to 100 classes: the row-normalised confusion matrix (rows = true
   class, columns = predicted class);
 * ``reliability.png``: accuracy against mean top-1 confidence per confidence bin, with the
   expected calibration error (``metrics['calibration']``, ``metrics['ece']``).
+
+At the end of training :func:`plot_curves` draws ``curves.png`` from the run's ``summary.csv``
+(training loss, val top-1 and many/medium/few per epoch), and :func:`fairness_line` prints the
+per-class figures of :func:`gpaco.metrics.class_fairness` under a report.
 
 ``tools/compare_runs.py`` uses :func:`load_run`, :func:`compare_table` and
 :func:`plot_per_class_difference`.
@@ -25,7 +29,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["write_eval_report", "plot_per_class", "plot_confusion", "plot_reliability", "load_run", "compare_table",
+__all__ = ["write_eval_report", "plot_per_class", "plot_confusion", "plot_reliability", "plot_curves",
+           "fairness_line", "load_run", "compare_table",
            "side_by_side_table",
            "plot_per_class_difference", "CONFUSION_MAX_CLASSES"]
 
@@ -81,6 +86,65 @@ def write_eval_report(out_dir: str, metrics: dict, train_counts: Optional[Sequen
     return written
 
 
+def fairness_line(metrics: dict) -> str:
+    """``per class: worst 0.00 | std 40.82 | CV 0.82 | many - few 50.00`` (what is known of it)."""
+    parts = []
+    for key, label, fmt in (("worst_class_acc", "worst", ".2f"), ("class_acc_std", "std", ".2f"),
+                            ("class_acc_cv", "CV", ".3f"), ("many_few_gap", "many - few", ".2f")):
+        value = metrics.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            parts.append(f"{label} {value:{fmt}}")
+    return "per class: " + " | ".join(parts) if parts else "per class: no class has a test sample"
+
+
+def _floats(rows: Sequence[dict], key: str) -> List[float]:
+    out = []
+    for r in rows:
+        try:
+            out.append(float(r.get(key) or "nan"))
+        except ValueError:
+            out.append(float("nan"))
+    return out
+
+
+def plot_curves(rows: Sequence[dict], path: str) -> bool:
+    """``curves.png``: training loss (left) and val top-1 with many/medium/few (right) per epoch,
+    from the rows of ``summary.csv`` (:func:`gpaco.engine.logging.read_summary`). Returns False
+    (nothing written) when there is no row."""
+    steps = _floats(rows, "epoch")
+    if not rows or all(math.isnan(x) for x in steps):
+        return False
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    marker = "o-" if len(rows) <= 50 else "-"
+    ax1.plot(steps, _floats(rows, "train_loss"), marker, color="#2e86de", ms=3, lw=1, label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.set_title("training loss", fontsize=10)
+    styles = (("val_top1", "top-1", "black", 1.6), ("val_many", "many", "#2e86de", 1.0),
+              ("val_medium", "medium", "#27ae60", 1.0), ("val_few", "few", "#c0392b", 1.0))
+    drawn = False
+    for key, label, color, lw in styles:
+        pts = [(x, y) for x, y in zip(steps, _floats(rows, key)) if not math.isnan(y)]
+        if pts:
+            ax2.plot(*zip(*pts), marker, color=color, ms=3, lw=lw, label=label)
+            drawn = True
+    ax2.set_xlabel("epoch")
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2.set_ylabel("val accuracy (%)")
+    ax2.set_ylim(0, 100)
+    ax2.set_title("validation" if drawn else "validation (no --val-list)", fontsize=10)
+    if drawn:
+        ax2.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 def plot_reliability(calibration: dict, ece: Optional[float], path: str) -> None:
     """Reliability diagram: per confidence bin, accuracy (bars) against the diagonal, gaps to
     the bin's mean confidence outlined; ``calibration`` as ClassificationMeter.compute's."""
@@ -132,6 +196,8 @@ def plot_per_class(per_class: Sequence[float], train_counts: Optional[Sequence[i
     """Per-class test accuracy against the class's training frequency, classes sorted head to tail
     (class order when ``train_counts`` is None)."""
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+
     n = len(per_class)
     if train_counts is not None:
         order = sorted(range(n), key=lambda c: -train_counts[c])
@@ -149,13 +215,21 @@ def plot_per_class(per_class: Sequence[float], train_counts: Optional[Sequence[i
             ax1.axvline(x, color="gray", ls="--", lw=0.8)
     else:
         ax1.set_xlabel("class (train counts unknown: pass --train-list)")
-        ax1.set_yticks([])
         ax2 = ax1
     ax2.plot(range(n), acc, "o-" if n <= 100 else "-", color="#c0392b", ms=3, lw=1, label="test accuracy")
     ax2.set_ylabel("test accuracy (%)")
     ax2.set_ylim(0, 100)
     if n <= 30:
         ax1.set_xticks(range(n), [str(c) for c in order])
+    handles = [h for ax in dict.fromkeys((ax1, ax2)) for h in ax.get_legend_handles_labels()[0]]
+    if train_counts is not None and _shot_boundaries(order, train_counts):
+        handles.append(Line2D([], [], color="gray", ls="--", lw=0.8, label="many | medium | few"))
+    ax2.legend(handles=handles, loc="upper right", fontsize=8)
+    known = [a for a in acc if a == a]
+    title = "per-class test accuracy"
+    if known:
+        title += f": mean {np.mean(known):.1f}, worst {min(known):.1f}"
+    ax1.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -236,9 +310,14 @@ def _shot_means(per_class: Sequence[float], train: Optional[Sequence[int]]) -> D
     return out
 
 
+# class_fairness's figures in the comparison tables (training's and eval's metrics.json hold them)
+FAIRNESS_LABELS = (("worst_class_acc", "worst class acc"), ("class_acc_std", "per-class std"),
+                   ("class_acc_cv", "per-class CV"), ("many_few_gap", "gap many - few"))
+
+
 def compare_table(a: dict, b: dict, names: Sequence[str] = ("A", "B")) -> str:
-    """Top-1/top-5, many/medium/few (with class counts), mean class accuracy and, when both
-    have them, the robustness figures, side by side with the difference B - A."""
+    """Top-1/top-5, many/medium/few (with class counts), mean class accuracy, the per-class
+    fairness figures and, when both have them, the robustness figures, side by side with the difference B - A."""
     ma, mb = a["metrics"], b["metrics"]
     sa = {**_shot_means(a["per_class"], a["train_counts"]), **{k: ma[k] for k in ("many", "medium", "few",
                                                                                    "many_classes", "medium_classes",
@@ -254,6 +333,9 @@ def compare_table(a: dict, b: dict, names: Sequence[str] = ("A", "B")) -> str:
         cls = f" ({na} cls)" if na == nb and na is not None else f" ({na}/{nb} cls)" if na or nb else ""
         rows.append((f"{g}{cls}", sa.get(g), sb.get(g)))
     rows.append(("mean class acc", ma.get("mean_class_acc"), mb.get("mean_class_acc")))
+    for key, label in FAIRNESS_LABELS:
+        if ma.get(key) is not None or mb.get(key) is not None:
+            rows.append((label, ma.get(key), mb.get(key)))
     if ma.get("ece") is not None or mb.get("ece") is not None:
         rows.append(("ECE (x100, 15 bins)", ma.get("ece"), mb.get("ece")))
     ca, cb = ma.get("corruption") or {}, mb.get("corruption") or {}
@@ -282,14 +364,17 @@ def compare_table(a: dict, b: dict, names: Sequence[str] = ("A", "B")) -> str:
 
 
 def side_by_side_table(runs: Sequence[dict], names: Sequence[str]) -> str:
-    """Top-1, many/medium/few, mean class accuracy and ECE of any number of runs, one column each."""
+    """Top-1, many/medium/few, mean class accuracy, worst class, per-class std and ECE of any number of runs,
+    one column each."""
     cols = []
     for r in runs:
         m = r["metrics"]
         shots = {**_shot_means(r["per_class"], r["train_counts"]), **{k: m[k] for k in ("many", "medium", "few")
                                                                         if k in m}}
         cols.append({"top-1": m.get("top1"), "many": shots.get("many"), "medium": shots.get("medium"),
-                     "few": shots.get("few"), "mean class acc": m.get("mean_class_acc"), "ECE (x100)": m.get("ece")})
+                     "few": shots.get("few"), "mean class acc": m.get("mean_class_acc"),
+                     "worst class acc": m.get("worst_class_acc"), "per-class std": m.get("class_acc_std"),
+                     "ECE (x100)": m.get("ece")})
     width = max(10, *(len(n) for n in names))
     out = [f"{'':<16s}" + " ".join(f"{n:>{width}s}" for n in names)]
     for label in cols[0]:

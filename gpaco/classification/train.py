@@ -18,19 +18,21 @@ import torch
 from gpaco.checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
 from gpaco.classification.args import FlagError, eval_data_kwargs, parse_train_args, train_data_kwargs
 from gpaco.classification.loop import evaluate, train_one_epoch
-from gpaco.classification.report import write_eval_report
+from gpaco.classification.report import fairness_line, plot_curves, write_eval_report
+from gpaco.data import DataError
 from gpaco.data.build import (
-    build_eval_dataset, build_train_dataset, class_counts_of, data_available, eval_loader, is_cifar,
-    set_train_epoch, train_loader, check_ranks_agree,
+    build_eval_dataset, build_train_dataset, check_ranks_agree, class_counts_of, eval_loader, is_cifar,
+    set_train_epoch, train_loader,
 )
 from gpaco.engine.args import run_kwargs
 from gpaco.engine.cli import run_cli
-from gpaco.engine.lifecycle import TrainingRun, seed_everything
-from gpaco.engine.logging import print_main, to_jsonable
+from gpaco.engine.lifecycle import NonFiniteLossError, TrainingRun, seed_everything
+from gpaco.engine.logging import SUMMARY_NAME, print_main, read_summary, to_jsonable
 from gpaco.engine.optim import build_optimizer
 from gpaco.engine.precision import resolve_amp
 from gpaco.engine.schedule import LRSchedule, build_schedule
 from gpaco.methods import get_method, method_options
+from gpaco.metrics import FAIRNESS_KEYS
 from gpaco.models.vit import init_center_head, is_vit, load_mae_checkpoint
 
 
@@ -50,6 +52,8 @@ def build_lr_schedule(args: argparse.Namespace) -> LRSchedule:
     if args.schedule == "step":
         return build_schedule("step", base_lr=args.lr, warmup_epochs=args.warmup_epochs, milestones=args.milestones,
                               warmup_start=args.warmup_start)
+    if args.schedule == "cosine_min":
+        return build_schedule("cosine_min", base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
     if args.schedule == "constant":
         return build_schedule("constant", base_lr=args.lr)
     return build_schedule("cosine", base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
@@ -165,11 +169,41 @@ def check_batch_config(args: argparse.Namespace, world_size: int) -> int:
     return per_process
 
 
+def dry_run_stand_in(args: argparse.Namespace) -> bool:
+    """Whether a dry run uses synthetic images: only when ``--data-root`` does not exist (a
+    recipe checked on a machine without the data). A data root that exists is the real data:
+    a missing split list there is an error naming it, not a silent stand-in."""
+    if not args.dry_run or os.path.isdir(args.data_root):
+        if args.dry_run and not is_cifar(args.dataset) and not args.train_list:
+            raise FlagError(f"--train-list is required: --data-root {args.data_root} exists, so the dry run checks "
+                            f"the real data")
+        return False
+    return True
+
+
+def check_data_found(data_root: str, splits) -> None:
+    """A wrong ``--data-root`` fails here, before the model is built or anything is written,
+    instead of at the first image: the first image of every split list must exist."""
+    for flag, ds in splits:
+        samples = getattr(ds, "samples", None)
+        if not samples:
+            continue  # CIFAR: its reader already checked the files
+        path, line = samples[0][0], ds._lines[0] if getattr(ds, "_lines", None) else 1
+        if not os.path.isfile(path):
+            where = f"--data-root {data_root} does not exist" if not os.path.isdir(data_root) else \
+                f"is --data-root {data_root} right?"
+            raise DataError(f"{ds.list_path}:{line} ({flag}): image {path} not found; {where}")
+
+
 BEST_KEYS = ("model", "epoch", "args", "num_classes", "arch", "method", "best_top1", "class_counts")
+#: Flags a resume may not change: they change the model or the data (plus the method's model options).
+RESUME_FIXED = ("arch", "method", "num_classes", "dataset", "data_root", "train_list", "val_list", "imb_factor",
+                "image_size", "norm", "device_batch", "freeze")
 
 
 def run(args: argparse.Namespace) -> dict:
     with TrainingRun(**run_kwargs(args)) as lifecycle:
+        args.output_dir = lifecycle.output_dir
         return _run(args, lifecycle)
 
 
@@ -178,8 +212,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     per_process_batch = check_batch_config(args, world)
     method = get_method(args.method)
 
-    synthetic = args.dry_run and not data_available(dataset=args.dataset, data_root=args.data_root,
-                                                    list_path=args.train_list)
+    synthetic = dry_run_stand_in(args)
     if args.dry_run and not is_cifar(args.dataset):
         args.image_size = min(args.image_size, args.dry_run_image_size)
         args.resize_size = None
@@ -191,9 +224,11 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     val_set = build_eval_dataset(args.val_list, **eval_kw)
     test_set = build_eval_dataset(args.test_list, **eval_kw)
     check_ranks_agree({"--train-list": train_set, "--val-list": val_set, "--test-list": test_set})
-
+    if not synthetic:
+        check_data_found(args.data_root, [("--train-list", train_set), ("--val-list", val_set),
+                                          ("--test-list", test_set)])
     print_main(f"gpaco train: {args.method} {args.arch} on {len(train_set)} images, {num_classes} classes"
-               f"{' (synthetic stand-in: data root absent)' if synthetic else ''}")
+               f"{f' (synthetic stand-in: --data-root {args.data_root} does not exist)' if synthetic else ''}")
     if args.accum_iter > 1 or args.blr is not None:
         lr_note = (f"lr {args.lr:g} = blr {args.blr:g} x {args.batch_size * args.accum_iter} / 256"
                    if args.blr is not None else f"lr {args.lr} (not rescaled)")
@@ -270,13 +305,15 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         if val_dl is not None or test_dl is not None:
             evaluate(model_without_ddp, val_dl or test_dl, num_classes=num_classes, train_counts=train_counts,
                      max_steps=1, **loop_kw)
-        print_main(f"dry run ok: 2 steps, loss {stats['train_loss']:.4f}; nothing written")
+        print_main(f"dry run ok: 2 steps, loss {stats['train_loss']:.4f}"
+                   f"{' on SYNTHETIC images (--data-root does not exist)' if synthetic else ''}; nothing written")
         return {"dry_run": True, **stats}
 
     start_epoch, start_step, best_top1, best_epoch = 0, 0, -1.0, -1
     resume_rng, resume_epoch_state = None, None
     if ckpt is not None:
         path = lc.resume_path
+        lc.check_resume_args(ckpt.get("args") or {}, vars(args), RESUME_FIXED + tuple(method.model_options))
         try:
             lc.load_model_state(model_without_ddp, ckpt["model"], path)
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -286,7 +323,6 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path} is not a gpaco training checkpoint (--resume needs the "
                                   f"checkpoint.pth of a run): {type(e).__name__}: {e}") from None
-        best_top1, best_epoch = float(ckpt.get("best_top1", -1.0)), int(ckpt.get("best_epoch", -1))
         if start_step:
             if start_step >= len(train_dl):
                 raise CheckpointError(f"{path} stopped at step {start_step} of epoch {start_epoch + 1}, "
@@ -304,6 +340,9 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
             print_main(f"resumed from {path}: epoch {start_epoch} done, best val top-1 {best_top1:.2f}")
     lc.open_output(vars(args))
     logger = lc.logger
+    if ckpt is not None:
+        best_top1, best_epoch = lc.reconcile_best(ckpt, step_key="epoch", best_step_key="best_epoch",
+                                                  best_metric_key="best_top1", best_keys=BEST_KEYS)
 
     def train_state(epoch_done: int) -> dict:
         return {
@@ -336,8 +375,13 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
             rngs = lc.gather_rng_states()
             state = train_state(epoch)
             state.update(step=step, epoch_state=stats["epoch_state"], rng_per_rank=rngs, world_size=world)
-            lc.save(state)
+            lc.save(state, where=f"epoch {epoch + 1} step {step}")
             return lc.preempted(f"epoch {epoch + 1} step {step}/{len(train_dl) + skip}", {"epoch": epoch, "step": step})
+        epoch_steps = skip + len(train_dl)
+        if stats.get("nan_skipped", 0) >= epoch_steps:
+            raise NonFiniteLossError(f"every step of epoch {epoch + 1} ({epoch_steps}) had a non-finite loss and was "
+                                     f"skipped (--nan-policy skip); stopped, the last checkpoint is kept (lower --lr "
+                                     f"or set --clip-grad)")
         record = {"epoch": epoch + 1, "lr": lr, **stats}
         if args.skip_bad_images and hasattr(train_set, "num_skipped"):
             record["skipped_images"] = train_set.num_skipped  # this rank's, since the start of this process
@@ -348,13 +392,13 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         if val_dl is not None and ((epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs):
             val = evaluate(model_without_ddp, val_dl, num_classes=num_classes, train_counts=train_counts,
                            **loop_kw)
-            record.update({f"val_{k}": val[k] for k in ("top1", "top5", "many", "medium", "few")})
+            record.update({f"val_{k}": val.get(k) for k in ("top1", "top5", "many", "medium", "few", *FAIRNESS_KEYS)})
             is_best = val["top1"] > best_top1
             if is_best:
                 best_top1, best_epoch = val["top1"], epoch + 1
             print_main(f"[epoch {epoch + 1}] val top-1 {val['top1']:.2f} (many {val['many']:.2f} / medium "
                        f"{val['medium']:.2f} / few {val['few']:.2f}); best {best_top1:.2f} at epoch {best_epoch}")
-        lc.save(train_state(epoch + 1), best_keys=BEST_KEYS if is_best else None)
+        lc.save(train_state(epoch + 1), best_keys=BEST_KEYS if is_best else None, where=f"the end of epoch {epoch + 1}")
         logger.log_epoch(record)
         logger.log_scalars({k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch + 1)
         # A stop signal during the last step, the evaluation or the save: the epoch's checkpoint is written.
@@ -369,7 +413,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     selection = "last epoch (no --val-list)"
     if val_dl is not None and best_epoch > 0:
         lc.barrier()
-        best = load_checkpoint(lc.best_path)
+        best = lc.load_best("epoch", best_epoch)
         model_without_ddp.load_state_dict(best["model"])
         selection = f"best val top-1 {best_top1:.2f} at epoch {best_epoch}"
     result = {"selection": selection, "selected_epoch": best_epoch if best_epoch > 0 else args.epochs}
@@ -379,11 +423,16 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         print_main(f"test ({selection}): top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} | many "
                    f"{test['many']:.2f} medium {test['medium']:.2f} few {test['few']:.2f} | {test['num_samples']} "
                    f"images")
+        print_main(fairness_line(test))
+        logger.log_scalars({f"test_{k}": test.get(k) for k in ("top1", "top5", "many", "medium", "few",
+                                                                *FAIRNESS_KEYS)}, args.epochs)
         if lc.is_main:
             write_eval_report(args.output_dir, test, train_counts)
     if lc.is_main:
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
             json.dump(to_jsonable(result), f, indent=1)
+        plot_curves(read_summary(os.path.join(args.output_dir, SUMMARY_NAME)),
+                    os.path.join(args.output_dir, "curves.png"))
     return result
 
 

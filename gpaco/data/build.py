@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
+from gpaco.engine.preemption import ignore_stop_signals
+
 from .cifar_lt import CIFARLT
 from .splits import DataError, SplitDataset
 from .transforms import NORMALIZATION, build_eval_transform, build_train_transform
@@ -252,7 +254,7 @@ def train_loader(dataset: Dataset, *, batch_size: int, workers: int, rank: int, 
     else:
         raise ValueError(f"sampler must be 'random' or 'class_aware', got {sampler!r}")
     loader = DataLoader(EpochSeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler,
-                        num_workers=workers, drop_last=True, pin_memory=pin_memory,
+                        num_workers=workers, drop_last=True, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals,
                         generator=torch.Generator().manual_seed(seed))  # not persistent: set per epoch
     return loader
 
@@ -274,7 +276,7 @@ def set_train_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> Non
 def eval_loader(dataset: Dataset, *, batch_size: int, workers: int, rank: int, world_size: int,
                 pin_memory: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
-                      num_workers=workers, pin_memory=pin_memory)
+                      num_workers=workers, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals)
 
 
 def class_counts_of(dataset: Dataset, num_classes: int) -> List[int]:

@@ -83,9 +83,11 @@ TWO_VIEW_STRATEGIES: Dict[str, Tuple[str, str]] = {
     "sim_cifar_sim_cifar": ("sim_cifar", "sim_cifar"),  # GPaCo full CIFAR-100 (imb 1.0)
     "regular_aug_cifar": ("cifar_regular", "aug_cifar"),  # GPaCo CIFAR-LT (imb != 1)
     "digits_digits": ("digits", "digits"),  # the MNIST-LT demo
+    "randclsgray_randclsgray": ("randclsgray", "randclsgray"),  # ResCom
+    "cifar_regular_cifar_regular": ("cifar_regular", "cifar_regular"),  # ResCom CIFAR
 }
 SINGLE_VIEW_STRATEGIES: Tuple[str, ...] = (
-    "randcls", "randclsstack", "regular", "sim", "sim02", "mocov2",
+    "randcls", "randclsstack", "randclsgray", "regular", "sim", "sim02", "mocov2",
     "cifar_regular", "sim_cifar", "aug_cifar", "digits", "timm_randaug", "none",
     "crop_flip", "cifar_crop_flip",
 )
@@ -394,6 +396,9 @@ def _component(name: str, size: int, randaug_n: int, randaug_m: int,
                 _rand_augment(size, randaug_n, randaug_m)]
     if name == "randclsstack":
         return [_RandomResizedCrop(size), fast_flip, fast_jitter, fast_gray, blur, _ToPIL(),
+                _rand_augment(size, randaug_n, randaug_m)]
+    if name == "randclsgray":  # ResCom: randclsstack without the blur
+        return [_RandomResizedCrop(size), fast_flip, fast_jitter, fast_gray, _ToPIL(),
                 _rand_augment(size, randaug_n, randaug_m)]
     if name == "crop_flip":
         return [_RandomResizedCrop(size), fast_flip]

@@ -12,7 +12,7 @@ import argparse
 import math
 import os
 import sys
-from typing import Iterable
+from typing import Iterable, Optional, Sequence
 
 #: ``--workers`` above this many per CPU only costs memory and start-up time (and hundreds of
 #: worker processes can exhaust it and hang the run): such values are lowered to it, with a note.
@@ -47,12 +47,18 @@ def flag_name(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def add_run_flags(p: argparse.ArgumentParser, *, default_output: str, print_freq: int) -> argparse._ArgumentGroup:
+def add_run_flags(p: argparse.ArgumentParser, *, print_freq: int) -> argparse._ArgumentGroup:
     """The run lifecycle's flags (gpaco.engine.lifecycle): output folder, resume, seed,
     determinism, the non-finite-loss policy, the collective timeout, dry run."""
     g = p.add_argument_group("run")
-    g.add_argument("--output-dir", default=default_output,
-                   help="run folder: checkpoints, logs, args.yaml, metrics.json")
+    g.add_argument("--config", default=None, metavar="ARGS_YAML",
+                   help="take every flag from a run's args.yaml (flags on the command line override it; "
+                        f"{', '.join(flag_name(k) for k in CONFIG_IGNORED if k != 'config')} are not taken from it)")
+    g.add_argument("--output-dir", default=None,
+                   help="the run folder (default: runs/<method>-<arch>-<YYYYmmdd-HHMMSS>). A folder that holds "
+                        "a run is refused unless --resume or --overwrite")
+    g.add_argument("--overwrite", action="store_true",
+                   help="a fresh run may replace the run in --output-dir (its checkpoint.pth, best.pth, logs)")
     g.add_argument("--resume", default=None, help="checkpoint path, or 'auto' for OUTPUT_DIR/checkpoint.pth")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the Python, NumPy and torch generators (model init, sampling, augmentation)")
@@ -72,7 +78,42 @@ def add_run_flags(p: argparse.ArgumentParser, *, default_output: str, print_freq
 def run_kwargs(args: argparse.Namespace) -> dict:
     """gpaco.engine.lifecycle.TrainingRun keywords of the run flags."""
     return dict(output_dir=args.output_dir, resume=args.resume, seed=args.seed, deterministic=args.deterministic,
-                dry_run=args.dry_run, nan_policy=args.nan_policy, dist_timeout=args.dist_timeout)
+                dry_run=args.dry_run, nan_policy=args.nan_policy, dist_timeout=args.dist_timeout,
+                overwrite=args.overwrite, run_name=f"{args.method}-{args.arch}")
+
+
+#: args.yaml keys that --config does not take: they say how this invocation runs, not what it trains.
+CONFIG_IGNORED = ("config", "resume", "overwrite", "dry_run")
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``; with ``--config ARGS_YAML`` the file's values are the
+    defaults, so the flags given on the command line override them. Unknown keys, a file that
+    is not a YAML mapping or cannot be read are a FlagError naming the file (and key)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    path = pre.parse_known_args(argv)[0].config
+    if path:
+        import yaml
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f)
+        except OSError as e:
+            raise FlagError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise FlagError(f"--config {path}{f':{mark.line + 1}' if mark else ''}: not valid YAML") from None
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise FlagError(f"--config {path}: expected one 'flag_name: value' per line, got a {type(values).__name__}")
+        known = {a.dest for a in parser._actions}
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            raise FlagError(f"--config {path}: unknown key {unknown[0]!r} (not a flag of {parser.prog})")
+        parser.set_defaults(**{k: v for k, v in values.items() if k not in CONFIG_IGNORED})
+    return parser.parse_args(argv)
 
 
 def check_finite(args: argparse.Namespace, names: Iterable[str]) -> None:
@@ -99,6 +140,15 @@ def validate_run_args(args: argparse.Namespace) -> None:
     if timeout is not None and timeout <= 0:
         raise FlagError(f"--dist-timeout must be > 0 seconds, got {timeout}")
     check_positive(args, ("print_freq",), allow_zero=True)
+    output = getattr(args, "output_dir", None)
+    if output is not None and not output.strip():
+        raise FlagError("--output-dir is empty; name a run folder (or leave the flag out for "
+                        "runs/<method>-<arch>-<time>)")
+    if output is None and getattr(args, "resume", None) == "auto":
+        raise FlagError("--resume auto continues the run in --output-dir: name that folder (the default folder "
+                        "is new for every run)")
+    if getattr(args, "overwrite", False) and getattr(args, "resume", None):
+        raise FlagError("--overwrite replaces the run in --output-dir and --resume continues one: give one of them")
 
 
 def cpu_count() -> int:

@@ -18,8 +18,13 @@ metrics, test-time modes.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import random
+import re
+import socket
+import time
+import uuid
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,16 +36,67 @@ from gpaco.checkpoint import (
     save_checkpoint,
 )
 from gpaco.distributed import agree, all_gather_objects, barrier, cleanup, init_distributed
+from gpaco.engine.args import FlagError, flag_name
 from gpaco.engine.logging import RunLogger, print_main, save_args_yaml
 from gpaco.engine.preemption import FaultInjector, PreemptionHandler
 
-__all__ = ["TrainingRun", "NonFiniteLossError", "seed_everything", "autocast_context", "BEST_NAME"]
+__all__ = ["TrainingRun", "NonFiniteLossError", "seed_everything", "autocast_context", "BEST_NAME", "LOCK_NAME",
+           "RUN_FILES", "changed_args", "run_evidence"]
 
 BEST_NAME = "best.pth"
+LOCK_NAME = "run.lock"
+#: What a training run writes into its folder (``--overwrite`` removes them).
+RUN_FILES = (RESUME_NAME, BEST_NAME, "log.jsonl", "args.yaml", "metrics.json")
+
+
+def run_evidence(folder: str) -> list:
+    """The files that show ``folder`` holds a run: a checkpoint, a best.pth, metrics or a
+    non-empty log (a run that failed before its first epoch leaves only args.yaml and an empty
+    log, which a fresh start may reuse)."""
+    found = []
+    for name in RUN_FILES:
+        path = os.path.join(folder, name)
+        if name != "args.yaml" and os.path.isfile(path) and (name != "log.jsonl" or os.path.getsize(path) > 0):
+            found.append(name)
+    return found
+#: Flags that differ between two runs yet never matter to a resume.
+_RUN_ONLY_FLAGS = {"output_dir", "resume", "overwrite", "config", "dry_run", "print_freq", "workers", "stop_after",
+                   "dist_timeout"}
+
+
+def changed_args(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict:
+    """``{flag dest: (old, new)}`` of the flags whose values differ (paths compared resolved;
+    flags one side does not know, and the run-only flags, are left out)."""
+    out = {}
+    for key, value in new.items():
+        if key in _RUN_ONLY_FLAGS or key not in old:
+            continue
+        before = old[key]
+        if isinstance(before, tuple):
+            before = list(before)
+        now = list(value) if isinstance(value, tuple) else value
+        if before == now:
+            continue
+        if isinstance(before, str) and isinstance(now, str) and os.path.realpath(before) == os.path.realpath(now):
+            continue
+        out[key] = (before, now)
+    return out
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf under ``--nan-policy stop``; the message names the step."""
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def seed_everything(seed: int) -> None:
@@ -67,19 +123,27 @@ class TrainingRun:
         deterministic: torch deterministic algorithms (CPU runs are bit-identical; on GPU
             ops without a deterministic kernel raise).
         dry_run: nothing is written and nothing is resumed.
+        overwrite: a fresh run may replace the run already in ``output_dir`` (otherwise refused).
+        run_name: names the default folder ``runs/<run_name>-<YYYYmmdd-HHMMSS>`` when
+            ``output_dir`` is None (rank 0 picks the time, every rank uses it).
         nan_policy: ``stop`` (raise :class:`NonFiniteLossError`) or ``skip`` (drop the batch).
         dist_timeout: collective timeout in seconds under torchrun.
     """
 
-    def __init__(self, *, output_dir: str, resume: Optional[str] = None, seed: int = 0, deterministic: bool = False,
-                 dry_run: bool = False, nan_policy: str = "stop", dist_timeout: float = 600.0) -> None:
+    def __init__(self, *, output_dir: Optional[str], resume: Optional[str] = None, seed: int = 0,
+                 deterministic: bool = False, dry_run: bool = False, nan_policy: str = "stop",
+                 dist_timeout: float = 600.0, overwrite: bool = False, run_name: str = "run") -> None:
         if nan_policy not in ("stop", "skip"):
             raise ValueError(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
         self.output_dir, self.resume = output_dir, resume
         self.seed, self.deterministic, self.dry_run = seed, deterministic, dry_run
         self.nan_policy, self.dist_timeout = nan_policy, dist_timeout
-        self.logger = RunLogger(output_dir, enabled=False)
+        self.overwrite, self.run_name = overwrite, re.sub(r"[^A-Za-z0-9._-]+", "_", run_name)
+        self.logger = RunLogger(output_dir or ".", enabled=False)
         self.nan_skipped = 0
+        self.run_id: Optional[str] = None  # set by resume_checkpoint: carried by checkpoint.pth and best.pth
+        self._run_id_known = False  # a fresh run, or a resumed checkpoint that names its run
+        self._lock: Optional[str] = None
         self._stack = contextlib.ExitStack()
 
     # ------------------------------------------------------------------ enter / exit
@@ -93,10 +157,23 @@ class TrainingRun:
             torch.backends.cudnn.benchmark = False
         self.faults = FaultInjector.from_env(self.rank)  # test-only (GPACO_FAULT_INJECT)
         seed_everything(self.seed)
+        if self.output_dir is None:
+            folder = os.path.join("runs", f"{self.run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            n = 1
+            while os.path.exists(folder if n == 1 else f"{folder}-{n}"):  # two runs started in the same second
+                n += 1
+            folder = folder if n == 1 else f"{folder}-{n}"
+            if self.distributed:
+                folder = all_gather_objects(folder)[0]  # rank 0's clock names the folder for all
+            self.output_dir = folder
+            print_main(f"--output-dir not given: this run writes to {self.output_dir}")
+        if not self.dry_run:
+            self._refuse_foreign_run()  # before any data or model is built
         return self
 
     def __exit__(self, exc_type, *exc: Any) -> None:
         self.logger.close()
+        self._release_lock()
         self._stack.close()
         if exc_type is None:  # on an error the process ends; a peer may still be inside a collective
             cleanup()
@@ -146,20 +223,113 @@ class TrainingRun:
         if self.dry_run:
             return None
         path = find_resume(self.output_dir, self.resume)
-        if path is None:
-            if self.resume == "auto":
-                print_main(f"--resume auto: no checkpoint in {self.output_dir}, starting from scratch")
-            return None
+        ckpt = load_checkpoint(path) if path is not None else None
+        if path is None and self.resume == "auto":
+            print_main(f"--resume auto: no checkpoint in {self.output_dir}, starting from scratch")
         self.resume_path = path
-        return load_checkpoint(path)
+        resumed_id = ckpt.get("run_id") if ckpt is not None else None
+        self._run_id_known = ckpt is None or bool(resumed_id)  # checkpoints written before run ids had none
+        self.run_id = str(resumed_id) if resumed_id else uuid.uuid4().hex[:12]
+        if self.distributed:
+            self.run_id = all_gather_objects(self.run_id)[0]
+        return ckpt
+
+    def check_resume_args(self, old: Mapping[str, Any], new: Mapping[str, Any], fixed: Sequence[str]) -> None:
+        """Print the flags that differ from the resumed checkpoint's; refuse (FlagError) those
+        in ``fixed`` (they change the model or the data, so the resumed run would be another run)."""
+        diff = changed_args(old or {}, new)
+        if not diff:
+            return
+        print_main("resumed with changed flags: " + ", ".join(f"{flag_name(k)} {a!r} -> {b!r}" for k, (a, b) in
+                                                               sorted(diff.items())))
+        refused = sorted(k for k in diff if k in fixed)
+        if refused:
+            listed = ", ".join(f"{flag_name(k)} {diff[k][0]!r} -> {diff[k][1]!r}" for k in refused)
+            raise FlagError(f"--resume: {listed}"
+                            f" change the model or the data of the run in {self.output_dir}; use the checkpoint's "
+                            f"values, or start a new run in another --output-dir")
+
+    def _refuse_foreign_run(self) -> None:
+        """A fresh run (no ``--resume``) into a folder that holds a run is refused unless
+        ``--overwrite``; an empty ``--output-dir`` is refused."""
+        if not str(self.output_dir).strip():
+            raise FlagError("--output-dir is empty; name a run folder (or leave the flag out for "
+                            "runs/<method>-<arch>-<time>)")
+        problem = None
+        if self.is_main and not self.resume:
+            present = run_evidence(self.output_dir)
+            if present and not self.overwrite:
+                problem = (f"--output-dir {self.output_dir} already holds a run ({', '.join(present)}); continue "
+                           f"it with --resume auto, or replace it with --overwrite")
+        if self.distributed:
+            problem = all_gather_objects(problem)[0]  # every rank stops with rank 0's error
+        if problem:
+            raise FlagError(problem)
+
+    def _take_lock(self) -> None:
+        """One live run per folder: ``run.lock`` holds pid, host (and the SLURM job id). A lock
+        whose process is gone (same host, or a requeued run of the same SLURM job) is taken over."""
+        path = os.path.join(self.output_dir, LOCK_NAME)
+        host, job = socket.gethostname(), os.environ.get("SLURM_JOB_ID", "")
+        mine = f"{os.getpid()} {host} {job}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                try:
+                    with open(path) as f:
+                        fields = f.read().split()
+                except OSError:
+                    fields = []
+                pid = int(fields[0]) if fields and fields[0].isdigit() else -1
+                their_host = fields[1] if len(fields) > 1 else "?"
+                their_job = fields[2] if len(fields) > 2 else ""
+                if (their_host == host and not _alive(pid)) or (job and their_job == job):
+                    print_main(f"note: took over the lock {path} of a run that is gone (pid {pid} on {their_host})")
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
+                    continue
+                raise FlagError(f"--output-dir {self.output_dir} is in use by a live run (pid {pid} on host "
+                                f"{their_host}, lock {path}); wait for it or choose another --output-dir (remove "
+                                f"the lock only if that run is gone)")
+            with os.fdopen(fd, "w") as f:
+                f.write(mine)
+            self._lock = path
+            return
+        raise FlagError(f"--output-dir {self.output_dir}: could not take the lock {path}")
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self._lock)
+            self._lock = None
 
     def open_output(self, args: Mapping[str, Any]) -> None:
-        """Prepare the run folder (main process): writable, stale temporaries of a killed save
-        removed, ``args.yaml`` written, ``log.jsonl`` / TensorBoard opened. No-op in a dry run."""
+        """Prepare the run folder (main process): writable, locked against a second live run,
+        the previous run's files removed under ``--overwrite``, stale temporaries of a killed
+        save removed, ``args.yaml`` written, ``log.jsonl`` / TensorBoard opened. No-op in a dry run."""
         if self.dry_run:
             return
+        problem = None
         if self.is_main:
             check_writable(self.output_dir)
+            try:
+                self._take_lock()
+            except FlagError as e:
+                problem = str(e.code)[len("error: "):]
+        if self.distributed:
+            problem = all_gather_objects(problem)[0]  # every rank stops with rank 0's error
+        if problem:
+            raise FlagError(problem)
+        if self.is_main:
+            if self.overwrite and not self.resume:
+                removed = [n for n in RUN_FILES if os.path.exists(os.path.join(self.output_dir, n))]
+                removed += [os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(self.output_dir),
+                                                                                 "events.out.tfevents.*"))]
+                for name in removed:  # the old TensorBoard curves too, or they would mix with the new run's
+                    os.remove(os.path.join(self.output_dir, name))
+                if removed:
+                    print_main(f"--overwrite: removed the previous run's {', '.join(removed)} from {self.output_dir}")
             if remove_stale_temporaries(self.output_dir):
                 print_main(f"removed the temporary file(s) of an interrupted checkpoint save in {self.output_dir}")
             save_args_yaml(dict(args), os.path.join(self.output_dir, "args.yaml"))
@@ -179,14 +349,80 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ saving
 
-    def save(self, state: Mapping[str, Any], *, best_keys: Optional[Sequence[str]] = None) -> None:
+    def save(self, state: Mapping[str, Any], *, best_keys: Optional[Sequence[str]] = None, where: str = "") -> None:
         """Atomically write ``checkpoint.pth`` (main process; no-op in a dry run); with
-        ``best_keys`` also ``best.pth`` holding those entries of ``state``."""
-        if self.dry_run or not self.is_main:
+        ``best_keys`` also ``best.pth`` holding those entries of ``state``. Both carry the run id.
+
+        Weights that are not finite are never written (every rank raises
+        :class:`NonFiniteLossError`), so the last good checkpoint and best.pth stay.
+        checkpoint.pth (which records the best step) is written first: a crash before best.pth
+        is repaired by :meth:`reconcile_best` from checkpoint.pth, whose weights are that best."""
+        if self.dry_run:
             return
+        bad = [k for k, v in (state.get("model") or {}).items()
+               if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise NonFiniteLossError(f"the model weights became NaN/Inf ({bad[0]}{more})"
+                                     f"{f' at {where}' if where else ''}; not saved, the last good checkpoint is kept "
+                                     f"(lower --lr)")
+        if not self.is_main:
+            return
+        state = {**state, "run_id": self.run_id}
         self._save_or_explain(state, self.checkpoint_path)
         if best_keys is not None:
-            self._save_or_explain({k: state[k] for k in best_keys if k in state}, self.best_path)
+            self._save_or_explain({**{k: state[k] for k in best_keys if k in state}, "run_id": self.run_id},
+                                  self.best_path)
+
+    def _best_problem(self, step_key: str, best_step: int) -> Optional[str]:
+        """Why best.pth is not the best that checkpoint.pth records (None: it is)."""
+        if not os.path.isfile(self.best_path):
+            return "is missing"
+        try:
+            best = load_checkpoint(self.best_path)
+        except CheckpointError as e:
+            return f"is unreadable ({e})"
+        if self._run_id_known and best.get("run_id") != self.run_id:
+            return f"belongs to another run (run id {best.get('run_id')}, this run {self.run_id})"
+        if int(best.get(step_key, -1)) != best_step:
+            return (f"holds {step_key} {best.get(step_key)}, not the best {step_key} {best_step} that "
+                    f"checkpoint.pth records")
+        return None
+
+    def reconcile_best(self, ckpt: Mapping[str, Any], *, step_key: str, best_step_key: str, best_metric_key: str,
+                       best_keys: Sequence[str]) -> Tuple[float, int]:
+        """(best metric, best step) of a resumed run, after checking that best.pth holds them.
+
+        A best.pth that is missing, foreign, unreadable or from another step is rewritten from
+        checkpoint.pth when its weights are that best (a crash between the two saves); else the
+        best is lost: say so and restart the selection (-1, -1), never report other weights."""
+        metric, best_step = float(ckpt.get(best_metric_key, -1.0)), int(ckpt.get(best_step_key, -1))
+        if best_step <= 0 or self.dry_run:
+            return metric, best_step
+        problem = None
+        if self.is_main:
+            problem = self._best_problem(step_key, best_step)
+            if problem and int(ckpt.get(step_key, -1)) == best_step and not ckpt.get("step"):
+                self._save_or_explain({**{k: ckpt[k] for k in best_keys if k in ckpt}, "run_id": self.run_id},
+                                      self.best_path)
+                print_main(f"note: {self.best_path} {problem}; rewritten from {self.resume_path} (its weights are the "
+                           f"best, {step_key} {best_step})")
+                problem = None
+        if self.distributed:
+            problem = all_gather_objects(problem)[0]
+        if problem is None:
+            return metric, best_step
+        print_main(f"warning: {self.best_path} {problem}; the best {best_metric_key} {metric:.2f} at {step_key} "
+                   f"{best_step} cannot be recovered, the selection restarts from here")
+        return -1.0, -1
+
+    def load_best(self, step_key: str, best_step: int) -> dict:
+        """best.pth, checked to hold ``best_step`` of this run (CheckpointError otherwise)."""
+        problem = self._best_problem(step_key, best_step)
+        if problem:
+            raise CheckpointError(f"{self.best_path} {problem}; refusing to report other weights as the best "
+                                  f"(rerun with --resume auto to repair or restart the selection)")
+        return load_checkpoint(self.best_path)
 
     @staticmethod
     def _save_or_explain(state: Mapping[str, Any], path: str) -> None:

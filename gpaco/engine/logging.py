@@ -1,7 +1,8 @@
-"""Run logging: JSON-lines epoch log, TensorBoard scalars, progress lines, rank-0 printing."""
+"""Run logging: JSON-lines epoch log, ``summary.csv``, TensorBoard scalars, progress lines, rank-0 printing."""
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import math
@@ -16,10 +17,13 @@ from gpaco.distributed import is_main_process
 
 __all__ = [
     "RunLogger", "save_args_yaml", "progress_line", "ProgressMeter", "print_main",
-    "to_jsonable", "LOG_NAME",
+    "to_jsonable", "tensorboard_tag", "read_summary", "LOG_NAME", "SUMMARY_NAME",
 ]
 
 LOG_NAME = "log.jsonl"
+SUMMARY_NAME = "summary.csv"
+STEP_KEYS = ("epoch", "iter")  # the step a record belongs to: classification epochs, segmentation iterations
+TAG_GROUPS = ("train", "val", "test")
 PathLike = Union[str, os.PathLike]
 
 
@@ -52,11 +56,110 @@ def to_jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def tensorboard_tag(key: str) -> str:
+    """The TensorBoard tag of a record key, grouped by split: ``val_top1`` -> ``val/top1``,
+    ``test_few`` -> ``test/few``, ``train_loss`` -> ``train/loss``, ``lr`` stays ``lr``; any other
+    key is a training figure (``skipped_images`` -> ``train/skipped_images``); a key that
+    already holds a ``/`` is kept."""
+    if "/" in key or key == "lr":
+        return key
+    group, _, rest = key.partition("_")
+    if group in TAG_GROUPS and rest:
+        return f"{group}/{rest}"
+    return f"train/{key}"
+
+
+def _step_of(record: Mapping[str, Any]) -> Optional[float]:
+    for key in STEP_KEYS:
+        value = record.get(key)
+        if value not in (None, ""):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def read_summary(path: PathLike) -> list[dict[str, str]]:
+    """The rows of a ``summary.csv`` (values as text; a row cut short by a crash is dropped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header:
+            return []
+        return [dict(zip(header, row)) for row in reader if len(row) == len(header)]
+
+
+def _csv_value(value: Any) -> str:
+    value = to_jsonable(value)
+    if value is None or isinstance(value, (list, dict)):
+        return ""
+    return str(value)
+
+
+class _Summary:
+    """``summary.csv``: one row per step (epoch or iteration), as timm writes it.
+
+    Records of the same step are merged into one row (segmentation logs training and validation
+    separately). A resumed run continues the file: the first step it logs drops the rows at and
+    after it (written by the attempt that was cut short), so no step appears twice. A new row with
+    the known columns is appended and flushed; anything else rewrites the file atomically
+    (temporary file + rename), since a new column changes the header.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = read_summary(path)
+        self.columns: list[str] = list(self.rows[0]) if self.rows else []
+        for row in self.rows[1:]:
+            self.columns += [k for k in row if k not in self.columns]
+        self._resumed = False
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        values = {str(k): _csv_value(v) for k, v in record.items()
+                  if not isinstance(to_jsonable(v), (list, dict))}
+        step = _step_of(values)
+        if not self._resumed:
+            self._resumed = True
+            if step is not None:
+                kept = [r for r in self.rows if _step_of(r) is None or _step_of(r) < step]
+                if len(kept) != len(self.rows):
+                    self.rows = kept
+                    self._rewrite()
+        last = self.rows[-1] if self.rows else None
+        new_columns = [k for k in values if k not in self.columns]
+        self.columns += new_columns
+        if last is not None and step is not None and _step_of(last) == step:
+            last.update(values)
+            self._rewrite()
+        elif new_columns or not self.path.exists():
+            self.rows.append(values)
+            self._rewrite()
+        else:
+            self.rows.append(values)
+            with open(self.path, "a", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerow([values.get(c, "") for c in self.columns])
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(self.columns)
+            for row in self.rows:
+                w.writerow([row.get(c, "") for c in self.columns])
+        os.replace(tmp, self.path)
+
+
 class RunLogger:
     """Per-run log files, written by one process.
 
-    ``log_epoch`` appends one JSON object per call to ``output_dir/log.jsonl``;
-    ``log_scalars`` writes TensorBoard scalars into ``output_dir``. With
+    ``log_epoch`` appends one JSON object per call to ``output_dir/log.jsonl`` and updates
+    ``output_dir/summary.csv`` (one row per epoch or iteration, :class:`_Summary`);
+    ``log_scalars`` writes TensorBoard scalars into ``output_dir``, tags grouped as
+    ``train/``, ``val/``, ``test/`` and ``lr`` (:func:`tensorboard_tag`). With
     ``enabled=False`` (non-zero ranks) every method is a no-op and nothing is created.
     """
 
@@ -68,19 +171,22 @@ class RunLogger:
         if self.enabled:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._jsonl = open(self.output_dir / LOG_NAME, "a", encoding="utf-8")
+            self._summary = _Summary(self.output_dir / SUMMARY_NAME)
 
     @property
     def jsonl_path(self) -> Path:
         return self.output_dir / LOG_NAME
 
     def log_epoch(self, record: Mapping[str, Any]) -> None:
-        """Append ``record`` as one JSON line (NaN -> null), flushed immediately."""
+        """Append ``record`` as one JSON line (NaN -> null), flushed immediately, and add it to
+        ``summary.csv`` (plain values only; lists and dicts stay in the JSON line)."""
         if not self.enabled:
             return
         if self._jsonl is None:
             raise RuntimeError(f"RunLogger for {self.output_dir} is closed")
         self._jsonl.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
         self._jsonl.flush()
+        self._summary.add(record)
 
     def _tb(self):
         if self._writer is None:
@@ -90,11 +196,15 @@ class RunLogger:
         return self._writer
 
     def log_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
-        """TensorBoard ``add_scalar`` for every numeric value (lists, strings, None are skipped)."""
+        """TensorBoard ``add_scalar`` for every numeric value (lists, strings, None and the step keys
+        ``epoch``/``iter`` are skipped), tagged by :func:`tensorboard_tag`."""
         if not self.enabled:
             return
         writer = self._tb()
-        for tag, value in scalars.items():
+        for key, value in scalars.items():
+            if key in STEP_KEYS:
+                continue
+            tag = tensorboard_tag(key)
             if isinstance(value, torch.Tensor) and value.numel() == 1:
                 value = value.item()
             elif isinstance(value, np.generic):

@@ -10,6 +10,8 @@
 * ``cosine_plain`` (ResLT iNaturalist, MiSLAS): ``lr*0.5*(1+cos(pi*e/E))`` per epoch, no warmup.
 * ``step`` (ResLT and MiSLAS CIFAR): for ``e < W`` ``lr*(s*(1-f)+f)`` with ``f=(e+1)/W`` and
   start factor ``s`` (ResLT 1/3, MiSLAS 0), then x0.1 for every milestone ``m <= e``.
+* ``cosine_min`` (ResCom): with the 1-based epoch ``e = epoch + 1``: ``lr*e/W`` while ``e < W``,
+  then ``eta + (lr-eta)*0.5*(1+cos(pi*(e-W)/(E-W)))`` with ``eta = lr*1e-5``.
 * ``constant``: ``lr`` throughout (ResCom's CIFAR runs as released).
 
 The arithmetic order matches the original's, so values agree bit for bit with
@@ -25,7 +27,7 @@ import torch
 
 __all__ = [
     "lr_at_epoch_cosine", "lr_at_epoch_cifar_step", "lr_at_iter_mae", "lr_at_epoch_cosine_plain", "lr_at_epoch_step",
-    "lr_constant",
+    "lr_constant", "lr_at_epoch_cosine_min",
     "LRSchedule", "build_schedule", "apply_lr", "SCHEDULES",
 ]
 
@@ -78,6 +80,17 @@ def lr_at_epoch_step(epoch: int, *, base_lr: float, warmup_epochs: int = 5, mile
     return base_lr * 10.0 ** -passed if passed else base_lr
 
 
+def lr_at_epoch_cosine_min(epoch: int, *, base_lr: float, epochs: int, warmup_epochs: int,
+                           min_lr_ratio: float = 1e-5) -> float:
+    """ResCom's schedule for 0-based ``epoch``: linear warmup ``lr*(epoch+1)/W`` while ``epoch+1 < W``,
+    then a cosine from ``lr`` (reached at ``epoch+1 = W``) to ``lr*min_lr_ratio`` at ``epoch+1 = E``."""
+    e = epoch + 1
+    if e < warmup_epochs:
+        return base_lr / warmup_epochs * e
+    eta = base_lr * min_lr_ratio
+    return eta + (base_lr - eta) * (1.0 + math.cos(math.pi * (e - warmup_epochs) / (epochs - warmup_epochs))) / 2
+
+
 def lr_constant(epoch: int, *, base_lr: float) -> float:
     """``base_lr`` at every epoch."""
     return base_lr
@@ -123,6 +136,8 @@ SCHEDULES: dict[str, tuple[Callable[..., float], bool, frozenset, frozenset]] = 
     "step": (lr_at_epoch_step, False, frozenset({"base_lr"}),
              frozenset({"warmup_epochs", "milestones", "warmup_start"})),
     "constant": (lr_constant, False, frozenset({"base_lr"}), frozenset()),
+    "cosine_min": (lr_at_epoch_cosine_min, False, frozenset({"base_lr", "epochs", "warmup_epochs"}),
+                   frozenset({"min_lr_ratio"})),
 }
 
 
@@ -150,8 +165,8 @@ def build_schedule(name: str, **kwargs: Any) -> LRSchedule:
         raise ValueError(f"warmup_start must be in [0, 1], got {kwargs['warmup_start']}")
     if "epochs" in kwargs:
         e = kwargs["epochs"]
-        # mae_cosine divides by (E - W); cosine by (E - W + 1).
-        if e < 1 or w > e or (name == "mae_cosine" and w == e):
+        # mae_cosine and cosine_min divide by (E - W); cosine by (E - W + 1).
+        if e < 1 or w > e or (name in ("mae_cosine", "cosine_min") and w == e):
             raise ValueError(f"schedule {name!r}: need epochs >= 1 and warmup_epochs < epochs, got {e}, {w}")
     if "milestones" in kwargs:
         kwargs["milestones"] = tuple(int(m) for m in kwargs["milestones"])

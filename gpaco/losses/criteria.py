@@ -16,6 +16,8 @@ criterion                   model output                           used by
 :class:`MixupCrossEntropy`  MixupOutput (logits, labels_a,         mislas (stage 1)
                             labels_b, lam) or logits [B, C]
 :class:`LASCriterion`       logits [B, C]                          mislas_stage2
+:class:`ResComCriterion`    ResComOutput (features, logits,        rescom
+                            labels [y, y], keys)
 ==========================  =====================================  =====================
 """
 from __future__ import annotations
@@ -29,9 +31,11 @@ from .ce import cross_entropy
 from .paco import log_prior_from_counts, paco_loss
 from .mislas import LabelAwareSmoothingLoss
 from .reslt import ResLTLoss
+from .rescom import ResComLoss
 from .supcon import multitask_loss
 
 __all__ = ["CrossEntropyLoss", "PaCoLoss", "MultiTaskLoss", "ResLTCriterion", "MixupCrossEntropy", "LASCriterion",
+           "ResComCriterion",
            "log_prior_buffer", "default_branch_sizes"]
 
 
@@ -124,6 +128,30 @@ class ResLTCriterion(nn.Module):
 
     def forward(self, output, targets: Tensor) -> Tensor:
         return self.loss(output.branch_logits, targets)
+
+
+class ResComCriterion(nn.Module):
+    """ResCom loss on a ResCom model's training output (docs/method.md#rescom-loss): balanced
+    softmax on both views + the mined contrast against the queue snapshot the output carries."""
+
+    def __init__(self, *, num_classes: Optional[int] = None, class_counts: Optional[Sequence[int]] = None,
+                 temperature: float = 0.1, num_positives: int = 1, num_negatives: int = 1, con_weight: float = 1.0,
+                 effective_num_beta: float = 0.0, balanced_contrast: float = 0.0,
+                 queue_per_class: Optional[int] = None) -> None:
+        super().__init__()
+        if class_counts is None:
+            raise ValueError("the ResCom loss needs the training class counts (balanced softmax)")
+        if num_classes is not None and len(class_counts) != num_classes:
+            raise ValueError(f"the ResCom loss: {len(class_counts)} class counts for {num_classes} classes")
+        if queue_per_class is not None and num_negatives > (len(class_counts) - 1) * queue_per_class:
+            raise ValueError(f"--rescom-negatives {num_negatives} exceeds the other classes' queue slots "
+                             f"({len(class_counts) - 1} x {queue_per_class})")
+        self.loss = ResComLoss(class_counts, temperature=temperature, num_positives=num_positives,
+                               num_negatives=num_negatives, con_weight=con_weight,
+                               effective_num_beta=effective_num_beta, balanced_contrast=balanced_contrast)
+
+    def forward(self, output, targets: Tensor) -> Tensor:
+        return self.loss(output.features, output.logits, output.labels, output.keys)
 
 
 class MixupCrossEntropy(nn.Module):

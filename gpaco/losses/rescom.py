@@ -9,7 +9,8 @@ One encoder sees two views of a batch (``N = 2B`` rows, labels ``[y, y]``). Per 
   the ``N - 1`` other batch rows (positive iff same label, the row's other view
   included), then the ``P`` *least* similar keys of class ``y_i`` in the queue (all
   positive), then the ``N_neg`` *most* similar keys of the other classes (negative);
-* ``L_con,i = -sum_j t_ij log softmax(s_i / T)_j / (sum_j t_ij + 1e-9)``;
+* ``L_con,i = -sum_j t_ij log softmax(s_i / T + b_i)_j / (sum_j t_ij + 1e-9)``, ``b = 0``
+  unless the balanced contrast ``n`` is set: ``b_ij = n log(pi_{class of column j} + 1e-9)``;
 * ``L_con = mean_i w_{y_i} L_con,i`` with effective-number weights
   ``w_c = mean_k(E_k) / E_c``, ``E_c = (1 - beta^{n_c}) / (1 - beta)``
   (:func:`effective_number_weights`; ``beta = 0`` gives ``w = 1``);
@@ -177,6 +178,13 @@ def rescom_mine(
         targets: [N, N - 1 + P + N_neg] 1 for same-label batch rows and for the P
             positives, 0 elsewhere (``features``' compute dtype).
     """
+    sims, targets, _ = _mine(features, labels, queue, num_positives=num_positives, num_negatives=num_negatives)
+    return sims, targets
+
+
+def _mine(features: Tensor, labels: Tensor, queue: Union[Tensor, ClassBalancedQueue], *, num_positives: int,
+          num_negatives: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`rescom_mine` plus the class of every column ([N, M] long)."""
     keys = _queue_keys(queue)
     if features.ndim != 2:
         raise ValueError(f"features must be [N, D], got shape {tuple(features.shape)}")
@@ -204,14 +212,17 @@ def rescom_mine(
         pos = -torch.topk(-own, num_positives, dim=-1).values  # least similar first
         own_class = F.one_hot(labels, num_classes).bool().unsqueeze(-1).expand(-1, -1, k)
         others = queue_sims.masked_fill(own_class, float("-inf")).reshape(n, num_classes * k)
-        neg = torch.topk(others, num_negatives, dim=-1).values  # most similar first
+        neg, neg_index = torch.topk(others, num_negatives, dim=-1)  # most similar first
 
         not_self = ~torch.eye(n, dtype=torch.bool, device=f.device)
         batch_sims = (f @ f.T)[not_self].view(n, n - 1)
         batch_targets = (labels[:, None] == labels[None, :])[not_self].view(n, n - 1).to(dtype)
         sims = torch.cat([batch_sims, pos, neg], dim=1)
         targets = torch.cat([batch_targets, torch.ones_like(pos), torch.zeros_like(neg)], dim=1)
-    return sims, targets
+        # the class of every column: batch rows, then y_i for the positives, then each negative's queue class
+        column_labels = torch.cat([labels.expand(n, n)[not_self].view(n, n - 1),
+                                   labels[:, None].expand(n, num_positives), neg_index // k], dim=1)
+    return sims, targets, column_labels
 
 
 def rescom_contrastive_loss(
@@ -221,14 +232,16 @@ def rescom_contrastive_loss(
     *,
     temperature: float,
     class_weight: Optional[Tensor] = None,
+    column_bias: Optional[Tensor] = None,
 ) -> Tensor:
-    """``mean_i w_{y_i} * (-sum_j t_ij log softmax(s_i / T)_j / (sum_j t_ij + 1e-9))``.
+    """``mean_i w_{y_i} * (-sum_j t_ij log softmax(s_i / T + b_i)_j / (sum_j t_ij + 1e-9))``.
 
     Args:
         sims: [N, M] similarities, targets: [N, M] 0/1, from :func:`rescom_mine`.
         labels: [N] classes (select the weights).
         temperature: T.
         class_weight: [C] per-class weights (:func:`effective_number_weights`), or None = 1.
+        column_bias: [N, M] added to ``s / T`` (the balanced contrast of :func:`rescom_loss_terms`), or None.
     Returns:
         Scalar in float32 (float64 for float64 inputs).
     """
@@ -240,7 +253,10 @@ def rescom_contrastive_loss(
         raise ValueError(f"labels must be [N] = [{sims.shape[0]}], got shape {tuple(labels.shape)}")
     dtype = compute_dtype(sims)
     with torch.autocast(device_type=sims.device.type, enabled=False):
-        log_p = (sims.to(dtype) / temperature).log_softmax(-1)
+        logits = sims.to(dtype) / temperature
+        if column_bias is not None:
+            logits = logits + column_bias.to(dtype)
+        log_p = logits.log_softmax(-1)
         t = targets.to(dtype)
         per_row = -(t * log_p).sum(-1) / (t.sum(-1) + 1e-9)
         if class_weight is not None:
@@ -260,6 +276,7 @@ def rescom_loss_terms(
     log_prior: Optional[Tensor] = None,
     class_weight: Optional[Tensor] = None,
     con_weight: float = 1.0,
+    balanced_contrast: float = 0.0,
 ) -> ResComTerms:
     """The ResCom loss with its parts. Does not update the queue.
 
@@ -274,6 +291,9 @@ def rescom_loss_terms(
             balanced softmax; None = plain CE.
         class_weight: [C] contrastive weights (:func:`effective_number_weights`) or None.
         con_weight: weight of the contrastive term.
+        balanced_contrast: ``n`` of a balanced softmax on the contrast (the original's
+            ``balsfx_n``): ``n * log_prior[class of column j]`` is added to ``s_ij / T``; 0 = off.
+            Needs ``log_prior``.
     Returns:
         :class:`ResComTerms` of scalars in float32 (float64 for float64 inputs).
     """
@@ -283,8 +303,15 @@ def rescom_loss_terms(
     num_classes = _queue_keys(queue).shape[0]
     if logits.shape[1] != num_classes:
         raise ValueError(f"logits have {logits.shape[1]} classes, the queue {num_classes}")
-    sims, targets = rescom_mine(features, labels, queue, num_positives=num_positives, num_negatives=num_negatives)
-    loss_con = rescom_contrastive_loss(sims, targets, labels, temperature=temperature, class_weight=class_weight)
+    sims, targets, column_labels = _mine(features, labels, queue, num_positives=num_positives,
+                                         num_negatives=num_negatives)
+    column_bias = None
+    if balanced_contrast:
+        if log_prior is None:
+            raise ValueError("balanced_contrast needs log_prior (the class prior of the contrast columns)")
+        column_bias = balanced_contrast * log_prior.to(column_labels.device)[column_labels]
+    loss_con = rescom_contrastive_loss(sims, targets, labels, temperature=temperature, class_weight=class_weight,
+                                       column_bias=column_bias)
     loss_cls = cross_entropy(logits, labels, log_prior=log_prior)
     return ResComTerms(loss_cls + con_weight * loss_con, loss_cls, loss_con)
 
@@ -306,13 +333,15 @@ class ResComLoss(nn.Module):
         num_positives, num_negatives: mining sizes P, N_neg.
         con_weight: weight of the contrastive term (original default 1).
         effective_num_beta: beta of the class weights; 0 (original default) = no weights.
+        balanced_contrast: balanced softmax on the contrast columns (the original's ``balsfx_n``,
+            which crashed there for any value but 0; see :func:`rescom_loss_terms`).
     """
 
     log_prior: Tensor
     class_weight: Tensor
 
     def __init__(self, class_counts, *, temperature: float, num_positives: int, num_negatives: int,
-                 con_weight: float = 1.0, effective_num_beta: float = 0.0) -> None:
+                 con_weight: float = 1.0, effective_num_beta: float = 0.0, balanced_contrast: float = 0.0) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -320,6 +349,7 @@ class ResComLoss(nn.Module):
         self.num_positives, self.num_negatives = int(num_positives), int(num_negatives)
         self.con_weight = float(con_weight)
         self.effective_num_beta = float(effective_num_beta)
+        self.balanced_contrast = float(balanced_contrast)
         self.register_buffer("log_prior", _float32_log_prior(class_counts), persistent=False)
         self.register_buffer("class_weight", effective_number_weights(class_counts, effective_num_beta),
                              persistent=False)
@@ -330,7 +360,7 @@ class ResComLoss(nn.Module):
         return rescom_loss_terms(
             features, logits, labels, queue, temperature=self.temperature, num_positives=self.num_positives,
             num_negatives=self.num_negatives, log_prior=self.log_prior, class_weight=self.class_weight,
-            con_weight=self.con_weight,
+            con_weight=self.con_weight, balanced_contrast=self.balanced_contrast,
         )
 
     def forward(self, features: Tensor, logits: Tensor, labels: Tensor,
@@ -341,4 +371,4 @@ class ResComLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, num_positives={self.num_positives}, "
                 f"num_negatives={self.num_negatives}, con_weight={self.con_weight}, "
-                f"effective_num_beta={self.effective_num_beta}")
+                f"effective_num_beta={self.effective_num_beta}, balanced_contrast={self.balanced_contrast}")

@@ -15,11 +15,12 @@ from .mislas import MISLAS, MISLAS_STAGE2
 from .multitask import MULTITASK
 from .paco import PACO
 from .ceco import SEG_CECO, SEG_CECOL
+from .rescom import RESCOM
 from .reslt import RESLT
 from .rr import SEG_RR
 from .segmentation import SEG_CE, SEG_GPACO
 
-for _row in (CE, BALANCED_CE, PACO, GPACO, MULTITASK, RESLT, MISLAS, MISLAS_STAGE2,  # classification
+for _row in (CE, BALANCED_CE, PACO, GPACO, MULTITASK, RESLT, RESCOM, MISLAS, MISLAS_STAGE2,  # classification
              SEG_CE, SEG_GPACO, SEG_CECO, SEG_CECOL, SEG_RR):  # segmentation
     register_method(_row)
 

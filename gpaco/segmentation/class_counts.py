@@ -21,6 +21,7 @@ from gpaco.data.seg_transforms import IGNORE_INDEX
 from gpaco.engine.args import FlagError
 from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.engine.logging import print_main
+from gpaco.engine.preemption import ignore_stop_signals
 from gpaco.losses.rr import classes_present, read_class_counts, write_class_counts
 
 __all__ = ["dataset_image_class_counts", "class_counts_for_training", "build_parser", "main", "cli"]
@@ -44,7 +45,8 @@ def dataset_image_class_counts(dataset: SegDataset, *, num_classes: int, ignore_
                                workers: int = 0) -> List[int]:
     """``num_classes`` integers: the number of images of ``dataset`` (raw labels, no
     augmentation) in which each class occurs. Reads only the label files."""
-    loader = DataLoader(_Presence(dataset, num_classes, ignore_index), batch_size=64, num_workers=workers)
+    loader = DataLoader(_Presence(dataset, num_classes, ignore_index), batch_size=64, num_workers=workers,
+                        worker_init_fn=ignore_stop_signals)
     counts = torch.zeros(num_classes, dtype=torch.int64)
     for present in loader:
         counts += present.sum(0)

@@ -20,6 +20,7 @@ from gpaco.data.seg_datasets import SegDataset
 from gpaco.data.seg_transforms import IGNORE_INDEX, SEG_MEAN, SEG_STD, rescale_size
 from gpaco.engine.lifecycle import autocast_context
 from gpaco.engine.logging import print_main
+from gpaco.engine.preemption import ignore_stop_signals
 from gpaco.metrics import SegMeter
 
 __all__ = ["MS_RATIOS", "inference", "evaluate_seg", "format_iou_table", "summary", "collate", "worker_init"]
@@ -32,8 +33,9 @@ def collate(batch):
     return torch.stack(imgs), torch.stack(labels), torch.tensor(idx)
 
 
-def worker_init(_):
+def worker_init(worker_id):
     torch.set_num_threads(1)
+    ignore_stop_signals(worker_id)
 
 
 def summary(m: dict) -> str:

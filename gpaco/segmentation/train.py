@@ -32,7 +32,8 @@ from gpaco.data.samplers import IterationSampler
 from gpaco.data.seg_datasets import SEG_DATASETS, SyntheticSegDataset, build_seg_dataset
 from gpaco.data.seg_transforms import SegEvalTransform, SegTrainTransform
 from gpaco.engine.args import (
-    FlagError, HelpFormatter, add_run_flags, check_positive, clamp_workers, run_kwargs, validate_run_args,
+    FlagError, HelpFormatter, add_run_flags, check_positive, clamp_workers, parse_with_config, run_kwargs,
+    validate_run_args,
 )
 from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.engine.lifecycle import TrainingRun, autocast_context
@@ -52,6 +53,8 @@ __all__ = ["build_train_parser", "parse_train_args", "run", "main", "cli", "add_
 TASK = "segmentation"
 DEFAULT_NO_DECAY = ("absolute_pos_embed", "relative_position_bias_table", "norm")
 BEST_KEYS = ("model", "iter", "args", "num_classes", "arch", "method", "dataset", "class_names", "best_miou")
+#: Flags a resume may not change: they change the model or the data (plus the method's model options).
+RESUME_FIXED = ("arch", "encoder", "method", "dataset", "data_root", "crop_size", "img_scale", "val_split")
 
 
 # --------------------------------------------------------------------------- flags
@@ -131,7 +134,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="comma-separated name parts without weight decay (default: adamw "
                         "'absolute_pos_embed,relative_position_bias_table,norm', sgd none)")
     add_seg_test_flags(p, multi_scale=False)  # training evaluates single-scale; tools/eval_seg.py does both
-    g = add_run_flags(p, default_output="runs/seg", print_freq=50)
+    g = add_run_flags(p, print_freq=50)
     g.add_argument("--eval-interval", type=int, default=None, help="iterations between val evaluations "
                    "(default iters/10; 0: only at the end)")
     g.add_argument("--ckpt-interval", type=int, default=None, help="iterations between checkpoints "
@@ -147,7 +150,7 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 
 def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    args = build_train_parser().parse_args(argv)
+    args = parse_with_config(build_train_parser(), argv)
     info = SEG_DATASETS[args.dataset]
     args.img_scale = list(args.img_scale or info.img_scale)
     args.crop_size = list(args.crop_size or info.crop_size)
@@ -214,6 +217,7 @@ def _eval_kwargs(args, lc: TrainingRun) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     with TrainingRun(**run_kwargs(args)) as lifecycle:
+        args.output_dir = lifecycle.output_dir
         return _run(args, lifecycle)
 
 
@@ -237,9 +241,10 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     per_process = args.dry_run_batch if args.dry_run else args.batch_size // world
 
     spec = seg_arch(args.arch)
+    stand_in = f" (synthetic stand-in: --data-root {args.data_root} does not exist)" if synthetic else ""
     print_main(f"gpaco train_seg: {args.method} {args.arch} ({spec.decoder}, encoder "
                f"{args.encoder or spec.encoder}) on {args.dataset}: {len(train_set)} train images, "
-               f"{num_classes} classes{' (synthetic stand-in: data root absent)' if synthetic else ''}")
+               f"{num_classes} classes{stand_in}")
     print_main(f"processes {world} on {device.type}, global batch {per_process * world} = {per_process} per "
                f"process, crop {args.crop_size[0]}x{args.crop_size[1]}, {args.iters} iterations, {args.optimizer} "
                f"lr {args.lr} wd {args.wd}")
@@ -276,6 +281,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     max_iters = 2 if args.dry_run else args.iters
     ckpt = lc.resume_checkpoint()
     if ckpt is not None:
+        lc.check_resume_args(ckpt.get("args") or {}, vars(args), RESUME_FIXED + tuple(method.model_options))
         try:
             lc.load_model_state(model_without_ddp, ckpt["model"], lc.resume_path)
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -285,11 +291,13 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{lc.resume_path} is not a gpaco segmentation training checkpoint: "
                                   f"{type(e).__name__}: {e}") from None
-        best_miou, best_iter = float(ckpt.get("best_miou", -1.0)), int(ckpt.get("best_iter", -1))
         nan_skipped = int(ckpt.get("nan_skipped", 0))
         print_main(f"resumed from {lc.resume_path}: {start_iter} iterations done")
     lc.open_output(vars(args))
     logger = lc.logger
+    if ckpt is not None:
+        best_miou, best_iter = lc.reconcile_best(ckpt, step_key="iter", best_step_key="best_iter",
+                                                 best_metric_key="best_miou", best_keys=BEST_KEYS)
     if class_counts is not None and lc.is_main and not args.dry_run:
         write_class_counts(counts_file, class_counts)
 
@@ -362,12 +370,12 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
             print_main(f"[iter {it}/{max_iters}] loss {avg['loss']:.4f} ({parts_s}) lr {lr:.3e} {rate:.1f} img/s "
                        f"eta {time.strftime('%H:%M:%S', time.gmtime(eta)) if eta < 86400 else f'{eta / 3600:.0f}h'}")
             logger.log_epoch({"iter": it, "lr": lr, **avg, **({"nan_skipped": nan_skipped} if nan_skipped else {})})
-            logger.log_scalars({f"train/{k}": v for k, v in avg.items()} | {"train/lr": lr}, it)
+            logger.log_scalars({f"train/{k}": v for k, v in avg.items()} | {"lr": lr}, it)
             sums, window_n, t_window = {}, 0, time.time()
         if args.dry_run:
             continue
         if stop_now and it < max_iters:  # preempted: every rank stops after the same iteration
-            lc.save(state(it))
+            lc.save(state(it), where=f"iteration {it}")
             return lc.preempted(f"iteration {it}/{max_iters}", {"iter": it})
         is_best = False
         if args.eval_interval and it % args.eval_interval == 0 and it < max_iters:
@@ -380,12 +388,12 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
             logger.log_epoch({"iter": it, "val_miou": val["miou"], "val_macc": val["macc"], "val_aacc": val["aacc"]})
             logger.log_scalars({"val/miou": val["miou"], "val/macc": val["macc"], "val/aacc": val["aacc"]}, it)
         if it % args.ckpt_interval == 0 or it == stop or is_best:
-            lc.save(state(it), best_keys=BEST_KEYS if is_best else None)
+            lc.save(state(it), best_keys=BEST_KEYS if is_best else None, where=f"iteration {it}")
 
     if args.dry_run:
         val = evaluate_seg(model_without_ddp, val_set, num_classes=num_classes, max_images=1, **eval_kw)
-        print_main(f"dry run ok: 2 iterations, loss {last.get('loss', float('nan')):.4f}, eval {summary(val)}; "
-                   f"nothing written")
+        print_main(f"dry run ok: 2 iterations, loss {last.get('loss', float('nan')):.4f}, eval {summary(val)}"
+                   f"{' on SYNTHETIC images (--data-root does not exist)' if synthetic else ''}; nothing written")
         return {"dry_run": True, "train_loss": last.get("loss"), **{k: last[k] for k in last if k != "loss"},
                 "miou": val["miou"]}
 
@@ -397,7 +405,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     test = evaluate_seg(model_without_ddp, test_set, num_classes=num_classes, workers=min(workers, 2), **eval_kw)
     if args.val_split == args.test_split and test["miou"] > best_miou:
         best_miou, best_iter = test["miou"], max_iters
-        lc.save(state(max_iters), best_keys=BEST_KEYS)
+        lc.save(state(max_iters), best_keys=BEST_KEYS, where=f"iteration {max_iters}")
     print_main(f"final ({args.test_split}, iteration {max_iters}, single scale): {summary(test)}")
     result = {"split": args.test_split, "iter": max_iters, "best_val_miou": best_miou if best_iter > 0 else None,
               "best_val_iter": best_iter if best_iter > 0 else None,
