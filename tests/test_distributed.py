@@ -174,7 +174,6 @@ def test_device_batch_equals_one_process_per_device(device_runs, method, run):
     assert any(".running_var" in k for k in ref["state"]) and "queue.features" in ref["state"]
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 def test_ranks_with_different_split_lists_stop_at_once_naming_rank_and_file(demo_data, tmp_path):
     """Rank 1's list has one line less: both ranks stop before training with one error line
