@@ -11,8 +11,9 @@ problem is reported with its line number (``LIST:LINE: message``), not just the 
 
 errors (exit status 1)
     malformed line, non-integer or negative label, label >= the class count, path that
-    leaves the data root (absolute or ``..``; ``--allow-outside-root`` accepts them),
-    missing image file, unreadable image (only with ``--verify-images``), a line that
+    leaves the data root (absolute or ``..``; ``--allow-outside-root`` accepts them), an
+    image whose symbolic links lead out of the data root (``--follow-symlinks`` accepts
+    them), missing image file, unreadable image (only with ``--verify-images``), a line that
     repeats an earlier one (or names the same image with another label), an empty list,
     classes with no sample when the class count is known (``--num-classes``, or the
     standard count of a list with a standard file name).
@@ -20,7 +21,8 @@ warnings (exit status 0 unless ``--strict``)
     a list with a standard file name (``ImageNet_LT_train.txt``, ...) whose line count
     differs from the standard split's (a subset or a cleaned copy can be legitimate; a
     truncated download is not), labels ``0..max`` with empty classes when no class count
-    is known, and images shared by two of the lists given.
+    is known, images shared by two of the lists given, and 16-bit greyscale images (with
+    ``--verify-images``; the loaders scale them to 8 bits, ``value >> 8``).
 
 Exit status: 0 valid, 1 problems found, 2 bad command line. Only the standard library is
 needed (Pillow for ``--verify-images``), so it runs before the environment is set up.
@@ -107,17 +109,27 @@ def _exists_chunk(paths: Sequence[str]) -> List[bool]:
     return [os.path.isfile(p) for p in paths]
 
 
-def _readable_chunk(paths: Sequence[str]) -> List[Optional[str]]:
+def _realpath_chunk(paths: Sequence[str]) -> List[str]:
+    return [os.path.realpath(p) for p in paths]
+
+
+# 16-bit greyscale PIL modes (gpaco.data.splits.to_rgb scales them to 8 bits)
+_WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _readable_chunk(paths: Sequence[str]) -> List[Tuple[Optional[str], str]]:
+    """(why the image is unreadable or None, its PIL mode) per path."""
     from PIL import Image
 
-    out: List[Optional[str]] = []
+    out: List[Tuple[Optional[str], str]] = []
     for p in paths:
         try:
             with Image.open(p) as img:
+                mode = img.mode
                 img.verify()
-            out.append(None)
+            out.append((None, mode))
         except Exception as exc:  # PIL raises many types for bad files
-            out.append(f"{type(exc).__name__}: {exc}")
+            out.append((f"{type(exc).__name__}: {exc}", ""))
     return out
 
 
@@ -146,6 +158,7 @@ def check_list(
     check_files: bool = True,
     verify_images: bool = False,
     jobs: int = 8,
+    follow_symlinks: bool = False,
 ) -> ListReport:
     """Check one split list against ``data_root``; never raises for data problems.
 
@@ -159,6 +172,7 @@ def check_list(
         check_files: check that every listed file exists.
         verify_images: also open every image with Pillow (slower).
         jobs: threads for the file checks.
+        follow_symlinks: accept files whose symbolic links lead out of the root.
     """
     report = ListReport(list_path=list_path)
     base = os.path.basename(list_path)
@@ -234,12 +248,28 @@ def check_list(
             for (path, rel, lineno), ok in zip(to_check, exists):
                 if not ok:
                     report.errors.append(Problem("missing", f"file not found: {rel} ({path})", lineno))
+            present = [t for t, ok in zip(to_check, exists) if ok]
+            if not (allow_outside_root or follow_symlinks) and present:
+                real_root = os.path.join(os.path.realpath(root), "")
+                reals = _parallel(_realpath_chunk, [p for p, _, _ in present], jobs)
+                for (path, rel, lineno), real in zip(present, reals):
+                    if not real.startswith(real_root):
+                        report.errors.append(Problem(
+                            "symlink", f"{rel} is a symbolic link to {real}, outside the data root "
+                                       f"(--follow-symlinks accepts it)", lineno))
             if verify_images:
-                present = [t for t, ok in zip(to_check, exists) if ok]
                 bad = _parallel(_readable_chunk, [p for p, _, _ in present], jobs)
-                for (path, rel, lineno), why in zip(present, bad):
+                wide = []
+                for (path, rel, lineno), (why, mode) in zip(present, bad):
                     if why is not None:
                         report.errors.append(Problem("unreadable", f"cannot read image {rel}: {why}", lineno))
+                    elif mode in _WIDE_GREY_MODES:
+                        wide.append((lineno, rel, mode))
+                if wide:
+                    lineno, rel, mode = wide[0]
+                    report.warnings.append(Problem(
+                        "16-bit", f"{len(wide):,} 16-bit greyscale images (e.g. line {lineno}: {rel}, PIL mode "
+                                  f"{mode}): tools/train.py and tools/eval.py scale them to 8 bits (value >> 8)"))
 
     if report.num_samples == 0 and not report.errors:
         report.errors.append(Problem("empty", "split list has no samples"))
@@ -314,10 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-images", action="store_true", help="also open every image with Pillow (slower)")
     p.add_argument("--no-files", action="store_true", help="check the list format only, not the files")
     p.add_argument("--allow-outside-root", action="store_true",
-                   help="accept absolute paths and '..' paths that leave --data-root")
+                   help="accept absolute paths, '..' paths and symbolic links that leave --data-root")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="accept files whose symbolic links lead out of --data-root")
     p.add_argument("--max-problems", type=int, default=200,
                    help="problems printed per list (0: all); the totals are always printed")
     p.add_argument("--jobs", "-j", type=int, default=8, help="threads for the file checks")
+    p.add_argument("--debug", action="store_true",
+                   help="show the Python traceback of an error instead of the one 'error: ...' line")
     return p
 
 
@@ -331,7 +365,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for list_path in args.lists:
         r = check_list(list_path, args.data_root, num_classes=args.num_classes,
                        allow_outside_root=args.allow_outside_root, check_files=not args.no_files,
-                       verify_images=args.verify_images, jobs=args.jobs)
+                       verify_images=args.verify_images, jobs=args.jobs, follow_symlinks=args.follow_symlinks)
         reports.append(r)
         print(summary_line(r))
         shown = r.errors if args.max_problems <= 0 else r.errors[:args.max_problems]

@@ -26,7 +26,7 @@ __all__ = [
     "CheckpointError", "UnsafeCheckpointError", "save_checkpoint", "load_checkpoint",
     "load_checkpoint_trusting_pickle", "plain_data", "read_safetensors_metadata", "unsafe_globals",
     "check_writable", "remove_stale_temporaries", "strip_prefix", "unwrap_state_dict", "rng_state", "set_rng_state", "find_resume",
-    "RESUME_NAME", "DATA_GLOBALS",
+    "RESUME_NAME", "DATA_GLOBALS", "check_loadable_tensors",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -237,8 +237,8 @@ def _unsafe_message(path: Path, detail: str) -> str:
         reason = f"it needs {', '.join(needed)}"
     data_only = bool(needed) and all(_is_data_global(n) for n in needed)
     return (
-        f"refusing to load checkpoint {path}: it contains pickled Python objects beyond tensors and "
-        f"plain containers{f' ({reason})' if reason else ''}. Restoring such objects means unpickling, "
+        f"refusing to load checkpoint {path}: not a safe checkpoint, it contains pickled Python objects "
+        f"beyond tensors and plain containers{f' ({reason})' if reason else ''}. Restoring such objects means unpickling, "
         f"which can execute arbitrary code embedded in the file. If (and only if) you trust where this "
         f"file came from, convert it once into a weights-only checkpoint with "
         f"`{CONVERT_HINT} {path} <out.pth>` and load the converted file."
@@ -436,6 +436,36 @@ def strip_prefix(state_dict: Mapping[str, Any], prefixes: Sequence[str] = ("modu
             raise ValueError(f"strip_prefix{tuple(prefixes)}: keys collide on {new!r} (from {key!r})")
         out[new] = value
     return out
+
+
+def check_loadable_tensors(state: Mapping[str, Any], own: Mapping[str, Any], path: PathLike,
+                           names: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Check the tensors about to be loaded from ``path`` into a model whose state dict is ``own``.
+
+    ``load_state_dict`` casts silently; we refuse integer (or bool) tensors loaded into float
+    parameters (a wrong or damaged file) and non-finite values (NaN/Inf weights evaluate to
+    chance accuracy with exit 0), and note half-precision tensors widened to float32, which is
+    lossless. ``names``: our key -> the file's key, for messages. Returns the notes.
+    """
+    names = names or {}
+    half = []
+    for k, v in state.items():
+        target = own.get(k)
+        if not isinstance(v, torch.Tensor) or not isinstance(target, torch.Tensor):
+            continue
+        key = names.get(k, k)
+        if target.is_floating_point() and not v.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {key} is {str(v.dtype).replace('torch.', '')}, the model's "
+                                  f"{k} is {str(target.dtype).replace('torch.', '')}: not weights for this model")
+        if v.is_floating_point():
+            if v.dtype != target.dtype and v.dtype in (torch.float16, torch.bfloat16):
+                half.append(key)
+            if not bool(torch.isfinite(v).all()):
+                raise CheckpointError(f"{path}: tensor {key} has non-finite values (NaN or Inf): the weights are "
+                                      f"broken (a diverged run?); evaluate an earlier checkpoint")
+    if half:
+        return [f"{len(half)} half-precision tensors (e.g. {half[0]}) widened to float32"]
+    return []
 
 
 def rng_state() -> dict:

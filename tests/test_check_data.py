@@ -266,3 +266,23 @@ def test_images_shared_between_lists_warn(tiny, capsys):
     code, out = run(capsys, "--data-root", str(tiny), "--list", str(a), "--list", str(b))
     assert code == 0
     assert f"1 images of {b} are also in {a} (e.g. {b}:2 = {a}:2)" in out
+
+
+def test_symlinks_out_of_the_root_and_16_bit_images_are_reported(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "a.png")
+    os.symlink(outside / "a.png", root / "a.png")
+    Image.fromarray((np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)).save(root / "g16.png")
+    (root / "list.txt").write_text("a.png 0\ng16.png 1\n")
+    code, out = run(capsys, "--data-root", str(root), "--list", str(root / "list.txt"), "--verify-images")
+    assert code == 1
+    assert f"list.txt:1: a.png is a symbolic link to {outside / 'a.png'}, outside the data root" in out
+    assert "1 16-bit greyscale images (e.g. line 2: g16.png, PIL mode I;16)" in out
+    code, out = run(capsys, "--data-root", str(root), "--list", str(root / "list.txt"), "--verify-images",
+                    "--follow-symlinks")
+    assert code == 0 and "symbolic link" not in out and "16-bit" in out

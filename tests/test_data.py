@@ -376,3 +376,47 @@ def test_demo_is_deterministic_and_idempotent(demo, tmp_path):
     assert not reseeded["skipped"] and reseeded["counts"] == meta["counts"]
     assert (tmp_path / "b" / "train.txt").read_text() != (out / "train.txt").read_text()
     assert len(list((tmp_path / "b" / "images").rglob("*.png"))) == 938 + 200 + 1000
+
+
+# --------------------------------------------------------------------------- image files (issue 14, item 6)
+
+
+def _grey16(path, levels=80):
+    """A 16-bit greyscale PNG holding ``levels`` 8-bit grey values stored as v * 257."""
+    values = (np.arange(levels) * 3).astype(np.uint16)
+    Image.fromarray(np.resize(values, (16, 20)) * 257).save(path)
+    return values
+
+
+def test_16_bit_png_keeps_its_grey_levels(tmp_path):
+    values = _grey16(tmp_path / "g.png")
+    assert Image.open(tmp_path / "g.png").mode == "I;16"
+    (tmp_path / "list.txt").write_text("g.png 0\n")
+    img = np.asarray(SplitDataset(tmp_path / "list.txt", tmp_path).load_image(0))
+    assert img.dtype == np.uint8 and img.shape == (16, 20, 3)
+    # PIL's convert("RGB") leaves 2 levels (0 and 255); value >> 8 gives back every v exactly
+    assert len(np.unique(np.asarray(Image.open(tmp_path / "g.png").convert("RGB")))) == 2
+    assert np.array_equal(np.unique(img), values)
+
+
+def test_symlink_out_of_the_data_root_is_refused_unless_followed(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(outside / "a.png")
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(root / "b.png")
+    os.symlink(outside / "a.png", root / "a.png")
+    os.symlink(root / "b.png", root / "inside_link.png")  # a link that stays inside is fine
+    (root / "list.txt").write_text("b.png 0\ninside_link.png 1\na.png 1\n")
+    ds = SplitDataset(root / "list.txt", root)
+    assert ds.load_image(1).getpixel((0, 0)) == (1, 2, 3)
+    with pytest.raises(DataError) as e:
+        ds[2]
+    msg = str(e.value)
+    assert f"{root / 'list.txt'}:3" in msg and f"symbolic link to {outside / 'a.png'}" in msg
+    assert "--follow-symlinks" in msg
+    for kw in ({"follow_symlinks": True}, {"allow_outside_root": True}):
+        assert SplitDataset(root / "list.txt", root, **kw).load_image(2).getpixel((0, 0)) == (10, 20, 30)
+    # a data root that is itself a link (data/imagenet -> /mnt/...) is resolved first
+    os.symlink(root, tmp_path / "root_link")
+    assert SplitDataset(root / "list.txt", tmp_path / "root_link").load_image(0).getpixel((0, 0)) == (1, 2, 3)

@@ -172,3 +172,33 @@ def test_device_batch_equals_one_process_per_device(device_runs, method, run):
         scale = v.abs().max().item() if v.dtype.is_floating_point else 1.0
         _close(got["state"][name], v, max(scale, 1e-3), name)
     assert any(".running_var" in k for k in ref["state"]) and "queue.features" in ref["state"]
+
+
+@pytest.mark.distributed
+def test_ranks_with_different_split_lists_stop_at_once_naming_rank_and_file(demo_data, tmp_path):
+    """Rank 1's list has one line less: both ranks stop before training with one error line
+    (not after --dist-timeout, 600 s, with gloo timeout messages)."""
+    import time
+
+    from conftest import subprocess_env
+
+    lines = (demo_data / "val_small.txt").read_text().splitlines()
+    data = tmp_path / "lists"
+    data.mkdir()
+    os.symlink(demo_data / "images", data / "images")  # the images are shared; the lists differ
+    (data / "val.txt").write_text("\n".join(lines) + "\n")
+    (data / "val_rank1.txt").write_text("\n".join(lines[:-1]) + "\n")
+    env = subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
+           str(WORKER.with_name("rank_data_worker.py")), str(data), str(tmp_path / "run")]
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    elapsed = time.time() - t0
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("[rank ") and "error:" in ln]
+    assert len(errors) == NPROC, proc.stderr[-4000:]
+    for ln in errors:
+        assert (f"--train-list {data / 'val_rank1.txt'} differs between ranks: samples {len(lines) - 1} on rank 1 "
+                f"vs {len(lines)} on rank 0") in ln, ln
+    assert "Traceback" not in proc.stderr.split("error:")[0]
+    assert elapsed < 120

@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from gpaco.data.seg_datasets import SEG_DATASETS, SegDataError, build_seg_dataset, list_pairs, reduce_zero_label
+from gpaco.data.seg_datasets import (
+    SEG_DATASETS, SegDataError, SegDataset, build_seg_dataset, list_pairs, reduce_zero_label,
+)
 from gpaco.data.seg_transforms import (
     PhotoMetricDistortion, RandomCrop, SegEvalTransform, SegTrainTransform, hsv_to_rgb, rescale_size, rgb_to_hsv,
 )
@@ -150,12 +152,33 @@ def test_pascal_context_reader_uses_split_file(tmp_path):
     assert SEG_DATASETS["pascal_context59"].test_mode == "slide"
 
 
-def test_label_size_mismatch_is_reported(tmp_path):
-    _png(tmp_path / "images" / "train" / "x.png", _rgb(12, 16))
-    _png(tmp_path / "labels" / "train" / "x.png", np.zeros((10, 16), np.uint8))
-    ds = build_seg_dataset("demo", tmp_path, "train", SegEvalTransform())
-    with pytest.raises(SegDataError, match="its label"):
+def test_label_size_mismatch_is_reported_before_training(tmp_path):
+    for name in ("w", "x", "y"):
+        _png(tmp_path / "images" / "train" / f"{name}.png", _rgb(12, 16))
+        _png(tmp_path / "labels" / "train" / f"{name}.png", np.zeros((12 if name == "w" else 10, 16), np.uint8))
+    img, ann = tmp_path / "images" / "train" / "x.png", tmp_path / "labels" / "train" / "x.png"
+    with pytest.raises(SegDataError) as e:  # from the file headers, when the dataset is built
+        build_seg_dataset("demo", tmp_path, "train", SegEvalTransform())
+    assert str(e.value) == f"{img} is 16x12 but its label {ann} is 16x10 (1 more pairs differ)"
+    ds = SegDataset([(str(img), str(ann))], num_classes=11, transform=SegEvalTransform())
+    with pytest.raises(SegDataError, match="its label"):  # and again when read (a file replaced since)
         ds[0]
+
+
+@pytest.mark.parametrize("reduce,values,bad", [(False, (0, 10, 255, 11), 11), (True, (0, 150, 255, 151), 151)])
+def test_label_value_outside_the_classes_names_the_file(tmp_path, reduce, values, bad):
+    """A mask value that is neither a class id nor 255 used to be an IndexError deep in the loss."""
+    num_classes = 11 if not reduce else 150
+    _png(tmp_path / "img.png", _rgb(4, 4))
+    _png(tmp_path / "ann.png", np.array(values, np.uint8).repeat(4).reshape(4, 4))
+    ds = SegDataset([(str(tmp_path / "img.png"), str(tmp_path / "ann.png"))], num_classes=num_classes,
+                    transform=SegEvalTransform(), reduce_zero_label=reduce)
+    for read in (lambda: ds[0], lambda: ds.load_label(0)):
+        with pytest.raises(SegDataError) as e:
+            read()
+        assert str(e.value).startswith(f"label {tmp_path / 'ann.png'} holds the value {bad}: expected class ids")
+    _png(tmp_path / "ann.png", np.resize(np.array(values[:3], np.uint8), (4, 4)))
+    assert set(ds.load_label(0).flatten().tolist()) == {0 if not reduce else 255, values[1] - reduce, 255}
 
 
 # ----------------------------------------------------------------------------- conversions

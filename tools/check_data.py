@@ -13,4 +13,10 @@ from gpaco.check_data import *  # noqa: E402,F401,F403  (tests and scripts load 
 from gpaco.check_data import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:  # the shared error contract (--debug) when torch is installed; this tool needs only the standard library
+        from gpaco.engine.cli import run_cli
+    except ImportError:
+        sys.exit(main())
+    status = []
+    run_cli(lambda argv: status.append(main(argv)))
+    sys.exit(status[0])

@@ -18,6 +18,7 @@ import sys
 
 from gpaco.methods import method_names
 from gpaco.checkpoint import CheckpointError
+from gpaco.engine.cli import add_debug_flag, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target model type (default: the checkpoint's, or what its layout implies)")
     p.add_argument("--arch", default=None, help="backbone (default: the checkpoint's own 'arch' / MAE args.model)")
     p.add_argument("--num-classes", type=int, default=None, help="default: the classifier's rows")
+    add_debug_flag(p)
     return p
 
 
@@ -75,7 +77,7 @@ def main(argv=None) -> dict:
             return seg
         report, conversion = convert_file(args.input, args.output, trust_pickle=args.trust_pickle, method=args.method,
                                           arch=args.arch, num_classes=args.num_classes)
-    except (CheckpointError, FileNotFoundError) as e:
+    except (CheckpointError, FileNotFoundError, ValueError) as e:  # ValueError: not a state dict (unwrap_state_dict)
         raise SystemExit(f"error: {e}") from None
     print(report.summary())
     print(f"wrote {args.output} ({report.method} {report.arch}, {report.loaded} tensors)")
@@ -83,4 +85,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

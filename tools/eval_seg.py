@@ -3,7 +3,7 @@
 `python tools/eval_seg.py --checkpoint runs/.../best.pth --mode both`,
 `python tools/eval_seg.py --compare RUN_A RUN_B`. Flags: `python tools/eval_seg.py --help`.
 """
-from gpaco.segmentation.evaluate import main
+from gpaco.segmentation.evaluate import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

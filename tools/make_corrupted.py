@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="processes (0: this one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing tree made with other parameters")
+    from gpaco.engine.cli import add_debug_flag
+
+    add_debug_flag(p)
     return p
 
 
@@ -71,4 +74,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    from gpaco.engine.cli import run_cli
+
+    sys.exit(0 if run_cli(main) is not None else 1)

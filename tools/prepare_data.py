@@ -174,7 +174,10 @@ def prepare_coco_stuff10k(root: str, *, overwrite: bool = False, workers: int = 
 
 
 def main(argv=None) -> int:
+    from gpaco.engine.cli import add_debug_flag
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_debug_flag(p)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("cityscapes", "coco_stuff164k", "coco_stuff10k"):
         s = sub.add_parser(name)
@@ -210,4 +213,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from gpaco.engine.cli import run_cli
+
+    sys.exit(run_cli(main))

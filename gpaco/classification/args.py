@@ -13,9 +13,12 @@ import os
 from typing import Optional, Sequence
 
 from gpaco.data.build import is_cifar
+from gpaco.data.transforms import SINGLE_VIEW_STRATEGIES, TWO_VIEW_STRATEGIES
 from gpaco.engine.args import (
-    FlagError, add_run_flags, check_finite, check_positive, parse_with_config, validate_run_args,
+    MAX_WORKERS_PER_CPU, FlagError, HelpFormatter, add_run_flags, check_finite, check_positive, clamp_workers,
+    parse_with_config, validate_run_args,
 )
+from gpaco.engine.cli import add_debug_flag
 from gpaco.methods import add_method_flags, all_methods, get_method, method_names
 
 TASK = "classification"
@@ -27,7 +30,7 @@ def train_data_kwargs(args: argparse.Namespace, *, synthetic: bool = False) -> d
     return dict(dataset=args.dataset, data_root=args.data_root, train_list=args.train_list, aug=args.aug,
                 image_size=args.image_size, norm=args.norm, num_classes=args.num_classes, imb_factor=args.imb_factor,
                 randaug_n=args.randaug_n, randaug_m=args.randaug_m, allow_outside_root=args.allow_outside_root,
-                skip_bad_images=args.skip_bad_images, synthetic=synthetic)
+                skip_bad_images=args.skip_bad_images, follow_symlinks=args.follow_symlinks, synthetic=synthetic)
 
 
 def eval_data_kwargs(args: argparse.Namespace, *, num_classes: int, synthetic: bool = False) -> dict:
@@ -35,7 +38,7 @@ def eval_data_kwargs(args: argparse.Namespace, *, num_classes: int, synthetic: b
     return dict(dataset=args.dataset, data_root=args.data_root, num_classes=num_classes, image_size=args.image_size,
                 norm=args.norm, resize_size=args.resize_size, interpolation=args.interpolation,
                 allow_outside_root=args.allow_outside_root, skip_bad_images=args.skip_bad_images,
-                synthetic=synthetic, reduced_decode=args.reduced_jpeg_decode)
+                follow_symlinks=args.follow_symlinks, synthetic=synthetic, reduced_decode=args.reduced_jpeg_decode)
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -47,11 +50,11 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-list", default=None, help="split file: one 'relative/path label' per line")
     g.add_argument("--val-list", default=None, help="selection split (best.pth is chosen on it)")
     g.add_argument("--test-list", default=None, help="final report split (metrics.json)")
-    g.add_argument("--num-classes", type=int, default=None, help="default: what the train list implies")
+    g.add_argument("--num-classes", type=int, default=None, help="class count (default: what the train list implies)")
     g.add_argument("--imb-factor", type=float, default=0.01, help="CIFAR-LT imbalance factor (0.01 = ratio 100)")
     g.add_argument("--image-size", type=int, default=224, help="training crop / evaluation crop size")
-    g.add_argument("--resize-size", type=int, default=None, help="evaluation resize before the center crop "
-                                                                  "(default image-size / 0.875)")
+    g.add_argument("--resize-size", type=int, default=None, help="evaluation resize before the center crop, >= "
+                                                                  "--image-size (default: image-size / 0.875)")
     g.add_argument("--norm", default="imagenet", choices=("imagenet", "inat", "cifar", "mnist"),
                    help="normalisation statistics")
     g.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic"),
@@ -60,10 +63,15 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
                    help="evaluation only: decode JPEGs at 1/2, 1/4 or 1/8 size (libjpeg draft, both sides kept "
                         ">= the resize) before the evaluation resize. Several times faster on large images, but "
                         "it CHANGES THE PIXELS (another downsampling filter), so accuracies can differ from the "
-                        "standard full decode that published numbers use. Default: full decode")
-    g.add_argument("--workers", "-j", type=int, default=4, help="data loader workers per process")
+                        "standard full decode that published numbers use")
+    g.add_argument("--workers", "-j", type=int, default=4,
+                   help=f"data loader worker processes per process (0: load in the main process; at most "
+                        f"{MAX_WORKERS_PER_CPU} x the CPU count)")
     g.add_argument("--allow-outside-root", action="store_true",
-                   help="accept split lines whose paths leave --data-root (absolute or '..')")
+                   help="accept split lines whose paths leave --data-root (absolute, '..' or symbolic links)")
+    g.add_argument("--follow-symlinks", action="store_true",
+                   help="accept images whose symbolic links lead out of --data-root (otherwise refused: a link "
+                        "can silently swap in files from elsewhere)")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="skip and count unreadable images instead of stopping")
 
@@ -77,27 +85,30 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="training method (gpaco.methods registry; docs/recipes.md#methods)")
     g.add_argument("--pretrained", default=None,
                    help="local weights file for the backbone (nothing is downloaded)")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+                   help="channels-last memory format (faster convolutions with --amp on recent GPUs)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model (one graph for the CE, PaCo, GPaCo, multi-task and ViT steps, "
                         "--device-batch included)")
     g.add_argument("--amp", default="none", choices=("none", "fp16", "bf16"),
-                   help="autocast dtype (fp16 uses a GradScaler); the losses run in float32 regardless")
+                   help="autocast dtype (fp16 uses a GradScaler); the losses run in float32 regardless. On a CPU "
+                        "without AVX-512/AMX both are emulated and slower than none")
 
 
 def build_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tools/train.py",
+        prog="tools/train.py", formatter_class=HelpFormatter,
         description="Train a long-tailed classifier with CE, balanced CE, PaCo, GPaCo or the multi-task baseline. "
                     "Runs as one process (CPU or one GPU) or under torchrun.",
     )
     add_data_flags(p)
     add_model_flags(p)
-    g = p.add_argument_group("augmentation")
-    g.add_argument("--aug", default=None, help="augmentation strategy by the original's names: randcls_sim, "
-                   "randclsstack_sim, randcls_randclsstack, sim_sim, cifar100, ... (default per method)")
-    g.add_argument("--randaug-n", type=int, default=2)
-    g.add_argument("--randaug-m", type=int, default=10)
+    g = p.add_argument_group("augmentation and regularisation")
+    g.add_argument("--aug", default=None, help=f"augmentation strategy by the original's names; two views: "
+                   f"{', '.join(TWO_VIEW_STRATEGIES)}; one view: {', '.join(SINGLE_VIEW_STRATEGIES)} "
+                   f"(default: the method's; CIFAR: the method's CIFAR strategy)")
+    g.add_argument("--randaug-n", type=int, default=2, help="RandAugment: operations per image")
+    g.add_argument("--randaug-m", type=int, default=10, help="RandAugment: magnitude (0..10)")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (> 0 enables; CE baselines only)")
     g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (> 0 enables; CE baselines only)")
     g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")
@@ -111,7 +122,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     add_method_flags(p, TASK, "method options (loss and model)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=400)
+    g.add_argument("--epochs", type=int, default=400, help="training epochs (the schedule's length)")
     g.add_argument("--batch-size", "-b", type=int, default=128,
                    help="GLOBAL batch over all processes per forward (micro-batch); one optimizer step "
                         "sees batch-size x accum-iter images")
@@ -133,8 +144,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-lr", type=float, default=1e-6, help="floor of the mae_cosine schedule")
     g.add_argument("--layer-decay", type=float, default=None,
                    help="layer-wise LR decay of a ViT (MAE: 0.65 ViT-B, 0.75 ViT-L); default off")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--wd", type=float, default=5e-4, help="weight decay (sgd: all parameters, as the original)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, in [0, 1)")
+    g.add_argument("--wd", type=float, default=5e-4, help="weight decay, >= 0 (sgd: all parameters, as the original)")
     g.add_argument("--clip-grad", type=float, default=None, metavar="MAX_NORM",
                    help="clip the gradient norm to MAX_NORM > 0 (default: off)")
     g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (timm backbones)")
@@ -171,7 +182,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="check the configuration, build data (synthetic when --data-root is absent), model, "
                         "loss and optimizer, run two small steps, write nothing")
     g.add_argument("--dry-run-batch", type=int, default=4, help="per-process batch of the --dry-run steps")
-    g.add_argument("--dry-run-image-size", type=int, default=64)
+    g.add_argument("--dry-run-image-size", type=int, default=64, help="image size of the --dry-run steps")
+    add_debug_flag(p)
     return p
 
 
@@ -198,6 +210,23 @@ def validate_common_args(args: argparse.Namespace) -> None:
     imb = getattr(args, "imb_factor", None)
     if imb is not None and not 0.0 < imb <= 1.0:
         raise FlagError(f"--imb-factor must be in (0, 1] (0.01 = imbalance ratio 100), got {imb}")
+    image_size, resize_size = getattr(args, "image_size", None), getattr(args, "resize_size", None)
+    if image_size is not None and resize_size is not None and resize_size < image_size:
+        raise FlagError(f"--resize-size ({resize_size}) must be >= --image-size ({image_size}): the evaluation "
+                        f"resizes, then center-crops --image-size")
+    arch = getattr(args, "arch", None)
+    if isinstance(arch, str):
+        check_arch(arch)
+    clamp_workers(args)
+
+
+def check_arch(arch: str) -> None:
+    """An ``--arch`` neither we nor timm know is a flag error (not a ValueError at model build)."""
+    from gpaco.models.backbones import known_arch, list_archs
+
+    if not known_arch(arch):
+        raise FlagError(f"unknown --arch {arch!r}; ours: {', '.join(list_archs())}, the MAE ViTs "
+                        f"mae_vit_base_patch16 / mae_vit_large_patch16, or any timm model name")
 
 
 def check_method_flags(args: argparse.Namespace, task: str = TASK) -> None:
@@ -234,6 +263,10 @@ def validate_train_args(args: argparse.Namespace) -> None:
     method = get_method(args.method)
     if args.lr <= 0:
         raise FlagError(f"--lr must be > 0, got {args.lr}")
+    if not 0.0 <= args.momentum < 1.0:
+        raise FlagError(f"--momentum must be in [0, 1), got {args.momentum}")
+    if args.wd < 0:
+        raise FlagError(f"--wd must be >= 0, got {args.wd}")
     if args.device_batch is not None:
         if args.batch_size % args.device_batch:
             raise FlagError(f"--device-batch {args.device_batch} must divide --batch-size {args.batch_size}")
@@ -288,8 +321,6 @@ def validate_train_args(args: argparse.Namespace) -> None:
         args.aug = "randclsstack"
     if args.aug is None:
         args.aug = (method.cifar_aug or "cifar_regular") if is_cifar(args.dataset) else (method.default_aug or "randcls")
-    from gpaco.data.transforms import SINGLE_VIEW_STRATEGIES, TWO_VIEW_STRATEGIES
-
     if args.aug not in TWO_VIEW_STRATEGIES and args.aug not in SINGLE_VIEW_STRATEGIES:
         raise FlagError(f"unknown --aug {args.aug!r}; two-view strategies: {', '.join(TWO_VIEW_STRATEGIES)}; "
                         f"single-view: {', '.join(SINGLE_VIEW_STRATEGIES)}")

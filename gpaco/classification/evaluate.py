@@ -27,13 +27,17 @@ import torch
 from gpaco.data.build import build_eval_dataset, data_available, eval_loader
 from gpaco.data.splits import class_counts, read_split
 from gpaco.distributed import cleanup, gather_in_order, init_distributed
-from gpaco.classification.args import FlagError, add_data_flags, add_model_flags, eval_data_kwargs, is_cifar
+from gpaco.classification.args import (
+    FlagError, add_data_flags, add_model_flags, eval_data_kwargs, is_cifar, validate_common_args,
+)
+from gpaco.engine.args import HelpFormatter
+from gpaco.engine.cli import add_debug_flag, run_cli
+from gpaco.engine.precision import resolve_amp
 from gpaco.methods import add_method_flags, all_methods, get_method, method_names, method_options
 from gpaco.methods.flags import PROJ_DIM, QUEUE_SIZE
 from gpaco.checkpoint import CheckpointError, check_writable
 from gpaco.models.convert import CheckpointMismatchError, build_model_from_checkpoint, read_checkpoint
 from gpaco.engine.benchmarks import Benchmark, run_benchmarks
-from gpaco.engine.cli import run_cli
 from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.classification.loop import predict
 from gpaco.classification.report import fairness_line, write_eval_report
@@ -59,7 +63,7 @@ class _Repeatable(argparse.Action):
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tools/eval.py", conflict_handler="resolve",
+    p = argparse.ArgumentParser(prog="tools/eval.py", conflict_handler="resolve", formatter_class=HelpFormatter,
                                 description="Evaluate gpaco or original PaCo/GPaCo checkpoints (one, or an ensemble "
                                             "summing their logits): top-1/top-5, many/medium/few, per-class report, "
                                             "ImageNet-C/-R/-Sketch; exact under torchrun.")
@@ -103,6 +107,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
                    help="ImageNet-Sketch (1000 wnid folders): top-1 with the full head")
     p.add_argument("--dry-run", action="store_true", help="build everything, evaluate one small batch "
                    "(random weights if the checkpoint is absent), write nothing")
+    add_debug_flag(p)
     return p
 
 
@@ -161,12 +166,24 @@ def _load_members(args, dry_run: bool):
     return paths, archs, methods, loaded
 
 
+def check_data_flags(args: argparse.Namespace) -> None:
+    """A missing --data-root or --test-list is named before any checkpoint is read (a dry run
+    falls back to synthetic images instead)."""
+    if args.dry_run:
+        return
+    if args.test_list and not os.path.isfile(args.test_list):
+        raise FlagError(f"--test-list {args.test_list}: no such file (expected '<relative/path> <label>' lines)")
+    if (args.test_list or is_cifar(args.dataset)) and not os.path.isdir(args.data_root):
+        raise FlagError(f"--data-root {args.data_root}: no such folder (the --test-list paths are relative to it)")
+
+
 def run(args: argparse.Namespace) -> dict:
     dist = init_distributed()
     device = dist.device
     if args.batch_size % dist.world_size:
         raise FlagError(f"--batch-size {args.batch_size} must be divisible by the number of processes "
                         f"({dist.world_size})")
+    check_data_flags(args)
     paths, archs, methods, loaded = _load_members(args, args.dry_run)
     first = next((c for c in loaded if c is not None), None)
     first_args = (first.meta.get("args") or {}) if first is not None else {}
@@ -240,8 +257,8 @@ def run(args: argparse.Namespace) -> dict:
     batch = 4 if args.dry_run else args.batch_size // dist.world_size
     workers = 0 if args.dry_run else args.workers
     max_steps = 1 if args.dry_run else None
-    common = dict(num_classes=num_classes, device=device, amp=args.amp, channels_last=args.channels_last,
-                  max_steps=max_steps)
+    common = dict(num_classes=num_classes, device=device, amp=resolve_amp(args.amp, device, dry_run=args.dry_run),
+                  channels_last=args.channels_last, max_steps=max_steps)
 
     def loader_of(dataset):
         return eval_loader(dataset, batch_size=batch, workers=workers, rank=dist.rank, world_size=dist.world_size,
@@ -413,7 +430,9 @@ BENCHMARKS = (
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    return run(build_eval_parser().parse_args(argv))
+    args = build_eval_parser().parse_args(argv)
+    validate_common_args(args)
+    return run(args)
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> None:

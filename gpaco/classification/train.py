@@ -21,7 +21,7 @@ from gpaco.classification.loop import evaluate, train_one_epoch
 from gpaco.classification.report import fairness_line, plot_curves, write_eval_report
 from gpaco.data import DataError
 from gpaco.data.build import (
-    build_eval_dataset, build_train_dataset, class_counts_of, eval_loader, is_cifar,
+    build_eval_dataset, build_train_dataset, check_ranks_agree, class_counts_of, eval_loader, is_cifar,
     set_train_epoch, train_loader,
 )
 from gpaco.engine.args import run_kwargs
@@ -29,6 +29,7 @@ from gpaco.engine.cli import run_cli
 from gpaco.engine.lifecycle import NonFiniteLossError, TrainingRun, seed_everything
 from gpaco.engine.logging import SUMMARY_NAME, print_main, read_summary, to_jsonable
 from gpaco.engine.optim import build_optimizer
+from gpaco.engine.precision import resolve_amp
 from gpaco.engine.schedule import LRSchedule, build_schedule
 from gpaco.methods import get_method, method_options
 from gpaco.metrics import FAIRNESS_KEYS
@@ -222,7 +223,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     eval_kw = eval_data_kwargs(args, num_classes=num_classes, synthetic=synthetic)
     val_set = build_eval_dataset(args.val_list, **eval_kw)
     test_set = build_eval_dataset(args.test_list, **eval_kw)
-
+    check_ranks_agree({"--train-list": train_set, "--val-list": val_set, "--test-list": test_set})
     if not synthetic:
         check_data_found(args.data_root, [("--train-list", train_set), ("--val-list", val_set),
                                           ("--test-list", test_set)])
@@ -291,11 +292,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         raise FlagError(f"the train split has {len(train_set)} images, fewer than one global batch "
                         f"(--batch-size {args.batch_size}); lower --batch-size")
 
-    amp = args.amp
-    if args.dry_run and device.type == "cpu" and amp == "fp16":
-        # CPU float16 autocast runs at a small fraction of float32 speed (a ViT-B step takes
-        # ~15 s); the dry run autocasts to bfloat16 instead and still goes through the GradScaler.
-        amp = "bf16"
+    amp = resolve_amp(args.amp, device, dry_run=args.dry_run)  # a CPU dry run: float32, still via the GradScaler
     loop_kw = dict(device=device, amp=amp, channels_last=args.channels_last)
     erasing, mixup = build_batch_augment(args, num_classes, device, batch, device_batch_of(args))
     train_kw = dict(lr_schedule=schedule if schedule.per_iteration else None, random_erasing=erasing,

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, g
 from gpaco.engine.preemption import ignore_stop_signals
 
 from .cifar_lt import CIFARLT
-from .splits import SplitDataset
+from .splits import DataError, SplitDataset
 from .transforms import NORMALIZATION, build_eval_transform, build_train_transform
 
 
@@ -66,7 +66,7 @@ def is_cifar(dataset: str) -> bool:
 def build_train_dataset(*, dataset: str, data_root: str, train_list: Optional[str], aug: str, image_size: int,
                         norm: str, num_classes: Optional[int] = None, imb_factor: float = 0.01, randaug_n: int = 2,
                         randaug_m: int = 10, allow_outside_root: bool = False, skip_bad_images: bool = False,
-                        synthetic: bool = False) -> Dataset:
+                        follow_symlinks: bool = False, synthetic: bool = False) -> Dataset:
     """The training split: ``dataset`` ``split`` (the ``train_list`` file under ``data_root``),
     ``cifar10``/``cifar100`` (the long-tailed subset of ``imb_factor``), or ``synthetic``
     random images (dry runs without data), with the ``aug`` strategy's transform."""
@@ -79,12 +79,13 @@ def build_train_dataset(*, dataset: str, data_root: str, train_list: Optional[st
         return CIFARLT(data_root, num_classes=100 if dataset == "cifar100" else 10, imb_factor=imb_factor,
                        train=True, transform=transform, seed=0)
     return SplitDataset(train_list, data_root, transform, num_classes=num_classes,
-                        allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images)
+                        allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images,
+                        follow_symlinks=follow_symlinks)
 
 
 def build_eval_dataset(list_path: Optional[str], *, dataset: str, data_root: str, num_classes: int, image_size: int,
                        norm: str, resize_size: Optional[int] = None, interpolation: str = "bilinear",
-                       allow_outside_root: bool = False, skip_bad_images: bool = False,
+                       allow_outside_root: bool = False, skip_bad_images: bool = False, follow_symlinks: bool = False,
                        synthetic: bool = False, reduced_decode: bool = False) -> Optional[Dataset]:
     """The val/test split (None if ``list_path`` is not given); CIFAR's test set for the CIFAR datasets.
     ``reduced_decode``: JPEGs decoded at reduced size (changes pixels; default full decode)."""
@@ -99,7 +100,43 @@ def build_eval_dataset(list_path: Optional[str], *, dataset: str, data_root: str
     if not list_path:
         return None
     return SplitDataset(list_path, data_root, transform, num_classes=num_classes,
-                        allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images)
+                        allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images,
+                        follow_symlinks=follow_symlinks)
+
+
+def data_fingerprint(dataset: Optional[Dataset]) -> Optional[dict]:
+    """What every rank must agree on about a dataset: its file, size, class count and (split
+    lists) the CRC-32 of its lines; None for no dataset."""
+    if dataset is None:
+        return None
+    return {"file": getattr(dataset, "list_path", None) or getattr(dataset, "name", None) or type(dataset).__name__,
+            "samples": len(dataset), "classes": getattr(dataset, "num_classes", None),
+            "crc": getattr(dataset, "list_crc", None)}
+
+
+def check_ranks_agree(datasets: dict) -> None:
+    """Compare the datasets of every rank once, before training: a rank whose split list
+    differs (another copy of the file on its node) would otherwise wait in a collective
+    until --dist-timeout. ``datasets``: flag -> dataset (or None). Raises
+    :class:`DataError` on every rank, naming the rank and the file. No-op in one process."""
+    from gpaco.distributed import all_gather_objects, get_world_size
+
+    if get_world_size() == 1:
+        return
+    mine = {flag: data_fingerprint(ds) for flag, ds in datasets.items()}
+    everyone = all_gather_objects(mine)
+    for rank, theirs in enumerate(everyone[1:], 1):
+        for flag, ref in everyone[0].items():
+            other = theirs.get(flag)
+            if other == ref:
+                continue
+            if ref is None or other is None:
+                raise DataError(f"{flag}: rank {rank} {'has' if other else 'lacks'} a dataset that rank 0 "
+                                f"{'lacks' if other else 'has'}; every rank must be given the same flags")
+            diff = ", ".join(f"{k} {other[k]} on rank {rank} vs {ref[k]} on rank 0"
+                             for k in ("samples", "classes", "crc", "file") if other[k] != ref[k])
+            raise DataError(f"{flag} {other['file']} differs between ranks: {diff}; every rank (node) must "
+                            f"read the same split list")
 
 
 def data_available(*, dataset: str, data_root: str, list_path: Optional[str]) -> bool:

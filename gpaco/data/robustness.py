@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .splits import to_rgb
+
 __all__ = [
     "IMAGE_EXTENSIONS", "SEVERITIES", "TREE_FORMAT_VERSION", "CORRUPTIONS", "ALEXNET_ERRORS", "IMAGENET_R_INDICES",
     "ImageFolderDataset", "find_corruption_tree", "select_subset", "make_corrupted_tree",
@@ -121,7 +123,7 @@ class ImageFolderDataset(Dataset):
         path, target = self.samples[index]
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = to_rgb(img)
         except (OSError, ValueError, SyntaxError) as exc:
             raise OSError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
         return (self.transform(img) if self.transform else img), target
@@ -200,7 +202,7 @@ def _corrupt_one(job) -> int:
     import corrupt_tta
 
     with Image.open(path) as im:
-        img = _fit(im.convert("RGB"), size, resize_size)
+        img = _fit(to_rgb(im), size, resize_size)
     x = np.asarray(img, dtype=np.uint8)
     stem = os.path.splitext(os.path.basename(path))[0]
     n = 0

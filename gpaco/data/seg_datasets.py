@@ -30,6 +30,7 @@ demo               images/{train,val,test}/*.png, labels/{...}/*.png           1
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -289,6 +290,38 @@ def _read_label(path: str) -> np.ndarray:
         return np.asarray(im)
 
 
+def _check_label_values(label: np.ndarray, path: str, num_classes: int, reduced: bool) -> None:
+    """Every value of a raw label must be a class id or the ignore index 255 (with
+    ``reduce_zero_label`` the file holds 0 = ignored and 1..C)."""
+    top = num_classes + 1 if reduced else num_classes  # first value that is neither
+    if label.size and int(label.max()) >= top:
+        bad = np.unique(label[(label >= top) & (label != IGNORE_INDEX)])
+        if bad.size:
+            ids = f"1..{num_classes} (0: ignored)" if reduced else f"0..{num_classes - 1}"
+            raise SegDataError(f"label {path} holds the value {int(bad[0])}"
+                               + (f" (and {bad.size - 1} other bad values)" if bad.size > 1 else "")
+                               + f": expected class ids {ids} or the ignore index {IGNORE_INDEX}")
+
+
+def _size_of(path: str) -> Tuple[int, int]:
+    with Image.open(path) as im:  # reads the header only
+        return im.size
+
+
+def check_pair_sizes(pairs: Sequence[Pair], jobs: int = 8) -> None:
+    """Every image and its label have the same size, read from the file headers (nothing is
+    decoded; 0.6 ms a pair measured with cached files, threads overlap the file-system waits)."""
+    paths = [p for pair in pairs for p in pair]
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        sizes = list(pool.map(_size_of, paths, chunksize=64))
+    bad = [(img, ann, sizes[2 * i], sizes[2 * i + 1]) for i, (img, ann) in enumerate(pairs)
+           if sizes[2 * i] != sizes[2 * i + 1]]
+    if bad:
+        img, ann, (iw, ih), (lw, lh) = bad[0]
+        more = f" ({len(bad) - 1} more pairs differ)" if len(bad) > 1 else ""
+        raise SegDataError(f"{img} is {iw}x{ih} but its label {ann} is {lw}x{lh}{more}")
+
+
 class SegDataset(Dataset):
     """Image/label pairs with a transform ``(img, label, rng) -> (img, label)``.
 
@@ -316,12 +349,14 @@ class SegDataset(Dataset):
         if img.shape[:2] != label.shape:
             raise SegDataError(f"{img_path} is {img.shape[1]}x{img.shape[0]} but its label {ann_path} is "
                                f"{label.shape[1]}x{label.shape[0]}")
+        _check_label_values(label, ann_path, self.num_classes, self.reduce_zero_label)
         label = reduce_zero_label(label) if self.reduce_zero_label else label.astype(np.int64)
         return img, label
 
     def load_label(self, index: int) -> np.ndarray:
         """The raw int64 HW label of ``index`` with reductions applied (the image is not read)."""
         label = _read_label(self.pairs[index][1])
+        _check_label_values(label, self.pairs[index][1], self.num_classes, self.reduce_zero_label)
         return reduce_zero_label(label) if self.reduce_zero_label else label.astype(np.int64)
 
     def __getitem__(self, key):
@@ -358,6 +393,7 @@ class SyntheticSegDataset(SegDataset):
 def build_seg_dataset(dataset: str, root, split: str, transform: Callable) -> SegDataset:
     info = SEG_DATASETS[dataset]
     pairs = list_pairs(dataset, root, split)
+    check_pair_sizes(pairs)
     return SegDataset(pairs, num_classes=info.num_classes, transform=transform,
                       reduce_zero_label=info.reduce_zero_label, class_names=info.class_names,
                       name=f"{dataset}/{split}")

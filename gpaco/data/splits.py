@@ -18,10 +18,12 @@ import os
 import zlib
 from typing import Callable, Iterable, List, Optional, Tuple
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["DataError", "read_split", "infer_num_classes", "class_counts", "SplitDataset"]
+__all__ = ["DataError", "read_split", "infer_num_classes", "class_counts", "SplitDataset", "to_rgb",
+           "is_16_bit", "link_outside_root"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,32 @@ def png_problem(data: bytes) -> Optional[str]:
     return "PNG ends without an IEND chunk (truncated)"
 
 
+#: PIL modes of 16-bit (and 32-bit integer) greyscale images; 16-bit PNGs open as "I" or "I;16".
+_WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def is_16_bit(img: Image.Image) -> bool:
+    return img.mode in _WIDE_GREY_MODES
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB. 16-bit greyscale is scaled by ``value >> 8`` (65535 -> 255;
+    an 8-bit image stored as 16 bits, v * 257, comes back exactly): PIL's own
+    ``convert("RGB")`` clips every value above 255 to white, which leaves about 2 grey
+    levels of a 16-bit image."""
+    if img.mode in _WIDE_GREY_MODES:
+        wide = np.asarray(img).astype(np.int64)
+        img = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
+def link_outside_root(path: str, real_root: str) -> Optional[str]:
+    """Where ``path`` really is when a symbolic link takes it out of ``real_root`` (the
+    data root with its own links resolved), else None."""
+    real = os.path.realpath(path)
+    return None if real.startswith(os.path.join(real_root, "")) else real
+
+
 def _new_counter():
     """A counter shared with forked DataLoader workers (None where shared memory is unavailable)."""
     try:
@@ -81,8 +109,9 @@ def _parse_split(
     data_root: str | os.PathLike,
     num_classes: Optional[int],
     allow_outside_root: bool,
-) -> Tuple[List[Tuple[str, int]], List[int]]:
-    """:func:`read_split` plus the 1-based line number of every sample."""
+) -> Tuple[List[Tuple[str, int]], List[int], int]:
+    """:func:`read_split` plus the 1-based line number of every sample and a CRC-32 of the
+    list's sample lines (stripped, so line endings and blank lines do not count)."""
     list_path = os.fspath(list_path)
     if not os.path.isfile(list_path):
         raise DataError(f"{list_path}: split list not found (expected a text file of '<relative/path> <label>' lines)")
@@ -92,6 +121,7 @@ def _parse_split(
     root_prefix = os.path.join(root, "")  # 'root/' so '/data2' is not inside '/data'
     samples: List[Tuple[str, int]] = []
     lines: List[int] = []
+    kept: List[str] = []
     try:
         with open(list_path, "rb") as f:
             blob = f.read()
@@ -150,7 +180,8 @@ def _parse_split(
                     )
         samples.append((path, label))
         lines.append(lineno)
-    return samples, lines
+        kept.append(line)
+    return samples, lines, zlib.crc32("\n".join(kept).encode())
 
 
 def read_split(
@@ -198,6 +229,7 @@ class SplitDataset(Dataset):
         num_classes: as given, else inferred from the labels (pass the train split's
             value for val/test lists, which may lack the last classes).
         class_counts: ``[num_classes]`` samples per class (the train prior).
+        list_crc: CRC-32 of the list's sample lines (ranks compare it, gpaco.data.build).
         num_skipped: images skipped so far with ``skip_bad_images``, counted in shared
             memory so that the skips of forked DataLoader workers add up in the main
             process (per rank under DDP; spawned workers count on their own copy).
@@ -206,6 +238,11 @@ class SplitDataset(Dataset):
     raises :class:`DataError` naming the image and its list line. With ``True`` it is
     logged and the next readable sample (wrapping around) is returned instead, which
     keeps batch sizes fixed but duplicates that sample once.
+
+    An image whose symbolic links lead out of the data root is refused when it is read
+    (:class:`DataError` naming the list line and the link's target) unless
+    ``follow_symlinks`` or ``allow_outside_root``. 16-bit greyscale images are scaled to
+    8 bits (:func:`to_rgb`).
     """
 
     def __init__(
@@ -217,10 +254,14 @@ class SplitDataset(Dataset):
         num_classes: Optional[int] = None,
         allow_outside_root: bool = False,
         skip_bad_images: bool = False,
+        follow_symlinks: bool = False,
     ) -> None:
         self.list_path = os.fspath(list_path)
         self.data_root = os.fspath(data_root)
-        self.samples, self._lines = _parse_split(list_path, data_root, num_classes, allow_outside_root)
+        # None: links may go anywhere; else the resolved root every image must stay inside
+        self._real_root = None if follow_symlinks or allow_outside_root else os.path.realpath(self.data_root)
+        self.samples, self._lines, self.list_crc = _parse_split(list_path, data_root, num_classes,
+                                                                allow_outside_root)
         if not self.samples:
             raise DataError(f"{self.list_path}: split list has no samples")
         self.targets = [label for _, label in self.samples]
@@ -264,6 +305,11 @@ class SplitDataset(Dataset):
         # from the standard full decode (another downsampling filter). By default no
         # transform exposes one: every image is decoded in full.
         draft = getattr(self.transform, "draft_size", None)
+        if self._real_root is not None:
+            target = link_outside_root(path, self._real_root)
+            if target is not None:
+                raise DataError(f"{self.list_path}:{self._lines[index]}: {path} is a symbolic link to {target}, "
+                                f"outside the data root {self._real_root} (--follow-symlinks accepts it)")
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -275,7 +321,7 @@ class SplitDataset(Dataset):
             with Image.open(io.BytesIO(data)) as img:
                 if draft and img.format == "JPEG":
                     img.draft("RGB", (draft, draft))
-                return img.convert("RGB")  # convert() forces the full decode inside the try
+                return to_rgb(img)  # convert() forces the full decode inside the try
         except _IMAGE_ERRORS as exc:
             raise DataError(
                 f"{path}: cannot read image ({type(exc).__name__}: {exc}); "

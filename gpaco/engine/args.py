@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from typing import Iterable, Optional, Sequence
+
+#: ``--workers`` above this many per CPU only costs memory and start-up time (and hundreds of
+#: worker processes can exhaust it and hang the run): such values are lowered to it, with a note.
+MAX_WORKERS_PER_CPU = 4
 
 
 class FlagError(SystemExit):
@@ -18,6 +24,22 @@ class FlagError(SystemExit):
 
     def __init__(self, message: str):
         super().__init__(f"error: {message}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default appended as ``(default: X)``, except where the help
+    text already states it or the default is None (the help says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is argparse.SUPPRESS or "%(default)" in text \
+                or "(default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+class RawHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """:class:`HelpFormatter` keeping the description's line breaks (a module docstring)."""
 
 
 def flag_name(dest: str) -> str:
@@ -38,7 +60,8 @@ def add_run_flags(p: argparse.ArgumentParser, *, print_freq: int) -> argparse._A
     g.add_argument("--overwrite", action="store_true",
                    help="a fresh run may replace the run in --output-dir (its checkpoint.pth, best.pth, logs)")
     g.add_argument("--resume", default=None, help="checkpoint path, or 'auto' for OUTPUT_DIR/checkpoint.pth")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the Python, NumPy and torch generators (model init, sampling, augmentation)")
     g.add_argument("--deterministic", action="store_true",
                    help="torch deterministic algorithms: two CPU runs are bit-identical (docs/reliability.md "
                         "says what differs on GPU)")
@@ -126,3 +149,22 @@ def validate_run_args(args: argparse.Namespace) -> None:
                         "is new for every run)")
     if getattr(args, "overwrite", False) and getattr(args, "resume", None):
         raise FlagError("--overwrite replaces the run in --output-dir and --resume continues one: give one of them")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask under a scheduler, else all)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def clamp_workers(args: argparse.Namespace) -> None:
+    """Lower ``--workers`` to :data:`MAX_WORKERS_PER_CPU` x the CPU count, saying so once."""
+    workers = getattr(args, "workers", None)
+    bound = MAX_WORKERS_PER_CPU * cpu_count()
+    if workers is not None and workers > bound:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"note: --workers {workers} is more than {MAX_WORKERS_PER_CPU} per CPU ({cpu_count()} CPUs); "
+                  f"using {bound}", file=sys.stderr, flush=True)
+        args.workers = bound

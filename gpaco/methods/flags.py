@@ -16,10 +16,12 @@ PRIOR = flag("--prior", action=argparse.BooleanOptionalAction, default=True,
              help="add the log class prior to the center logits (long-tailed recipes); --no-prior for "
                   "balanced data (full ImageNet)")
 SMOOTHING = flag("--smoothing", type=float, default=0.0,
-                 help="label smoothing of the center target (GPaCo full ImageNet: 0.1); not the CE's "
+                 help="PaCo/GPaCo only: smooths the one-hot CENTER target of the contrastive loss (GPaCo full "
+                      "ImageNet: 0.1). Not timm's --smoothing: the cross-entropy's label smoothing is "
                       "--label-smoothing")
 LABEL_SMOOTHING = flag("--label-smoothing", type=float, default=0.0,
-                       help="label smoothing of the cross-entropy (also of mixup targets)")
+                       help="label smoothing of the cross-entropy (CE baselines; also of mixup targets), timm's "
+                            "--smoothing. PaCo/GPaCo's center target has its own --smoothing")
 PROJ_ACT = flag("--proj-act", default="auto", choices=("auto", "relu", "gelu"),
                 help="activation of the GPaCo projection MLP; auto: gelu for ViTs (MAE), relu otherwise")
 SINGLE_VIEW = flag("--single-view", action=argparse.BooleanOptionalAction, default=False,

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from gpaco.checkpoint import unwrap_state_dict
+from gpaco.checkpoint import CheckpointError, check_loadable_tensors, load_checkpoint, unwrap_state_dict
 
 from . import cifar_resnet
 
@@ -67,6 +67,16 @@ _PRETRAINED_HINT = (
 def list_archs() -> List[str]:
     """The backbone names we document (any other timm model name also works)."""
     return list(CIFAR_ARCHS) + list(TIMM_ARCHS)
+
+
+def known_arch(arch: str) -> bool:
+    """Whether :func:`create_backbone` (or the MAE ViTs) can build ``arch``; no model is built."""
+    import timm
+
+    from .vit import MAE_ARCHS
+
+    return (arch in CIFAR_ARCHS or arch in TIMM_ARCHS or arch in _TIMM_RESNET_LAYOUTS or arch in MAE_ARCHS
+            or timm.is_model(arch.split(".")[0]))
 
 
 def create_backbone(
@@ -158,13 +168,11 @@ def _read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        obj: Any = load_file(path, device="cpu")
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    return unwrap_state_dict(obj, path)  # training checkpoints: {'state_dict': ...}, {'model': ...}
+    obj = load_checkpoint(path)  # safetensors, or torch.load(weights_only=True): a pickle is refused
+    try:
+        return unwrap_state_dict(obj, path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None  # training checkpoints: {'state_dict': ...}, {'model': ...}
 
 
 def load_backbone_weights(model: nn.Module, path: Union[str, os.PathLike]) -> Tuple[List[str], List[str]]:
@@ -190,12 +198,14 @@ def load_backbone_weights(model: nn.Module, path: Union[str, os.PathLike]) -> Tu
     bad_shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state.items() if k in own and v.shape != own[k].shape]
     if bad_shapes:
-        raise RuntimeError(f"weights in {os.fspath(path)} do not fit this backbone: " + "; ".join(bad_shapes[:5])
+        raise CheckpointError(f"weights in {os.fspath(path)} do not fit this backbone: " + "; ".join(bad_shapes[:5])
                            + (f" (+{len(bad_shapes) - 5} more)" if len(bad_shapes) > 5 else ""))
     matched = [k for k in state if k in own]
     if not matched:
-        raise RuntimeError(f"no key of {os.fspath(path)} matches this backbone "
+        raise CheckpointError(f"no key of {os.fspath(path)} matches this backbone "
                            f"(file keys like {list(state)[:3]}, model keys like {list(own)[:3]})")
+    for note in check_loadable_tensors(state, own, path):
+        warnings.warn(f"pretrained weights {os.fspath(path)}: {note}", stacklevel=2)
     result = model.load_state_dict(state, strict=False)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     _logger.info("loaded %d tensors from %s", len(matched), os.fspath(path))

@@ -37,7 +37,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from torch import Tensor, nn
 
 from gpaco.checkpoint import (
-    CheckpointError, load_checkpoint, load_checkpoint_trusting_pickle, read_safetensors_metadata, unwrap_state_dict,
+    CheckpointError, check_loadable_tensors, load_checkpoint, load_checkpoint_trusting_pickle,
+    read_safetensors_metadata, unwrap_state_dict,
 )
 
 __all__ = [
@@ -400,6 +401,7 @@ def load_into_model(model: nn.Module, loaded: LoadedCheckpoint, method: str, arc
         raise CheckpointMismatchError(
             f"checkpoint {loaded.path} does not fit the model (--arch/--method/--num-classes?): layout "
             f"{loaded.layout} -> {method} {arch}: " + "; ".join(parts))
+    report.notes += check_loadable_tensors(to_load, own, loaded.path, {k: back.get(k, k) for k in to_load})
     model.load_state_dict(to_load, strict=False)
     report.loaded = len(to_load)
     report.missing = missing

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from gpaco.data.seg_datasets import SEG_DATASETS, SegDataset, build_seg_dataset
 from gpaco.data.seg_transforms import IGNORE_INDEX
 from gpaco.engine.args import FlagError
-from gpaco.engine.cli import run_cli
+from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.engine.logging import print_main
 from gpaco.engine.preemption import ignore_stop_signals
 from gpaco.losses.rr import classes_present, read_class_counts, write_class_counts
@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", required=True)
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--workers", "-j", type=int, default=4)
+    p.add_argument("--workers", "-j", type=int, default=4, help="processes reading the masks")
+    add_debug_flag(p)
     return p
 
 

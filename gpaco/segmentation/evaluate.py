@@ -23,7 +23,8 @@ from gpaco.distributed import cleanup, init_distributed
 from gpaco.checkpoint import check_writable, load_checkpoint, unwrap_state_dict
 from gpaco.engine.benchmarks import Benchmark, run_benchmarks
 from gpaco.engine.logging import print_main, to_jsonable
-from gpaco.engine.args import FlagError
+from gpaco.engine.args import FlagError, RawHelpFormatter, clamp_workers
+from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.segmentation.inference import evaluate_seg, format_iou_table, summary
 from gpaco.segmentation.train import add_seg_test_flags
 from gpaco.methods import get_method, method_names, method_options
@@ -33,33 +34,36 @@ from gpaco.models.seg import SEG_ARCHS, SegModel
 
 def build_eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tools/eval_seg.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=RawHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="checkpoint of tools/train_seg.py (best.pth, checkpoint.pth)")
     g = p.add_argument_group("data (unset: the checkpoint's training flags)")
-    g.add_argument("--dataset", default=None, choices=sorted(SEG_DATASETS))
-    g.add_argument("--data-root", default=None)
-    g.add_argument("--split", default="val")
-    g.add_argument("--img-scale", type=int, nargs=2, default=None, metavar=("W", "H"))
-    g.add_argument("--workers", "-j", type=int, default=2)
+    g.add_argument("--dataset", default=None, choices=sorted(SEG_DATASETS), help="dataset layout")
+    g.add_argument("--data-root", default=None, help="the dataset's folder (images and masks)")
+    g.add_argument("--split", default="val", help="split to evaluate (val, test, ...)")
+    g.add_argument("--img-scale", type=int, nargs=2, default=None, metavar=("W", "H"), help="test resize scale")
+    g.add_argument("--workers", "-j", type=int, default=2,
+                   help="data loader worker processes per process (0: load in the main process)")
     g = p.add_argument_group("model (unset: the checkpoint's)")
     g.add_argument("--arch", default=None, help=f"{', '.join(sorted(SEG_ARCHS))} or smp:<decoder>:<encoder>")
-    g.add_argument("--encoder", default=None)
-    g.add_argument("--method", default=None, choices=method_names("segmentation"))
-    g.add_argument("--embed-dim", type=int, default=None)
-    g.add_argument("--amp", default="none", choices=("none", "fp16", "bf16"))
+    g.add_argument("--encoder", default=None, help="smp encoder of an smp:... arch")
+    g.add_argument("--method", default=None, choices=method_names("segmentation"), help="segmentation method")
+    g.add_argument("--embed-dim", type=int, default=None, help="GPaCo embedding size of the head")
+    g.add_argument("--amp", default="none", choices=("none", "fp16", "bf16"), help="autocast dtype")
     add_seg_test_flags(p)
     p.add_argument("--mode", default="ss", choices=("ss", "ms", "both"),
                    help="ss: single scale; ms: multi-scale + flip; both: one after the other")
-    p.add_argument("--ms-flip", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--ms-flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="add the horizontal flip of every scale in the 'ms' evaluation")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--output-dir", default=None, help="metrics.json and per_class_iou.md (default: "
                    "CHECKPOINT_DIR/eval)")
-    p.add_argument("--print-every", type=int, default=100)
+    p.add_argument("--print-every", type=int, default=100, help="images between progress lines")
     p.add_argument("--dry-run", action="store_true", help="build everything, evaluate one small image (random "
                    "weights if the checkpoint is absent, synthetic data if the data root is), write nothing")
     p.add_argument("--compare", nargs="+", default=None, metavar="RUN",
                    help="print the per-class IoU of several runs' metrics.json side by side and exit")
     p.add_argument("--compare-out", default=None, help="with --compare: also write the table here")
+    add_debug_flag(p)
     return p
 
 
@@ -185,4 +189,11 @@ BENCHMARKS = (
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    return run(build_eval_parser().parse_args(argv))
+    args = build_eval_parser().parse_args(argv)
+    clamp_workers(args)
+    return run(args)
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """tools/eval_seg.py under the one error contract (gpaco.engine.cli)."""
+    run_cli(main, argv)

@@ -27,16 +27,19 @@ from torch.utils.data import DataLoader
 
 from gpaco.checkpoint import CheckpointError, find_resume
 from gpaco.classification.args import check_method_flags
+from gpaco.data.build import check_ranks_agree
 from gpaco.data.samplers import IterationSampler
 from gpaco.data.seg_datasets import SEG_DATASETS, SyntheticSegDataset, build_seg_dataset
 from gpaco.data.seg_transforms import SegEvalTransform, SegTrainTransform
 from gpaco.engine.args import (
-    FlagError, add_run_flags, check_positive, parse_with_config, run_kwargs, validate_run_args,
+    FlagError, HelpFormatter, add_run_flags, check_positive, clamp_workers, parse_with_config, run_kwargs,
+    validate_run_args,
 )
-from gpaco.engine.cli import run_cli
+from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.engine.lifecycle import TrainingRun, autocast_context
 from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.engine.optim import build_seg_optimizer
+from gpaco.engine.precision import resolve_amp
 from gpaco.engine.schedule import poly_lr
 from gpaco.losses.rr import write_class_counts
 from gpaco.methods import add_method_flags, get_method, method_names, method_options
@@ -57,36 +60,46 @@ RESUME_FIXED = ("arch", "encoder", "method", "dataset", "data_root", "crop_size"
 # --------------------------------------------------------------------------- flags
 
 
-def add_seg_data_flags(p: argparse.ArgumentParser) -> None:
+def add_seg_data_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="demo", choices=sorted(SEG_DATASETS))
-    g.add_argument("--data-root", default="data/demo_seg")
+    g.add_argument("--dataset", default="demo", choices=sorted(SEG_DATASETS),
+                   help="dataset layout under --data-root (docs/data.md#layouts); demo: the MNIST digit "
+                        "scenes of tools/prepare_data.py demo_seg")
+    g.add_argument("--data-root", default="data/demo_seg", help="the dataset's folder (images and masks)")
     g.add_argument("--img-scale", type=int, nargs=2, default=None, metavar=("W", "H"),
                    help="train rescale / test resize scale (default per dataset, e.g. 2048 512 for ADE20K)")
-    g.add_argument("--workers", "-j", type=int, default=4)
+    g.add_argument("--workers", "-j", type=int, default=4,
+                   help="data loader worker processes per process (0: load in the main process)")
+    return g
 
 
 def add_seg_test_flags(p: argparse.ArgumentParser, *, multi_scale: bool = True) -> None:
     g = p.add_argument_group("test-time")
     g.add_argument("--test-mode", default=None, choices=("whole", "slide"),
                    help="default per dataset (Pascal-Context-59: slide)")
-    g.add_argument("--test-crop", type=int, nargs=2, default=None, metavar=("H", "W"))
-    g.add_argument("--test-stride", type=int, nargs=2, default=None, metavar=("H", "W"))
+    g.add_argument("--test-crop", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="window of --test-mode slide (default per dataset, else the training crop)")
+    g.add_argument("--test-stride", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="stride of --test-mode slide (default per dataset, else 2/3 of the window)")
     if multi_scale:
         g.add_argument("--ms-ratios", type=float, nargs="+", default=list(MS_RATIOS),
                        help="multi-scale ratios of the 'ms' evaluation (with flip)")
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tools/train_seg.py", description="Train a segmentation model (CE, GPaCo, CeCo, RR), "
+    p = argparse.ArgumentParser(prog="tools/train_seg.py", formatter_class=HelpFormatter,
+                                description="Train a segmentation model (CE, GPaCo, CeCo, RR), "
                                 "iteration-based, on one process or under torchrun.")
-    add_seg_data_flags(p)
-    g = p.add_argument_group("data")
-    g.add_argument("--crop-size", type=int, nargs=2, default=None, metavar=("H", "W"))
-    g.add_argument("--ratio-range", type=float, nargs=2, default=(0.5, 2.0))
-    g.add_argument("--cat-max-ratio", type=float, default=0.75)
+    g = add_seg_data_flags(p)
+    g.add_argument("--crop-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="random training crop (default per dataset, e.g. 512 512 for ADE20K)")
+    g.add_argument("--ratio-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),
+                   help="random rescale of --img-scale before the crop")
+    g.add_argument("--cat-max-ratio", type=float, default=0.75,
+                   help="re-draw a crop (up to 10 times) where one class covers more than this fraction")
     g.add_argument("--flip-prob", type=float, default=0.5, help="horizontal flip probability")
-    g.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=True,
+                   help="mmseg's photometric distortion (brightness, contrast, saturation, hue)")
     g.add_argument("--val-split", default="val", help="split evaluated every --eval-interval (best.pth)")
     g.add_argument("--test-split", default=None, help="split of the final report (default: --val-split)")
     g = p.add_argument_group("model")
@@ -98,20 +111,25 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained", default=None, help="local encoder weights file (nothing is downloaded)")
     g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=True,
                    help="SyncBatchNorm under torchrun on CUDA (CPU runs keep plain BN)")
-    g.add_argument("--amp", default="none", choices=("none", "fp16", "bf16"))
+    g.add_argument("--amp", default="none", choices=("none", "fp16", "bf16"),
+                   help="autocast dtype (fp16 uses a GradScaler). On a CPU without AVX-512/AMX both are "
+                        "emulated and slower than none")
     add_method_flags(p, TASK, "method options (loss and model)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--iters", type=int, default=40000)
+    g.add_argument("--iters", type=int, default=40000, help="training iterations (optimizer steps)")
     g.add_argument("--batch-size", "-b", type=int, default=16, help="GLOBAL batch over all processes")
-    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
-    g.add_argument("--lr", type=float, default=0.01)
-    g.add_argument("--wd", type=float, default=5e-4)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                   help="sgd (DeepLabV3+ recipes) or adamw (Swin/UPerNet recipes)")
+    g.add_argument("--lr", type=float, default=0.01, help="learning rate at iteration 0 (poly decay)")
+    g.add_argument("--wd", type=float, default=5e-4, help="weight decay, >= 0")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, in [0, 1)")
+    g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"),
+                   help="AdamW betas")
     g.add_argument("--power", type=float, default=0.9, help="poly power")
-    g.add_argument("--min-lr", type=float, default=1e-4)
-    g.add_argument("--warmup-iters", type=int, default=0)
-    g.add_argument("--warmup-ratio", type=float, default=1e-6)
+    g.add_argument("--min-lr", type=float, default=1e-4, help="floor of the poly schedule")
+    g.add_argument("--warmup-iters", type=int, default=0, help="iterations of linear LR warmup")
+    g.add_argument("--warmup-ratio", type=float, default=1e-6,
+                   help="the warmup starts from this fraction of --lr")
     g.add_argument("--no-decay-keys", default=None,
                    help="comma-separated name parts without weight decay (default: adamw "
                         "'absolute_pos_embed,relative_position_bias_table,norm', sgd none)")
@@ -125,8 +143,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="leave after this many iterations of this run with a checkpoint, as if preempted")
     g.add_argument("--dry-run", action="store_true", help="build everything (synthetic data when --data-root "
                    "is absent), two small iterations and one small evaluation; write nothing")
-    g.add_argument("--dry-run-crop", type=int, default=64)
-    g.add_argument("--dry-run-batch", type=int, default=2)
+    g.add_argument("--dry-run-crop", type=int, default=64, help="crop size of the --dry-run iterations")
+    g.add_argument("--dry-run-batch", type=int, default=2, help="per-process batch of the --dry-run iterations")
+    add_debug_flag(p)
     return p
 
 
@@ -143,6 +162,11 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
         args.no_decay_keys = ",".join(DEFAULT_NO_DECAY) if args.optimizer == "adamw" else ""
     check_positive(args, ("iters", "batch_size", "lr"))
     validate_run_args(args)
+    if not 0.0 <= args.momentum < 1.0:
+        raise FlagError(f"--momentum must be in [0, 1), got {args.momentum}")
+    if args.wd < 0:
+        raise FlagError(f"--wd must be >= 0, got {args.wd}")
+    clamp_workers(args)
     check_method_flags(args, TASK)
     try:
         seg_arch(args.arch)
@@ -181,6 +205,7 @@ def _datasets(args, synthetic: bool):
     val = build_seg_dataset(args.dataset, args.data_root, args.val_split, SegEvalTransform())
     test = val if args.test_split == args.val_split else build_seg_dataset(
         args.dataset, args.data_root, args.test_split, SegEvalTransform())
+    check_ranks_agree({"--data-root train": train, "--val-split": val, "--test-split": test})
     return train, val, test
 
 
@@ -198,6 +223,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     rank, world, device = lc.rank, lc.world_size, lc.device
+    args.amp = resolve_amp(args.amp, device, dry_run=args.dry_run)
     if args.batch_size % world:
         raise FlagError(f"--batch-size {args.batch_size} is the global batch and must be divisible by the number "
                         f"of processes ({world})")
