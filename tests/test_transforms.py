@@ -36,11 +36,12 @@ def test_required_names_are_registered():
     assert set(TWO_VIEW_STRATEGIES) == {
         "sim_sim", "randcls_sim", "randclsstack_sim", "randclsstack_sim02", "randcls_randclsstack",
         "regular_regular", "mocov2_mocov2", "cifar100", "sim_cifar_sim_cifar", "regular_aug_cifar",
-        "digits_digits",
+        "digits_digits", "randclsgray_randclsgray", "cifar_regular_cifar_regular",
     }
     assert {"randcls", "regular", "sim", "cifar_regular", "none"} <= set(SINGLE_VIEW_STRATEGIES)
     assert TWO_VIEW_STRATEGIES["regular_regular"] == ("regular", "mocov2")
     assert TWO_VIEW_STRATEGIES["cifar100"] == ("cifar_regular", "sim_cifar")
+    assert TWO_VIEW_STRATEGIES["randclsgray_randclsgray"] == ("randclsgray", "randclsgray")  # ResCom
 
 
 @pytest.mark.parametrize("aug", sorted(TWO_VIEW_STRATEGIES))

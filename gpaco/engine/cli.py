@@ -45,6 +45,13 @@ def one_line_error(err: BaseException) -> str:
     return text if text.startswith("error: ") else f"error: {text}"
 
 
+def _write_line(text: str) -> None:
+    """One write call per line: ranks sharing a terminal or log then never splice their lines
+    (``print`` writes the text and the newline separately)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Sequence[str]] = None) -> object:
     """Run a tool's ``main(argv)`` under the error contract; returns what ``main`` returns."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -56,7 +63,7 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Se
     def fail(e: BaseException, code: int) -> None:
         if debug:
             traceback.print_exc()
-        print(tag + one_line_error(e), file=sys.stderr, flush=True)
+        _write_line(tag + one_line_error(e))
         sys.exit(code)
 
     try:
@@ -70,5 +77,5 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Se
     except NonFiniteLossError as e:
         fail(e, 1)
     except Exception as e:
-        print(f"{tag}error: {type(e).__name__}: {' '.join(str(e).split())[:500]}", file=sys.stderr, flush=True)
+        _write_line(f"{tag}error: {type(e).__name__}: {' '.join(str(e).split())[:500]}")
         raise
