@@ -52,7 +52,7 @@ _GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 # one view's parameter vector (float32)
 _FLIP, _ORDER, _FACTORS, _GRAY, _BLUR = 0, slice(1, 4), slice(4, 7), 7, 8
 _BLUR_TAPS = 13  # the longest Pillow blur kernel for sigma <= 2 (l = 1: 3 passes of a 5-box)
-_RA0 = _BLUR + _BLUR_TAPS  # then per RandAugment slot: op id (-1: none), argument, bicubic
+_RA0 = _BLUR + _BLUR_TAPS  # then per RandAugment slot (randcls* only): op id (-1: none), argument, bicubic
 
 
 def _num_params(randaug_n: int) -> int:
@@ -75,7 +75,7 @@ class _ViewParams:
         i, j, h, w = self.crop.get_params(img, self.crop.scale, self.crop.ratio)
         crop = F.interpolate(img[:, i:i + h, j:j + w].unsqueeze(0), size=[self.size, self.size], mode="bilinear",
                              align_corners=False, antialias=True)[0]
-        p = np.zeros(_num_params(self.randaug_n), np.float32)
+        p = np.zeros(_num_params(self.randaug_n if self.ra is not None else 0), np.float32)
         p[_BLUR + _BLUR_TAPS // 2] = 1.0  # identity kernel
         p[_RA0::3] = -1
         stack = self.name == "randclsstack"
@@ -168,9 +168,10 @@ def _luma(x: Tensor) -> Tensor:
     return (y * (1.0 / 65536.0)).floor_()
 
 
-def _mean_luma(x: Tensor) -> Tensor:
+def _mean_luma(x: Tensor, luma: Optional[Tensor] = None) -> Tensor:
     """ImageEnhance.Contrast's degenerate: int(mean of the L image + 0.5). [B, 1, 1, 1]."""
-    return (_luma(x).double().mean((1, 2, 3)) + 0.5).floor().float().view(-1, 1, 1, 1)
+    luma = _luma(x) if luma is None else luma
+    return (luma.double().mean((1, 2, 3)) + 0.5).floor().float().view(-1, 1, 1, 1)
 
 
 def _blend(x: Tensor, degenerate: Tensor, factor: Tensor) -> Tensor:
@@ -179,12 +180,12 @@ def _blend(x: Tensor, degenerate: Tensor, factor: Tensor) -> Tensor:
 
 
 def _smooth(x: Tensor) -> Tensor:
-    """ImageEnhance.Sharpness's degenerate: PIL's SMOOTH filter, rounded, border kept."""
-    k = torch.full((3, 3), 1.0 / 13.0, device=x.device)
-    k[1, 1] = 5.0 / 13.0
-    inner = F.conv2d(x.reshape(-1, 1, *x.shape[-2:]), k.view(1, 1, 3, 3)).view(*x.shape[:2], x.shape[-2] - 2, -1)
+    """ImageEnhance.Sharpness's degenerate: PIL's SMOOTH filter (3x3 ones, centre 5, / 13),
+    rounded, border kept. Sums of integers, exact; a sum / 13 never ends in .5."""
+    rows = x[..., :-2] + x[..., 1:-1] + x[..., 2:]
+    box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
     out = x.clone()
-    out[..., 1:-1, 1:-1] = inner.round()
+    out[..., 1:-1, 1:-1] = box.add_(x[..., 1:-1, 1:-1], alpha=4.0).div_(13.0).round_()
     return out
 
 
@@ -230,8 +231,9 @@ def _luts(x: Tensor, op: Tensor, arg: Tensor) -> Tensor:
 def _enhance(x: Tensor, op: Tensor, arg: Tensor) -> Tensor:
     """The blend RandAugment ops (Color, Contrast, Brightness, Sharpness); others unchanged."""
     o = _col(op)
-    degenerate = torch.where(o == _OP["Color"], _luma(x), _smooth(x))
-    degenerate = torch.where(o == _OP["Contrast"], _mean_luma(x), degenerate)
+    luma = _luma(x)
+    degenerate = torch.where(o == _OP["Color"], luma, _smooth(x))
+    degenerate = torch.where(o == _OP["Contrast"], _mean_luma(x, luma), degenerate)
     degenerate = torch.where(o == _OP["Brightness"], torch.zeros_like(x[:, :1]), degenerate)
     enhanced = (o == _OP["Color"]) | (o == _OP["Contrast"]) | (o == _OP["Brightness"]) | (o == _OP["Sharpness"])
     return torch.where(enhanced, _blend(x, degenerate, arg), x)
@@ -294,7 +296,8 @@ def augment_pixels(x: Tensor, p: Tensor) -> Tensor:
     for k in range(3):  # brightness 0 / contrast 1 / saturation 2, in the drawn order
         fn = order[:, k]
         o = _col(fn)
-        degenerate = torch.where(o == 1, _mean_luma(x), _luma(x))
+        luma = _luma(x)
+        degenerate = torch.where(o == 1, _mean_luma(x, luma), luma)
         degenerate = torch.where(o == 0, torch.zeros_like(degenerate), degenerate)
         x = _blend(x, degenerate, factors.gather(1, fn.view(-1, 1)).view(-1))
     x = torch.where(_col(p[:, _GRAY]) > 0, _luma(x).expand_as(x), x)
