@@ -73,8 +73,8 @@ def test_table_and_blend_ops_are_pil_bit_exact(small, name, arg):
 @pytest.mark.parametrize("name,arg", [("Rotate", 23.0), ("Rotate", -17.0), ("ShearX", 0.25), ("ShearY", -0.2),
                                       ("TranslateXRel", 0.4), ("TranslateYRel", -0.3)])
 def test_geometric_ops_match_pil(small, name, arg):
-    """Bilinear: PIL's map and fill border, pixels within one level. Bicubic: torch's kernel
-    (a = -0.75, PIL's is sharper), under 1.5 levels on average (docs/benchmarks.md#gpu-aug)."""
+    """PIL's inverse map, fill border and both kernels (bilinear; bicubic = the a = -1 cubic):
+    pixels within one level, float32 against PIL's doubles on a few."""
     from timm.data.auto_augment import NAME_TO_OP
 
     img, x = small
@@ -82,10 +82,7 @@ def test_geometric_ops_match_pil(small, name, arg):
     for bicubic, resample in ((0.0, Image.BILINEAR), (1.0, Image.BICUBIC)):
         ref = _u8(NAME_TO_OP[name](img, arg, fillcolor=G.RA_FILL, resample=resample))
         d = np.abs(_hwc(G._affine(x, *_op(name, arg, bicubic), fill)) - ref)
-        if bicubic:
-            assert d.mean() < 1.5, (name, d.mean())
-        else:
-            assert d.max() <= 1, (name, d.max())
+        assert d.max() <= 1 and (d > 0).mean() < 0.05, (name, bicubic, d.max(), (d > 0).mean())
 
 
 def test_ops_leave_samples_with_another_op_unchanged(small):
@@ -115,16 +112,12 @@ def _both_paths(aug, photos, seeds, size):
 
 @pytest.mark.parametrize("aug", ("sim_sim", "randcls_randclsstack"))
 def test_views_equal_cpu_path_with_the_same_seeds(photos, aug):
-    """Same seeds -> the workers draw the CPU path's parameters: the sim views (crop, jitter,
-    grayscale, blur, flip) are the same pixels; RandAugment views differ only where a
-    geometric op resamples."""
+    """Same seeds -> the workers draw the CPU path's parameters -> the same pixels, up to a
+    level on a few pixels where a geometric RandAugment op resamples."""
     cpu, dev = _both_paths(aug, photos, range(16), 96)
-    for v, name in enumerate(G.TWO_VIEW_STRATEGIES[aug]):
+    for v in range(2):
         levels = ((cpu[v] - dev[v]).abs() * LEVELS).mean((1, 2, 3))
-        if name == "sim":
-            assert levels.max() < 1e-3, levels
-        else:
-            assert levels.max() < 1.0 and (levels < 1e-3).sum() >= 4, levels
+        assert levels.max() < 0.05 and (levels < 1e-3).float().mean() > 0.5, levels
 
 
 @pytest.mark.parametrize("aug", ("randcls_sim", "randcls_randclsstack"))

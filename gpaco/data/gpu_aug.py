@@ -18,9 +18,10 @@ The CPU ``sim`` component flips last; flip commutes exactly with jitter, graysca
 symmetric blur, so the result is the same. Jitter, grayscale, blur and the lookup-table and
 blend RandAugment ops (AutoContrast, Equalize, Invert, Posterize, Solarize, SolarizeAdd,
 Color, Contrast, Brightness, Sharpness) reproduce the CPU path's PIL arithmetic (the blur up
-to float summation order). The geometric ops (Rotate, ShearX/Y, TranslateX/YRel) resample
-with ``grid_sample``: bilinear as PIL's, but bicubic with torch's a = -0.75 instead of PIL's
--0.5, and pixels on the fill border may differ (docs/benchmarks.md#gpu-aug).
+to float summation order). The geometric ops (Rotate, ShearX/Y, TranslateX/YRel) use PIL's
+inverse maps, fill border and kernels (bilinear through ``grid_sample``; bicubic is PIL's
+a = -1 cubic, written out), within one level of PIL where float32 rounds otherwise than
+PIL's doubles (docs/benchmarks.md#gpu-aug).
 """
 from __future__ import annotations
 
@@ -239,10 +240,34 @@ def _enhance(x: Tensor, op: Tensor, arg: Tensor) -> Tensor:
     return torch.where(enhanced, _blend(x, degenerate, arg), x)
 
 
+def _bicubic_pil(x: Tensor, x_in: Tensor, y_in: Tensor) -> Tensor:
+    """PIL's affine-transform bicubic (Geometry.c: the a = -1 cubic, 4x4 taps, indices
+    clamped to the image) at input points ``x_in``, ``y_in`` ([B, H, W], pixel-centre
+    coordinates). torch's grid_sample bicubic uses a = -0.75."""
+    b, c, h, w = x.shape
+    xs, ys = x_in - 0.5, y_in - 0.5
+    x0, y0 = xs.floor(), ys.floor()
+
+    def weights(d: Tensor) -> List[Tensor]:  # the a = -1 cubic at distances 1 + d, d, 1 - d, 2 - d
+        return [-d * (1 - d) ** 2, 1 - 2 * d * d + d ** 3, d * (1 + d - d * d), -d * d * (1 - d)]
+
+    wx, wy = weights(xs - x0), weights(ys - y0)
+    flat = x.flatten(2)
+    out = torch.zeros_like(x)
+    for l in range(4):
+        iy = (y0 + (l - 1)).clamp(0, h - 1)
+        row = torch.zeros_like(x)
+        for k in range(4):
+            idx = (iy * w + (x0 + (k - 1)).clamp(0, w - 1)).long().view(b, 1, -1).expand(b, c, -1)
+            row += flat.gather(2, idx).view_as(x) * wx[k].unsqueeze(1)
+        out += row * wy[l].unsqueeze(1)
+    return out
+
+
 def _affine(x: Tensor, op: Tensor, arg: Tensor, bicubic: Tensor, fill: Tensor) -> Tensor:
     """The geometric RandAugment ops as PIL's inverse affine maps (output pixel centre ->
-    input point), resampled with grid_sample: edge-clamped inside the image, ``fill``
-    outside, rounded."""
+    input point), resampled as PIL does: bilinear (grid_sample) or PIL's bicubic,
+    edge-clamped inside the image, ``fill`` outside, truncated."""
     b, _, h, w = x.shape
     one, zero = torch.ones_like(arg), torch.zeros_like(arg)
     rad = -arg * (math.pi / 180.0)
@@ -266,8 +291,8 @@ def _affine(x: Tensor, op: Tensor, arg: Tensor, bicubic: Tensor, fill: Tensor) -
     grid = torch.stack([2.0 * x_in / w - 1.0, 2.0 * y_in / h - 1.0], -1)
     inside = ((x_in >= 0) & (x_in < w) & (y_in >= 0) & (y_in < h)).unsqueeze(1)
     lin = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    cub = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
-    out = torch.where(_col(bicubic) > 0, cub, lin).round_().clamp_(0.0, 255.0)
+    out = torch.where(_col(bicubic) > 0, _bicubic_pil(x, x_in, y_in), lin)
+    out = out.clamp_(0.0, 255.0).add_(1e-3).floor_()  # PIL truncates; 1e-3 absorbs float32 error
     out = torch.where(inside, out, fill.view(1, 3, 1, 1))
     geometric = torch.zeros_like(op, dtype=torch.bool)
     for name in _GEOMETRIC:
