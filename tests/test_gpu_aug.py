@@ -4,6 +4,7 @@ The device path runs here on CPU tensors (the same code runs on CUDA tensors): o
 against PIL/timm, view by view against the CPU path with the same seeds (the workers draw
 the same parameters), over many samples, and through tools/train.py.
 """
+import json
 import random
 
 import numpy as np
@@ -177,3 +178,18 @@ def test_gpu_aug_refuses_other_strategies(tmp_path, capsys):
     assert "Traceback" not in err
     assert f"error: --gpu-aug supports --aug {', '.join(GPU_AUG_STRATEGIES)}; got --aug cifar100" in err
     assert {"randcls_sim", "randclsstack_sim", "randcls_randclsstack", "sim_sim"} <= set(GPU_AUG_STRATEGIES)
+
+
+def test_one_epoch_on_the_demo_images_is_seeded_per_sample(demo_data, tmp_path):
+    """A real epoch through SplitDataset, the loader and the loop: the same loss with 0 and 2
+    loader workers (each sample's parameters come from its own seed, drawn in the worker)."""
+    from conftest import demo_flags
+
+    losses = []
+    for workers in ("0", "2"):
+        flags = demo_flags(demo_data) + ["--method", "gpaco", "--aug", "sim_sim", "--gpu-aug", "--workers", workers,
+                                         "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "64",
+                                         "--queue-size", "0", "--output-dir", str(tmp_path / workers)]
+        run_cli(trainer.main, flags)
+        losses.append(json.loads((tmp_path / workers / "log.jsonl").read_text().splitlines()[0])["train_loss"])
+    assert losses[0] == losses[1] and np.isfinite(losses[0])
