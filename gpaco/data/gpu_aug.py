@@ -19,9 +19,9 @@ symmetric blur, so the result is the same. Jitter, grayscale, blur and the looku
 blend RandAugment ops (AutoContrast, Equalize, Invert, Posterize, Solarize, SolarizeAdd,
 Color, Contrast, Brightness, Sharpness) reproduce the CPU path's PIL arithmetic (the blur up
 to float summation order). The geometric ops (Rotate, ShearX/Y, TranslateX/YRel) use PIL's
-inverse maps, fill border and kernels (bilinear through ``grid_sample``; bicubic is PIL's
-a = -1 cubic, written out), within one level of PIL where float32 rounds otherwise than
-PIL's doubles (docs/benchmarks.md#gpu-aug).
+inverse maps, fill border and kernels (bilinear; bicubic is PIL's a = -1 cubic, not
+grid_sample's a = -0.75), within one level of PIL where float32 rounds otherwise than PIL's
+doubles (docs/benchmarks.md#gpu-aug).
 """
 from __future__ import annotations
 
@@ -240,16 +240,20 @@ def _enhance(x: Tensor, op: Tensor, arg: Tensor) -> Tensor:
     return torch.where(enhanced, _blend(x, degenerate, arg), x)
 
 
-def _bicubic_pil(x: Tensor, x_in: Tensor, y_in: Tensor) -> Tensor:
-    """PIL's affine-transform bicubic (Geometry.c: the a = -1 cubic, 4x4 taps, indices
-    clamped to the image) at input points ``x_in``, ``y_in`` ([B, H, W], pixel-centre
-    coordinates). torch's grid_sample bicubic uses a = -0.75."""
+def _resample_pil(x: Tensor, x_in: Tensor, y_in: Tensor, bicubic: Tensor) -> Tensor:
+    """PIL's affine-transform resampling at input points ``x_in``, ``y_in`` ([B, H, W],
+    pixel-centre coordinates), per sample bilinear or bicubic (Geometry.c: the a = -1 cubic;
+    torch's grid_sample uses a = -0.75), as 4x4 taps with indices clamped to the image."""
     b, c, h, w = x.shape
     xs, ys = x_in - 0.5, y_in - 0.5
     x0, y0 = xs.floor(), ys.floor()
+    cubic = _col(bicubic)[:, 0] > 0  # [B, 1, 1]
 
-    def weights(d: Tensor) -> List[Tensor]:  # the a = -1 cubic at distances 1 + d, d, 1 - d, 2 - d
-        return [-d * (1 - d) ** 2, 1 - 2 * d * d + d ** 3, d * (1 + d - d * d), -d * d * (1 - d)]
+    def weights(d: Tensor) -> List[Tensor]:  # taps at -1, 0, 1, 2
+        zero = torch.zeros_like(d)
+        cub = [-d * (1 - d) ** 2, 1 - 2 * d * d + d ** 3, d * (1 + d - d * d), -d * d * (1 - d)]
+        lin = [zero, 1 - d, d, zero]
+        return [torch.where(cubic, cv, lv) for cv, lv in zip(cub, lin)]
 
     wx, wy = weights(xs - x0), weights(ys - y0)
     flat = x.flatten(2)
@@ -266,8 +270,8 @@ def _bicubic_pil(x: Tensor, x_in: Tensor, y_in: Tensor) -> Tensor:
 
 def _affine(x: Tensor, op: Tensor, arg: Tensor, bicubic: Tensor, fill: Tensor) -> Tensor:
     """The geometric RandAugment ops as PIL's inverse affine maps (output pixel centre ->
-    input point), resampled as PIL does: bilinear (grid_sample) or PIL's bicubic,
-    edge-clamped inside the image, ``fill`` outside, truncated."""
+    input point), resampled as PIL does (bilinear or its bicubic), edge-clamped inside the
+    image, ``fill`` outside, truncated."""
     b, _, h, w = x.shape
     one, zero = torch.ones_like(arg), torch.zeros_like(arg)
     rad = -arg * (math.pi / 180.0)
@@ -288,10 +292,8 @@ def _affine(x: Tensor, op: Tensor, arg: Tensor, bicubic: Tensor, fill: Tensor) -
     mv = mat.view(b, 6, 1, 1)
     x_in = mv[:, 0] * xs + mv[:, 1] * ys + mv[:, 2]
     y_in = mv[:, 3] * xs + mv[:, 4] * ys + mv[:, 5]
-    grid = torch.stack([2.0 * x_in / w - 1.0, 2.0 * y_in / h - 1.0], -1)
     inside = ((x_in >= 0) & (x_in < w) & (y_in >= 0) & (y_in < h)).unsqueeze(1)
-    lin = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    out = torch.where(_col(bicubic) > 0, _bicubic_pil(x, x_in, y_in), lin)
+    out = _resample_pil(x, x_in, y_in, bicubic)
     out = out.clamp_(0.0, 255.0).add_(1e-3).floor_()  # PIL truncates; 1e-3 absorbs float32 error
     out = torch.where(inside, out, fill.view(1, 3, 1, 1))
     geometric = torch.zeros_like(op, dtype=torch.bool)
