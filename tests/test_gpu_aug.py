@@ -193,3 +193,21 @@ def test_one_epoch_on_the_demo_images_is_seeded_per_sample(demo_data, tmp_path):
         run_cli(trainer.main, flags)
         losses.append(json.loads((tmp_path / workers / "log.jsonl").read_text().splitlines()[0])["train_loss"])
     assert losses[0] == losses[1] and np.isfinite(losses[0])
+
+
+def test_pipeline_bench_reports_gpu_aug_cores(tmp_path):
+    """bench/pipeline_speed.py at tiny settings: a --gpu-aug cores row per strategy."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, subprocess_env
+
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, "bench/pipeline_speed.py", "--photos", "2", "--repeats", "1", "--size", "32",
+                           "--json", str(out)], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 1: a speed target missed, as tiny runs may
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    for aug in ("randcls_sim", "randcls_randclsstack", "sim_sim"):
+        row = rows[f"CPU cores per GPU at 2500 img/s, {aug} --gpu-aug"]
+        assert row["value"] > 0 and "device half, measured on this CPU" in row["detail"]
