@@ -13,7 +13,11 @@ MoCo's PIL GaussianBlur and timm's RandAugment. Ours = ``gpaco.data.SplitDataset
 ``build_train_transform(aug)``. Ratio = ours images/s / baseline images/s.
 
 Per strategy it also reports the CPU cores (one-thread workers) needed to feed one GPU at
-2,500 images/s (a ResNet-50 in bf16), from the process CPU time per image.
+2,500 images/s (a ResNet-50 in bf16), from the process CPU time per image, with and without
+``--gpu-aug``. With it the workers only decode, crop and draw parameters
+(``gpaco.data.gpu_aug.GpuAugViews``); the device half (``DeviceAugment``) is timed here on
+the CPU, one thread, on the collated batch, and reported apart: it is not worker time, and
+a GPU runs it in a fraction of that.
 
     python bench/pipeline_speed.py [--repeats 9] [--quick] [--json out.json]
 """
@@ -34,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 from gpaco.data import NORMALIZATION, SplitDataset, build_train_transform  # noqa: E402
+from gpaco.data.gpu_aug import build_gpu_aug  # noqa: E402
 
 STRATEGIES = ("randcls_sim", "randcls_randclsstack", "sim_sim")
 TARGET, AIM = 1.0, 1.5
@@ -117,6 +122,19 @@ def bench(aug, root, list_path, repeats, size):
     cpu = C.interleave({"ours": one_pass(ours, 0, time.process_time), "base": one_pass(base, 0, time.process_time)},
                        max(3, repeats // 2), warmup=0)
     cores_o, cores_b = GPU_RATE * C.median(cpu["ours"]) / n, GPU_RATE * C.median(cpu["base"]) / n
+    # --gpu-aug: worker half timed as above; device half timed on the CPU on the collated batch
+    worker, device_aug = build_gpu_aug(aug, image_size=size, mean=mean, std=std)
+    gpu_set = SplitDataset(list_path, root, worker)
+    gpu_cpu = C.interleave({"gpu": one_pass(gpu_set, 0, time.process_time)}, max(3, repeats // 2), warmup=1)["gpu"]
+    cores_g = GPU_RATE * C.median(gpu_cpu) / n
+    batch = torch.utils.data.default_collate([gpu_set[i][0] for i in range(n)])
+
+    def device_pass():
+        t0 = time.process_time()
+        device_aug(batch, torch.device("cpu"))
+        return time.process_time() - t0
+
+    dev_ms = 1e3 * C.median(C.interleave({"dev": device_pass}, 3, warmup=1)["dev"]) / n
     return [
         C.Row("pipeline", f"input pipeline {aug} (ours/original img/s)", ratio, TARGET, ">=",
               f"ours {ips_o:.0f} img/s, original {ips_b:.0f} img/s per worker; aim >= {AIM}; "
@@ -124,7 +142,10 @@ def bench(aug, root, list_path, repeats, size):
         # A worker is one core: cores needed to feed one GPU at GPU_RATE images/s.
         C.Row("pipeline", f"CPU cores per GPU at {GPU_RATE} img/s, {aug}", cores_o, None, "<=",
               f"augmentation on the CPU workers ({1e3 * cores_o / GPU_RATE:.1f} ms CPU per image); original "
-              f"{cores_b:.1f} cores; --gpu-aug not built, so no device-path figure"),
+              f"{cores_b:.1f} cores"),
+        C.Row("pipeline", f"CPU cores per GPU at {GPU_RATE} img/s, {aug} --gpu-aug", cores_g, None, "<=",
+              f"workers decode + crop + draw ({1e3 * cores_g / GPU_RATE:.1f} ms CPU per image); the device half, "
+              f"measured on this CPU (1 thread, no GPU): {dev_ms:.1f} ms per image, not counted"),
     ]
 
 

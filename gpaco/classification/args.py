@@ -13,6 +13,7 @@ import os
 from typing import Optional, Sequence
 
 from gpaco.data.build import is_cifar
+from gpaco.data.gpu_aug import GPU_AUG_STRATEGIES
 from gpaco.data.transforms import SINGLE_VIEW_STRATEGIES, TWO_VIEW_STRATEGIES
 from gpaco.engine.args import (
     MAX_WORKERS_PER_CPU, FlagError, HelpFormatter, add_run_flags, check_finite, check_positive, clamp_workers,
@@ -30,7 +31,8 @@ def train_data_kwargs(args: argparse.Namespace, *, synthetic: bool = False) -> d
     return dict(dataset=args.dataset, data_root=args.data_root, train_list=args.train_list, aug=args.aug,
                 image_size=args.image_size, norm=args.norm, num_classes=args.num_classes, imb_factor=args.imb_factor,
                 randaug_n=args.randaug_n, randaug_m=args.randaug_m, allow_outside_root=args.allow_outside_root,
-                skip_bad_images=args.skip_bad_images, follow_symlinks=args.follow_symlinks, synthetic=synthetic)
+                skip_bad_images=args.skip_bad_images, follow_symlinks=args.follow_symlinks, synthetic=synthetic,
+                gpu_aug=getattr(args, "gpu_aug", False))
 
 
 def eval_data_kwargs(args: argparse.Namespace, *, num_classes: int, synthetic: bool = False) -> dict:
@@ -109,6 +111,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                    f"(default: the method's; CIFAR: the method's CIFAR strategy)")
     g.add_argument("--randaug-n", type=int, default=2, help="RandAugment: operations per image")
     g.add_argument("--randaug-m", type=int, default=10, help="RandAugment: magnitude (0..10)")
+    g.add_argument("--gpu-aug", action="store_true",
+                   help="loader workers only decode and crop; flip, colour jitter, grayscale, blur and RandAugment "
+                        f"run batched on the device (--aug {', '.join(GPU_AUG_STRATEGIES)}; docs/benchmarks.md#gpu-aug)")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (> 0 enables; CE baselines only)")
     g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (> 0 enables; CE baselines only)")
     g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")
@@ -334,3 +339,5 @@ def validate_train_args(args: argparse.Namespace) -> None:
     elif method.views == 1 and args.aug in TWO_VIEW_STRATEGIES:
         raise FlagError(f"--method {args.method} trains on one view: --aug {args.aug} makes two; use one of "
                         f"{', '.join(SINGLE_VIEW_STRATEGIES)}")
+    if args.gpu_aug and args.aug not in GPU_AUG_STRATEGIES:
+        raise FlagError(f"--gpu-aug supports --aug {', '.join(GPU_AUG_STRATEGIES)}; got --aug {args.aug}")

@@ -102,6 +102,7 @@ def train_one_epoch(
     epoch_state: Optional[Dict[str, float]] = None,
     lifecycle: Optional[TrainingRun] = None,
     epochs: Optional[int] = None,
+    device_augment: Optional[Callable] = None,
 ) -> Dict[str, float]:
     """Returns the epoch's mean loss, train top-1 (view 1) and throughput (and, with a
     per-iteration schedule, ``lr``: the last LR it set).
@@ -120,6 +121,8 @@ def train_one_epoch(
     per-epoch schedules are applied by the caller.
     ``random_erasing`` (every view) then ``mixup_fn`` (CE baselines: soft targets) act on
     the batch on the device; train top-1 is measured against the unmixed labels.
+    ``device_augment`` (``--gpu-aug``): turns the loader's batch of uint8 crops and augmentation
+    parameters into the normalised views on the device (:class:`~gpaco.data.gpu_aug.DeviceAugment`).
 
     Fault tolerance:
     ``start_step``: micro-batches of this epoch already done (a mid-epoch resume); the
@@ -179,7 +182,10 @@ def train_one_epoch(
         if per_iteration and it % accum_iter == 0:
             lr = lr_schedule(epoch, it, epoch_iters)
             LRSchedule.apply(optimizer, lr)
-        images = to_device(images, device, channels_last)
+        if device_augment is not None:  # --gpu-aug: uint8 crops + parameters -> augmented views
+            images = device_augment(images, device, channels_last)
+        else:
+            images = to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
         if random_erasing is not None:
             images = [random_erasing(v) for v in images] if isinstance(images, list) else random_erasing(images)

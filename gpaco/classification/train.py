@@ -24,6 +24,8 @@ from gpaco.data.build import (
     build_eval_dataset, build_train_dataset, check_ranks_agree, class_counts_of, eval_loader, is_cifar,
     set_train_epoch, train_loader,
 )
+from gpaco.data.gpu_aug import DeviceAugment
+from gpaco.data.transforms import NORMALIZATION
 from gpaco.engine.args import run_kwargs
 from gpaco.engine.cli import run_cli
 from gpaco.engine.lifecycle import NonFiniteLossError, TrainingRun, seed_everything
@@ -297,6 +299,8 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     erasing, mixup = build_batch_augment(args, num_classes, device, batch, device_batch_of(args))
     train_kw = dict(lr_schedule=schedule if schedule.per_iteration else None, random_erasing=erasing,
                     mixup_fn=mixup, clip_grad=args.clip_grad, takes_labels=method.takes_labels, **loop_kw)
+    if getattr(args, "gpu_aug", False):
+        train_kw["device_augment"] = DeviceAugment(*NORMALIZATION[args.norm])
     if args.dry_run:
         # Two micro-batches; with --accum-iter > 1 they form one accumulation cycle, so the
         # dry run goes through both the no-step and the step path.

@@ -66,13 +66,19 @@ def is_cifar(dataset: str) -> bool:
 def build_train_dataset(*, dataset: str, data_root: str, train_list: Optional[str], aug: str, image_size: int,
                         norm: str, num_classes: Optional[int] = None, imb_factor: float = 0.01, randaug_n: int = 2,
                         randaug_m: int = 10, allow_outside_root: bool = False, skip_bad_images: bool = False,
-                        follow_symlinks: bool = False, synthetic: bool = False) -> Dataset:
+                        follow_symlinks: bool = False, synthetic: bool = False, gpu_aug: bool = False) -> Dataset:
     """The training split: ``dataset`` ``split`` (the ``train_list`` file under ``data_root``),
     ``cifar10``/``cifar100`` (the long-tailed subset of ``imb_factor``), or ``synthetic``
-    random images (dry runs without data), with the ``aug`` strategy's transform."""
+    random images (dry runs without data), with the ``aug`` strategy's transform. ``gpu_aug``: the
+    workers' half of ``--gpu-aug`` (:class:`~gpaco.data.gpu_aug.GpuAugViews`; uint8 crops + parameters)."""
     mean, std = NORMALIZATION[norm]
-    transform = build_train_transform(aug, image_size=image_size, mean=mean, std=std, randaug_n=randaug_n,
-                                      randaug_m=randaug_m)
+    if gpu_aug:
+        from .gpu_aug import GpuAugViews
+
+        transform = GpuAugViews(aug, image_size, randaug_n, randaug_m)
+    else:
+        transform = build_train_transform(aug, image_size=image_size, mean=mean, std=std, randaug_n=randaug_n,
+                                          randaug_m=randaug_m)
     if synthetic:
         return SyntheticDataset(64, num_classes or 10, image_size, transform)
     if is_cifar(dataset):
