@@ -118,6 +118,16 @@ def test_rescom_flags_are_checked():
         ResComCriterion(class_counts=[5] * 10, num_negatives=100, queue_per_class=10)
     with pytest.raises(ValueError, match="--device-batch is not supported"):
         build_rescom("resnet8", 10, device_batch=4)
+    with pytest.raises(SystemExit, match="--device-batch is not supported by --method rescom"):
+        parse_train_args(["--train-list", "x", "--method", "rescom", "--batch-size", "64", "--device-batch", "32"])
+
+
+def test_too_many_negatives_for_the_data_is_one_error_line(demo_data, tmp_path):
+    """The class count is known only once the data is read: the criterion's refusal names the flag."""
+    with pytest.raises(SystemExit, match=r"error: --rescom-negatives 400 exceeds the other classes' queue slots"):
+        trainer.main(demo_flags(demo_data) + ["--method", "rescom", "--aug", "digits_digits", "--epochs", "1",
+                                              "--output-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()
 
 
 def test_rescom_trains_on_the_demo_and_its_checkpoint_evaluates(demo_data, tmp_path):

@@ -271,7 +271,11 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     loss_kw = method_options(method, vars(args))[1]
-    criterion = method.build_criterion(num_classes=num_classes, class_counts=train_counts, **loss_kw).to(device)
+    try:  # the criterion's options are flags; a value that does not fit the data names its flag
+        criterion = method.build_criterion(num_classes=num_classes, class_counts=train_counts, **loss_kw)
+    except ValueError as e:
+        raise FlagError(str(e)) from None
+    criterion = criterion.to(device)
     lr_scales = method.lr_scales(model, vars(args)) if method.lr_scales is not None else None
     optimizer = build_optimizer(model, lr_scales=lr_scales, **optimizer_kwargs(args))
     schedule = build_lr_schedule(args)

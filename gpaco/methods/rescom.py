@@ -36,6 +36,9 @@ def _validate(options: dict) -> None:
         raise ValueError(f"--rescom-negatives must be >= 0, got {n}")
     if not 0.0 <= options["rescom_beta"] < 1.0:
         raise ValueError(f"--rescom-beta must be in [0, 1), got {options['rescom_beta']}")
+    if options.get("device_batch") is not None:
+        raise ValueError("--device-batch is not supported by --method rescom (its BatchNorm and queue see the "
+                         "whole per-process batch)")
 
 
 RESCOM = Method(
