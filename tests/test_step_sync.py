@@ -63,7 +63,7 @@ def _run(method, steps, print_freq, monkeypatch, *, accum_iter=1):
 def test_training_step_reads_nothing_from_the_device(method, monkeypatch):
     # ResCom's label-range checks read only CPU tensors; switch them off as on a GPU so that
     # any other read in its queue or mining counts
-    monkeypatch.setattr("gpaco.losses.rescom._host_check", lambda labels: False)
+    monkeypatch.setattr("gpaco.losses.rescom.host_readable", lambda labels: False)
     few, _ = _run(method, 2, 0, monkeypatch)
     many, stats = _run(method, 6, 0, monkeypatch)
     # One read at the epoch's end (loss, accuracy, finiteness together), none per step.

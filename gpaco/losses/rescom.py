@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .ce import cross_entropy
-from .paco import compute_dtype, log_prior_from_counts
+from .paco import compute_dtype, host_readable, log_prior_from_counts
 
 __all__ = [
     "ClassBalancedQueue", "effective_number_weights", "rescom_mine", "rescom_contrastive_loss",
@@ -64,12 +64,6 @@ def effective_number_weights(class_counts, beta: float) -> Tensor:
         raise ValueError("effective-number weights need every class count > 0 (an empty class has weight 1/0)")
     effective = (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts)) / (1.0 - beta)
     return (effective.mean() / effective).float()
-
-
-def _host_check(labels: Tensor) -> bool:
-    """Check label ranges only where reading them back is free: CPU tensors, eager mode (on a GPU
-    the read would stall every step; an out-of-range label there fails in the indexing kernel)."""
-    return labels.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 class ClassBalancedQueue(nn.Module):
@@ -125,7 +119,7 @@ class ClassBalancedQueue(nn.Module):
             return
         num_classes, k = self.keys.shape[:2]
         labels = labels.to(device=self.keys.device, dtype=torch.long)
-        if _host_check(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        if host_readable(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"labels must be in [0, {num_classes}), got min {int(labels.min())}, "
                              f"max {int(labels.max())}")
         # rank of each row among the earlier rows of its class (stable sort keeps batch order)
@@ -205,7 +199,7 @@ def _mine(features: Tensor, labels: Tensor, queue: Union[Tensor, ClassBalancedQu
     if not 0 <= num_negatives <= (num_classes - 1) * k:
         raise ValueError(f"num_negatives must be in 0..{(num_classes - 1) * k} (the other classes' slots), "
                          f"got {num_negatives}")
-    if n and _host_check(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+    if n and host_readable(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must be in [0, {num_classes}) (the queue's classes), got min "
                          f"{int(labels.min())}, max {int(labels.max())}")
     dtype = compute_dtype(features)

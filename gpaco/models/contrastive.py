@@ -53,7 +53,7 @@ from .view_bn import batchnorm_views, convert_view_batchnorm, supports_one_pass
 
 __all__ = [
     "ContrastiveOutput", "FeatureQueue", "Encoder", "Classifier", "PaCoModel", "GPaCoModel",
-    "build_model", "build_classifier", "build_paco", "build_gpaco", "device_groups", "group_rows",
+    "build_model", "build_classifier", "build_paco", "build_gpaco", "device_groups", "group_rows", "make_backbone",
 ]
 
 
@@ -156,8 +156,12 @@ class Encoder(nn.Module):
         return pooled, self.projection(pooled)
 
 
-def _make_backbone(arch: Union[str, nn.Module], feat_dim: Optional[int], pretrained: Union[bool, str],
-                   drop_path_rate: float, backbone_kwargs: Optional[Dict[str, Any]]) -> Tuple[nn.Module, int]:
+def make_backbone(arch: Union[str, nn.Module], *, feat_dim: Optional[int] = None, pretrained: Union[bool, str] = False,
+                  drop_path_rate: float = 0.0, backbone_kwargs: Optional[Dict[str, Any]] = None
+                  ) -> Tuple[nn.Module, int]:
+    """(trunk, feature width) of every model: a timm / CIFAR / MAE name is built by
+    :func:`~gpaco.models.backbones.create_backbone`; a module is used as given, its width from
+    ``feat_dim`` or its ``num_features``."""
     if isinstance(arch, nn.Module):
         dim = feat_dim if feat_dim is not None else getattr(arch, "num_features", None)
         if dim is None:
@@ -222,7 +226,8 @@ class PaCoModel(nn.Module):
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        backbone, dim = _make_backbone(arch, feat_dim, pretrained, drop_path_rate, backbone_kwargs)
+        backbone, dim = make_backbone(arch, feat_dim=feat_dim, pretrained=pretrained, drop_path_rate=drop_path_rate,
+                                      backbone_kwargs=backbone_kwargs)
         self.feat_dim, self.num_classes, self.proj_dim = dim, num_classes, proj_dim
         self.momentum = momentum
         self.normalize_pooled = normalize_pooled
@@ -329,7 +334,8 @@ class GPaCoModel(nn.Module):
         device_batch: Optional[int] = None,
     ) -> None:
         super().__init__()
-        backbone, dim = _make_backbone(arch, feat_dim, pretrained, drop_path_rate, backbone_kwargs)
+        backbone, dim = make_backbone(arch, feat_dim=feat_dim, pretrained=pretrained, drop_path_rate=drop_path_rate,
+                                      backbone_kwargs=backbone_kwargs)
         self.feat_dim, self.num_classes, self.proj_dim = dim, num_classes, proj_dim
         self.single_view = single_view
         self.device_batch = device_batch
@@ -418,8 +424,9 @@ _CONTRASTIVE_ONLY = {"proj_dim", "hidden_dim", "queue_size", "momentum", "global
 def build_classifier(arch: Union[str, nn.Module], num_classes: int, **kw: Any) -> Classifier:
     """:class:`Classifier` (backbone + ``fc``); contrastive-only options are ignored."""
     kw = {k: v for k, v in kw.items() if k not in _CONTRASTIVE_ONLY}
-    backbone, dim = _make_backbone(arch, kw.pop("feat_dim", None), kw.pop("pretrained", False),
-                                   kw.pop("drop_path_rate", 0.0), kw.pop("backbone_kwargs", None))
+    backbone, dim = make_backbone(arch, feat_dim=kw.pop("feat_dim", None), pretrained=kw.pop("pretrained", False),
+                                  drop_path_rate=kw.pop("drop_path_rate", 0.0),
+                                  backbone_kwargs=kw.pop("backbone_kwargs", None))
     device_batch = kw.pop("device_batch", None)
     if kw:
         raise TypeError(f"build_classifier got unexpected arguments {sorted(kw)}")

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..distributed import all_gather_nograd
 from ..losses.rescom import ClassBalancedQueue
-from .backbones import create_backbone
+from .contrastive import make_backbone
 from .heads import PaCoProjection
 
 __all__ = ["ResComOutput", "ResComModel", "build_rescom"]
@@ -55,11 +55,8 @@ class ResComModel(nn.Module):
                  queue_per_class: int = 10, pretrained: Union[bool, str] = False, drop_path_rate: float = 0.0,
                  backbone_kwargs: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
-        if isinstance(arch, nn.Module):
-            backbone, dim = arch, int(arch.num_features)
-        else:
-            backbone, dim = create_backbone(arch, pretrained=pretrained, drop_path_rate=drop_path_rate,
-                                            **(backbone_kwargs or {}))
+        backbone, dim = make_backbone(arch, pretrained=pretrained, drop_path_rate=drop_path_rate,
+                                      backbone_kwargs=backbone_kwargs)
         self.backbone = backbone
         self.feat_dim, self.num_classes, self.proj_dim = dim, num_classes, proj_dim
         self.fc = nn.Linear(dim, num_classes)

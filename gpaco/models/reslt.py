@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import CIFAR_ARCHS, create_backbone
+from .backbones import CIFAR_ARCHS
+from .contrastive import make_backbone
 
 __all__ = ["ResLTOutput", "ResLTModel", "build_reslt", "gamma_normalised_weight"]
 
@@ -87,11 +88,8 @@ class ResLTModel(nn.Module):
             raise ValueError(f"eval_gamma must be >= 0 (or None), got {eval_gamma}")
         if head == "auto":
             head = "bn" if isinstance(arch, str) and arch in CIFAR_ARCHS else "conv"
-        if isinstance(arch, nn.Module):
-            backbone, dim = arch, int(arch.num_features)
-        else:
-            backbone, dim = create_backbone(arch, pretrained=pretrained, drop_path_rate=drop_path_rate,
-                                            **(backbone_kwargs or {}))
+        backbone, dim = make_backbone(arch, pretrained=pretrained, drop_path_rate=drop_path_rate,
+                                      backbone_kwargs=backbone_kwargs)
         if not hasattr(backbone, "forward_features"):
             raise ValueError(f"the ResLT head needs the trunk's feature map: {type(backbone).__name__} has no "
                              f"forward_features")
