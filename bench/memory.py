@@ -34,7 +34,7 @@ def child(config: str, batch: int, size: int, classes: int, queue: int, steps: i
         import timm  # noqa: F401  (all the bare loop needs: torch + timm)
 
         base = C.peak_rss_mib()
-        runner = C.Bare(b, size, classes, steps)
+        runner = C.Bare(b, size, classes, steps, channels_last=True)  # the engine's memory order on the CPU
     else:
         import timm  # noqa: F401  (gpaco imports it when it builds the backbone)
         import train_step as TS  # imports gpaco, as tools/train.py does

@@ -87,8 +87,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="training method (gpaco.methods registry; docs/recipes.md#methods)")
     g.add_argument("--pretrained", default=None,
                    help="local weights file for the backbone (nothing is downloaded)")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
-                   help="channels-last memory format (faster convolutions with --amp on recent GPUs)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last (NHWC) memory format: the same maths in another memory order. Unset: on "
+                        "where convolutions run faster that way -- the CPU, and CUDA GPUs of compute capability "
+                        "8.0+ (7.0+ with --amp) -- off elsewhere")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model (one graph for the CE, PaCo, GPaCo, multi-task and ViT steps, "
                         "--device-batch included)")

@@ -32,7 +32,7 @@ from gpaco.classification.args import (
 )
 from gpaco.engine.args import HelpFormatter
 from gpaco.engine.cli import add_debug_flag, run_cli
-from gpaco.engine.precision import resolve_amp
+from gpaco.engine.precision import resolve_amp, resolve_channels_last
 from gpaco.methods import add_method_flags, all_methods, get_method, method_names, method_options
 from gpaco.methods.flags import PROJ_DIM, QUEUE_SIZE
 from gpaco.checkpoint import CheckpointError, check_writable
@@ -216,7 +216,9 @@ def run(args: argparse.Namespace) -> dict:
     if len(sizes) != 1:
         raise FlagError(f"the ensemble's models have different numbers of classes: {sorted(sizes)}")
     num_classes = sizes.pop()
-    if args.channels_last:
+    amp = resolve_amp(args.amp, device, dry_run=args.dry_run)
+    channels_last = resolve_channels_last(args.channels_last, device, amp)
+    if channels_last:
         for m in models:
             m.to(memory_format=torch.channels_last)
 
@@ -257,8 +259,8 @@ def run(args: argparse.Namespace) -> dict:
     batch = 4 if args.dry_run else args.batch_size // dist.world_size
     workers = 0 if args.dry_run else args.workers
     max_steps = 1 if args.dry_run else None
-    common = dict(num_classes=num_classes, device=device, amp=resolve_amp(args.amp, device, dry_run=args.dry_run),
-                  channels_last=args.channels_last, max_steps=max_steps)
+    common = dict(num_classes=num_classes, device=device, amp=amp, channels_last=channels_last,
+                  max_steps=max_steps)
 
     def loader_of(dataset):
         return eval_loader(dataset, batch_size=batch, workers=workers, rank=dist.rank, world_size=dist.world_size,

@@ -31,7 +31,7 @@ from gpaco.engine.cli import run_cli
 from gpaco.engine.lifecycle import NonFiniteLossError, TrainingRun, seed_everything
 from gpaco.engine.logging import SUMMARY_NAME, print_main, read_summary, to_jsonable
 from gpaco.engine.optim import build_optimizer
-from gpaco.engine.precision import resolve_amp
+from gpaco.engine.precision import resolve_amp, resolve_channels_last
 from gpaco.engine.schedule import LRSchedule, build_schedule
 from gpaco.methods import get_method, method_options
 from gpaco.metrics import FAIRNESS_KEYS
@@ -268,7 +268,9 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     if args.freeze == "all_but_last_block":
         print_main(f"froze {freeze_all_but_last_block(model)} conv layers (all but the last block)")
     model.to(device)
-    if args.channels_last:
+    amp = resolve_amp(args.amp, device, dry_run=args.dry_run)  # a CPU dry run: float32, still via the GradScaler
+    channels_last = resolve_channels_last(args.channels_last, device, amp)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     loss_kw = method_options(method, vars(args))[1]
     try:  # the criterion's options are flags; a value that does not fit the data names its flag
@@ -298,8 +300,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         raise FlagError(f"the train split has {len(train_set)} images, fewer than one global batch "
                         f"(--batch-size {args.batch_size}); lower --batch-size")
 
-    amp = resolve_amp(args.amp, device, dry_run=args.dry_run)  # a CPU dry run: float32, still via the GradScaler
-    loop_kw = dict(device=device, amp=amp, channels_last=args.channels_last)
+    loop_kw = dict(device=device, amp=amp, channels_last=channels_last)
     erasing, mixup = build_batch_augment(args, num_classes, device, batch, device_batch_of(args))
     train_kw = dict(lr_schedule=schedule if schedule.per_iteration else None, random_erasing=erasing,
                     mixup_fn=mixup, clip_grad=args.clip_grad, takes_labels=method.takes_labels, **loop_kw)

@@ -1,0 +1,88 @@
+"""``--channels-last``: its default per device (gpaco.engine.precision), and a training step in
+channels-last memory order equals the contiguous one within float32 rounding (losses,
+gradients, BatchNorm statistics and queue), per-view BatchNorm included."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from gpaco.classification.loop import forward_train, to_device
+from gpaco.engine.precision import resolve_channels_last
+from gpaco.methods import build_criterion
+from gpaco.models import build_model
+from gpaco.models.view_bn import ViewBatchNorm2d
+
+C, B = 10, 8
+CL = torch.channels_last
+
+
+def test_default_is_on_for_the_cpu_and_tensor_core_gpus(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_channels_last(None, cpu, "none") is True
+    assert resolve_channels_last(False, cpu, "none") is False  # --no-channels-last
+    for capability, amp, expected in [((7, 0), "none", False), ((7, 0), "bf16", True), ((6, 1), "fp16", False),
+                                      ((8, 0), "none", True), ((9, 0), "none", True)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert resolve_channels_last(None, cuda, amp) is expected, (capability, amp)
+    assert resolve_channels_last(True, cuda, "none") is True
+
+
+@pytest.mark.parametrize("x_format,grad_format", [(torch.contiguous_format, CL), (CL, torch.contiguous_format),
+                                                  (CL, CL)])
+def test_view_batchnorm_in_either_memory_order(x_format, grad_format):
+    """The per-view BatchNorm's out= kernels accept channels-last input and gradient."""
+    torch.manual_seed(0)
+    bn = ViewBatchNorm2d(6)
+    bn.views = 2
+    x, g = torch.randn(8, 6, 5, 5), torch.randn(8, 6, 5, 5)
+
+    def run(x_fmt, g_fmt):
+        xx = x.contiguous(memory_format=x_fmt).detach().requires_grad_(True)
+        y = bn(xx)
+        y.backward(g.contiguous(memory_format=g_fmt))
+        return y.detach(), xx.grad
+
+    y0, gx0 = run(torch.contiguous_format, torch.contiguous_format)
+    y1, gx1 = run(x_format, grad_format)
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ce", "paco", "gpaco"])
+def test_channels_last_step_equals_the_contiguous_one(method):
+    torch.manual_seed(0)
+    model = build_model(method, "resnet8", C, queue_size=4 * B, proj_dim=16, global_batch=B)
+    criterion = build_criterion(method, class_counts=[C - c for c in range(C)])
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(B, 3, 16, 16, generator=g) for _ in range(2)]
+    x = views if method != "ce" else views[0]
+    y = torch.randint(0, C, (B,), generator=g)
+    ref = copy.deepcopy(model)
+    model.to(memory_format=CL)
+    assert model.state_dict()[next(k for k in model.state_dict() if k.endswith("conv1.weight"))].is_contiguous(
+        memory_format=CL)
+    for step in range(2):  # the second step sees the first's enqueue and BN updates
+        losses = []
+        for m, fmt in ((model, True), (ref, False)):
+            torch.manual_seed(step)  # PaCo's shuffle-BN permutation
+            loss = criterion(forward_train(m, to_device(x, torch.device("cpu"), fmt), y), y)
+            loss.backward()
+            losses.append(loss)
+        torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+        # float32 rounding on the step's gradient scale (a bias before a BatchNorm has a true
+        # gradient of 0, so its own scale is rounding noise)
+        scale = max(q.grad.abs().max().item() for q in ref.parameters() if q.grad is not None)
+        for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+            if q.grad is not None:
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * scale,
+                                           msg=lambda m, name=name: f"{name}: {m}")
+        for (name, a), b in zip(model.named_buffers(), ref.buffers()):
+            torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), ref.parameters()):
+                if q.grad is not None:
+                    p -= 0.1 * p.grad
+                    q -= 0.1 * q.grad
+                p.grad = q.grad = None
