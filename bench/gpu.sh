@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # GPU throughput of ResNet-50 CE, PaCo and GPaCo and of ViT-B/16 CE / GPaCo fine-tuning: bf16 autocast + channels_last, eager and
-# torch.compile, synthetic data on the device, the real engine pieces (bench/gpu_speed.py).
-# Prints the card's name, images/s and samples/s per configuration, peak GPU memory, and
-# the ratios GPaCo(B)/CE(2B), our CE/bare CE, compiled/eager.
+# torch.compile, synthetic data on the device, the real engine pieces (bench/gpu_speed.py); DeepLabV3+ R50
+# and UPerNet Swin-T training iterations/s (pixel GPaCo, ADE20K crop and per-GPU batch); end-to-end
+# images/s of a real two-view GPaCo training (tools/train.py) on a generated JPEG folder, --gpu-aug off and on.
+# Prints the card's name, images/s, samples/s and it/s per configuration, peak GPU memory, and
+# the ratios GPaCo(B)/CE(2B), our CE/bare CE, compiled/eager, --gpu-aug on/off.
 #
 #   bash bench/gpu.sh                      # B=128 per GPaCo view (CE at 256), 224px
 #   bash bench/gpu.sh --batch 64 --no-compile

@@ -8,20 +8,26 @@ autocast/channels_last) as the baseline of the CE recipe. Configurations run int
 each figure is the median over rounds of ``--steps`` steps.
 
 Also the ViT-B/16 fine-tuning step (MAE recipe: AdamW with layer decay, no channels_last),
-GPaCo at B/2 per view against CE at B.
+GPaCo at B/2 per view against CE at B; the DeepLabV3+ R50 and UPerNet Swin-T training
+iteration (pixel GPaCo as ``tools/train_seg.py`` builds it, bf16 autocast, the ADE20K recipes'
+512x512 crop and 2 images per GPU; a compile failure is printed in its row); and end to end, a
+real two-view GPaCo training (``tools/train.py``, a child process) on a generated JPEG folder
+with ``--gpu-aug`` off and on, images/s of its second epoch from its log.
 
 Prints images/s (and samples/s: a GPaCo sample is two images), the ratios
 GPaCo(B) / CE(2B) step time (same images per step), our CE / bare CE, compiled / eager,
 and the peak GPU memory of each configuration. Run through ``bench/gpu.sh``.
 
-    python bench/gpu_speed.py [--batch 128] [--steps 20] [--rounds 3] [--no-compile]
+    python bench/gpu_speed.py [--batch 128] [--steps 20] [--rounds 3] [--no-compile] [--e2e-steps 50]
     python bench/gpu_speed.py --device cpu --tiny   # smoke test of the script itself
 """
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -33,7 +39,12 @@ import _common as C  # noqa: E402
 from gpaco.methods import build_criterion  # noqa: E402
 from gpaco.classification.loop import train_one_epoch  # noqa: E402
 from gpaco.engine.optim import build_optimizer  # noqa: E402
+from gpaco.engine.args import cpu_count  # noqa: E402
+from gpaco.engine.logging import SUMMARY_NAME, read_summary  # noqa: E402
+from gpaco.methods import get_method, method_options  # noqa: E402
 from gpaco.models import build_model  # noqa: E402
+from gpaco.segmentation import train as seg_train  # noqa: E402
+from gpaco.segmentation.inference import collate  # noqa: E402
 
 NUM_CLASSES, QUEUE = 1000, 8192
 
@@ -108,6 +119,109 @@ class BareRun:
         return (time.perf_counter() - t0) / len(self.data)
 
 
+# Segmentation: the recipes' flags (sh/GPaCo/Seg/; pixel GPaCo) on ADE20K's 150 classes. The project
+# has no DeepLabV3+ ADE20K recipe: its R50 runs SGD as the Cityscapes recipe, Swin-T AdamW as ADE20K's.
+SEG_RECIPES = {
+    "seg_deeplabv3plus_r50": ["--arch", "r50", "--optimizer", "sgd", "--lr", "0.01", "--wd", "5e-4"],
+    "seg_upernet_swin_t": ["--arch", "swin_t", "--optimizer", "adamw", "--lr", "6e-5", "--wd", "0.01"],
+}
+
+
+class SegRun:
+    """One segmentation training iteration as tools/train_seg.py runs it: the method's model and
+    criterion, the flags' optimizer, ``forward_loss`` under bf16 autocast, backward, step; one
+    batch of the --dry-run's synthetic images through the training transform, on the device."""
+
+    def __init__(self, recipe, batch, crop, steps, device, compile_):
+        torch.manual_seed(0)
+        self.device, self.steps = device, steps
+        args = seg_train.parse_train_args(["--dataset", "ade20k", "--method", "gpaco", "--crop-size", str(crop),
+                                           str(crop), "--img-scale", str(4 * crop), str(crop), "--amp", "bf16",
+                                           *SEG_RECIPES[recipe]])
+        self.method = get_method(args.method, seg_train.TASK)
+        model_kw, loss_kw = method_options(self.method, vars(args))
+        num_classes = 150
+        model = self.method.build_model(args.arch, num_classes, encoder=args.encoder, **model_kw).to(device).train()
+        self.criterion = self.method.build_criterion(num_classes=num_classes, **loss_kw).to(device)
+        self.opt = seg_train.optimizer_of(model, args)
+        self.amp = args.amp
+        self.model = torch.compile(model) if compile_ else model
+        train_set = seg_train.train_datasets(args, synthetic=True)[0]
+        imgs, labels, _ = collate([train_set[i % len(train_set)] for i in range(batch)])
+        self.imgs, self.labels = imgs.to(device), labels.to(device)
+        self.images_per_step = batch
+
+    def __call__(self):
+        sync(self.device)
+        t0 = time.perf_counter()
+        for it in range(self.steps):
+            gen = torch.Generator(device=self.device).manual_seed(it)
+            loss, _ = seg_train.forward_loss(self.model, self.criterion, self.imgs, self.labels,
+                                             takes_labels=self.method.takes_labels, device=self.device, amp=self.amp,
+                                             generator=gen)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        sync(self.device)
+        return (time.perf_counter() - t0) / self.steps
+
+
+E2E_AUG = "randcls_sim"  # a two-view strategy --gpu-aug supports (the R50 GPaCo recipe's randcls_randclsstack has none)
+
+
+def e2e_env(device):
+    """The environment of a tools/train.py child that trains on ``device`` (it takes the first visible GPU)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if device.type == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif device.index is not None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        env["CUDA_VISIBLE_DEVICES"] = ids[device.index]
+    return env
+
+
+def e2e_run(root, list_path, gpu_aug, *, device, batch, size, num_classes, workers, arch="resnet50"):
+    """A real two-view GPaCo training (tools/train.py, a child process) of 2 epochs over the
+    split list; images/s of the second epoch from its summary.csv (the loop's
+    ``train_images_per_s``: the epoch's wall time, data loading and the start of its loader
+    workers included; process start-up, model build and the first epoch excluded)."""
+    out = os.path.join(root, f"run_gpuaug_{'on' if gpu_aug else 'off'}")
+    cmd = [sys.executable, os.path.join(C.ROOT, "tools", "train.py"), "--method", "gpaco", "--arch", arch,
+           "--dataset", "split", "--data-root", root, "--train-list", list_path, "--num-classes", str(num_classes),
+           "--image-size", str(size), "--aug", E2E_AUG, "--batch-size", str(batch),
+           "--queue-size", str(QUEUE - QUEUE % batch),
+           "--epochs", "2", "--warmup-epochs", "0", "--amp", "bf16", "--channels-last", "--workers", str(workers),
+           "--print-freq", "0", "--output-dir", out, *(["--gpu-aug"] if gpu_aug else [])]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=C.ROOT, env=e2e_env(device), capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    rows = read_summary(os.path.join(out, SUMMARY_NAME))
+    if proc.returncode != 0 or len(rows) < 2:
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
+        return {"error": f"tools/train.py exit {proc.returncode}: {lines[-1][:200]}"}
+    samples_s = float(rows[-1]["train_images_per_s"])  # the loop counts samples (labels), not views
+    return {"s": [batch / samples_s], "images": 2 * batch, "mem_gib": None, "wall_s": wall}
+
+
+def run_e2e(device, *, batch, size, steps, n_photos, photo_size):
+    """--gpu-aug off and on over one generated JPEG folder (bench/_common.make_photos, listed
+    cyclically to ``steps`` global batches per epoch), in the ImageNet-LT split format."""
+    n = batch * steps
+    num_classes = min(1000, n)
+    workers = max(1, cpu_count() - 1)  # one core left to the training process itself
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="gpaco_gpu_bench_") as tmp:
+        photos = C.make_photos(os.path.join(tmp, "train"), n=n_photos, size=photo_size)
+        list_path = os.path.join(tmp, "train.txt")
+        C.write_split([photos[i % len(photos)] for i in range(n)], tmp, list_path, num_classes)
+        for gpu_aug in (False, True):
+            results[f"e2e_gpaco_gpuaug_{'on' if gpu_aug else 'off'}"] = e2e_run(
+                tmp, list_path, gpu_aug, device=device, batch=batch, size=size, num_classes=num_classes,
+                workers=workers)
+    return results, workers
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
@@ -116,12 +230,23 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="steps per timed unit")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-compile", action="store_true", help="eager only")
-    p.add_argument("--tiny", action="store_true", help="batch 2, 32px, 1 step, 1 round (smoke test)")
+    p.add_argument("--seg-batch", type=int, default=2, help="segmentation images per step (the ADE20K recipes: "
+                   "global batch 16 on 8 GPUs)")
+    p.add_argument("--seg-crop", type=int, default=512, help="segmentation crop (the ADE20K recipes: 512x512)")
+    p.add_argument("--e2e-steps", type=int, default=50, help="steps per epoch of the end-to-end runs (2 epochs, "
+                   "the second timed)")
+    p.add_argument("--no-e2e", action="store_true", help="leave out the end-to-end training runs")
+    p.add_argument("--tiny", action="store_true", help="batch 2, 32px, 1 step, 1 round, 64px segmentation crops, "
+                   "1-step epochs on 4 small JPEGs (smoke test)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    photos, photo_size = 64, (500, 375)  # ~ImageNet's resolution, listed cyclically
     if args.tiny:
         args.batch, args.image_size, args.steps, args.rounds = 2, 32, 1, 1
+        args.seg_batch, args.seg_crop, args.e2e_steps, photos, photo_size = 2, 64, 1, 4, (64, 48)
     device = torch.device(args.device)
+    if args.tiny and device.type == "cpu":
+        C.set_threads(1)  # a smoke test: one thread (the children too) stays quick on a loaded machine
     if device.type == "cuda":
         if not torch.cuda.is_available():
             print("no CUDA device: nothing measured (bench/gpu.sh needs a GPU)")
@@ -135,8 +260,9 @@ def main(argv=None):
     B, S, n = args.batch, args.image_size, args.steps
     # ViT-B/16 fine-tuning (tiny: the 2-block test ViT): CE at VB images, GPaCo at VB/2 per view.
     vit, VB = ("mae_vit_tiny_d2_patch8", 2 * B) if args.tiny else ("mae_vit_base_patch16", B)
+    SB, SC = args.seg_batch, args.seg_crop
     modes = [False] if args.no_compile else [False, True]
-    results = {}
+    results, failed = {}, {}
     for comp in modes:
         tag = "compiled" if comp else "eager"
         runs = {f"bare_ce_{tag}": lambda: BareRun(2 * B, S, n, device, comp),
@@ -145,28 +271,56 @@ def main(argv=None):
                 f"gpaco_{tag}": lambda: EngineRun("gpaco", B, S, n, device, comp),
                 f"vit_ce_{tag}": lambda: EngineRun("ce", VB, S, n, device, comp, False, arch=vit),
                 f"vit_gpaco_{tag}": lambda: EngineRun("gpaco", VB // 2, S, n, device, comp, False, arch=vit)}
+        for recipe in SEG_RECIPES:
+            runs[f"{recipe}_{tag}"] = lambda recipe=recipe: SegRun(recipe, SB, SC, n, device, comp)
         built, mem = {}, {}
         for k, make in runs.items():  # build and warm up one at a time to get each one's peak memory
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            built[k] = make()
-            built[k]()  # warm-up (and compilation)
-            built[k]()
+            try:
+                built[k] = make()
+                built[k]()  # warm-up (and compilation)
+                built[k]()
+            except Exception as e:  # noqa: BLE001 -- a segmentation network torch.compile cannot take: say why
+                if not (comp and k.startswith("seg_")):
+                    raise
+                built.pop(k, None)
+                why = " ".join(line.strip() for line in str(e).splitlines()[:3] if line.strip())
+                failed[k] = f"compile failed: {type(e).__name__}: {why[:200]}"
+                continue
             if device.type == "cuda":
                 mem[k] = torch.cuda.max_memory_allocated(device) / 2**30
         times = C.interleave(built, args.rounds, warmup=0)
         for k, r in built.items():
             results[k] = {"s": times[k], "images": r.images_per_step, "mem_gib": mem.get(k)}
         del built
+    e2e_note = ""
+    if not args.no_e2e:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the training children get the card
+        e2e, workers = run_e2e(device, batch=B, size=S, steps=args.e2e_steps, n_photos=photos, photo_size=photo_size)
+        for k, r in e2e.items():
+            (failed if "error" in r else results)[k] = r.get("error", r)
+        e2e_note = (f"; e2e: tools/train.py GPaCo R50 --aug {E2E_AUG}, bf16, channels_last, eager, batch {B}, "
+                    f"{workers} workers, {args.e2e_steps} steps x 2 epochs on {photos} JPEGs {photo_size[0]}x"
+                    f"{photo_size[1]}, epoch 2 from its log")
     print(f"GPU bench on {name}: ResNet-50, C={NUM_CLASSES}, K={QUEUE}, bf16 autocast, channels_last, {S}px, "
           f"GPaCo B={B} per view, CE {2 * B}; {n} steps x {args.rounds} rounds; torch {torch.__version__}")
-    print(f"{'config':22s} {'step ms':>9s} {'images/s':>10s} {'samples/s':>10s} {'peak GiB':>9s}")
-    for k, r in results.items():
+    print(f"segmentation: pixel GPaCo, ADE20K's 150 classes, {SB} images of {SC}x{SC} per step, bf16 autocast"
+          f"{e2e_note}")
+    w = max(len(k) for k in [*results, *failed, "config"])
+    print(f"{'config':{w}s} {'step ms':>9s} {'it/s':>8s} {'images/s':>10s} {'samples/s':>10s} {'peak GiB':>9s}")
+    for k in [*results, *failed]:
+        if k in failed:
+            print(f"{k:{w}s} {failed[k]}")
+            continue
+        r = results[k]
         t = C.median(r["s"])
-        samples = r["images"] // 2 if k.startswith(("gpaco", "paco", "vit_gpaco")) else r["images"]
+        two_views = k.startswith(("gpaco", "paco", "vit_gpaco", "e2e_gpaco"))
+        samples = r["images"] // 2 if two_views else r["images"]
         mem = f"{r['mem_gib']:.2f}" if r["mem_gib"] is not None else "-"
-        print(f"{k:22s} {1e3 * t:9.1f} {r['images'] / t:10.0f} {samples / t:10.0f} {mem:>9s}")
+        print(f"{k:{w}s} {1e3 * t:9.1f} {1 / t:8.2f} {r['images'] / t:10.0f} {samples / t:10.0f} {mem:>9s}")
     rows = []
     for comp in modes:
         tag = "compiled" if comp else "eager"
@@ -182,11 +336,16 @@ def main(argv=None):
         rows.append(C.Row("gpu", f"GPU {tag}: {vit} GPaCo step (B={VB // 2}) / CE step ({VB})",
                           C.paired_ratio(vg, vc), None, "<=", name))
     if len(modes) == 2:
-        for m in ("ce", "paco", "gpaco", "vit_ce", "vit_gpaco"):
-            rows.append(C.Row("gpu", f"GPU {m}: compiled / eager step", C.paired_ratio(
-                results[f"{m}_compiled"]["s"], results[f"{m}_eager"]["s"]), None, "<=", name))
+        for m in ("ce", "paco", "gpaco", "vit_ce", "vit_gpaco", *SEG_RECIPES):
+            if f"{m}_compiled" in results:
+                rows.append(C.Row("gpu", f"GPU {m}: compiled / eager step", C.paired_ratio(
+                    results[f"{m}_compiled"]["s"], results[f"{m}_eager"]["s"]), None, "<=", name))
+    on, off = results.get("e2e_gpaco_gpuaug_on"), results.get("e2e_gpaco_gpuaug_off")
+    if on and off:
+        rows.append(C.Row("gpu", "GPU end-to-end: images/s --gpu-aug on / off", C.median(off["s"]) / C.median(on["s"]),
+                          None, ">=", name))
     C.print_rows(rows)
-    C.rows_to_json(rows, args.json, {"device": name, "results": {k: {**v, "s": v["s"]} for k, v in results.items()}})
+    C.rows_to_json(rows, args.json, {"device": name, "results": results, "failed": failed})
     return C.exit_code(rows)
 
 

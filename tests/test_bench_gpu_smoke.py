@@ -1,5 +1,7 @@
-"""bench/gpu.sh runs end to end on CPU (tiny settings, eager): the script a GPU session runs
-unprepared must not fail on a typo. The numbers themselves mean nothing on CPU."""
+"""bench/gpu.sh runs end to end on CPU (tiny settings, eager, one thread): the script a GPU session runs
+unprepared must not fail on a typo. The numbers themselves mean nothing on CPU. Every row is
+there: ResNet-50 and ViT steps, the two segmentation networks and the end-to-end training with
+--gpu-aug off and on (two tools/train.py children); about 30 s on 2 cores."""
 from __future__ import annotations
 
 import subprocess
@@ -16,6 +18,11 @@ def test_gpu_sh_smoke_on_cpu():
                           env=subprocess_env(PYTHON=sys.executable), capture_output=True, text=True, timeout=180)
     assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 1: a target missed, as CPU numbers may
     out = proc.stdout
-    for config in ("bare_ce_eager", "ce_eager", "paco_eager", "gpaco_eager", "vit_ce_eager", "vit_gpaco_eager"):
+    for config in ("bare_ce_eager", "ce_eager", "paco_eager", "gpaco_eager", "vit_ce_eager", "vit_gpaco_eager",
+                   "seg_deeplabv3plus_r50_eager", "seg_upernet_swin_t_eager", "e2e_gpaco_gpuaug_off",
+                   "e2e_gpaco_gpuaug_on"):
         assert f"\n{config} " in out, out
+        line = out.split(f"\n{config} ", 1)[1].splitlines()[0]
+        assert "failed" not in line, line  # a measured row (the CPU smoke test compiles nothing)
     assert "GPaCo step (B=2) / CE step (2B)" in out and "PaCo step (B=2) / CE step (2B)" in out
+    assert "images/s --gpu-aug on / off" in out

@@ -48,7 +48,7 @@ from gpaco.segmentation.class_counts import class_counts_for_training
 from gpaco.segmentation.inference import MS_RATIOS, collate, evaluate_seg, format_iou_table, summary, worker_init
 
 __all__ = ["build_train_parser", "parse_train_args", "run", "main", "cli", "add_seg_data_flags",
-           "add_seg_test_flags", "DEFAULT_NO_DECAY"]
+           "add_seg_test_flags", "DEFAULT_NO_DECAY", "optimizer_of", "forward_loss", "train_datasets"]
 
 TASK = "segmentation"
 DEFAULT_NO_DECAY = ("absolute_pos_embed", "relative_position_bias_table", "norm")
@@ -186,11 +186,27 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
 # --------------------------------------------------------------------------- training
 
 
+def optimizer_of(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """The ``--optimizer`` of the flags over ``model``'s parameters (``--no-decay-keys`` without weight decay)."""
+    no_decay = tuple(k for k in args.no_decay_keys.split(",") if k)
+    return build_seg_optimizer(model, name=args.optimizer, lr=args.lr, wd=args.wd, momentum=args.momentum,
+                               betas=tuple(args.betas), no_decay_keys=no_decay)
+
+
+def forward_loss(model, criterion, imgs, labels, *, takes_labels: bool, device: torch.device, amp: str,
+                 generator: Optional[torch.Generator] = None):
+    """One training forward under ``--amp`` autocast and the method's loss: ``(loss, parts)``."""
+    with autocast_context(device, amp):
+        outputs = model(imgs, train_outputs=True, labels=labels) if takes_labels else model(imgs, train_outputs=True)
+    return criterion(outputs, labels, generator=generator)
+
+
 def _iter_seed(seed: int, it: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, it, rank]).generate_state(1)[0])
 
 
-def _datasets(args, synthetic: bool):
+def train_datasets(args, synthetic: bool):
+    """(train, val, test) of the flags; ``synthetic``: the --dry-run stand-in at the crop size."""
     info = SEG_DATASETS[args.dataset]
     train_tf = SegTrainTransform(tuple(args.img_scale), tuple(args.crop_size), ratio_range=tuple(args.ratio_range),
                                  cat_max_ratio=args.cat_max_ratio, flip_prob=args.flip_prob,
@@ -237,7 +253,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         args.img_scale = [min(args.img_scale[0], 2 * c), min(args.img_scale[1], c)]
         args.test_crop = [min(args.test_crop[0], c), min(args.test_crop[1], c)]
         args.test_stride = [max(x * 2 // 3, 1) for x in args.test_crop]
-    train_set, val_set, test_set = _datasets(args, synthetic)
+    train_set, val_set, test_set = train_datasets(args, synthetic)
     per_process = args.dry_run_batch if args.dry_run else args.batch_size // world
 
     spec = seg_arch(args.arch)
@@ -270,9 +286,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
             print_main("note: SyncBatchNorm needs CUDA; the CPU processes keep per-process BatchNorm")
     model.to(device)
     criterion = method.build_criterion(num_classes=num_classes, class_counts=class_counts, **loss_kw)
-    no_decay = tuple(k for k in args.no_decay_keys.split(",") if k)
-    optimizer = build_seg_optimizer(model, name=args.optimizer, lr=args.lr, wd=args.wd, momentum=args.momentum,
-                                    betas=tuple(args.betas), no_decay_keys=no_decay)
+    optimizer = optimizer_of(model, args)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     model_without_ddp = model
     model = lc.wrap_ddp(model)
@@ -337,10 +351,8 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
             lc.faults.before(it + 1)
         imgs = imgs.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        with autocast_context(device, args.amp):
-            outputs = model(imgs, train_outputs=True, labels=labels) if method.takes_labels else \
-                model(imgs, train_outputs=True)
-        loss, parts = criterion(outputs, labels, generator=gen)
+        loss, parts = forward_loss(model, criterion, imgs, labels, takes_labels=method.takes_labels, device=device,
+                                   amp=args.amp, generator=gen)
         if lc.faults is not None:
             loss = lc.faults.loss(it + 1, loss)
         nonfinite, stop_now = lc.agree(loss)
