@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -13,6 +14,7 @@ from PIL import Image
 
 from gpaco.classification import evaluate as evaluator
 from gpaco.checkpoint import load_checkpoint, save_checkpoint
+from gpaco.engine.precision import resolve_channels_last
 from gpaco.models.convert import detect_layout, read_checkpoint, unwrap
 from gpaco.models import build_model
 
@@ -77,15 +79,17 @@ def original_layout(model: torch.nn.Module, method: str) -> "OrderedDict[str, to
 
 
 def direct_logits(model: torch.nn.Module, list_path: Path, root: Path) -> torch.Tensor:
-    """The model's logits on the list's images, computed without tools/eval.py (one batch)."""
+    """The model's logits on the list's images, computed without tools/eval.py (one batch), in
+    the memory order tools/eval.py uses on the CPU (channels-last), so that they are bit-equal."""
     from gpaco.data.transforms import NORMALIZATION, build_eval_transform
 
     mean, std = NORMALIZATION["mnist"]
     tf = build_eval_transform(IMG, resize_size=IMG, mean=mean, std=std)
     paths = [line.split()[0] for line in list_path.read_text().splitlines()]
     x = torch.stack([tf(Image.open(root / p).convert("RGB")) for p in paths])
+    fmt = torch.channels_last if resolve_channels_last(None, torch.device("cpu"), "none") else torch.contiguous_format
     with torch.no_grad():
-        return model.eval()(x)
+        return copy.deepcopy(model).to(memory_format=fmt).eval()(x.contiguous(memory_format=fmt))
 
 
 def eval_args(root: Path, list_path: Path, out: Path, *ckpts_and_flags: str):
