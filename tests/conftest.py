@@ -55,3 +55,4 @@ def subprocess_env(**extra) -> dict:
         if var not in extra:
             e.pop(var, None)
     return e
+

@@ -148,7 +148,9 @@ def test_missing_best_pth_on_a_finished_run_reports_clearly_once(demo_data, tmp_
         assert again["top1"] == first["top1"] and (out / "best.pth").exists()
     else:
         assert again["selected_epoch"] == 2 and "selection restarts" in said
+    capsys.readouterr()
     assert trainer.main(ce_args(demo_data, out, "--resume", "auto"))["selected_epoch"] == again["selected_epoch"]
+    assert "the run had finished (epoch 2 of 2); nothing to train" in capsys.readouterr().out
 
 
 KILL_BETWEEN_SAVES = """

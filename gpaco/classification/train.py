@@ -345,6 +345,9 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
                            f"the rest of epoch {start_epoch + 1} is not bit-identical to an uninterrupted run")
             print_main(f"resumed from {path}: epoch {start_epoch + 1} step {start_step}/{len(train_dl)}, "
                        f"best val top-1 {best_top1:.2f}")
+        elif start_epoch >= args.epochs:
+            print_main(f"resumed from {path}: the run had finished (epoch {start_epoch} of {args.epochs}); "
+                       f"nothing to train, its results are reported again (--overwrite trains it anew)")
         else:
             print_main(f"resumed from {path}: epoch {start_epoch} done, best val top-1 {best_top1:.2f}")
     lc.open_output(vars(args))
