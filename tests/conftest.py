@@ -55,4 +55,3 @@ def subprocess_env(**extra) -> dict:
         if var not in extra:
             e.pop(var, None)
     return e
-
