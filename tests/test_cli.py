@@ -113,6 +113,7 @@ def test_debug_shows_the_traceback_and_keeps_exit_2(bad_files):
 @pytest.mark.parametrize("flags,expected", [
     (["--arch", "resnet_nope"], "unknown --arch 'resnet_nope'"),
     (["--momentum", "1.5"], "--momentum must be in [0, 1), got 1.5"),
+    (["--nesterov", "--momentum", "0"], "--nesterov is for --optimizer sgd with --momentum > 0"),
     (["--wd", "-1"], "--wd must be >= 0, got -1.0"),
     (["--resize-size", "16"], "--resize-size (16) must be >= --image-size (32)"),
 ])

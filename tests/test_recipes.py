@@ -225,6 +225,10 @@ EXPECTED = {
         arch="resnet200", batch_size=256, lr=0.04, wd=1e-4, prior=False, aug="randclsstack_sim", randaug_n=3,
         randaug_m=12, amp="fp16"),
     "sh/PaCo/ImageNet/train_resnet50.sh": dict(batch_size=256, lr=0.04, wd=1e-4, prior=False, aug="randcls_sim"),
+    # ResLT's CIFAR original is Nesterov SGD, its ImageNet-LT one is not
+    "sh/ResLT/CIFAR100LT_train_imb0.01.sh": dict(lr=0.1, momentum=0.9, nesterov=True, wd=5e-4),
+    "sh/ResLT/CIFAR10LT_train_imb0.1.sh": dict(lr=0.1, momentum=0.9, nesterov=True, wd=5e-4),
+    "sh/ResLT/ImageNetLT_train_X50.sh": dict(momentum=0.9, nesterov=False),
 }
 
 

@@ -115,3 +115,26 @@ def test_reslt_trains_on_the_demo_and_its_checkpoint_evaluates(demo_data, tmp_pa
                          *demo_flags(demo_data, lists=False)])
     assert ev["top1"] == pytest.approx(result["top1"]) and ev["num_samples"] == result["num_samples"]
     assert not ev["checkpoints"][0].get("missing")
+
+
+def test_nesterov_sgd_update_by_hand():
+    """--nesterov (ResLT's CIFAR recipes): v = m v + (g + wd p); p -= lr (g + wd p + m v)."""
+    from gpaco.engine.optim import build_optimizer
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    lr, m, wd = 0.1, 0.9, 0.5
+    opt = build_optimizer(model, lr=lr, momentum=m, wd=wd, nesterov=True)
+    assert opt.param_groups[0]["nesterov"] is True
+    p, v = 1.0, 0.0
+    for g in (2.0, -1.0):
+        model.weight.grad = torch.full((1, 1), g)
+        opt.step()
+        d = g + wd * p
+        v = m * v + d
+        p -= lr * (d + m * v)
+        assert model.weight.item() == pytest.approx(p, rel=1e-6)
+    assert p == pytest.approx(0.525 - 0.1 * ((-1.0 + 0.2625) + 0.9 * (0.9 * 2.5 - 1.0 + 0.2625)))  # by hand
+    with pytest.raises(ValueError, match="Nesterov momentum is for SGD with momentum > 0"):
+        build_optimizer(model, name="adamw", lr=lr, nesterov=True)

@@ -152,6 +152,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--layer-decay", type=float, default=None,
                    help="layer-wise LR decay of a ViT (MAE: 0.65 ViT-B, 0.75 ViT-L); default off")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, in [0, 1)")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=False,
+                   help="Nesterov momentum for SGD (ResLT's CIFAR recipes, as its original)")
     g.add_argument("--wd", type=float, default=5e-4, help="weight decay, >= 0 (sgd: all parameters, as the original)")
     g.add_argument("--clip-grad", type=float, default=None, metavar="MAX_NORM",
                    help="clip the gradient norm to MAX_NORM > 0 (default: off)")
@@ -272,6 +274,9 @@ def validate_train_args(args: argparse.Namespace) -> None:
         raise FlagError(f"--lr must be > 0, got {args.lr}")
     if not 0.0 <= args.momentum < 1.0:
         raise FlagError(f"--momentum must be in [0, 1), got {args.momentum}")
+    if args.nesterov and (args.optimizer != "sgd" or args.momentum == 0):
+        raise FlagError(f"--nesterov is for --optimizer sgd with --momentum > 0 (got --optimizer {args.optimizer}, "
+                        f"--momentum {args.momentum})")
     if args.wd < 0:
         raise FlagError(f"--wd must be >= 0, got {args.wd}")
     if args.device_batch is not None:

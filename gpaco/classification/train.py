@@ -89,7 +89,8 @@ def model_kwargs(args: argparse.Namespace) -> dict:
 
 def optimizer_kwargs(args: argparse.Namespace) -> dict:
     """build_optimizer keywords of the training flags."""
-    return dict(name=args.optimizer, lr=args.lr, momentum=args.momentum, wd=args.wd, layer_decay=args.layer_decay)
+    return dict(name=args.optimizer, lr=args.lr, momentum=args.momentum, wd=args.wd, nesterov=args.nesterov,
+                layer_decay=args.layer_decay)
 
 
 def finetune_from(model: torch.nn.Module, path: str) -> None:

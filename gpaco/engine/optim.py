@@ -118,29 +118,33 @@ def _sgd(params, **kw) -> torch.optim.SGD:
 
 
 def build_optimizer(model: nn.Module, *, name: str = "sgd", lr: float, momentum: float = 0.9, wd: float = 0.0,
-                    layer_decay: Optional[float] = None,
+                    nesterov: bool = False, layer_decay: Optional[float] = None,
                     lr_scales: Optional[Dict[str, float]] = None) -> torch.optim.Optimizer:
     """The classification optimizer: ``sgd`` | ``adamw`` at ``lr`` (already resolved from ``--blr``).
 
     ``sgd`` without ``layer_decay`` is exactly the ResNet recipes' single-group SGD (weight
-    decay on every parameter); otherwise :func:`param_groups` (``adamw``: betas 0.9/0.999,
-    eps 1e-8, as MAE fine-tuning). ``lr_scales`` (SGD; MiSLAS stage 2): per-prefix LR factors
+    decay on every parameter), with Nesterov momentum when ``nesterov`` (ResLT's CIFAR
+    recipes); otherwise :func:`param_groups` (``adamw``: betas 0.9/0.999, eps 1e-8, as MAE
+    fine-tuning). ``lr_scales`` (SGD; MiSLAS stage 2): per-prefix LR factors
     (:func:`lr_scale_groups`).
     """
+    if nesterov and (name != "sgd" or momentum <= 0):
+        raise ValueError("Nesterov momentum is for SGD with momentum > 0")
+    sgd = dict(lr=lr, momentum=momentum, nesterov=nesterov)
     if lr_scales:
         if name != "sgd" or layer_decay is not None:
             raise ValueError("per-prefix LR factors are for SGD without layer decay")
-        optimizer = _sgd(lr_scale_groups(model, lr_scales, weight_decay=wd), lr=lr, momentum=momentum)
+        optimizer = _sgd(lr_scale_groups(model, lr_scales, weight_decay=wd), **sgd)
         apply_lr(optimizer, lr)
         return optimizer
     if name == "sgd" and layer_decay is None:
         params = [p for p in model.parameters() if p.requires_grad]
-        return _sgd(params, lr=lr, momentum=momentum, weight_decay=wd)
+        return _sgd(params, weight_decay=wd, **sgd)
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
     groups = param_groups(model, weight_decay=wd, layer_decay=layer_decay)
     if name == "sgd":
-        optimizer: torch.optim.Optimizer = _sgd(groups, lr=lr, momentum=momentum)
+        optimizer: torch.optim.Optimizer = _sgd(groups, **sgd)
     else:
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
     apply_lr(optimizer, lr)  # each group starts at lr * lr_scale
