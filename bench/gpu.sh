@@ -9,7 +9,7 @@
 #   bash bench/gpu.sh                      # B=128 per GPaCo view (CE at 256), 224px
 #   bash bench/gpu.sh --batch 64 --no-compile
 #   CUDA_VISIBLE_DEVICES=1 bash bench/gpu.sh
-#   bash bench/gpu.sh --device cpu --tiny --no-compile   # CPU smoke test (tests/test_bench_gpu_smoke.py)
+#   bash bench/gpu.sh --device cpu --tiny --budget-min 0.05   # CPU smoke test (tests/test_bench_gpu_smoke.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-}

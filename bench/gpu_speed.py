@@ -222,6 +222,19 @@ def run_e2e(device, *, batch, size, steps, n_photos, photo_size):
     return results, workers
 
 
+def end_to_end(args, device, results, failed, B, S, photos, photo_size) -> str:
+    """The --gpu-aug off / on training runs into ``results`` (or their errors into ``failed``);
+    returns the table header's note on them."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the training children get the card
+    e2e, workers = run_e2e(device, batch=B, size=S, steps=args.e2e_steps, n_photos=photos, photo_size=photo_size)
+    for k, r in e2e.items():
+        (failed if "error" in r else results)[k] = r.get("error", r)
+    return (f"; e2e: tools/train.py GPaCo R50 --aug {E2E_AUG}, bf16, channels_last, eager, batch {B}, "
+            f"{workers} workers, {args.e2e_steps} steps x 2 epochs on {photos} JPEGs {photo_size[0]}x"
+            f"{photo_size[1]}, epoch 2 from its log")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
@@ -236,6 +249,10 @@ def main(argv=None):
     p.add_argument("--e2e-steps", type=int, default=50, help="steps per epoch of the end-to-end runs (2 epochs, "
                    "the second timed)")
     p.add_argument("--no-e2e", action="store_true", help="leave out the end-to-end training runs")
+    p.add_argument("--budget-min", type=float, default=6.0,
+                   help="wall-clock budget in minutes (default 6, so that the run stays under 8): the eager rows "
+                        "and the end-to-end runs come first, then each compiled configuration starts only while "
+                        "the budget lasts (a skipped one says so in its row); 0: no budget")
     p.add_argument("--tiny", action="store_true", help="batch 2, 32px, 1 step, 1 round, 64px segmentation crops, "
                    "1-step epochs on 4 small JPEGs (smoke test)")
     p.add_argument("--json", default=None)
@@ -263,7 +280,15 @@ def main(argv=None):
     SB, SC = args.seg_batch, args.seg_crop
     modes = [False] if args.no_compile else [False, True]
     results, failed = {}, {}
+    started = time.time()
+
+    def over_budget() -> bool:
+        return args.budget_min > 0 and time.time() - started > 60 * args.budget_min
+
+    e2e_note = ""
     for comp in modes:
+        if comp and not args.no_e2e:  # the end-to-end runs before the compiled ones (see --budget-min)
+            e2e_note = end_to_end(args, device, results, failed, B, S, photos, photo_size)
         tag = "compiled" if comp else "eager"
         runs = {f"bare_ce_{tag}": lambda: BareRun(2 * B, S, n, device, comp),
                 f"ce_{tag}": lambda: EngineRun("ce", 2 * B, S, n, device, comp),
@@ -278,12 +303,15 @@ def main(argv=None):
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
+            if comp and over_budget():
+                failed[k] = f"skipped: past the --budget-min {args.budget_min:g} budget"
+                continue
             try:
                 built[k] = make()
                 built[k]()  # warm-up (and compilation)
                 built[k]()
-            except Exception as e:  # noqa: BLE001 -- a segmentation network torch.compile cannot take: say why
-                if not (comp and k.startswith("seg_")):
+            except Exception as e:  # noqa: BLE001 -- a network torch.compile cannot take: say why, go on
+                if not comp:
                     raise
                 built.pop(k, None)
                 why = " ".join(line.strip() for line in str(e).splitlines()[:3] if line.strip())
@@ -295,16 +323,8 @@ def main(argv=None):
         for k, r in built.items():
             results[k] = {"s": times[k], "images": r.images_per_step, "mem_gib": mem.get(k)}
         del built
-    e2e_note = ""
-    if not args.no_e2e:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()  # the training children get the card
-        e2e, workers = run_e2e(device, batch=B, size=S, steps=args.e2e_steps, n_photos=photos, photo_size=photo_size)
-        for k, r in e2e.items():
-            (failed if "error" in r else results)[k] = r.get("error", r)
-        e2e_note = (f"; e2e: tools/train.py GPaCo R50 --aug {E2E_AUG}, bf16, channels_last, eager, batch {B}, "
-                    f"{workers} workers, {args.e2e_steps} steps x 2 epochs on {photos} JPEGs {photo_size[0]}x"
-                    f"{photo_size[1]}, epoch 2 from its log")
+    if args.no_compile and not args.no_e2e:
+        e2e_note = end_to_end(args, device, results, failed, B, S, photos, photo_size)
     print(f"GPU bench on {name}: ResNet-50, C={NUM_CLASSES}, K={QUEUE}, bf16 autocast, channels_last, {S}px, "
           f"GPaCo B={B} per view, CE {2 * B}; {n} steps x {args.rounds} rounds; torch {torch.__version__}")
     print(f"segmentation: pixel GPaCo, ADE20K's 150 classes, {SB} images of {SC}x{SC} per step, bf16 autocast"
@@ -324,17 +344,15 @@ def main(argv=None):
     rows = []
     for comp in modes:
         tag = "compiled" if comp else "eager"
-        g, c, b = (results[f"{m}_{tag}"]["s"] for m in ("gpaco", "ce", "bare_ce"))
-        rows.append(C.Row("gpu", f"GPU {tag}: GPaCo step (B={B}) / CE step (2B)", C.paired_ratio(g, c), 1.05, "<=",
-                          name))
-        rows.append(C.Row("gpu", f"GPU {tag}: our CE / bare CE (2B={2 * B})", C.paired_ratio(c, b), 1.03, "<=",
-                          name))
-        p_, c1 = results[f"paco_{tag}"]["s"], results[f"ce_{tag}"]["s"]
-        rows.append(C.Row("gpu", f"GPU {tag}: PaCo step (B={B}) / CE step (2B)", C.paired_ratio(p_, c1), None, "<=",
-                          name))
-        vg, vc = results[f"vit_gpaco_{tag}"]["s"], results[f"vit_ce_{tag}"]["s"]
-        rows.append(C.Row("gpu", f"GPU {tag}: {vit} GPaCo step (B={VB // 2}) / CE step ({VB})",
-                          C.paired_ratio(vg, vc), None, "<=", name))
+        # (numerator, denominator, label, target); a pair with a skipped or failed side is left out
+        for a, b, label, target in [
+                ("gpaco", "ce", f"GPaCo step (B={B}) / CE step (2B)", 1.05),
+                ("ce", "bare_ce", f"our CE / bare CE (2B={2 * B})", 1.03),
+                ("paco", "ce", f"PaCo step (B={B}) / CE step (2B)", None),
+                ("vit_gpaco", "vit_ce", f"{vit} GPaCo step (B={VB // 2}) / CE step ({VB})", None)]:
+            if f"{a}_{tag}" in results and f"{b}_{tag}" in results:
+                rows.append(C.Row("gpu", f"GPU {tag}: {label}", C.paired_ratio(
+                    results[f"{a}_{tag}"]["s"], results[f"{b}_{tag}"]["s"]), target, "<=", name))
     if len(modes) == 2:
         for m in ("ce", "paco", "gpaco", "vit_ce", "vit_gpaco", *SEG_RECIPES):
             if f"{m}_compiled" in results:
