@@ -127,6 +127,18 @@ def cleanup() -> None:
 
 
 @torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank ``src``'s buffers (BatchNorm running statistics, ...), as DDP does at the
+    start of each forward. After a training epoch every rank's BatchNorm statistics have moved
+    with its own last batch; evaluating, or saving, each rank's own would mix models. No-op in
+    one process."""
+    if get_world_size() == 1:
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src)
+
+
+@torch.no_grad()
 def all_gather_nograd(t: Tensor) -> Tensor:
     """Concatenate every process's ``t`` along dim 0, without gradient.
 

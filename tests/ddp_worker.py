@@ -79,7 +79,12 @@ def main(out_dir: str) -> None:
             "num_anchors": out.num_anchors,
             "fc_weight": model.fc.weight.detach().clone(),
             "loss": loss.detach(),
+            "bn_mean": model.encoder_q.backbone.bn1.running_mean.clone() if method == "paco"
+            else model.encoder.backbone.bn1.running_mean.clone(),
         }
+        gdist.broadcast_buffers(model)
+        result[method]["bn_mean_broadcast"] = dict(model.named_buffers())[
+            "encoder_q.backbone.bn1.running_mean" if method == "paco" else "encoder.backbone.bn1.running_mean"].clone()
 
     # ResCom: every rank's first-view features go into the class-balanced queue of every rank.
     # Rank r's samples all have class r, so class r's K = LOCAL_BATCH slots must hold them in order.

@@ -202,3 +202,15 @@ def test_ranks_with_different_split_lists_stop_at_once_naming_rank_and_file(demo
                 f"vs {len(lines)} on rank 0") in ln, ln
     assert "Traceback" not in proc.stderr.split("error:")[0]
     assert elapsed < 120
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("method", ["paco", "gpaco"])
+def test_broadcast_buffers_gives_every_rank_rank0_statistics(ranks, method):
+    """After a step on rank-specific data the BatchNorm statistics differ by rank; the end of
+    each training epoch broadcasts rank 0's (what evaluation and the checkpoint use)."""
+    res = [r[method] for r in ranks]
+    assert not torch.equal(res[0]["bn_mean"], res[1]["bn_mean"])
+    for r in res:
+        assert torch.equal(r["bn_mean_broadcast"], res[0]["bn_mean"])

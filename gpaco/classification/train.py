@@ -26,6 +26,7 @@ from gpaco.data.build import (
 )
 from gpaco.data.gpu_aug import DeviceAugment
 from gpaco.data.transforms import NORMALIZATION
+from gpaco.distributed import broadcast_buffers
 from gpaco.engine.args import run_kwargs
 from gpaco.engine.cli import run_cli
 from gpaco.engine.lifecycle import NonFiniteLossError, TrainingRun, seed_everything
@@ -383,6 +384,9 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
                                 print_freq=args.print_freq, world_size=world, accum_iter=args.accum_iter,
                                 start_step=skip, epoch_state=resume_epoch_state if skip else None,
                                 lifecycle=lc, epochs=last_epoch, **train_kw)
+        # Rank 0's BatchNorm statistics on every rank (DDP's own rule), so that the evaluation
+        # below and the checkpoint (written by rank 0) are the same model.
+        broadcast_buffers(model_without_ddp)
         if "stopped_at_step" in stats:  # preempted mid-epoch: every rank stopped after the same step
             step = stats["stopped_at_step"]
             rngs = lc.gather_rng_states()
