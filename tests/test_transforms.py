@@ -84,6 +84,26 @@ def test_imagenet_size_and_randaug_settings():
     assert v1.shape == v2.shape == (3, 224, 224)
 
 
+def _rand_augment_of(pipeline):
+    return next(t for t in pipeline.transforms if type(t).__name__ == "RandAugment")
+
+
+@pytest.mark.parametrize("aug,op_name,magnitude", [("timm_randaug", "PosterizeIncreasing", 10.0),
+                                                   ("randcls_sim", "Posterize", 1.0)])
+def test_zero_bit_posterize_gives_black_not_an_error(aug, op_name, magnitude):
+    """timm asks PIL for 0 bits at these magnitudes (MAE fine-tuning's inc1 RandAugment: about 1 image
+    in 1,000); Pillow 13 raises there, every Pillow before gave a black image, as we do."""
+    t = build_train_transform(aug, image_size=32, mean=MEAN, std=STD, randaug_n=2, randaug_m=9)
+    ra = _rand_augment_of(t if aug == "timm_randaug" else t.view1)
+    op = next(o for o in ra.ops if o.name == op_name)
+    op.prob, op.magnitude, op.magnitude_std = 1.0, magnitude, 0.0
+    img = _image(32, 32)
+    out = np.asarray(op(img))
+    assert out.shape == (32, 32, 3) and not out.any()  # every bit dropped: black
+    op.magnitude = 5.0  # 2 bits kept (either level map): only the two top bits survive
+    assert set(np.unique(np.asarray(op(img)) & 0b00111111)) == {0}
+
+
 def test_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match=r"unknown --aug 'simsim'.*randcls_sim.*cifar100.*single-view: .*none"):
         build_train_transform("simsim", mean=MEAN, std=STD)

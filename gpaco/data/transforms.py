@@ -47,7 +47,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
@@ -371,7 +371,27 @@ def _rand_augment(image_size: int, n: int, m: int) -> Callable:
     from timm.data.auto_augment import rand_augment_transform
 
     hparams = dict(translate_const=int(image_size * 0.45), img_mean=RA_FILL)
-    return rand_augment_transform(f"rand-n{n}-m{m}-mstd0.5", hparams)
+    return _zero_bit_posterize(rand_augment_transform(f"rand-n{n}-m{m}-mstd0.5", hparams))
+
+
+def _posterize(img, bits: int, **_):
+    """PIL posterize keeping ``bits`` bits, where 0 bits gives a black image: what every Pillow
+    before 13 did (and the originals trained with). Pillow 13 raises for bits < 1, which timm's
+    Posterize asks for at magnitude < 2.5 and PosterizeIncreasing (MAE's ``inc1``) at
+    magnitude 10 -- about 1 image in 1,000 of MAE fine-tuning's RandAugment."""
+    if bits >= 8:
+        return img
+    if bits <= 0:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits)
+
+
+def _zero_bit_posterize(rand_augment):
+    """timm's RandAugment with its posterize ops replaced by :func:`_posterize`."""
+    for op in rand_augment.ops:
+        if op.name.startswith("Posterize"):
+            op.aug_fn = _posterize
+    return rand_augment
 
 
 def _component(name: str, size: int, randaug_n: int, randaug_m: int,
@@ -428,7 +448,7 @@ def _component(name: str, size: int, randaug_n: int, randaug_m: int,
 
         hparams = dict(translate_const=int(size * 0.45), img_mean=tuple(min(255, round(255 * x)) for x in mean),
                        interpolation=PILImage.BICUBIC)
-        ra = rand_augment_transform(f"rand-m{randaug_m}-n{randaug_n}-mstd0.5-inc1", hparams)
+        ra = _zero_bit_posterize(rand_augment_transform(f"rand-m{randaug_m}-n{randaug_n}-mstd0.5-inc1", hparams))
         return [T.RandomResizedCrop(size, interpolation=InterpolationMode.BICUBIC), flip, ra]
     if name == "none":
         return [T.Resize(size), T.CenterCrop(size)]
