@@ -55,3 +55,16 @@ def subprocess_env(**extra) -> dict:
         if var not in extra:
             e.pop(var, None)
     return e
+
+
+def sgd_step_(*models, lr: float = 0.1) -> None:
+    """A plain SGD step on each model's parameters that have a gradient, then the gradients
+    dropped: the second step of a comparison starts from the same update on both sides."""
+    import torch
+
+    with torch.no_grad():
+        for m in models:
+            for p in m.parameters():
+                if p.grad is not None:
+                    p -= lr * p.grad
+                p.grad = None

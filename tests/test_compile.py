@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 
+from conftest import sgd_step_
 from gpaco.classification.loop import forward_train
 from gpaco.methods import build_criterion
 from gpaco.models import build_model
@@ -67,12 +68,7 @@ def _compare(method, backend, steps=2, one_pass=False):
                 assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5 * q.grad.abs().max().item()), name
         for (name, a), b in zip(model.named_buffers(), ref.buffers()):
             assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6), name  # BN statistics, queue, ptr
-        with torch.no_grad():
-            for p, q in zip(model.parameters(), ref.parameters()):
-                if p.grad is not None:
-                    p -= 0.1 * p.grad
-                    q -= 0.1 * q.grad
-                p.grad = q.grad = None
+        sgd_step_(model, ref)
     return model
 
 
