@@ -101,7 +101,7 @@ def ours_eval(ckpt_path, list_path, root, out_dir):
     timer = LoopTimer()
     setattr(evaluator, timer.name, timer)
     argv = ["--checkpoint", ckpt_path, "--data-root", root, "--test-list", list_path, "--batch-size", str(BATCH),
-            "--workers", "0", "--output-dir", out_dir]
+            "--workers", "0", "--output-dir", out_dir, "--overwrite"]  # every round writes the same folder
     try:
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):

@@ -93,6 +93,30 @@ def test_two_model_ensemble_equals_the_sum_of_its_members(data, tmp_path):
     assert ra["num_samples"] == rb["num_samples"] == ens["num_samples"] == 7
 
 
+def test_an_output_folder_with_results_is_refused_unless_overwrite(data, tmp_path, capsys):
+    """A second evaluation into the same folder is one error line before anything is loaded;
+    the first results stay, byte for byte; --overwrite replaces them."""
+    from gpaco.engine.cli import run_cli
+
+    ours(tmp_path / "a.pth", "ce", "resnet8", 0)
+    ours(tmp_path / "b.pth", "ce", "resnet8", 1)
+    run_eval(data, tmp_path / "out", "--checkpoint", str(tmp_path / "a.pth"))
+    first = (tmp_path / "out" / "metrics.json").read_bytes()
+    capsys.readouterr()
+    argv = ["--checkpoint", str(tmp_path / "b.pth"), "--data-root", str(data), "--test-list", str(data / "test.txt"),
+            "--workers", "0", "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exc:
+        run_cli(evaluator.main, argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'out'} already holds results (metrics.json of "), err
+    assert err[0].endswith("give another --output-dir, or --overwrite to replace them"), err
+    assert (tmp_path / "out" / "metrics.json").read_bytes() == first
+    result = evaluator.main([*argv, "--overwrite"])
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["checkpoint"] == str(tmp_path / "b.pth")
+    assert result["num_samples"] == 7
+
+
 def _original_name(key: str) -> str:
     """Our GPaCo state-dict name -> the original GPaCo's (without the module. prefix)."""
     for ours_, theirs in (("encoder.backbone.", "encoder_q."), ("encoder.projection.", "encoder_q.fc."),

@@ -528,6 +528,11 @@ def test_checkpoint_round_trip_resume_and_eval(demo_root, tmp_path):
     assert ev["ms"]["num_images"] == 4 and ev["ms"]["flip"] is True
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert set(saved) >= {"ss", "ms", "checkpoint"}
+    with pytest.raises(SystemExit, match=r"ev already holds results \(metrics.json of .*\); give another "
+                                         r"--output-dir, or --overwrite to replace them"):
+        seg_eval.main(["--checkpoint", str(tmp_path / "a" / "checkpoint.pth"), "--split", "test", "--workers", "0",
+                       "--output-dir", str(tmp_path / "ev")])
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == saved
     table = seg_eval.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")])["table"]
     assert "| background |" in table and "a IoU" in table and "b IoU" in table
 

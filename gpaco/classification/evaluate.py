@@ -35,7 +35,8 @@ from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.engine.precision import resolve_amp, resolve_channels_last
 from gpaco.methods import add_method_flags, all_methods, get_method, method_names, method_options
 from gpaco.methods.flags import PROJ_DIM, QUEUE_SIZE
-from gpaco.checkpoint import CheckpointError, check_writable
+from gpaco.checkpoint import CheckpointError
+from gpaco.engine.lifecycle import claim_eval_dir
 from gpaco.models.convert import CheckpointMismatchError, build_model_from_checkpoint, read_checkpoint
 from gpaco.engine.benchmarks import Benchmark, run_benchmarks
 from gpaco.engine.logging import print_main, to_jsonable
@@ -90,7 +91,10 @@ def build_eval_parser() -> argparse.ArgumentParser:
                    method_list=None, checkpoint_list=None)
     p.add_argument("--batch-size", "-b", type=int, default=128, help="global evaluation batch")
     p.add_argument("--output-dir", default=None, help="where metrics.json and per_class.* go "
-                                                      "(default: CHECKPOINT_DIR/eval, ensembles .../eval_ensemble)")
+                                                      "(default: CHECKPOINT_DIR/eval, ensembles .../eval_ensemble); "
+                                                      "a folder that holds a metrics.json is refused unless "
+                                                      "--overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace the results already in --output-dir")
     p.add_argument("--save-logits", default=None, metavar="FILE.npy",
                    help="write the (summed) logits of the test split, [N, C] float32 in test-list order")
     r = p.add_argument_group("robustness (docs/method.md#metrics)")
@@ -184,6 +188,12 @@ def run(args: argparse.Namespace) -> dict:
         raise FlagError(f"--batch-size {args.batch_size} must be divisible by the number of processes "
                         f"({dist.world_size})")
     check_data_flags(args)
+    out = None
+    if not args.dry_run:  # refused before anything is loaded or evaluated
+        first_path = (args.checkpoint_list or [args.checkpoint])[0]
+        out = claim_eval_dir(args.output_dir or os.path.join(
+            os.path.dirname(os.path.abspath(first_path)), "eval_ensemble" if args.checkpoint_list and
+            len(args.checkpoint_list) > 1 else "eval"), overwrite=args.overwrite)
     paths, archs, methods, loaded = _load_members(args, args.dry_run)
     first = next((c for c in loaded if c is not None), None)
     first_args = (first.meta.get("args") or {}) if first is not None else {}
@@ -277,10 +287,7 @@ def run(args: argparse.Namespace) -> dict:
                               "combination": "sum of raw logits"}
     result["checkpoints"] = [r.as_dict() for r in reports if r is not None]
 
-    if not args.dry_run and dist.rank == 0:
-        out = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(paths[0])),
-                                              "eval" if len(paths) == 1 else "eval_ensemble")
-        check_writable(out)
+    if out is not None and dist.rank == 0:
         with open(os.path.join(out, "metrics.json"), "w") as f:
             json.dump(to_jsonable(result), f, indent=1)
         if test_set is not None:

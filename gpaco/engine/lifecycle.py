@@ -467,3 +467,17 @@ class TrainingRun:
         print_main(f"preempted ({self.preempt.signal_name or 'stop signal on another rank'}): checkpoint saved at "
                    f"{where} to {self.checkpoint_path}; continue with --resume auto")
         return {"preempted": True, "signal": self.preempt.signal_name, **info}
+
+
+def claim_eval_dir(out: str, *, overwrite: bool) -> str:
+    """The evaluation tools' output folder ``out``, checked before anything is evaluated: one
+    that already holds a ``metrics.json`` (an earlier evaluation, or a training run's final
+    report) is refused unless ``overwrite``, so no result is replaced silently. Creates the
+    folder and proves it writable."""
+    path = os.path.join(out, "metrics.json")
+    if os.path.exists(path) and not overwrite:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path)))
+        raise FlagError(f"{out} already holds results (metrics.json of {when}); give another --output-dir, or "
+                        f"--overwrite to replace them")
+    check_writable(out)
+    return out

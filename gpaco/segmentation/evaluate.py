@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 from gpaco.data.seg_datasets import SEG_DATASETS, SyntheticSegDataset, build_seg_dataset
 from gpaco.data.seg_transforms import SegEvalTransform
 from gpaco.distributed import cleanup, init_distributed
-from gpaco.checkpoint import check_writable, load_checkpoint, unwrap_state_dict
+from gpaco.checkpoint import load_checkpoint, unwrap_state_dict
+from gpaco.engine.lifecycle import claim_eval_dir
 from gpaco.engine.benchmarks import Benchmark, run_benchmarks
 from gpaco.engine.logging import print_main, to_jsonable
 from gpaco.engine.args import FlagError, RawHelpFormatter, clamp_workers
@@ -56,7 +57,8 @@ def build_eval_parser() -> argparse.ArgumentParser:
                    help="add the horizontal flip of every scale in the 'ms' evaluation")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--output-dir", default=None, help="metrics.json and per_class_iou.md (default: "
-                   "CHECKPOINT_DIR/eval)")
+                   "CHECKPOINT_DIR/eval); a folder that holds a metrics.json is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace the results already in --output-dir")
     p.add_argument("--print-every", type=int, default=100, help="images between progress lines")
     p.add_argument("--dry-run", action="store_true", help="build everything, evaluate one small image (random "
                    "weights if the checkpoint is absent, synthetic data if the data root is), write nothing")
@@ -93,6 +95,10 @@ def run(args: argparse.Namespace) -> dict:
     if not args.checkpoint:
         raise FlagError("--checkpoint is required (or --compare RUN ...)")
     d = init_distributed()
+    out = None
+    if not args.dry_run:  # refused before anything is loaded or evaluated
+        out = claim_eval_dir(args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval"),
+                             overwrite=args.overwrite)
     ckpt = None
     if os.path.exists(args.checkpoint):
         ckpt = load_checkpoint(args.checkpoint)
@@ -154,9 +160,7 @@ def run(args: argparse.Namespace) -> dict:
     results = run_benchmarks(BENCHMARKS, args, ctx)
     table = format_iou_table([(m, results[m]) for m in modes])
     print_main(table)
-    if not args.dry_run and d.rank == 0:
-        out = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
-        check_writable(out)
+    if out is not None and d.rank == 0:
         with open(os.path.join(out, "metrics.json"), "w") as f:
             json.dump(to_jsonable({"checkpoint": args.checkpoint, "dataset": args.dataset, "split": args.split,
                                    **results}), f, indent=1)
