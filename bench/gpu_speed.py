@@ -287,8 +287,6 @@ def main(argv=None):
 
     e2e_note = ""
     for comp in modes:
-        if comp and not args.no_e2e:  # the end-to-end runs before the compiled ones (see --budget-min)
-            e2e_note = end_to_end(args, device, results, failed, B, S, photos, photo_size)
         tag = "compiled" if comp else "eager"
         runs = {f"bare_ce_{tag}": lambda: BareRun(2 * B, S, n, device, comp),
                 f"ce_{tag}": lambda: EngineRun("ce", 2 * B, S, n, device, comp),
@@ -323,8 +321,8 @@ def main(argv=None):
         for k, r in built.items():
             results[k] = {"s": times[k], "images": r.images_per_step, "mem_gib": mem.get(k)}
         del built
-    if args.no_compile and not args.no_e2e:
-        e2e_note = end_to_end(args, device, results, failed, B, S, photos, photo_size)
+        if not comp and not args.no_e2e:  # the end-to-end runs before the compiled ones (see --budget-min)
+            e2e_note = end_to_end(args, device, results, failed, B, S, photos, photo_size)
     print(f"GPU bench on {name}: ResNet-50, C={NUM_CLASSES}, K={QUEUE}, bf16 autocast, channels_last, {S}px, "
           f"GPaCo B={B} per view, CE {2 * B}; {n} steps x {args.rounds} rounds; torch {torch.__version__}")
     print(f"segmentation: pixel GPaCo, ADE20K's 150 classes, {SB} images of {SC}x{SC} per step, bf16 autocast"

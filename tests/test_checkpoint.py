@@ -23,7 +23,7 @@ from gpaco.checkpoint import (
     set_rng_state,
     strip_prefix,
 )
-from gpaco.engine.logging import ProgressMeter, RunLogger, progress_line, save_args_yaml
+from gpaco.engine.logging import ProgressMeter, RunLogger, progress_line, save_args_yaml, write_json
 
 
 def _draws():
@@ -110,6 +110,27 @@ class _Exploit:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+def test_failed_json_write_keeps_previous_file(tmp_path, monkeypatch):
+    """metrics.json goes through a temporary file: a write that fails half way (a full disk, a
+    kill) leaves the previous file as it was and no temporary behind."""
+    import gpaco.engine.logging as logging_module
+
+    path = tmp_path / "metrics.json"
+    write_json(path, {"top1": torch.tensor(61.5), "nan": float("nan")})
+    before = path.read_text()
+    assert json.loads(before) == {"top1": 61.5, "nan": None}
+
+    def half_then_fail(obj, f, *a, **k):
+        f.write('{"top1": 7')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(logging_module.json, "dump", half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_json(path, {"top1": 70.0})
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 def test_malicious_pickle_is_refused_and_not_run(tmp_path):

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
@@ -39,7 +38,7 @@ from gpaco.checkpoint import CheckpointError
 from gpaco.engine.lifecycle import claim_eval_dir
 from gpaco.models.convert import CheckpointMismatchError, build_model_from_checkpoint, read_checkpoint
 from gpaco.engine.benchmarks import Benchmark, run_benchmarks
-from gpaco.engine.logging import print_main, to_jsonable
+from gpaco.engine.logging import print_main, write_json
 from gpaco.classification.loop import predict
 from gpaco.classification.report import fairness_line, write_eval_report
 
@@ -150,8 +149,7 @@ def per_checkpoint(values: Optional[List[str]], n: int, flag: str) -> List[Optio
 # --------------------------------------------------------------------------- run
 
 
-def _load_members(args, dry_run: bool):
-    paths = list(args.checkpoint_list or [args.checkpoint])
+def _load_members(args, paths, dry_run: bool):
     archs = per_checkpoint(args.arch_list, len(paths), "--arch")
     methods = per_checkpoint(args.method_list, len(paths), "--method")
     loaded = []
@@ -167,7 +165,7 @@ def _load_members(args, dry_run: bool):
             loaded.append(None)
         else:
             raise FlagError(f"--checkpoint {path}: no such file")
-    return paths, archs, methods, loaded
+    return archs, methods, loaded
 
 
 def check_data_flags(args: argparse.Namespace) -> None:
@@ -188,13 +186,13 @@ def run(args: argparse.Namespace) -> dict:
         raise FlagError(f"--batch-size {args.batch_size} must be divisible by the number of processes "
                         f"({dist.world_size})")
     check_data_flags(args)
+    paths = list(args.checkpoint_list or [args.checkpoint])
     out = None
     if not args.dry_run:  # refused before anything is loaded or evaluated
-        first_path = (args.checkpoint_list or [args.checkpoint])[0]
-        out = claim_eval_dir(args.output_dir or os.path.join(
-            os.path.dirname(os.path.abspath(first_path)), "eval_ensemble" if args.checkpoint_list and
-            len(args.checkpoint_list) > 1 else "eval"), overwrite=args.overwrite)
-    paths, archs, methods, loaded = _load_members(args, args.dry_run)
+        out = claim_eval_dir(args.output_dir or os.path.join(os.path.dirname(os.path.abspath(paths[0])),
+                                                             "eval" if len(paths) == 1 else "eval_ensemble"),
+                             overwrite=args.overwrite)
+    archs, methods, loaded = _load_members(args, paths, args.dry_run)
     first = next((c for c in loaded if c is not None), None)
     first_args = (first.meta.get("args") or {}) if first is not None else {}
     # data flags: the command line, then the first checkpoint's training flags, then the defaults
@@ -288,8 +286,7 @@ def run(args: argparse.Namespace) -> dict:
     result["checkpoints"] = [r.as_dict() for r in reports if r is not None]
 
     if out is not None and dist.rank == 0:
-        with open(os.path.join(out, "metrics.json"), "w") as f:
-            json.dump(to_jsonable(result), f, indent=1)
+        write_json(os.path.join(out, "metrics.json"), result)
         if test_set is not None:
             write_eval_report(out, result, train_counts, confusion=confusion)
         if logits_all is not None:

@@ -8,7 +8,6 @@ one GPU) or one process per GPU under torchrun.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Optional, Sequence
@@ -30,7 +29,7 @@ from gpaco.distributed import broadcast_buffers
 from gpaco.engine.args import run_kwargs
 from gpaco.engine.cli import run_cli
 from gpaco.engine.lifecycle import NonFiniteLossError, TrainingRun, seed_everything
-from gpaco.engine.logging import SUMMARY_NAME, print_main, read_summary, to_jsonable
+from gpaco.engine.logging import SUMMARY_NAME, print_main, read_summary, write_json
 from gpaco.engine.optim import build_optimizer
 from gpaco.engine.precision import resolve_amp, resolve_channels_last
 from gpaco.engine.schedule import LRSchedule, build_schedule
@@ -446,8 +445,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
         if lc.is_main:
             write_eval_report(args.output_dir, test, train_counts)
     if lc.is_main:
-        with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
-            json.dump(to_jsonable(result), f, indent=1)
+        write_json(os.path.join(args.output_dir, "metrics.json"), result)
         plot_curves(read_summary(os.path.join(args.output_dir, SUMMARY_NAME)),
                     os.path.join(args.output_dir, "curves.png"))
     return result

@@ -17,7 +17,7 @@ from gpaco.distributed import is_main_process
 
 __all__ = [
     "RunLogger", "save_args_yaml", "progress_line", "ProgressMeter", "print_main",
-    "to_jsonable", "tensorboard_tag", "read_summary", "LOG_NAME", "SUMMARY_NAME",
+    "to_jsonable", "write_json", "tensorboard_tag", "read_summary", "LOG_NAME", "SUMMARY_NAME",
 ]
 
 LOG_NAME = "log.jsonl"
@@ -54,6 +54,21 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, (os.PathLike, torch.device, torch.dtype)):
         return str(value)
     return repr(value)
+
+
+def write_json(path: PathLike, value: Any) -> None:
+    """``to_jsonable(value)`` into ``path`` through a temporary file and a rename: a killed
+    process leaves the previous file or none, never half of one (an evaluation's metrics.json
+    is what the next one checks before it may write there)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(to_jsonable(value), f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def tensorboard_tag(key: str) -> str:

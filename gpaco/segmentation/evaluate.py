@@ -23,7 +23,7 @@ from gpaco.distributed import cleanup, init_distributed
 from gpaco.checkpoint import load_checkpoint, unwrap_state_dict
 from gpaco.engine.lifecycle import claim_eval_dir
 from gpaco.engine.benchmarks import Benchmark, run_benchmarks
-from gpaco.engine.logging import print_main, to_jsonable
+from gpaco.engine.logging import print_main, write_json
 from gpaco.engine.args import FlagError, RawHelpFormatter, clamp_workers
 from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.segmentation.inference import evaluate_seg, format_iou_table, summary
@@ -161,9 +161,8 @@ def run(args: argparse.Namespace) -> dict:
     table = format_iou_table([(m, results[m]) for m in modes])
     print_main(table)
     if out is not None and d.rank == 0:
-        with open(os.path.join(out, "metrics.json"), "w") as f:
-            json.dump(to_jsonable({"checkpoint": args.checkpoint, "dataset": args.dataset, "split": args.split,
-                                   **results}), f, indent=1)
+        write_json(os.path.join(out, "metrics.json"), {"checkpoint": args.checkpoint, "dataset": args.dataset,
+                                                        "split": args.split, **results})
         with open(os.path.join(out, "per_class_iou.md"), "w") as f:
             f.write(table + "\n")
         print_main(f"wrote {out}/metrics.json and per_class_iou.md")

@@ -16,7 +16,6 @@ classification; the model and loss come from the method's registry row.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Dict, Optional, Sequence
@@ -37,7 +36,7 @@ from gpaco.engine.args import (
 )
 from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.engine.lifecycle import TrainingRun, autocast_context
-from gpaco.engine.logging import print_main, to_jsonable
+from gpaco.engine.logging import print_main, write_json
 from gpaco.engine.optim import build_seg_optimizer
 from gpaco.engine.precision import resolve_amp
 from gpaco.engine.schedule import poly_lr
@@ -425,8 +424,7 @@ def _run(args: argparse.Namespace, lc: TrainingRun) -> dict:
     if nan_skipped:
         result["nan_skipped"] = nan_skipped
     if lc.is_main:
-        with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
-            json.dump(to_jsonable(result), f, indent=1)
+        write_json(os.path.join(args.output_dir, "metrics.json"), result)
         with open(os.path.join(args.output_dir, "per_class_iou.md"), "w") as f:
             f.write(format_iou_table([(args.method, test)]) + "\n")
         print_main(format_iou_table([(args.method, test)]))
