@@ -94,7 +94,7 @@ def test_two_model_ensemble_equals_the_sum_of_its_members(data, tmp_path):
 
 
 def test_an_output_folder_with_results_is_refused_unless_overwrite(data, tmp_path, capsys):
-    """A second evaluation into the same folder is one error line before anything is loaded;
+    """A second evaluation into the same folder is one error line before anything is evaluated;
     the first results stay, byte for byte; --overwrite replaces them."""
     from gpaco.engine.cli import run_cli
 
@@ -112,6 +112,9 @@ def test_an_output_folder_with_results_is_refused_unless_overwrite(data, tmp_pat
     assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'out'} already holds results (metrics.json of "), err
     assert err[0].endswith("give another --output-dir, or --overwrite to replace them"), err
     assert (tmp_path / "out" / "metrics.json").read_bytes() == first
+    with pytest.raises(SystemExit, match="no such file"):  # a mistyped checkpoint makes no folder
+        evaluator.main([*argv[:1], str(tmp_path / "typo" / "best.pth"), *argv[2:-1], str(tmp_path / "elsewhere")])
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "elsewhere").exists()
     result = evaluator.main([*argv, "--overwrite"])
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["checkpoint"] == str(tmp_path / "b.pth")
     assert result["num_samples"] == 7

@@ -187,12 +187,12 @@ def run(args: argparse.Namespace) -> dict:
                         f"({dist.world_size})")
     check_data_flags(args)
     paths = list(args.checkpoint_list or [args.checkpoint])
+    archs, methods, loaded = _load_members(args, paths, args.dry_run)
     out = None
-    if not args.dry_run:  # refused before anything is loaded or evaluated
+    if not args.dry_run:  # refused before anything is evaluated (a missing checkpoint first: no folder made)
         out = claim_eval_dir(args.output_dir or os.path.join(os.path.dirname(os.path.abspath(paths[0])),
                                                              "eval" if len(paths) == 1 else "eval_ensemble"),
                              overwrite=args.overwrite)
-    archs, methods, loaded = _load_members(args, paths, args.dry_run)
     first = next((c for c in loaded if c is not None), None)
     first_args = (first.meta.get("args") or {}) if first is not None else {}
     # data flags: the command line, then the first checkpoint's training flags, then the defaults

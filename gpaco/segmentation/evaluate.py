@@ -95,15 +95,15 @@ def run(args: argparse.Namespace) -> dict:
     if not args.checkpoint:
         raise FlagError("--checkpoint is required (or --compare RUN ...)")
     d = init_distributed()
-    out = None
-    if not args.dry_run:  # refused before anything is loaded or evaluated
-        out = claim_eval_dir(args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval"),
-                             overwrite=args.overwrite)
     ckpt = None
     if os.path.exists(args.checkpoint):
         ckpt = load_checkpoint(args.checkpoint)
     elif not args.dry_run:
         raise FlagError(f"--checkpoint {args.checkpoint}: no such file")
+    out = None
+    if not args.dry_run:  # refused before anything is evaluated (a missing checkpoint first: no folder made)
+        out = claim_eval_dir(args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval"),
+                             overwrite=args.overwrite)
     train_args = (ckpt or {}).get("args") or {}
     fallbacks = {"dataset": "demo", "data_root": "data/demo_seg", "arch": "r50", "method": "gpaco", "encoder": None}
     for name, default in fallbacks.items():
