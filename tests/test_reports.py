@@ -63,7 +63,7 @@ def test_meter_reports_fairness_and_confusion():
 
 
 def test_compare_tables_show_the_fairness_figures():
-    from gpaco.classification.report import compare_table, side_by_side_table
+    from gpaco.classification.compare import compare_table, side_by_side_table
 
     def run(per_class, train):
         metrics = {"top1": 50.0, "per_class": per_class, **class_fairness(per_class, train)}

@@ -33,7 +33,7 @@ def _name(path: str) -> str:
 
 def main(argv=None) -> str:
     args = build_parser().parse_args(argv)
-    from gpaco.classification.report import compare_table, load_run, plot_per_class_difference, side_by_side_table
+    from gpaco.classification.compare import compare_table, load_run, plot_per_class_difference, side_by_side_table
 
     if len(args.runs) < 2:
         raise SystemExit("error: give at least two runs (RUN RUN ...)")

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision import transforms as T
 
-from .transforms import RA_FILL, TWO_VIEW_STRATEGIES, _pil_blur_kernel, _pil_to_uint8, _rand_augment
+from .pil_ops import RA_FILL, _pil_blur_kernel, _pil_to_uint8, _rand_augment
+from .transforms import TWO_VIEW_STRATEGIES
 
 __all__ = ["GPU_AUG_STRATEGIES", "GpuAugViews", "DeviceAugment", "build_gpu_aug"]
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics: top-k, many/medium/few shot accuracy, ImageNet-C/-R, segmentation.
+"""Classification metrics: top-k, many/medium/few shot accuracy, per-class fairness, the meter.
 
 Conventions (docs/method.md#metrics):
 
@@ -7,49 +7,34 @@ Conventions (docs/method.md#metrics):
   labels. Groups come from the *training* counts: ``> 100`` many, ``< 20`` few, else
   medium (20..100 inclusive). An empty group reports 0.0 (the original's convention);
   the group sizes are returned next to it so a 0.0 from an empty group is visible.
-* The meters keep integer counts only (int64 tensors), so summing them across
-  processes (:meth:`ClassificationMeter.all_reduce`) is exact. They assume every test
+* The meter keeps integer counts only (int64 tensors), so summing them across
+  processes (:meth:`ClassificationMeter.all_reduce`) is exact. It assumes every test
   sample reaches exactly one process (no sampler padding).
-* Percentages: :class:`ClassificationMeter` and :class:`SegMeter` report percent;
-  the functional helpers (:func:`class_accuracy`, :func:`shot_accuracy`) report
-  fractions in 0..1, like the original ``shot_acc``.
+* Percentages: :class:`ClassificationMeter` reports percent; the functional helpers
+  (:func:`class_accuracy`, :func:`shot_accuracy`) report fractions in 0..1, like the
+  original ``shot_acc``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Iterable, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from gpaco.data.robustness import ALEXNET_ERRORS, IMAGENET_R_INDICES
 from gpaco.distributed import all_reduce_counts
+
+from ._arrays import ArrayLike, _as_long_tensor, _check_range, _ratio
+from .calibration import ECE_BINS, calibration_bin_index
 
 __all__ = [
     "topk_correct", "ShotSplit", "shot_groups", "class_accuracy", "shot_accuracy",
     "shot_accuracy_from_class_acc", "class_fairness", "FAIRNESS_KEYS", "ClassificationMeter",
-    "corruption_errors", "mce_normalised_by", "imagenet_r_mask",
-    "confusion_matrix", "SegMeter",
 ]
 
 FAIRNESS_KEYS = ("worst_class_acc", "class_acc_std", "class_acc_cv", "many_few_gap")  # class_fairness's keys
-ArrayLike = Union[Tensor, np.ndarray, Sequence[int], Sequence[float]]
 GROUPS = ("many", "medium", "few")
-
-
-def _as_long_tensor(x: ArrayLike, name: str) -> Tensor:
-    t = torch.as_tensor(x)
-    if t.is_floating_point() or t.is_complex():
-        raise ValueError(f"{name} must hold integer class indices, got dtype {t.dtype}")
-    return t.reshape(-1).long()
-
-
-def _check_range(t: Tensor, num_classes: int, name: str) -> None:
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
-        raise ValueError(
-            f"{name} must be class indices in [0, {num_classes}), got min {int(t.min())}, max {int(t.max())}"
-        )
 
 
 # --------------------------------------------------------------------------- top-k
@@ -132,15 +117,6 @@ def class_accuracy(preds: ArrayLike, targets: ArrayLike, num_classes: int) -> tu
     return _ratio(correct, total), total.astype(np.int64)
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num/den as float64, NaN where den == 0."""
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
-    out = np.full(num.shape, np.nan)
-    np.divide(num, den, out=out, where=den > 0)
-    return out
-
-
 def shot_accuracy_from_class_acc(
     acc_per_class: ArrayLike, train_counts: ArrayLike, *, many_thr: int = 100, few_thr: int = 20
 ) -> dict[str, float]:
@@ -211,60 +187,7 @@ def shot_accuracy(
 # --------------------------------------------------------------------------- classification meter
 
 
-ECE_BINS = 15  # MiSLAS's reliability bins
 _CONF_UNITS = 10 ** 9  # confidences are summed as int64 nano-units: exact and DDP-summable
-
-
-def calibration_bin_index(confidence: Tensor, n_bins: int = ECE_BINS) -> Tensor:
-    """Bin of each top-1 confidence: bin ``b`` (0-based) holds ``b/n < c <= (b+1)/n``; -1 for ``c <= 0``."""
-    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=confidence.dtype, device=confidence.device)
-    idx = torch.bucketize(confidence, edges, right=False) - 1
-    return torch.where((idx >= 0) & (idx < n_bins), idx, torch.full_like(idx, -1))
-
-
-@torch.no_grad()
-def expected_calibration_error(probs_or_logits: Tensor, labels: Tensor, n_bins: int = ECE_BINS, *,
-                               from_logits: Optional[bool] = None) -> float:
-    """Expected calibration error of the top-1 prediction, as MiSLAS reports it.
-
-    Confidence ``c_i = max_j p_ij``; bins of equal width (:func:`calibration_bin_index`);
-    ``ECE = sum_b |B_b| / n * |acc(B_b) - mean_conf(B_b)|`` over the non-empty bins, ``n``
-    the binned samples (all of them for softmax outputs).
-
-    Args:
-        probs_or_logits: [N, C] probabilities (rows summing to 1) or logits.
-        labels: [N] true classes.
-        n_bins: number of bins (MiSLAS: 15).
-        from_logits: True = apply softmax, False = already probabilities, None = softmax
-            unless every row is non-negative and sums to 1.
-    Returns:
-        ECE as a fraction in [0, 1]; MiSLAS's tables (and ``metrics.json``'s ``ece``) print it x 100.
-    """
-    if probs_or_logits.ndim != 2:
-        raise ValueError(f"probs_or_logits must be [N, C], got shape {tuple(probs_or_logits.shape)}")
-    n = probs_or_logits.shape[0]
-    if labels.shape != (n,):
-        raise ValueError(f"labels must be [N] = [{n}], got shape {tuple(labels.shape)}")
-    if n == 0:
-        raise ValueError("expected_calibration_error needs at least one sample")
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    x = probs_or_logits.detach().to(torch.float64)
-    if from_logits is None:
-        from_logits = not (bool((x >= 0).all()) and torch.allclose(x.sum(-1), torch.ones_like(x[:, 0]), atol=1e-4))
-    probs = x.softmax(-1) if from_logits else x
-    conf, pred = probs.max(-1)
-    correct = (pred == labels.to(pred.device)).to(torch.float64)
-    idx = calibration_bin_index(conf, n_bins)
-    valid = idx >= 0
-    idx = idx[valid]
-    count = torch.bincount(idx, minlength=n_bins).to(torch.float64)
-    acc_sum = torch.bincount(idx, weights=correct[valid], minlength=n_bins)
-    conf_sum = torch.bincount(idx, weights=conf[valid], minlength=n_bins)
-    total = count.sum()
-    if total == 0:
-        raise ValueError("no confidence falls in (0, 1]: are these probabilities?")
-    return float((acc_sum - conf_sum).abs().sum() / total)
 
 
 class ClassificationMeter:
@@ -410,183 +333,3 @@ class ClassificationMeter:
         out["per_class_recall"] = acc.tolist()
         out["per_class_test_count"] = total.astype(int).tolist()
         return out
-
-
-# --------------------------------------------------------------------------- ImageNet-C
-
-
-def _mean_errors(acc_by_corruption: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    if not acc_by_corruption:
-        raise ValueError("acc_by_corruption is empty")
-    errors = {}
-    for name, accs in acc_by_corruption.items():
-        accs = [float(a) for a in accs]
-        if not accs:
-            raise ValueError(f"no severities given for corruption {name!r}")
-        if any(not 0.0 <= a <= 1.0 for a in accs):
-            raise ValueError(f"accuracies of {name!r} must be fractions in 0..1 (not percent), got {accs}")
-        errors[name] = 1.0 - sum(accs) / len(accs)
-    return errors
-
-
-def mce_normalised_by(errors: Mapping[str, float], baseline_errors: Mapping[str, float]) -> float:
-    """``100 * mean_c E_c / B_c``: mCE normalised by a chosen baseline's per-corruption errors.
-
-    With ``baseline_errors=ALEXNET_ERRORS`` this is the standard (Hendrycks) mCE.
-    """
-    missing = [c for c in errors if c not in baseline_errors]
-    if missing:
-        raise ValueError(f"baseline errors missing for corruptions {missing}")
-    if any(baseline_errors[c] <= 0 for c in errors):
-        raise ValueError("baseline errors must be > 0")
-    return 100.0 * sum(errors[c] / baseline_errors[c] for c in errors) / len(errors)
-
-
-def corruption_errors(
-    acc_by_corruption: Mapping[str, Sequence[float]],
-    *,
-    baseline_errors: Optional[Mapping[str, float]] = None,
-) -> dict:
-    """Mean corruption errors from top-1 accuracy per corruption and severity.
-
-    Naming trap (docs/method.md#metrics): the GPaCo code and README call the *unnormalised* mean error
-    "mCE" (README column "ImageNet-C (mCE)", 50.9 for GPaCo R50) and the
-    AlexNet-normalised one "rel. mCE" (64.4). The AlexNet-normalised value is in fact
-    the standard Hendrycks mCE, and neither is Hendrycks' "relative mCE" (which
-    subtracts clean error). The keys here say what each number is.
-
-    Args:
-        acc_by_corruption: ``{corruption: [top-1 accuracy per severity, 0..1]}``.
-        baseline_errors: optional ``{corruption: error}`` of a baseline run (any dataset)
-            to normalise by, reported as ``mce_baseline_normalised``.
-    Returns:
-        ``corruption_errors`` ({c: E_c = 1 - mean_s acc}, fractions),
-        ``mce_unnormalised`` = 100 * mean_c E_c (the paper's "mCE"),
-        ``mce_alexnet_normalised`` = 100 * mean_c E_c / E_c^AlexNet (the paper's "rel. mCE",
-        the standard mCE; None unless every corruption has an AlexNet constant),
-        ``mce_baseline_normalised`` (only with ``baseline_errors``), ``num_corruptions``.
-    """
-    errors = _mean_errors(acc_by_corruption)
-    out: dict = {
-        "corruption_errors": errors,
-        "mce_unnormalised": 100.0 * sum(errors.values()) / len(errors),
-        "mce_alexnet_normalised": (
-            mce_normalised_by(errors, ALEXNET_ERRORS) if all(c in ALEXNET_ERRORS for c in errors) else None
-        ),
-        "num_corruptions": len(errors),
-    }
-    if baseline_errors is not None:
-        out["mce_baseline_normalised"] = mce_normalised_by(errors, baseline_errors)
-    return out
-
-
-# --------------------------------------------------------------------------- ImageNet-R
-
-def imagenet_r_mask(num_classes: int = 1000) -> Tensor:
-    """[num_classes] bool mask of the ImageNet-R classes; ``logits[:, mask]`` gives the 200-way scores,
-    whose column order matches ImageNet-R's sorted wnid folders."""
-    if num_classes <= IMAGENET_R_INDICES[-1]:
-        raise ValueError(f"num_classes must be > {IMAGENET_R_INDICES[-1]} (an ImageNet-1k head), got {num_classes}")
-    mask = torch.zeros(num_classes, dtype=torch.bool)
-    mask[list(IMAGENET_R_INDICES)] = True
-    return mask
-
-
-# --------------------------------------------------------------------------- segmentation
-
-
-def confusion_matrix(
-    preds: Tensor, targets: Tensor, num_classes: int, *, ignore_index: Optional[int] = None
-) -> Tensor:
-    """[C, C] int64 counts, rows = target class, columns = predicted class.
-
-    Args:
-        preds, targets: integer tensors of the same shape (any number of dims).
-        ignore_index: target value to skip (e.g. 255 for segmentation), or None.
-    """
-    preds = torch.as_tensor(preds)
-    targets = torch.as_tensor(targets).to(preds.device)
-    if preds.shape != targets.shape:
-        raise ValueError(f"preds {tuple(preds.shape)} and targets {tuple(targets.shape)} differ in shape")
-    p = preds.reshape(-1).long()
-    t = targets.reshape(-1).long()
-    if ignore_index is not None:
-        keep = t != ignore_index
-        p, t = p[keep], t[keep]
-    _check_range(t, num_classes, "targets")
-    _check_range(p, num_classes, "preds")
-    c = num_classes
-    return torch.bincount(t * c + p, minlength=c * c).view(c, c)
-
-
-class SegMeter:
-    """Semantic-segmentation IoU over a whole validation set (mmseg's ``mIoU`` convention).
-
-    Accumulates one [C, C] confusion matrix (int64, exact under DDP). ``compute`` gives
-    per-class IoU and accuracy with NaN for classes absent from both prediction and
-    label (IoU) or from the label (accuracy); means skip the NaNs.
-    """
-
-    def __init__(
-        self, num_classes: int, ignore_index: int = 255, *, device: Optional[Union[torch.device, str]] = None
-    ) -> None:
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = int(num_classes)
-        self.ignore_index = ignore_index
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.reset()
-
-    def reset(self) -> None:
-        """Zero the confusion matrix."""
-        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=self.device)
-        self._reduced = False
-
-    @torch.no_grad()
-    def update(self, preds: Tensor, labels: Tensor) -> None:
-        """Add a batch.
-
-        Args:
-            preds: [N, H, W] predicted class map, or [N, C, H, W] scores (argmax over C).
-            labels: [N, H, W] ground truth; ``ignore_index`` pixels are skipped.
-        """
-        if self._reduced:
-            raise RuntimeError("SegMeter.update after all_reduce: call reset() first")
-        if preds.ndim == labels.ndim + 1:
-            if preds.shape[1] != self.num_classes:
-                raise ValueError(f"score map has {preds.shape[1]} channels, expected {self.num_classes}")
-            preds = preds.argmax(1)
-        cm = confusion_matrix(preds, labels, self.num_classes, ignore_index=self.ignore_index)
-        if self.confusion.device != cm.device:
-            self.confusion = self.confusion.to(cm.device)
-        self.confusion += cm
-
-    def all_reduce(self) -> None:
-        """Sum the confusion matrix over processes (no-op without a process group); call once."""
-        if self._reduced:
-            raise RuntimeError("SegMeter.all_reduce called twice (counts would be double-summed)")
-        (self.confusion,) = all_reduce_counts([self.confusion])
-        self._reduced = True
-
-    def compute(self) -> dict:
-        """Percent: ``per_class_iou``, ``per_class_acc`` (lists, NaN where undefined), ``miou``,
-        ``macc`` (NaN-skipping means), ``aacc`` (pixel accuracy), ``num_pixels``."""
-        cm = self.confusion.cpu().numpy().astype(np.float64)
-        inter = np.diag(cm)
-        area_label = cm.sum(1)
-        area_pred = cm.sum(0)
-        iou = _ratio(inter, area_label + area_pred - inter) * 100.0
-        acc = _ratio(inter, area_label) * 100.0
-        total = area_label.sum()
-
-        def nanmean(x: np.ndarray) -> float:
-            return float(np.nanmean(x)) if np.any(~np.isnan(x)) else float("nan")
-
-        return {
-            "per_class_iou": iou.tolist(),
-            "per_class_acc": acc.tolist(),
-            "miou": nanmean(iou),
-            "macc": nanmean(acc),
-            "aacc": float(100.0 * inter.sum() / total) if total else float("nan"),
-            "num_pixels": int(total),
-        }
