@@ -185,14 +185,50 @@ def check_list(
         report.errors.append(Problem("missing-list", f"split list not found ({_EXPECTED} lines)"))
         return report
     root = os.path.abspath(data_root)
-    root_prefix = os.path.join(root, "")
-    to_check: List[Tuple[str, str, int]] = []  # (absolute path, relative path, line)
-    labels_by_path: Dict[str, Tuple[int, int, str]] = {}  # normalised path -> (line, label, raw line)
+    to_check = _read_list(report, root, allow_outside_root)
+    if to_check is None:
+        return report
+    if check_files and to_check:
+        _check_files(report, to_check, root, allow_outside_root=allow_outside_root, follow_symlinks=follow_symlinks,
+                     verify_images=verify_images, jobs=jobs)
+    _check_totals(report, standard)
+    report.errors.sort(key=lambda p: (p.line is None, p.line or 0))
+    return report
+
+
+def _resolve(rel: str, root: str, allow_outside_root: bool) -> Tuple[str, Optional[Problem]]:
+    """The normalised path of a listed ``rel`` and, if it is refused, why (line set by the caller)."""
+    if os.path.isabs(rel):
+        path = os.path.normpath(rel)
+        if not allow_outside_root:
+            return path, Problem("outside-root", f"absolute path {rel!r} refused: paths are relative to the data "
+                                                 f"root (--allow-outside-root accepts it)")
+        return path, None
+    path = os.path.normpath(os.path.join(root, rel))
+    if not allow_outside_root and not path.startswith(os.path.join(root, "")):
+        return path, Problem("outside-root", f"path {rel!r} leaves the data root {root} "
+                                             f"(--allow-outside-root accepts it)")
+    return path, None
+
+
+def _duplicate(line: str, rel: str, label: int, first_line: int, first_label: int) -> Problem:
+    if first_label == label:
+        return Problem("duplicate", f"duplicate of line {first_line} ({line!r})")
+    return Problem("duplicate", f"same image as line {first_line} with another label "
+                                f"({label} here, {first_label} there): {rel!r}")
+
+
+def _read_list(report: ListReport, root: str, allow_outside_root: bool) -> Optional[List[Tuple[str, str, int]]]:
+    """Check every line of ``report.list_path`` (format, label, root, duplicates), counting the
+    good ones into ``report``; the (absolute path, relative path, line) of each image to look
+    at, or None if the list cannot be read."""
+    to_check: List[Tuple[str, str, int]] = []
+    labels_by_path: Dict[str, Tuple[int, int]] = {}  # normalised path -> (first line, label)
     try:
-        f = open(list_path, encoding="utf-8-sig")
+        f = open(report.list_path, encoding="utf-8-sig")
     except OSError as exc:
         report.errors.append(Problem("missing-list", f"cannot read the split list ({exc})"))
-        return report
+        return None
     with f:
         for lineno, raw in enumerate(f, 1):
             line = raw.strip()
@@ -200,77 +236,67 @@ def check_list(
                 continue
             report.num_lines += 1
             rel, label, err = _parse_line(line)
+            if err is None and report.num_classes is not None and label >= report.num_classes:
+                err = Problem("label", f"label {label} out of range for {report.num_classes} classes "
+                                       f"(0..{report.num_classes - 1}, from {report.class_source})")
+            if err is None:
+                path, err = _resolve(rel, root, allow_outside_root)
+            if err is None and path in labels_by_path:
+                err = _duplicate(line, rel, label, *labels_by_path[path])
             if err is not None:
                 err.line = lineno
                 report.errors.append(err)
                 continue
-            assert rel is not None and label is not None
-            if report.num_classes is not None and label >= report.num_classes:
-                report.errors.append(Problem(
-                    "label", f"label {label} out of range for {report.num_classes} classes "
-                             f"(0..{report.num_classes - 1}, from {report.class_source})", lineno))
-                continue
-            if os.path.isabs(rel):
-                path = os.path.normpath(rel)
-                if not allow_outside_root:
-                    report.errors.append(Problem(
-                        "outside-root", f"absolute path {rel!r} refused: paths are relative to the data root "
-                                        f"(--allow-outside-root accepts it)", lineno))
-                    continue
-            else:
-                path = os.path.normpath(os.path.join(root, rel))
-                if not allow_outside_root and not path.startswith(root_prefix):
-                    report.errors.append(Problem(
-                        "outside-root", f"path {rel!r} leaves the data root {root} "
-                                        f"(--allow-outside-root accepts it)", lineno))
-                    continue
-            first = labels_by_path.get(path)
-            if first is not None:
-                first_line, first_label, first_raw = first
-                if first_label == label:
-                    report.errors.append(Problem("duplicate", f"duplicate of line {first_line} ({line!r})", lineno))
-                else:
-                    report.errors.append(Problem(
-                        "duplicate", f"same image as line {first_line} with another label "
-                                     f"({label} here, {first_label} there): {rel!r}", lineno))
-                continue
-            labels_by_path[path] = (lineno, label, line)
+            labels_by_path[path] = (lineno, label)
             report.counts[label] = report.counts.get(label, 0) + 1
             report.num_samples += 1
             to_check.append((path, rel, lineno))
     report.paths = {p: v[0] for p, v in labels_by_path.items()}
+    return to_check
 
-    if check_files and to_check:
-        if not os.path.isdir(root):
-            report.errors.append(Problem("missing-root", f"data root {root} is not a directory"))
-        else:
-            exists = _parallel(_exists_chunk, [p for p, _, _ in to_check], jobs)
-            for (path, rel, lineno), ok in zip(to_check, exists):
-                if not ok:
-                    report.errors.append(Problem("missing", f"file not found: {rel} ({path})", lineno))
-            present = [t for t, ok in zip(to_check, exists) if ok]
-            if not (allow_outside_root or follow_symlinks) and present:
-                real_root = os.path.join(os.path.realpath(root), "")
-                reals = _parallel(_realpath_chunk, [p for p, _, _ in present], jobs)
-                for (path, rel, lineno), real in zip(present, reals):
-                    if not real.startswith(real_root):
-                        report.errors.append(Problem(
-                            "symlink", f"{rel} is a symbolic link to {real}, outside the data root "
-                                       f"(--follow-symlinks accepts it)", lineno))
-            if verify_images:
-                bad = _parallel(_readable_chunk, [p for p, _, _ in present], jobs)
-                wide = []
-                for (path, rel, lineno), (why, mode) in zip(present, bad):
-                    if why is not None:
-                        report.errors.append(Problem("unreadable", f"cannot read image {rel}: {why}", lineno))
-                    elif mode in _WIDE_GREY_MODES:
-                        wide.append((lineno, rel, mode))
-                if wide:
-                    lineno, rel, mode = wide[0]
-                    report.warnings.append(Problem(
-                        "16-bit", f"{len(wide):,} 16-bit greyscale images (e.g. line {lineno}: {rel}, PIL mode "
-                                  f"{mode}): tools/train.py and tools/eval.py scale them to 8 bits (value >> 8)"))
 
+def _check_files(report: ListReport, to_check: List[Tuple[str, str, int]], root: str, *, allow_outside_root: bool,
+                 follow_symlinks: bool, verify_images: bool, jobs: int) -> None:
+    """Missing files, symbolic links out of the root and (``verify_images``) unreadable or
+    16-bit images, into ``report``."""
+    if not os.path.isdir(root):
+        report.errors.append(Problem("missing-root", f"data root {root} is not a directory"))
+        return
+    exists = _parallel(_exists_chunk, [p for p, _, _ in to_check], jobs)
+    for (path, rel, lineno), ok in zip(to_check, exists):
+        if not ok:
+            report.errors.append(Problem("missing", f"file not found: {rel} ({path})", lineno))
+    present = [t for t, ok in zip(to_check, exists) if ok]
+    if not (allow_outside_root or follow_symlinks) and present:
+        real_root = os.path.join(os.path.realpath(root), "")
+        reals = _parallel(_realpath_chunk, [p for p, _, _ in present], jobs)
+        for (path, rel, lineno), real in zip(present, reals):
+            if not real.startswith(real_root):
+                report.errors.append(Problem(
+                    "symlink", f"{rel} is a symbolic link to {real}, outside the data root "
+                               f"(--follow-symlinks accepts it)", lineno))
+    if verify_images:
+        _verify_images(report, present, jobs)
+
+
+def _verify_images(report: ListReport, present: List[Tuple[str, str, int]], jobs: int) -> None:
+    bad = _parallel(_readable_chunk, [p for p, _, _ in present], jobs)
+    wide = []
+    for (path, rel, lineno), (why, mode) in zip(present, bad):
+        if why is not None:
+            report.errors.append(Problem("unreadable", f"cannot read image {rel}: {why}", lineno))
+        elif mode in _WIDE_GREY_MODES:
+            wide.append((lineno, rel, mode))
+    if wide:
+        lineno, rel, mode = wide[0]
+        report.warnings.append(Problem(
+            "16-bit", f"{len(wide):,} 16-bit greyscale images (e.g. line {lineno}: {rel}, PIL mode "
+                      f"{mode}): tools/train.py and tools/eval.py scale them to 8 bits (value >> 8)"))
+
+
+def _check_totals(report: ListReport, standard: Optional[Tuple[int, int]]) -> None:
+    """Whole-list findings: no sample at all, classes without a sample, a standard split's
+    line count."""
     if report.num_samples == 0 and not report.errors:
         report.errors.append(Problem("empty", "split list has no samples"))
     if report.num_samples:
@@ -287,13 +313,11 @@ def check_list(
                 report.warnings.append(Problem(
                     "classes", f"labels go up to {top - 1} but {len(absent)} classes have no sample: "
                                f"{_label_ranges(absent)} (pass --num-classes to make this an error)"))
-    if standard is not None:
-        if report.num_lines != standard[0]:
-            report.warnings.append(Problem(
-                "count", f"{report.num_lines:,} sample lines, but the standard {base} has {standard[0]:,} "
-                         f"({standard[1]} classes): a subset, a cleaned copy or a truncated file?"))
-    report.errors.sort(key=lambda p: (p.line is None, p.line or 0))
-    return report
+    if standard is not None and report.num_lines != standard[0]:
+        base = os.path.basename(report.list_path)
+        report.warnings.append(Problem(
+            "count", f"{report.num_lines:,} sample lines, but the standard {base} has {standard[0]:,} "
+                     f"({standard[1]} classes): a subset, a cleaned copy or a truncated file?"))
 
 
 def cross_list_warnings(reports: Sequence[ListReport]) -> List[str]:

@@ -13,22 +13,52 @@
 * ``cosine_min`` (ResCom): with the 1-based epoch ``e = epoch + 1``: ``lr*e/W`` while ``e < W``,
   then ``eta + (lr-eta)*0.5*(1+cos(pi*(e-W)/(E-W)))`` with ``eta = lr*1e-5``.
 * ``constant``: ``lr`` throughout (ResCom's CIFAR runs as released).
+* ``poly`` (segmentation): mmcv's PolyLrUpdaterHook by iteration,
+  ``(lr-min_lr)*(1-it/max_iters)**power + min_lr``, times mmcv's linear warmup factor
+  ``1-(1-it/warmup_iters)*(1-warmup_ratio)`` while ``it < warmup_iters``. Its clock is the
+  0-based global iteration: ``sched(it)``.
 
 The arithmetic order matches the original's, so values agree bit for bit with
 ``refvectors/lr_schedules.json``.
+
+The table
+---------
+:data:`SCHEDULES` is the one list of schedules. Each row (:class:`ScheduleEntry`) holds the
+function, whether it is applied at every optimizer step or once per epoch, its required and
+``[optional]`` keywords, and which of them :func:`schedule_from_flags` reads from the training
+flags (``vars(args)``); :func:`build_schedule` takes the keywords directly.
+
+============  =========  ====================================================================
+name          applied    keywords
+============  =========  ====================================================================
+cosine        per epoch  base_lr, epochs, warmup_epochs
+step_cifar    per epoch  base_lr, [warmup_epochs], [milestones] (not read from flags)
+mae_cosine    per step   base_lr, min_lr, epochs, warmup_epochs
+cosine_plain  per epoch  base_lr, epochs
+step          per epoch  base_lr, [warmup_epochs], [milestones], [warmup_start]
+cosine_min    per epoch  base_lr, epochs, warmup_epochs, [min_lr_ratio] (not read from flags)
+constant      per epoch  base_lr
+poly          per step   base_lr, max_iters, [power], [min_lr], [warmup_iters], [warmup_ratio]
+============  =========  ====================================================================
+
+A keyword's flag has the keyword's name (the dest of ``tools/train.py --help``,
+``tools/train_seg.py --help``) except ``base_lr`` (``--lr``) and ``max_iters`` (``--iters``).
+step_cifar keeps its 320/360 milestones (``--milestones`` is ``step``'s) and cosine_min its
+1e-5 floor ratio (no flag). ``cosine_epoch`` is another name of ``cosine``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import AbstractSet, Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
 __all__ = [
     "lr_at_epoch_cosine", "lr_at_epoch_cifar_step", "lr_at_iter_mae", "lr_at_epoch_cosine_plain", "lr_at_epoch_step",
-    "lr_constant", "lr_at_epoch_cosine_min",
-    "LRSchedule", "build_schedule", "apply_lr", "SCHEDULES",
+    "lr_constant", "lr_at_epoch_cosine_min", "poly_lr",
+    "LRSchedule", "ScheduleEntry", "build_schedule", "schedule_from_flags", "apply_lr", "SCHEDULES",
+    "SCHEDULE_ALIASES", "FLAG_OF_KEYWORD",
 ]
 
 
@@ -96,6 +126,16 @@ def lr_constant(epoch: int, *, base_lr: float) -> float:
     return base_lr
 
 
+def poly_lr(it: int, *, base_lr: float, max_iters: int, power: float = 0.9, min_lr: float = 0.0,
+            warmup_iters: int = 0, warmup_ratio: float = 1e-6) -> float:
+    """mmcv's PolyLrUpdaterHook (by iteration) with its linear warmup; ``it`` is 0-based."""
+    lr = (base_lr - min_lr) * (1.0 - it / max_iters) ** power + min_lr
+    if warmup_iters and it < warmup_iters:
+        k = (1.0 - it / warmup_iters) * (1.0 - warmup_ratio)
+        lr = lr * (1.0 - k)
+    return lr
+
+
 def apply_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every param group's lr to ``lr * group.get('lr_scale', 1)`` (MAE layer decay)."""
     for group in optimizer.param_groups:
@@ -107,6 +147,7 @@ class LRSchedule:
     """A named schedule: ``sched(epoch, iter_in_epoch, iters_per_epoch) -> lr``.
 
     Per-epoch schedules ignore the iteration (the LR changes at epoch boundaries only).
+    ``poly`` has no epochs: ``sched(it)`` with the 0-based global iteration.
     """
 
     name: str
@@ -127,38 +168,82 @@ class LRSchedule:
         apply_lr(optimizer, lr)
 
 
-# name -> (function, per_iteration, required kwargs, optional kwargs)
-SCHEDULES: dict[str, tuple[Callable[..., float], bool, frozenset, frozenset]] = {
-    "cosine": (lr_at_epoch_cosine, False, frozenset({"base_lr", "epochs", "warmup_epochs"}), frozenset()),
-    "step_cifar": (lr_at_epoch_cifar_step, False, frozenset({"base_lr"}), frozenset({"warmup_epochs", "milestones"})),
-    "mae_cosine": (lr_at_iter_mae, True, frozenset({"base_lr", "min_lr", "epochs", "warmup_epochs"}), frozenset()),
-    "cosine_plain": (lr_at_epoch_cosine_plain, False, frozenset({"base_lr", "epochs"}), frozenset()),
-    "step": (lr_at_epoch_step, False, frozenset({"base_lr"}),
-             frozenset({"warmup_epochs", "milestones", "warmup_start"})),
-    "constant": (lr_constant, False, frozenset({"base_lr"}), frozenset()),
-    "cosine_min": (lr_at_epoch_cosine_min, False, frozenset({"base_lr", "epochs", "warmup_epochs"}),
-                   frozenset({"min_lr_ratio"})),
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """One row of :data:`SCHEDULES`: the LR function and the keywords it takes.
+
+    ``from_flags`` lists the keywords :func:`schedule_from_flags` reads from the training
+    flags (all of them unless given); a keyword left out keeps the function's default.
+    """
+
+    fn: Callable[..., float]
+    per_iteration: bool
+    required: AbstractSet[str]
+    optional: AbstractSet[str] = frozenset()
+    from_flags: Optional[AbstractSet[str]] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "required", frozenset(self.required))
+        object.__setattr__(self, "optional", frozenset(self.optional))
+        flags = self.required | self.optional if self.from_flags is None else frozenset(self.from_flags)
+        if not flags <= self.required | self.optional:
+            raise ValueError(f"{self.fn.__name__}: from_flags {sorted(flags - self.required - self.optional)} "
+                             f"are not keywords of the schedule")
+        object.__setattr__(self, "from_flags", flags)
+
+    @property
+    def keywords(self) -> frozenset:
+        return self.required | self.optional
+
+
+SCHEDULES: dict[str, ScheduleEntry] = {
+    "cosine": ScheduleEntry(lr_at_epoch_cosine, False, {"base_lr", "epochs", "warmup_epochs"}),
+    # The CIFAR driver's milestones are fixed at 320/360: --milestones belongs to ``step``.
+    "step_cifar": ScheduleEntry(lr_at_epoch_cifar_step, False, {"base_lr"}, {"warmup_epochs", "milestones"},
+                                from_flags={"base_lr", "warmup_epochs"}),
+    "mae_cosine": ScheduleEntry(lr_at_iter_mae, True, {"base_lr", "min_lr", "epochs", "warmup_epochs"}),
+    "cosine_plain": ScheduleEntry(lr_at_epoch_cosine_plain, False, {"base_lr", "epochs"}),
+    "step": ScheduleEntry(lr_at_epoch_step, False, {"base_lr"}, {"warmup_epochs", "milestones", "warmup_start"}),
+    "constant": ScheduleEntry(lr_constant, False, {"base_lr"}),
+    # ResCom's floor ratio has no flag; --min-lr is mae_cosine's and poly's absolute floor.
+    "cosine_min": ScheduleEntry(lr_at_epoch_cosine_min, False, {"base_lr", "epochs", "warmup_epochs"},
+                                {"min_lr_ratio"}, from_flags={"base_lr", "epochs", "warmup_epochs"}),
+    # Counts global iterations, not epochs: sched(it).
+    "poly": ScheduleEntry(poly_lr, True, {"base_lr", "max_iters"},
+                          {"power", "min_lr", "warmup_iters", "warmup_ratio"}),
 }
+
+#: Other names of a schedule (``--schedule cosine_epoch``).
+SCHEDULE_ALIASES: dict[str, str] = {"cosine_epoch": "cosine"}
+
+#: Flag dest of a schedule keyword, where the two differ; any other keyword is its own flag.
+FLAG_OF_KEYWORD: dict[str, str] = {"base_lr": "lr", "max_iters": "iters"}
+
+
+def _canonical(name: str) -> str:
+    name = SCHEDULE_ALIASES.get(name, name)
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown LR schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    return name
 
 
 def build_schedule(name: str, **kwargs: Any) -> LRSchedule:
-    """Build a schedule by name: a key of :data:`SCHEDULES`.
+    """Build a schedule by name: a key of :data:`SCHEDULES` (or :data:`SCHEDULE_ALIASES`).
 
     Keyword arguments are those of the matching ``lr_at_*`` function; unknown or missing
     ones raise ``TypeError`` here rather than at the first epoch.
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown LR schedule {name!r}; choose one of {sorted(SCHEDULES)}")
-    fn, per_iter, required, optional = SCHEDULES[name]
-    missing = sorted(required - kwargs.keys())
-    unknown = sorted(kwargs.keys() - required - optional)
+    name = _canonical(name)
+    entry = SCHEDULES[name]
+    missing = sorted(entry.required - kwargs.keys())
+    unknown = sorted(kwargs.keys() - entry.keywords)
     if missing or unknown:
         raise TypeError(
-            f"schedule {name!r}: missing {missing}, unknown {unknown} (accepts {sorted(required | optional)})"
+            f"schedule {name!r}: missing {missing}, unknown {unknown} (accepts {sorted(entry.keywords)})"
         )
     if kwargs["base_lr"] < 0:
         raise ValueError(f"base_lr must be >= 0, got {kwargs['base_lr']}")
-    w = kwargs.get("warmup_epochs", 10 if "warmup_epochs" in optional | required else 0)
+    w = kwargs.get("warmup_epochs", 10 if "warmup_epochs" in entry.keywords else 0)
     if w < 0 or (name == "step_cifar" and w == 0):
         raise ValueError(f"warmup_epochs must be {'> 0' if name == 'step_cifar' else '>= 0'}, got {w}")
     if not 0.0 <= kwargs.get("warmup_start", 0.0) <= 1.0:
@@ -168,16 +253,27 @@ def build_schedule(name: str, **kwargs: Any) -> LRSchedule:
         # mae_cosine and cosine_min divide by (E - W); cosine by (E - W + 1).
         if e < 1 or w > e or (name in ("mae_cosine", "cosine_min") and w == e):
             raise ValueError(f"schedule {name!r}: need epochs >= 1 and warmup_epochs < epochs, got {e}, {w}")
+    if "max_iters" in kwargs and kwargs["max_iters"] < 1:  # poly divides by it
+        raise ValueError(f"schedule {name!r}: need max_iters >= 1, got {kwargs['max_iters']}")
     if "milestones" in kwargs:
         kwargs["milestones"] = tuple(int(m) for m in kwargs["milestones"])
-    return LRSchedule(name=name, per_iteration=per_iter, fn=fn, kwargs=dict(kwargs))
+    return LRSchedule(name=name, per_iteration=entry.per_iteration, fn=entry.fn, kwargs=dict(kwargs))
 
 
-def poly_lr(it: int, *, base_lr: float, max_iters: int, power: float = 0.9, min_lr: float = 0.0,
-            warmup_iters: int = 0, warmup_ratio: float = 1e-6) -> float:
-    """mmcv's PolyLrUpdaterHook (by iteration) with its linear warmup; ``it`` is 0-based."""
-    lr = (base_lr - min_lr) * (1.0 - it / max_iters) ** power + min_lr
-    if warmup_iters and it < warmup_iters:
-        k = (1.0 - it / warmup_iters) * (1.0 - warmup_ratio)
-        lr = lr * (1.0 - k)
-    return lr
+def schedule_from_flags(name: str, flags: Mapping[str, Any]) -> LRSchedule:
+    """The schedule ``name`` with its keywords read from parsed training flags (``vars(args)``).
+
+    Each keyword in the row's ``from_flags`` comes from the flag of the same dest, or the one
+    :data:`FLAG_OF_KEYWORD` names (``base_lr`` from ``lr``). An optional keyword whose flag is
+    absent keeps the function's default; a required one is a ``TypeError``.
+    """
+    name = _canonical(name)
+    entry = SCHEDULES[name]
+    kwargs = {}
+    for keyword in sorted(entry.from_flags):
+        dest = FLAG_OF_KEYWORD.get(keyword, keyword)
+        if dest in flags:
+            kwargs[keyword] = flags[dest]
+        elif keyword in entry.required:
+            raise TypeError(f"schedule {name!r} needs the flag --{dest.replace('_', '-')} (its {keyword})")
+    return build_schedule(name, **kwargs)
