@@ -39,7 +39,7 @@ import _common as C  # noqa: E402
 
 import gpaco.classification.evaluate as evaluator  # noqa: E402
 from gpaco.checkpoint import save_checkpoint  # noqa: E402
-from gpaco.models import build_model  # noqa: E402
+from gpaco.methods.rebuild import build_model  # noqa: E402
 
 TARGET = 0.95
 NUM_CLASSES = 1000

@@ -42,7 +42,7 @@ from gpaco.engine.optim import build_optimizer  # noqa: E402
 from gpaco.engine.args import cpu_count  # noqa: E402
 from gpaco.engine.logging import SUMMARY_NAME, read_summary  # noqa: E402
 from gpaco.methods import get_method, method_options  # noqa: E402
-from gpaco.models import build_model  # noqa: E402
+from gpaco.methods.rebuild import build_model  # noqa: E402
 from gpaco.segmentation import train as seg_train  # noqa: E402
 from gpaco.segmentation.inference import collate  # noqa: E402
 

@@ -34,7 +34,7 @@ import train_step as TS  # noqa: E402
 
 from gpaco.methods import build_criterion  # noqa: E402
 from gpaco.classification.loop import train_one_epoch  # noqa: E402
-from gpaco.models import build_model  # noqa: E402
+from gpaco.methods.rebuild import build_model  # noqa: E402
 
 K_FULL = (1024, 4096, 8192, 16384, 32768, 65536)
 C_FULL = (100, 1000, 4000, 8142)

@@ -1,6 +1,6 @@
 """Training-step overhead on ResNet-50: PaCo / GPaCo / our CE recipe against CE and a bare loop.
 
-Every configuration runs the real engine pieces: ``gpaco.models.build_model`` +
+Every configuration runs the real engine pieces: ``gpaco.methods.rebuild.build_model`` +
 the registry criterion (``gpaco.methods.build_criterion``) + ``gpaco.classification.loop.train_one_epoch`` (which does
 the device move, autocast, forward, loss, finiteness check, backward, SGD step and the
 loss/accuracy bookkeeping), fed pre-made batches from memory so that only the step is
@@ -53,7 +53,7 @@ from gpaco.methods import build_criterion  # noqa: E402
 from gpaco.classification.loop import forward_train, train_one_epoch  # noqa: E402
 from gpaco.engine.optim import build_optimizer  # noqa: E402
 from gpaco.engine.precision import resolve_channels_last  # noqa: E402
-from gpaco.models import build_model  # noqa: E402
+from gpaco.methods.rebuild import build_model  # noqa: E402
 from gpaco.models.view_bn import _ViewBatchNorm  # noqa: E402
 
 TARGET_PACO, TARGET_GPACO, TARGET_CE, TARGET_ORIGINAL = 1.45, 1.05, 1.03, 0.97

@@ -22,7 +22,7 @@ _EXPORTS = {
     "ContrastiveOutput": "gpaco.models.contrastive",
     "ResLTModel": "gpaco.models.reslt",
     "ResComModel": "gpaco.models.rescom",
-    "build_model": "gpaco.models.contrastive",
+    "build_model": "gpaco.methods.rebuild",
     "create_backbone": "gpaco.models.backbones",
     "build_seg_model": "gpaco.models.seg",
     # criteria of the registered methods: criterion(model_output, targets) -> loss

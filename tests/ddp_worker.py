@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gpaco import distributed as gdist
 from gpaco.losses import paco_loss
 from gpaco.losses.criteria import ResComCriterion
-from gpaco.models import build_model
+from gpaco.methods.rebuild import build_model
 
 LOCAL_BATCH = 4
 NUM_CLASSES = 5

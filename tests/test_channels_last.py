@@ -12,7 +12,7 @@ from conftest import sgd_step_
 from gpaco.classification.loop import forward_train, to_device
 from gpaco.engine.precision import resolve_channels_last
 from gpaco.methods import build_criterion
-from gpaco.models import build_model
+from gpaco.methods.rebuild import build_model
 from gpaco.models.view_bn import ViewBatchNorm2d
 
 C, B = 10, 8

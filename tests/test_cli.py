@@ -21,7 +21,7 @@ from gpaco.classification.args import build_train_parser, parse_train_args
 from gpaco.engine import args as engine_args
 from gpaco.engine.cli import run_cli
 from gpaco.methods import all_methods
-from gpaco.models import build_model
+from gpaco.methods.rebuild import build_model
 from gpaco.segmentation.evaluate import build_eval_parser as build_seg_eval_parser
 from gpaco.segmentation.train import build_train_parser as build_seg_train_parser
 

@@ -12,7 +12,7 @@ import torch._dynamo as dynamo
 from conftest import sgd_step_
 from gpaco.classification.loop import forward_train
 from gpaco.methods import build_criterion
-from gpaco.models import build_model
+from gpaco.methods.rebuild import build_model
 
 C, B = 10, 8
 VIT = "mae_vit_tiny_d2_patch8"  # embed 64, depth 2, patch 8, 32 px

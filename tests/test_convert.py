@@ -13,10 +13,12 @@ import torch
 from PIL import Image
 
 from gpaco.classification import evaluate as evaluator
-from gpaco.checkpoint import load_checkpoint, save_checkpoint
+from gpaco.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from gpaco.engine.precision import resolve_channels_last
+from gpaco.methods.rebuild import (
+    build_from_config, build_model, build_model_from_checkpoint, method_for_roles, model_config,
+)
 from gpaco.models.convert import detect_layout, read_checkpoint, unwrap
-from gpaco.models import build_model
 
 NUM_CLASSES = 3
 IMG = 16
@@ -218,9 +220,17 @@ def test_mae_layout_with_namespace_needs_trust_pickle_and_converts(data, tmp_pat
                                    str(tmp_path / out)])
         assert conversion["layout"] == "mae_gpaco" and not conversion["missing"] and not conversion["unused"]
         assert any("nothing was executed" in n for n in conversion["notes"])
+        # the converted file records how to build its model: the GELU projection came from the
+        # builder's own rule for ViTs, the sizes from the tensors, the image size from MAE's args
+        cfg = read_checkpoint(str(tmp_path / out)).meta["model_config"]
+        assert cfg == {"method": "gpaco", "task": "classification", "arch": "mae_vit_tiny_d2_patch8",
+                       "num_classes": NUM_CLASSES, "options": {"proj_dim": 8, "queue_size": 16, "hidden_dim": 64,
+                                                               "backbone_kwargs": {"img_size": IMG}}}
+        assert type(build_from_config(cfg).encoder.projection) is type(model.encoder.projection)
         if out.endswith(".pth"):
             saved = load_checkpoint(tmp_path / out)  # weights-only loadable
             assert saved["method"] == "gpaco" and saved["arch"] == "mae_vit_tiny_d2_patch8"
+            assert saved["model_config"] == cfg
         res = evaluator.main(eval_args(root, test_list, tmp_path / f"ev_{out}", "--checkpoint", str(tmp_path / out)))
         assert res["checkpoints"][0]["method"] == "gpaco"
         got = torch.from_numpy(np.load(tmp_path / f"ev_{out}" / "logits.npy"))
@@ -241,6 +251,83 @@ def test_our_checkpoint_converts_to_safetensors_and_back(data, tmp_path):
     res = evaluator.main(eval_args(root, test_list, tmp_path / "ev", "--checkpoint", str(tmp_path / "w.safetensors")))
     assert res["checkpoints"][0]["layout"] == "gpaco" and res["checkpoints"][0]["arch"] == "resnet8"
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "ev" / "logits.npy")), direct_logits(model, test_list, root))
+
+
+def test_model_config_is_plain_data_that_rebuilds_the_model():
+    cfg = model_config("gpaco", "classification", "resnet8", NUM_CLASSES,
+                       {"pretrained": "weights.pth", "proj_dim": 8, "queue_size": 16, "projection_act": "gelu",
+                        "backbone_kwargs": {"sizes": (1, 2)}, "device_batch": None})
+    assert cfg == {"method": "gpaco", "task": "classification", "arch": "resnet8", "num_classes": NUM_CLASSES,
+                   "options": {"proj_dim": 8, "queue_size": 16, "projection_act": "gelu",
+                               "backbone_kwargs": {"sizes": [1, 2]}, "device_batch": None}}
+    del cfg["options"]["backbone_kwargs"]
+    model = build_from_config(cfg)
+    assert model.queue.size == 16 and model.encoder.projection[-1].out_features == 8
+    assert type(model.encoder.projection).__name__ == "MAEProjection"  # gelu, as recorded
+    assert build_from_config(cfg, queue_size=32).queue.size == 32  # an override wins
+    with pytest.raises(TypeError, match=r"model option scale=tensor"):
+        model_config("ce", "classification", "resnet8", 3, {"scale": torch.ones(1)})
+    with pytest.raises(TypeError, match="arch must be a registered or timm name"):
+        model_config("ce", "classification", torch.nn.Identity(), 3, {})
+    with pytest.raises(ValueError, match="unknown classification method 'nope'"):
+        model_config("nope", "classification", "resnet8", 3, {})
+    with pytest.raises(ValueError, match="not a model config"):
+        build_from_config({"method": "ce", "arch": "resnet8"})
+    # another program's field of that name is not taken for ours
+    state = build_model("ce", "resnet8", NUM_CLASSES).state_dict()
+    assert "model_config" not in unwrap({"model": state, "model_config": {"hidden_size": 64}})[1]
+    assert unwrap({"model": state, "model_config": cfg})[1]["arch"] == "resnet8"
+
+
+def test_a_recorded_model_config_rebuilds_options_no_flag_or_tensor_tells(data, tmp_path):
+    """A file with only weights and its model_config: ResLT's branches and evaluation gamma,
+    a ViT GPaCo's ReLU projection (its builder's own choice would be GELU) come back as built."""
+    root, test_list = data
+    options = {"branch_sizes": [2, 1], "head": "bn", "eval_gamma": 0.5}
+    reslt = randomize(build_model("reslt", "resnet8", NUM_CLASSES, **options))
+    path = tmp_path / "reslt.pth"
+    save_checkpoint({"model": reslt.state_dict(),
+                     "model_config": model_config("reslt", "classification", "resnet8", NUM_CLASSES, options)}, path)
+    res = evaluator.main(eval_args(root, test_list, tmp_path / "ev", "--checkpoint", str(path)))
+    assert res["checkpoints"][0]["method"] == "reslt" and not res["checkpoints"][0]["missing"]
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "ev" / "logits.npy")), direct_logits(reslt, test_list, root))
+    vit_options = {"proj_dim": 8, "queue_size": 16, "projection_act": "relu", "backbone_kwargs": {"img_size": IMG}}
+    vit = build_model("gpaco", "mae_vit_tiny_d2_patch8", NUM_CLASSES, **vit_options)
+    save_checkpoint({"model": vit.state_dict(), "model_config": model_config(
+        "gpaco", "classification", "mae_vit_tiny_d2_patch8", NUM_CLASSES, vit_options)}, tmp_path / "vit.pth")
+    rebuilt, report = build_model_from_checkpoint(read_checkpoint(str(tmp_path / "vit.pth")))
+    assert type(rebuilt.encoder.projection).__name__ == "GPaCoProjection" and not report.missing
+    # asking for another model (here the plain classifier) infers it as for files without a config
+    rebuilt, report = build_model_from_checkpoint(read_checkpoint(str(tmp_path / "vit.pth")), method="ce")
+    assert report.method == "ce" and not report.missing and type(rebuilt).__name__ == "Classifier"
+    seg = {"model": vit.state_dict(), "model_config": {**model_config("ce", "segmentation", "r18", 3, {})}}
+    save_checkpoint(seg, tmp_path / "seg.pth")
+    with pytest.raises(CheckpointError, match="holds a segmentation model: evaluate it with tools/eval_seg.py"):
+        build_model_from_checkpoint(read_checkpoint(str(tmp_path / "seg.pth")))
+
+
+def test_a_segmentation_checkpoint_is_rebuilt_from_its_model_config(tmp_path):
+    """tools/eval_seg.py: a file with only weights and its model_config (a non-default pixel
+    embedding size) loads strictly; --method ce asks for the plain model instead."""
+    from gpaco.data.seg_datasets import SEG_DATASETS
+    from gpaco.segmentation import evaluate as seg_eval
+
+    classes = SEG_DATASETS["demo"].num_classes
+    model = build_model("gpaco", "r18", classes, task="segmentation", embed_dim=16)
+    cfg = model_config("gpaco", "segmentation", "r18", classes, {"embed_dim": 16, "encoder": None})
+    save_checkpoint({"model": model.state_dict(), "model_config": cfg}, tmp_path / "seg.pth")
+    argv = ["--checkpoint", str(tmp_path / "seg.pth"), "--dataset", "demo", "--data-root", str(tmp_path / "absent"),
+            "--workers", "0", "--dry-run"]
+    assert 0.0 <= seg_eval.main(argv)["miou"] <= 100.0
+    assert 0.0 <= seg_eval.main(argv + ["--method", "ce"])["miou"] <= 100.0  # the embedding is training-only
+
+
+def test_files_without_a_method_get_the_smallest_model_that_holds_them():
+    """The original's layouts name no method: their roles pick it (the registry rows' prefixes)."""
+    assert method_for_roles(("backbone", "classifier")) == "ce"  # torchvision / MAE classifiers
+    assert method_for_roles(("backbone", "projection", "classifier", "queue")) == "gpaco"  # GPaCo ResNets, ViTs
+    assert method_for_roles(("backbone", "projection", "backbone_k", "projection_k", "classifier", "queue")) == "paco"
+    assert method_for_roles(("backbone", "decoder")) is None
 
 
 def test_torchvision_classifier_layout():

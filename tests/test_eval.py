@@ -18,7 +18,7 @@ from PIL import Image
 
 from gpaco.classification import evaluate as evaluator
 from gpaco.checkpoint import save_checkpoint
-from gpaco.models import build_model
+from gpaco.methods.rebuild import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = 16

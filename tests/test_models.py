@@ -12,6 +12,7 @@ from torch import nn
 
 from gpaco import distributed as gdist
 from gpaco.losses import multitask_loss, paco_loss
+from gpaco.methods.rebuild import build_model
 from gpaco.models import (
     Classifier,
     ContrastiveOutput,
@@ -20,7 +21,6 @@ from gpaco.models import (
     GPaCoProjection,
     PaCoModel,
     PaCoProjection,
-    build_model,
     create_backbone,
     list_archs,
     load_backbone_weights,

@@ -16,7 +16,7 @@ from gpaco.checkpoint import save_checkpoint
 from gpaco.classification.robustness import corruption_table, evaluate_corruptions, imagenet_r_columns
 from gpaco.data.robustness import ALEXNET_ERRORS, CORRUPTIONS, IMAGENET_R_INDICES, ImageFolderDataset, make_corrupted_tree
 from gpaco.metrics import corruption_errors
-from gpaco.models import build_model
+from gpaco.methods.rebuild import build_model
 
 IMG = 16
 

@@ -14,7 +14,7 @@ import torch
 
 from gpaco.classification.loop import train_one_epoch
 from gpaco.methods import build_criterion
-from gpaco.models import build_model
+from gpaco.methods.rebuild import build_model
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
 

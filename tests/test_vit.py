@@ -18,8 +18,9 @@ from gpaco.classification.args import parse_train_args
 from gpaco.methods import build_criterion
 from gpaco.classification.train import optimizer_kwargs
 from gpaco.engine.optim import build_optimizer, param_groups, vit_layer_id
-from gpaco.engine.schedule import LRSchedule
-from gpaco.models import build_model, create_backbone
+from gpaco.engine.schedule import LRSchedule, schedule_from_flags
+from gpaco.methods.rebuild import build_model
+from gpaco.models import create_backbone
 from gpaco.models.vit import (
     MAE_ARCHS, MAEProjection, find_vit, interpolate_pos_embed, load_mae_checkpoint, register_archs,
 )
@@ -235,12 +236,12 @@ def recipe_argv(name, **env):
 
 
 def test_mae_schedule_through_the_trainer(refvectors):
-    """lr_schedules.json's MAE samples from the recipe's flags, through trainer.build_lr_schedule."""
+    """lr_schedules.json's MAE samples from the recipe's flags, through schedule_from_flags."""
     ref = json.loads((refvectors / "lr_schedules.json").read_text())["vit_b_gpaco"]
     args = parse_train_args(recipe_argv("finetune_base_mae_gpaco"))
     assert args.lr == ref["lr"] and args.min_lr == ref["min_lr"]
     assert (args.epochs, args.warmup_epochs) == (ref["epochs"], ref["warmup"])
-    sched = trainer.build_lr_schedule(args)
+    sched = schedule_from_flags(args.schedule, vars(args))
     assert sched.per_iteration and sched.name == "mae_cosine"
     for frac, want in ref["at_fractional_epochs"].items():
         epoch = int(float(frac))
@@ -249,7 +250,7 @@ def test_mae_schedule_through_the_trainer(refvectors):
     # The ResNet recipes keep their per-epoch schedule.
     lt = json.loads((refvectors / "lr_schedules.json").read_text())["imagenet_lt_r50_paco"]
     args = parse_train_args(["--train-list", "x", "--lr", "0.02", "--epochs", "400", "--warmup-epochs", "10"])
-    sched = trainer.build_lr_schedule(args)
+    sched = schedule_from_flags(args.schedule, vars(args))
     assert not sched.per_iteration and [sched(e) for e in range(400)] == lt["per_epoch"]
 
 
@@ -278,7 +279,7 @@ def test_loop_per_iteration_lr_and_accumulation():
                              "--warmup-epochs", "1", "--min-lr", "1e-5"])
     model = build_model("ce", TINY, 10, backbone_kwargs={"img_size": 32})
     opt = build_optimizer(model, **optimizer_kwargs(args))
-    sched = trainer.build_lr_schedule(args)
+    sched = schedule_from_flags(args.schedule, vars(args))
     batches = _Loader((torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(10))
     seen = _recording(opt)
     crit = build_criterion("ce")
@@ -490,7 +491,8 @@ def test_vit_gpaco_finetune_and_resume_exact(demo_data, tmp_path):
     log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
     # the logged LR is the last one the loop set: 7 micro-batches, cycles start at 0, 2, 4, 6
-    sched = trainer.build_lr_schedule(parse_train_args(vit_args(demo_data, straight, *common)))
+    args = parse_train_args(vit_args(demo_data, straight, *common))
+    sched = schedule_from_flags(args.schedule, vars(args))
     assert [r["lr"] for r in log] == [sched(e, 6, 7) for e in range(3)]
     metrics = json.loads((straight / "metrics.json").read_text())
     assert metrics == json.loads((split / "metrics.json").read_text())

@@ -66,7 +66,7 @@ def convert_mmseg(src: str, dst: str, *, trust_pickle: bool = False):
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    from gpaco.models.convert import convert_file
+    from gpaco.methods.rebuild import convert_file
 
     if args.trust_pickle:
         print(f"--trust-pickle: {args.input} may be unpickled in full, which runs any code it contains",

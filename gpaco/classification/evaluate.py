@@ -2,14 +2,16 @@
 
 * ``--checkpoint`` reads our checkpoints, the original's released files (PaCo/GPaCo ResNets,
   MAE-style ViTs), converted copies and ``.safetensors`` (:mod:`gpaco.models.convert`); the
-  layout is detected and whatever is unused or missing is printed and recorded in
+  model is rebuilt from the file's ``model_config`` (or what the file implies,
+  :mod:`gpaco.methods.rebuild`), the layout is detected and whatever is unused or missing is printed and recorded in
   ``metrics.json`` (``checkpoints``). Nothing is unpickled beyond tensors and plain
   containers: a file that needs more is refused with the conversion command.
 * Repeated ``--checkpoint`` sums the raw logits of the models (the paper's ensembles); each
   takes its ``--arch``/``--method`` in the same order (or one for all, or its own metadata).
 * ``--save-logits FILE.npy``: the (summed) logits in test-list order, also under torchrun.
 * ``--corrupted-root`` (ImageNet-C or a ``tools/make_corrupted.py`` tree), ``--imagenet-r-root``,
-  ``--imagenet-sketch-root``: the robustness benchmarks (:mod:`gpaco.classification.robustness`).
+  ``--imagenet-sketch-root``: the robustness suites (:mod:`gpaco.classification.robustness`);
+  every suite is one row of :data:`EVAL_SUITES`.
 * Writes ``metrics.json``, ``per_class.csv``, ``per_class.png`` and (<= 100 classes)
   ``confusion.png`` to ``--output-dir``. Exact under torchrun: every image counted once.
 """
@@ -32,12 +34,13 @@ from gpaco.classification.args import (
 from gpaco.engine.args import HelpFormatter
 from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.engine.precision import resolve_amp, resolve_channels_last
-from gpaco.methods import add_method_flags, all_methods, get_method, method_names, method_options
+from gpaco.methods import add_method_flags, all_methods, method_names
 from gpaco.methods.flags import PROJ_DIM, QUEUE_SIZE
+from gpaco.methods.rebuild import build_model_from_checkpoint
 from gpaco.checkpoint import CheckpointError
 from gpaco.engine.lifecycle import claim_eval_dir
-from gpaco.models.convert import CheckpointMismatchError, build_model_from_checkpoint, read_checkpoint
-from gpaco.engine.benchmarks import Benchmark, run_benchmarks
+from gpaco.models.convert import CheckpointMismatchError, LoadedCheckpoint, read_checkpoint
+from gpaco.engine.eval_suites import EvalSuite, run_eval_suites
 from gpaco.engine.logging import print_main, write_json
 from gpaco.classification.loop import predict
 from gpaco.classification.report import fairness_line, write_eval_report
@@ -47,10 +50,9 @@ from gpaco.classification.report import fairness_line, write_eval_report
 _METHOD_DESTS = {f.dest for m in all_methods("classification") for f in m.flags} - {"proj_dim", "queue_size"}
 
 
-def model_overrides(method: str, args: argparse.Namespace) -> dict:
-    """build_model keywords of the method flags set on the eval command line."""
-    given = {k: v for k, v in vars(args).items() if k in _METHOD_DESTS}
-    return method_options(get_method(method), given)[0]
+def method_flags_given(args: argparse.Namespace) -> dict:
+    """The method flags set on the eval command line (by dest): they override the checkpoint's model options."""
+    return {k: v for k, v in vars(args).items() if k in _METHOD_DESTS}
 
 
 class _Repeatable(argparse.Action):
@@ -143,9 +145,6 @@ def per_checkpoint(values: Optional[List[str]], n: int, flag: str) -> List[Optio
                     f"order, or one for all")
 
 
-# --------------------------------------------------------------------------- inference
-
-
 # --------------------------------------------------------------------------- run
 
 
@@ -179,29 +178,12 @@ def check_data_flags(args: argparse.Namespace) -> None:
         raise FlagError(f"--data-root {args.data_root}: no such folder (the --test-list paths are relative to it)")
 
 
-def run(args: argparse.Namespace) -> dict:
-    dist = init_distributed()
-    device = dist.device
-    if args.batch_size % dist.world_size:
-        raise FlagError(f"--batch-size {args.batch_size} must be divisible by the number of processes "
-                        f"({dist.world_size})")
-    check_data_flags(args)
-    paths = list(args.checkpoint_list or [args.checkpoint])
-    archs, methods, loaded = _load_members(args, paths, args.dry_run)
-    out = None
-    if not args.dry_run:  # refused before anything is evaluated (a missing checkpoint first: no folder made)
-        out = claim_eval_dir(args.output_dir or os.path.join(os.path.dirname(os.path.abspath(paths[0])),
-                                                             "eval" if len(paths) == 1 else "eval_ensemble"),
-                             overwrite=args.overwrite)
-    first = next((c for c in loaded if c is not None), None)
-    first_args = (first.meta.get("args") or {}) if first is not None else {}
-    # data flags: the command line, then the first checkpoint's training flags, then the defaults
-    if first is not None:
-        args.arch = args.arch or first.meta.get("arch")
-        args.method = args.method or first.meta.get("method")
-    resolve_from_checkpoint(args, first_args)
-    fallback_classes = args.num_classes or (first.meta.get("num_classes") if first else None) or \
-        (10 if args.dry_run else 1000)
+def build_members(args: argparse.Namespace, loaded: Sequence[Optional[LoadedCheckpoint]],
+                  archs: Sequence[Optional[str]], methods: Sequence[Optional[str]], device: torch.device):
+    """(models, load reports) of the ensemble's members, in --checkpoint order; an absent
+    checkpoint (dry run) is a randomly initialised model of the flags."""
+    fallback_classes = args.num_classes or next((c.meta.get("num_classes") for c in loaded if c is not None), None) \
+        or (10 if args.dry_run else 1000)
     models, reports = [], []
     for c, arch, method in zip(loaded, archs, methods):
         try:
@@ -210,8 +192,7 @@ def run(args: argparse.Namespace) -> dict:
                 arch=arch or (args.arch if c is None else None),
                 num_classes=args.num_classes or (fallback_classes if c is None else None),
                 defaults={"proj_dim": args.proj_dim, "queue_size": args.queue_size},
-                build_kwargs=model_overrides(method or args.method or (c.meta.get("method") if c else None) or "ce",
-                                             args))
+                flag_values=method_flags_given(args))
         except CheckpointMismatchError as e:
             raise SystemExit(f"error: {e}") from None
         except CheckpointError as e:
@@ -223,21 +204,26 @@ def run(args: argparse.Namespace) -> dict:
     sizes = {int(m.fc.out_features) for m in models}
     if len(sizes) != 1:
         raise FlagError(f"the ensemble's models have different numbers of classes: {sorted(sizes)}")
-    num_classes = sizes.pop()
-    amp = resolve_amp(args.amp, device, dry_run=args.dry_run)
-    channels_last = resolve_channels_last(args.channels_last, device, amp)
-    if channels_last:
-        for m in models:
-            m.to(memory_format=torch.channels_last)
+    return models, reports
 
-    train_counts = first.meta.get("class_counts") if first is not None else None
-    if train_counts is not None and len(train_counts) != num_classes:
-        train_counts = None
-    if train_counts is None and not is_cifar(args.dataset) and args.train_list and os.path.isfile(args.train_list):
-        # many/medium/few need the training counts: read off the list, no images opened
+
+def training_counts(args: argparse.Namespace, first: Optional[LoadedCheckpoint], num_classes: int):
+    """The per-class training counts many/medium/few need: the checkpoint's, else read off
+    --train-list (no image opened); None when neither is there."""
+    counts = first.meta.get("class_counts") if first is not None else None
+    if counts is not None and len(counts) == num_classes:
+        return counts
+    if not is_cifar(args.dataset) and args.train_list and os.path.isfile(args.train_list):
         samples = read_split(args.train_list, args.data_root, num_classes=num_classes,
                              allow_outside_root=args.allow_outside_root)
-        train_counts = class_counts(samples, num_classes)
+        return class_counts(samples, num_classes)
+    return None
+
+
+def eval_split(args: argparse.Namespace, num_classes: int):
+    """The --test-list dataset (synthetic in a dry run without data), or None when only
+    robustness roots are evaluated. A dry run also shrinks the images (here, before any
+    suite builds its transform)."""
     if args.dry_run:
         args.image_size = min(args.image_size, 64)
         args.resize_size = None
@@ -253,60 +239,98 @@ def run(args: argparse.Namespace) -> dict:
                         "(--corrupted-root / --imagenet-r-root / --imagenet-sketch-root)")
     if test_set is None and args.save_logits:
         raise FlagError("--save-logits writes the logits of the test split: give --test-list")
-    baseline = None
-    if args.mce_baseline:
-        if not args.corrupted_root:
-            raise FlagError("--mce-baseline needs --corrupted-root")
-        from gpaco.classification.robustness import load_baseline_errors
+    return test_set
 
-        try:
-            baseline = load_baseline_errors(args.mce_baseline)
-        except (FileNotFoundError, ValueError) as e:
-            raise FlagError(str(e)) from None
 
+def mce_baseline(args: argparse.Namespace) -> Optional[tuple]:
+    """--mce-baseline's per-corruption errors (and its label), None without the flag."""
+    if not args.mce_baseline:
+        return None
+    if not args.corrupted_root:
+        raise FlagError("--mce-baseline needs --corrupted-root")
+    from gpaco.classification.robustness import load_baseline_errors
+
+    try:
+        return load_baseline_errors(args.mce_baseline)
+    except (FileNotFoundError, ValueError) as e:
+        raise FlagError(str(e)) from None
+
+
+def write_results(out: str, args: argparse.Namespace, result: dict, ctx: "EvalContext") -> None:
+    """metrics.json, the per-class report (with a test split) and --save-logits."""
+    write_json(os.path.join(out, "metrics.json"), result)
+    if ctx.test_set is not None:
+        write_eval_report(out, result, ctx.train_counts, confusion=ctx.confusion)
+    if ctx.logits_all is not None:
+        parent = os.path.dirname(os.path.abspath(args.save_logits))
+        os.makedirs(parent, exist_ok=True)
+        np.save(args.save_logits, ctx.logits_all.numpy().astype(np.float32))
+        print_main(f"wrote {args.save_logits} ({ctx.logits_all.shape[0]} x {ctx.logits_all.shape[1]} logits, "
+                   f"test-list order)")
+    print_main(f"wrote {out}/metrics.json" + (", per_class.csv, per_class.png" if ctx.test_set is not None else "")
+               + (", confusion.png" if ctx.confusion is not None else ""))
+
+
+def run(args: argparse.Namespace) -> dict:
+    dist = init_distributed()
+    device = dist.device
+    if args.batch_size % dist.world_size:
+        raise FlagError(f"--batch-size {args.batch_size} must be divisible by the number of processes "
+                        f"({dist.world_size})")
+    check_data_flags(args)
+    paths = list(args.checkpoint_list or [args.checkpoint])
+    archs, methods, loaded = _load_members(args, paths, args.dry_run)
+    out = None
+    if not args.dry_run:  # refused before anything is evaluated (a missing checkpoint first: no folder made)
+        out = claim_eval_dir(args.output_dir or os.path.join(os.path.dirname(os.path.abspath(paths[0])),
+                                                             "eval" if len(paths) == 1 else "eval_ensemble"),
+                             overwrite=args.overwrite)
+    first = next((c for c in loaded if c is not None), None)
+    # data flags: the command line, then the first checkpoint's training flags, then the defaults
+    if first is not None:
+        args.arch = args.arch or first.meta.get("arch")
+        args.method = args.method or first.meta.get("method")
+    resolve_from_checkpoint(args, (first.meta.get("args") or {}) if first is not None else {})
+    models, reports = build_members(args, loaded, archs, methods, device)
+    num_classes = int(models[0].fc.out_features)
+    amp = resolve_amp(args.amp, device, dry_run=args.dry_run)
+    channels_last = resolve_channels_last(args.channels_last, device, amp)
+    if channels_last:
+        for m in models:
+            m.to(memory_format=torch.channels_last)
+    train_counts = training_counts(args, first, num_classes)
+    test_set = eval_split(args, num_classes)
+    baseline = mce_baseline(args)
     batch = 4 if args.dry_run else args.batch_size // dist.world_size
     workers = 0 if args.dry_run else args.workers
-    max_steps = 1 if args.dry_run else None
-    common = dict(num_classes=num_classes, device=device, amp=amp, channels_last=channels_last,
-                  max_steps=max_steps)
 
     def loader_of(dataset):
         return eval_loader(dataset, batch_size=batch, workers=workers, rank=dist.rank, world_size=dist.world_size,
                            pin_memory=device.type == "cuda")
 
+    common = dict(num_classes=num_classes, device=device, amp=amp, channels_last=channels_last,
+                  max_steps=1 if args.dry_run else None)
     ctx = EvalContext(args=args, models=models, loader_of=loader_of, common=common, num_classes=num_classes,
                       test_set=test_set, train_counts=train_counts, baseline=baseline,
                       name=paths[0] if len(paths) == 1 else "ensemble of " + " + ".join(paths))
     result: dict = {"checkpoint": paths[0] if len(paths) == 1 else list(paths)}
-    result.update(run_benchmarks(BENCHMARKS, args, ctx))
-    confusion, logits_all = ctx.confusion, ctx.logits_all
+    result.update(run_eval_suites(EVAL_SUITES, args, ctx))
     if len(paths) > 1:
         result["ensemble"] = {"checkpoints": list(paths), "archs": [r.arch if r else a for r, a in zip(reports, archs)],
                               "combination": "sum of raw logits"}
     result["checkpoints"] = [r.as_dict() for r in reports if r is not None]
-
     if out is not None and dist.rank == 0:
-        write_json(os.path.join(out, "metrics.json"), result)
-        if test_set is not None:
-            write_eval_report(out, result, train_counts, confusion=confusion)
-        if logits_all is not None:
-            parent = os.path.dirname(os.path.abspath(args.save_logits))
-            os.makedirs(parent, exist_ok=True)
-            np.save(args.save_logits, logits_all.numpy().astype(np.float32))
-            print_main(f"wrote {args.save_logits} ({logits_all.shape[0]} x {logits_all.shape[1]} logits, "
-                       f"test-list order)")
-        print_main(f"wrote {out}/metrics.json" + (", per_class.csv, per_class.png" if test_set is not None else "")
-                   + (", confusion.png" if confusion is not None else ""))
+        write_results(out, args, result, ctx)
     cleanup()
     return result
 
 
-# --------------------------------------------------------------------------- benchmarks
+# --------------------------------------------------------------------------- evaluation suites
 
 
 @dataclass
 class EvalContext:
-    """What every benchmark of :data:`BENCHMARKS` evaluates with; the clean split also leaves
+    """What every suite of :data:`EVAL_SUITES` evaluates with; the clean split also leaves
     its confusion matrix and (``--save-logits``) its logits here."""
 
     args: argparse.Namespace
@@ -424,13 +448,13 @@ def _imagenet_sketch(ctx: EvalContext) -> Optional[dict]:
     return {"root": root, "top1": m["top1"], "top5": m["top5"], "num_samples": m["num_samples"]}
 
 
-#: The classification benchmarks, in the order they run.
-BENCHMARKS = (
-    Benchmark("clean split", None, lambda a: True, lambda ctx: _clean(ctx) if ctx.test_set is not None else None,
+#: The classification evaluation suites, in the order they run.
+EVAL_SUITES = (
+    EvalSuite("clean split", None, lambda a: True, lambda ctx: _clean(ctx) if ctx.test_set is not None else None,
               "--test-list"),
-    Benchmark("ImageNet-C", "corruption", lambda a: bool(a.corrupted_root), _imagenet_c, "--corrupted-root"),
-    Benchmark("ImageNet-R", "imagenet_r", lambda a: bool(a.imagenet_r_root), _imagenet_r, "--imagenet-r-root"),
-    Benchmark("ImageNet-Sketch", "imagenet_sketch", lambda a: bool(a.imagenet_sketch_root), _imagenet_sketch,
+    EvalSuite("ImageNet-C", "corruption", lambda a: bool(a.corrupted_root), _imagenet_c, "--corrupted-root"),
+    EvalSuite("ImageNet-R", "imagenet_r", lambda a: bool(a.imagenet_r_root), _imagenet_r, "--imagenet-r-root"),
+    EvalSuite("ImageNet-Sketch", "imagenet_sketch", lambda a: bool(a.imagenet_sketch_root), _imagenet_sketch,
               "--imagenet-sketch-root"),
 )
 

@@ -10,11 +10,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
-from gpaco.engine.preemption import ignore_stop_signals
-
 from .cifar_lt import CIFARLT
 from .splits import DataError, SplitDataset
 from .transforms import NORMALIZATION, build_eval_transform, build_train_transform
+from .workers import ignore_stop_signals
 
 
 class SyntheticDataset(Dataset):

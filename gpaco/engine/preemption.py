@@ -6,9 +6,10 @@
   A second signal while the first is being honoured stops the process at once (the
   previous handler is restored and the signal re-delivered); the atomic save keeps the
   last complete checkpoint intact either way.
-* :func:`ignore_stop_signals` is the ``worker_init_fn`` of every DataLoader: SLURM's
-  ``scancel`` and a ``kill -- -PGID`` signal the whole process group, and a loader worker
-  that died of the signal would take the run down before the main process could save.
+* :func:`~gpaco.data.workers.ignore_stop_signals` (re-exported here) is the ``worker_init_fn``
+  of every DataLoader: SLURM's ``scancel`` and a ``kill -- -PGID`` signal the whole process
+  group, and a loader worker that died of the signal would take the run down before the main
+  process could save. It lives in the data layer, which builds the loaders.
 * :func:`gpaco.distributed.agree` makes every rank take the same decision (stop after this step, skip
   this non-finite step): one tiny all-reduce, a no-op in a single process.
 * :class:`FaultInjector` reads ``GPACO_FAULT_INJECT`` **(test-only)** to raise, poison
@@ -24,6 +25,8 @@ import threading
 from typing import Dict, Optional, Sequence
 
 import torch
+
+from gpaco.data.workers import ignore_stop_signals
 
 __all__ = ["STOP_SIGNALS", "PreemptionHandler", "ignore_stop_signals", "FaultInjector", "InjectedFault", "FAULT_ENV"]
 
@@ -78,28 +81,6 @@ class PreemptionHandler:
 
     def __exit__(self, *exc) -> None:
         self.restore()
-
-
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: the worker ignores SIGTERM/SIGUSR1 sent to the process
-    group (torch's worker loop installs a SIGTERM handler that kills it); the main process alone
-    decides to stop. A SIGTERM from the main process itself (``Process.terminate()`` when it
-    exits with the loader still open, e.g. on an error) still ends the worker: SIGTERM is
-    blocked and a thread waits for it and checks who sent it. Otherwise a worker ends with its
-    loader, or when the main process is gone (torch's watchdog)."""
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    if not hasattr(signal, "sigwaitinfo"):  # macOS: the sender cannot be told, SIGTERM keeps its default
-        return
-    parent = os.getppid()
-
-    def wait_for_parent() -> None:
-        while True:
-            info = signal.sigwaitinfo({signal.SIGTERM})
-            if info.si_pid == parent:
-                os._exit(0)
-
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=wait_for_parent, name="gpaco_sigterm_from_parent", daemon=True).start()
 
 
 class InjectedFault(RuntimeError):

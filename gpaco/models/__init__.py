@@ -1,4 +1,8 @@
-"""Backbones, projection heads and the PaCo / GPaCo / CE models."""
+"""Backbones, projection heads and the PaCo / GPaCo / CE models.
+
+A registered method's model by name is one layer up: :func:`gpaco.methods.rebuild.build_model`
+(``gpaco.build_model``).
+"""
 from .backbones import create_backbone, list_archs, load_backbone_weights
 from .contrastive import (
     Classifier,
@@ -9,7 +13,6 @@ from .contrastive import (
     PaCoModel,
     build_classifier,
     build_gpaco,
-    build_model,
     build_paco,
 )
 from .heads import GPaCoProjection, PaCoProjection
@@ -18,5 +21,5 @@ __all__ = [
     "create_backbone", "list_archs", "load_backbone_weights",
     "PaCoProjection", "GPaCoProjection",
     "ContrastiveOutput", "FeatureQueue", "Encoder", "Classifier", "PaCoModel", "GPaCoModel",
-    "build_model", "build_classifier", "build_paco", "build_gpaco",
+    "build_classifier", "build_paco", "build_gpaco",
 ]

@@ -53,7 +53,7 @@ from .view_bn import batchnorm_views, convert_view_batchnorm, supports_one_pass
 
 __all__ = [
     "ContrastiveOutput", "FeatureQueue", "Encoder", "Classifier", "PaCoModel", "GPaCoModel",
-    "build_model", "build_classifier", "build_paco", "build_gpaco", "device_groups", "group_rows", "make_backbone",
+    "build_classifier", "build_paco", "build_gpaco", "device_groups", "group_rows", "make_backbone",
 ]
 
 
@@ -452,12 +452,3 @@ def build_gpaco(arch: Union[str, nn.Module], num_classes: int, *, projection_act
         projection_act = "gelu" if is_vit(arch) else "relu"
     return GPaCoModel(arch, num_classes, projection_act=projection_act, **kw)
 
-
-def build_model(method: str, arch: Union[str, nn.Module], num_classes: int, **kw: Any) -> nn.Module:
-    """The model of a registered method (:mod:`gpaco.methods`): ``ce``/``balanced_ce`` ->
-    :class:`Classifier`; ``paco`` -> :class:`PaCoModel`; ``gpaco``/``multitask`` ->
-    :class:`GPaCoModel`. ``kw`` go to the method's builder (``pretrained``,
-    ``drop_path_rate``, ``proj_dim``, ``queue_size``...)."""
-    from gpaco.methods import get_method  # the registry imports this module
-
-    return get_method(method).build_model(arch, num_classes, **kw)

@@ -2,32 +2,37 @@
 
 Layouts (after stripping any ``module.`` prefixes, docs/method.md#checkpoint-layouts):
 
-=================  =================================================================  ==========
-layout             keys                                                               method
-=================  =================================================================  ==========
-``gpaco``          ours (tools/train.py): ``backbone.*`` | ``encoder.backbone.*`` |   the file's
+=================  =================================================================
+layout             keys
+=================  =================================================================
+``gpaco``          ours (tools/train.py): ``backbone.*`` | ``encoder.backbone.*`` |
                    ``encoder_q.backbone.*``, ``*.projection.*``, ``fc.*``, ``queue.*``
-``paco_original``  the original PaCo ResNets: ``encoder_q.*`` (a torchvision ResNet whose ``paco``
+``paco_original``  the original PaCo ResNets: ``encoder_q.*`` (a torchvision ResNet whose
                    ``fc`` is the projection MLP ``fc.0`` Linear, ``fc.1`` BN1d, ``fc.3``
                    Linear), ``encoder_k.*``, ``linear.*`` (the classifier), the unused
                    ``linear_k.*``, ``queue``, ``queue_l``, ``queue_ptr``
-``gpaco_original`` the original GPaCo ResNets: the same with ``fc.0/2/4`` Linears and no  ``gpaco``
+``gpaco_original`` the original GPaCo ResNets: the same with ``fc.0/2/4`` Linears and no
                    key encoder
-``mae_gpaco``      GPaCo MAE ViTs ``{'model': ...}``: timm ViT keys, ``head.*`` (the       ``gpaco``
+``mae_gpaco``      GPaCo MAE ViTs ``{'model': ...}``: timm ViT keys, ``head.*`` (the
                    classifier), ``mlp.*`` (projection), ``queue*``
-``mae``            MAE-style ViT without projection/queue: ViT keys + ``head.*``         ``ce``
-``classifier``     a plain torchvision/timm classifier: backbone keys + ``fc.*``          ``ce``
-=================  =================================================================  ==========
+``mae``            MAE-style ViT without projection/queue: ViT keys + ``head.*``
+``classifier``     a plain torchvision/timm classifier: backbone keys + ``fc.*``
+=================  =================================================================
 
 Every source key is given a *role* (``backbone``, ``projection``, ``backbone_k``,
 ``projection_k``, ``classifier``, ``queue``); the roles are then placed under the target
-model's prefixes (its registry row's ``checkpoint_prefixes``). Whatever has no place, does not exist in the
-model or is missing from the file is listed in a :class:`LoadReport`, never silently
-ignored. Evaluation needs only the classification path (backbone + ``fc``): a missing or
-misshapen key there is an error; the rest (projection, key encoder, queue) is reported.
+model's prefixes (``{role: state-dict prefix}``, which the caller passes: a method's registry
+row holds them). Whatever has no place, does not exist in the model or is missing from the
+file is listed in a :class:`LoadReport`, never silently ignored. Evaluation needs only the
+classification path (backbone + ``fc``): a missing or misshapen key there is an error; the
+rest (projection, key encoder, queue) is reported.
+
+This module knows layouts and state dicts only, no method: which model to build for a file
+(its recorded ``model_config``, or what its tensors imply) is :mod:`gpaco.methods.rebuild`.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import OrderedDict
@@ -42,24 +47,17 @@ from gpaco.checkpoint import (
 )
 
 __all__ = [
-    "LAYOUTS", "target_prefixes", "LoadedCheckpoint", "LoadReport", "CheckpointMismatchError", "read_checkpoint",
-    "unwrap", "detect_layout", "assign_roles", "render_for_method", "infer_model_kwargs", "load_into_model",
-    "build_model_from_checkpoint", "classification_prefixes", "MAE_ARCH_NAMES",
+    "LAYOUTS", "ROLES", "LoadedCheckpoint", "LoadReport", "CheckpointMismatchError", "read_checkpoint", "unwrap",
+    "detect_layout", "assign_roles", "file_roles", "place_roles", "infer_model_kwargs", "load_into_model",
+    "classification_prefixes", "arch_for_layout", "save_converted", "is_model_config", "MODEL_CONFIG_KEYS",
+    "MAE_ARCH_NAMES",
 ]
 
 LAYOUTS = ("gpaco", "paco_original", "gpaco_original", "mae_gpaco", "mae", "classifier")
 ROLES = ("backbone", "projection", "backbone_k", "projection_k", "classifier", "queue", "extra")
 
-def target_prefixes(method: str) -> Dict[str, str]:
-    """Where each role lives in ``method``'s model: its registry row's ``checkpoint_prefixes``."""
-    from gpaco.methods import get_method  # the registry imports the models
-
-    return dict(get_method(method).checkpoint_prefixes)
-
-
-#: The method a layout was trained with (the model that holds every part of it).
-LAYOUT_METHOD = {"paco_original": "paco", "gpaco_original": "gpaco", "mae_gpaco": "gpaco", "mae": "ce",
-                 "classifier": "ce"}
+#: The keys of a checkpoint's ``model_config`` (:func:`gpaco.methods.rebuild.model_config`).
+MODEL_CONFIG_KEYS = ("method", "task", "arch", "num_classes", "options")
 
 #: MAE's ``args.model`` names -> our registered archs.
 MAE_ARCH_NAMES = {"vit_base_patch16": "mae_vit_base_patch16", "vit_large_patch16": "mae_vit_large_patch16",
@@ -79,7 +77,8 @@ class LoadedCheckpoint:
     path: str
     state: "OrderedDict[str, Tensor]"  # tensors only, ``module.`` prefixes stripped
     layout: str
-    meta: Dict[str, Any]  # method / arch / num_classes / args / class_counts / epoch, when the file says
+    # method / arch / num_classes / args / class_counts / epoch / model_config, when the file says
+    meta: Dict[str, Any]
     notes: List[str] = field(default_factory=list)
 
 
@@ -181,14 +180,30 @@ def _safetensors_meta(md: Mapping[str, str]) -> Dict[str, Any]:
         meta["num_classes"] = args["num_classes"]
     if args:
         meta["args"] = args
+    if md.get("model_config"):  # JSON: the header holds strings only
+        try:
+            config = json.loads(md["model_config"])
+        except ValueError:
+            config = None
+        if is_model_config(config):  # otherwise not ours: rebuilt from the other fields
+            meta["model_config"] = config
     return meta
+
+
+def is_model_config(obj: Any) -> bool:
+    """``obj`` has the shape of a recorded ``model_config`` (another program's field of that name does not)."""
+    return (isinstance(obj, Mapping) and all(k in obj for k in MODEL_CONFIG_KEYS)
+            and isinstance(obj["method"], str) and isinstance(obj["task"], str) and isinstance(obj["arch"], str)
+            and isinstance(obj["num_classes"], int) and isinstance(obj["options"], Mapping))
 
 
 def unwrap(obj: Mapping[str, Any]) -> Tuple["OrderedDict[str, Tensor]", Dict[str, Any]]:
     """(state dict with ``module.`` prefixes stripped, metadata) of a loaded checkpoint object.
 
     Metadata keys (when the file has them): ``method``, ``arch``, ``num_classes``, ``args``
-    (a dict), ``class_counts``, ``epoch``.
+    (a dict), ``class_counts``, ``epoch``, ``model_config`` (the model's recorded build
+    arguments, :func:`gpaco.methods.rebuild.model_config`; it also fills ``method``, ``arch``
+    and ``num_classes`` when the file has no such keys).
     """
     meta: Dict[str, Any] = {}
     state: Any = obj
@@ -204,6 +219,10 @@ def unwrap(obj: Mapping[str, Any]) -> Tuple["OrderedDict[str, Tensor]", Dict[str
         for key in ("method", "arch", "num_classes", "class_counts", "epoch"):
             if obj.get(key) is not None and not isinstance(obj.get(key), Tensor):
                 meta[key] = obj[key]
+        if is_model_config(obj.get("model_config")):
+            meta["model_config"] = dict(obj["model_config"])
+            for key in ("method", "arch", "num_classes"):
+                meta.setdefault(key, obj["model_config"][key])
         args = meta.get("args") or {}
         if "arch" not in meta and isinstance(args.get("arch"), str):
             meta["arch"] = args["arch"]
@@ -297,11 +316,18 @@ def assign_roles(state: Mapping[str, Tensor], layout: str) -> Tuple[Dict[str, Di
     return roles, unused
 
 
-def render_for_method(roles: Mapping[str, Mapping[str, Tensor]], method: str,
-                      source_key: Optional[Mapping[Tuple[str, str], str]] = None
-                      ) -> Tuple["OrderedDict[str, Tensor]", List[Tuple[str, str]]]:
-    """Our state-dict names for ``method``'s model; also the (role key, why) pairs it has no place for."""
-    prefixes = target_prefixes(method)
+def file_roles(loaded: LoadedCheckpoint) -> Tuple[str, ...]:
+    """The shared roles (:data:`ROLES` but ``extra``) the file holds tensors for, in :data:`ROLES` order:
+    what a model must have a place for to take the whole file."""
+    roles = assign_roles(loaded.state, loaded.layout)[0]
+    return tuple(r for r in ROLES if r != "extra" and roles[r])
+
+
+def place_roles(roles: Mapping[str, Mapping[str, Tensor]], prefixes: Mapping[str, str], *, model_name: str,
+                source_key: Optional[Mapping[Tuple[str, str], str]] = None
+                ) -> Tuple["OrderedDict[str, Tensor]", List[Tuple[str, str]]]:
+    """Our state-dict names for a model whose roles live under ``prefixes``; also the (role key,
+    why) pairs it has no place for (``model_name`` says which model in that message)."""
     out: "OrderedDict[str, Tensor]" = OrderedDict()
     unused: List[Tuple[str, str]] = []
     for role, tensors in roles.items():
@@ -312,15 +338,15 @@ def render_for_method(roles: Mapping[str, Mapping[str, Tensor]], method: str,
             elif role in prefixes:
                 out[prefixes[role] + sub] = v
             else:
-                unused.append((name, f"a {method} model has no {role.replace('_k', ' (key encoder)')}"))
+                unused.append((name, f"a {model_name} model has no {role.replace('_k', ' (key encoder)')}"))
     return out, unused
 
 
-def classification_prefixes(method: str) -> Tuple[str, ...]:
-    """The state-dict prefixes inference reads for ``method``: (backbone, classifier[, head]);
-    ``head`` is a method's module between them (ResLT's branch head, MiSLAS's LWS scale)."""
-    p = target_prefixes(method)
-    return (p["backbone"], p["classifier"]) + ((p["head"],) if "head" in p else ())
+def classification_prefixes(prefixes: Mapping[str, str]) -> Tuple[str, ...]:
+    """The state-dict prefixes inference reads, of a model whose roles live under ``prefixes``:
+    (backbone, classifier[, head]); ``head`` is a method's module between them (ResLT's branch
+    head, MiSLAS's LWS scale)."""
+    return (prefixes["backbone"], prefixes["classifier"]) + ((prefixes["head"],) if "head" in prefixes else ())
 
 
 def infer_model_kwargs(roles: Mapping[str, Mapping[str, Tensor]]) -> Dict[str, Any]:
@@ -345,8 +371,10 @@ def infer_model_kwargs(roles: Mapping[str, Mapping[str, Tensor]]) -> Dict[str, A
     return kw
 
 
-def load_into_model(model: nn.Module, loaded: LoadedCheckpoint, method: str, arch: str) -> LoadReport:
-    """Map ``loaded`` onto ``model`` (built by ``build_model(method, arch, ...)``) and load it.
+def load_into_model(model: nn.Module, loaded: LoadedCheckpoint, prefixes: Mapping[str, str], *, method: str,
+                    arch: str) -> LoadReport:
+    """Map ``loaded`` onto ``model``, whose roles live under ``prefixes`` (its method's
+    ``checkpoint_prefixes``), and load it; ``method``/``arch`` name the model in the report.
 
     Raises :class:`CheckpointMismatchError` when a key of the classification path (backbone
     or classifier) is missing or has another shape; everything else that does not fit is
@@ -358,16 +386,12 @@ def load_into_model(model: nn.Module, loaded: LoadedCheckpoint, method: str, arc
         role, sub = _role_of(k, loaded.layout)
         if role is not None:
             source_key[(role, sub)] = k
-    mapped, no_place = render_for_method(roles, method, source_key)
+    mapped, no_place = place_roles(roles, prefixes, model_name=method, source_key=source_key)
     # our names -> the file's names, for messages
-    back = {}
-    prefixes = target_prefixes(method)
-    for (role, sub), k in source_key.items():
-        if role in prefixes:
-            back[prefixes[role] + sub] = k
+    back = {prefixes[role] + sub: k for (role, sub), k in source_key.items() if role in prefixes}
     report = LoadReport(loaded.path, loaded.layout, method, arch, unused=unused + no_place, notes=list(loaded.notes))
     own = model.state_dict()
-    needed = classification_prefixes(method)
+    needed = classification_prefixes(prefixes)
     to_load: "OrderedDict[str, Tensor]" = OrderedDict()
     bad_shapes: List[str] = []
     for k, v in mapped.items():
@@ -408,127 +432,61 @@ def load_into_model(model: nn.Module, loaded: LoadedCheckpoint, method: str, arc
     return report
 
 
-def _cifar_arch(arch: str, roles: Mapping[str, Mapping[str, Tensor]]) -> str:
-    """The original's GPaCo CIFAR ``resnet50`` is the SupCon one (3x3 stem): ours is ``resnet50_cifar``."""
-    conv1 = roles.get("backbone", {}).get("conv1.weight")
-    if arch == "resnet50" and isinstance(conv1, Tensor) and conv1.ndim == 4 and conv1.shape[-1] == 3:
+def arch_for_layout(arch: str, loaded: LoadedCheckpoint) -> str:
+    """Our name for the file's architecture: the original's GPaCo CIFAR ``resnet50`` is the
+    SupCon one (3x3 stem), ours ``resnet50_cifar``; any other name is ours already."""
+    if loaded.layout not in ("paco_original", "gpaco_original") or arch != "resnet50":
+        return arch
+    conv1 = assign_roles(loaded.state, loaded.layout)[0]["backbone"].get("conv1.weight")
+    if isinstance(conv1, Tensor) and conv1.ndim == 4 and conv1.shape[-1] == 3:
         return "resnet50_cifar"
     return arch
 
 
-def build_model_from_checkpoint(
-    loaded: Optional[LoadedCheckpoint],
-    *,
-    method: Optional[str] = None,
-    arch: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    defaults: Optional[Mapping[str, Any]] = None,
-    build_kwargs: Optional[Mapping[str, Any]] = None,
-) -> Tuple[nn.Module, Optional[LoadReport]]:
-    """Build the model a checkpoint needs and load it.
-
-    ``method``/``arch``/``num_classes`` given here win; then the file's metadata (ours: its
-    training flags; the original's ``arch``; MAE's ``args.model``); then what the layout
-    implies; then ``defaults`` (``method``, ``arch``, ``proj_dim``, ``queue_size``). Sizes
-    of the projection and the queue are read off the tensors. ``loaded=None`` builds the
-    model with random weights (dry runs).
-    """
-    from gpaco.methods import get_method
-    from gpaco.models.vit import is_vit
-
-    defaults = dict(defaults or {})
-    meta = loaded.meta if loaded is not None else {}
-    args = meta.get("args") or {}
-    roles = assign_roles(loaded.state, loaded.layout)[0] if loaded is not None else {}
-    method = method or meta.get("method") or args.get("method") or \
-        (LAYOUT_METHOD.get(loaded.layout) if loaded is not None else None) or defaults.get("method", "ce")
-    arch = arch or meta.get("arch") or defaults.get("arch")
-    if arch is None:
-        raise CheckpointError(f"{loaded.path if loaded else 'checkpoint'}: the file does not name its architecture; "
-                              f"pass --arch")
-    if loaded is not None and loaded.layout in ("paco_original", "gpaco_original"):
-        arch = _cifar_arch(arch, roles)
-    inferred = infer_model_kwargs(roles) if loaded is not None else {}
-    kw: Dict[str, Any] = {}
-    for name in ("proj_dim", "queue_size"):
-        value = inferred.get(name, args.get(name, defaults.get(name)))
-        if value is not None:
-            kw[name] = value
-    if "hidden_dim" in inferred:
-        kw["hidden_dim"] = inferred["hidden_dim"]
-    num_classes = num_classes or meta.get("num_classes") or inferred.get("num_classes") or defaults.get("num_classes")
-    if num_classes is None:
-        raise CheckpointError("the number of classes is unknown: pass --num-classes")
-    if is_vit(arch):
-        kw.setdefault("backbone_kwargs", {})
-        img_size = args.get("image_size") or args.get("input_size")  # ours / MAE's
-        if isinstance(img_size, int):
-            kw["backbone_kwargs"]["img_size"] = img_size
-        if method in ("gpaco", "multitask"):
-            act = args.get("proj_act", "auto")
-            kw["projection_act"] = act if act in ("relu", "gelu") else "gelu"
-    elif method in ("gpaco", "multitask") and args.get("proj_act") in ("relu", "gelu"):
-        kw["projection_act"] = args["proj_act"]
-    if method == "paco" and args.get("normalize_pooled"):
-        kw["normalize_pooled"] = True
-    if args:  # the method's other model options as trained (ResLT's branches and eval gamma...)
-        from gpaco.methods import method_options
-
-        for name, value in method_options(get_method(method), args)[0].items():
-            kw.setdefault(name, value)
-    kw.update(build_kwargs or {})
-    try:
-        model = get_method(method).build_model(arch, int(num_classes), pretrained=False, **kw)
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise CheckpointError(f"cannot build {method} {arch} with {num_classes} classes: {e}") from e
-    if loaded is None:
-        return model, None
-    return model, load_into_model(model, loaded, method, arch)
+#: Evaluation flags of the source's training run that a converted file keeps (tools/eval.py reads them).
+_EVAL_ARGS = ("image_size", "resize_size", "norm", "interpolation", "proj_act")
 
 
-def convert_file(src: str, dst: str, *, trust_pickle: bool = False, method: Optional[str] = None,
-                 arch: Optional[str] = None, num_classes: Optional[int] = None) -> Tuple[LoadReport, dict]:
-    """``tools/convert_checkpoint.py``: write ``src`` in our layout to ``dst``.
+def save_converted(loaded: LoadedCheckpoint, model: nn.Module, report: LoadReport, dst: str, *,
+                   model_config: Mapping[str, Any]) -> dict:
+    """Write ``model`` (``loaded`` mapped onto it, ``report``) to ``dst`` in our layout; the
+    conversion record (the report, the source, its layout) is returned.
 
     ``dst`` ending in ``.safetensors``: the mapped weights only, with ``method``/``arch``/
-    ``num_classes``/``layout`` in the header metadata. Otherwise a weights-only ``.pth``
-    ``{'model', 'method', 'arch', 'num_classes', 'args', 'epoch', 'conversion'}`` that
-    tools/eval.py (and ``torch.load(weights_only=True)``) reads. Only the tensors the file
-    provided are written (nothing is filled in from a random init); the conversion report
-    (unused and missing keys) is stored under ``conversion``.
+    ``num_classes``/``layout``, the evaluation flags and ``model_config`` (JSON) in the header
+    metadata. Otherwise a weights-only ``.pth`` ``{'model', 'method', 'arch', 'num_classes',
+    'model_config', 'args', 'epoch', 'conversion'}`` that tools/eval.py (and
+    ``torch.load(weights_only=True)``) reads. Only the tensors the file provided are written
+    (nothing is filled in from a random init); the conversion record (unused and missing
+    keys) is stored under ``conversion``.
     """
     from gpaco.checkpoint import save_checkpoint
 
-    loaded = read_checkpoint(src, trust_pickle=trust_pickle)
-    model, report = build_model_from_checkpoint(loaded, method=method, arch=arch, num_classes=num_classes)
-    assert report is not None
     own = model.state_dict()
     missing = set(report.missing)
-    provided = [k for k in own if k not in missing]
-    state = OrderedDict((k, own[k].detach().clone()) for k in provided)
+    state = OrderedDict((k, own[k].detach().clone()) for k in own if k not in missing)
     n_cls = int(model.fc.out_features)
-    feat = int(model.fc.in_features)
-    args = {"method": report.method, "arch": report.arch, "num_classes": n_cls}
+    args: Dict[str, Any] = {"method": report.method, "arch": report.arch, "num_classes": n_cls}
     q = state.get("queue.features")
     if isinstance(q, Tensor):
         args["queue_size"], args["proj_dim"] = int(q.shape[0]), int(q.shape[1])
     src_args = loaded.meta.get("args") or {}
-    for k in ("image_size", "resize_size", "norm", "interpolation", "proj_act"):
+    for k in _EVAL_ARGS:
         if isinstance(src_args.get(k), (int, str)):
             args[k] = src_args[k]
     if "image_size" not in args and isinstance(src_args.get("input_size"), int):  # MAE's name
         args["image_size"] = src_args["input_size"]
-    conversion = {"source": os.path.abspath(src), "layout": loaded.layout, "feat_dim": feat, **report.as_dict()}
+    conversion = {"source": os.path.abspath(loaded.path), "layout": loaded.layout,
+                  "feat_dim": int(model.fc.in_features), **report.as_dict()}
     if dst.endswith(".safetensors"):
         md = {"method": report.method, "arch": report.arch, "num_classes": str(n_cls), "layout": loaded.layout,
-              "format": "gpaco"}
-        md.update({k: str(args[k]) for k in ("image_size", "resize_size", "norm", "interpolation", "proj_act")
-                   if k in args})
+              "format": "gpaco", "model_config": json.dumps(dict(model_config))}
+        md.update({k: str(args[k]) for k in _EVAL_ARGS if k in args})
         save_checkpoint(state, dst, metadata=md)
     else:
-        out = {"model": state, "method": report.method, "arch": report.arch, "num_classes": n_cls, "args": args,
-               "conversion": conversion}
+        out = {"model": state, "method": report.method, "arch": report.arch, "num_classes": n_cls,
+               "model_config": dict(model_config), "args": args, "conversion": conversion}
         if isinstance(loaded.meta.get("epoch"), int):
             out["epoch"] = loaded.meta["epoch"]
         save_checkpoint(out, dst)
-    return report, conversion
+    return conversion

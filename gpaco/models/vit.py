@@ -1,7 +1,7 @@
 """MAE-style Vision Transformers for fine-tuning (docs/method.md#mae-vits).
 
 :func:`register_archs` registers these timm architectures (``timm.create_model`` names, so
-``--arch`` takes them like any timm model; :func:`gpaco.models.build_model` registers them
+``--arch`` takes them like any timm model; :func:`gpaco.methods.rebuild.build_model` registers them
 on first use, a direct :func:`gpaco.models.create_backbone` call needs ``register_archs()``
 first):
 

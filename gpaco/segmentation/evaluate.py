@@ -15,20 +15,22 @@ import argparse
 import json
 import os
 import time
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from gpaco.data.seg_datasets import SEG_DATASETS, SyntheticSegDataset, build_seg_dataset
 from gpaco.data.seg_transforms import SegEvalTransform
 from gpaco.distributed import cleanup, init_distributed
 from gpaco.checkpoint import load_checkpoint, unwrap_state_dict
 from gpaco.engine.lifecycle import claim_eval_dir
-from gpaco.engine.benchmarks import Benchmark, run_benchmarks
+from gpaco.engine.eval_suites import EvalSuite, run_eval_suites
 from gpaco.engine.logging import print_main, write_json
 from gpaco.engine.args import FlagError, RawHelpFormatter, clamp_workers
 from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.segmentation.inference import evaluate_seg, format_iou_table, summary
 from gpaco.segmentation.train import add_seg_test_flags
 from gpaco.methods import get_method, method_names, method_options
+from gpaco.methods.rebuild import build_from_config, model_config
+from gpaco.models.convert import is_model_config
 from gpaco.models.mmseg import from_mmseg_state_dict, is_mmseg_state_dict
 from gpaco.models.seg import SEG_ARCHS, SegModel
 
@@ -105,6 +107,11 @@ def run(args: argparse.Namespace) -> dict:
         out = claim_eval_dir(args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval"),
                              overwrite=args.overwrite)
     train_args = (ckpt or {}).get("args") or {}
+    recorded = recorded_seg_config(ckpt)
+    model_flags = {"method": args.method, "arch": args.arch, "encoder": args.encoder}  # as given on the command line
+    for name in model_flags:  # unset: the recorded model's
+        if getattr(args, name) is None and recorded is not None:
+            setattr(args, name, recorded["options"].get(name) if name == "encoder" else recorded[name])
     fallbacks = {"dataset": "demo", "data_root": "data/demo_seg", "arch": "r50", "method": "gpaco", "encoder": None}
     for name, default in fallbacks.items():
         if getattr(args, name) is None:
@@ -126,11 +133,11 @@ def run(args: argparse.Namespace) -> dict:
     else:
         dataset = build_seg_dataset(args.dataset, args.data_root, args.split, SegEvalTransform())
 
-    method = get_method(args.method, "segmentation")
-    # The method's model flags as trained (--embed-dim overrides); builder defaults when unknown.
-    model_kw, _ = method_options(method, {**train_args, **({} if args.embed_dim is None else
-                                                           {"embed_dim": args.embed_dim})})
-    model = method.build_model(args.arch, num_classes, encoder=args.encoder, **model_kw)
+    cfg = eval_model_config(args, recorded, model_flags, train_args, num_classes)
+    # --embed-dim overrides, where the method takes it
+    overrides = method_options(get_method(cfg["method"], "segmentation"),
+                               {} if args.embed_dim is None else {"embed_dim": args.embed_dim})[0]
+    model = build_from_config(cfg, **overrides)
     if ckpt is not None:
         state = unwrap_state_dict(ckpt, args.checkpoint)
         if is_mmseg_state_dict(state):  # an mmseg EncoderDecoder checkpoint (the original's releases)
@@ -157,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
                crop=tuple(crop), stride=tuple(stride), rank=d.rank, world_size=d.world_size,
                workers=0 if args.dry_run else args.workers, max_images=max_images, amp=args.amp,
                print_every=0 if args.dry_run else args.print_every, args=args)
-    results = run_benchmarks(BENCHMARKS, args, ctx)
+    results = run_eval_suites(EVAL_SUITES, args, ctx)
     table = format_iou_table([(m, results[m]) for m in modes])
     print_main(table)
     if out is not None and d.rank == 0:
@@ -170,8 +177,27 @@ def run(args: argparse.Namespace) -> dict:
     return {**results, "miou": results[modes[0]]["miou"]}
 
 
+def recorded_seg_config(ckpt: Optional[Mapping]) -> Optional[dict]:
+    """The checkpoint's recorded segmentation ``model_config`` (None for files without one)."""
+    cfg = (ckpt or {}).get("model_config")
+    return dict(cfg) if is_model_config(cfg) and cfg["task"] == "segmentation" else None
+
+
+def eval_model_config(args: argparse.Namespace, recorded: Optional[dict], model_flags: Mapping[str, Optional[str]],
+                      train_args: Mapping, num_classes: int) -> dict:
+    """The model to evaluate: the recorded one unless ``model_flags`` (--method/--arch/--encoder
+    as given) or the dataset's class count ask for another; otherwise the flags with the
+    method's model options as trained (builder defaults where unknown)."""
+    if recorded is not None and recorded["num_classes"] == num_classes and all(
+            value is None or value == (recorded["options"].get(name) if name == "encoder" else recorded[name])
+            for name, value in model_flags.items()):
+        return recorded
+    model_kw, _ = method_options(get_method(args.method, "segmentation"), train_args)
+    return model_config(args.method, "segmentation", args.arch, num_classes, {"encoder": args.encoder, **model_kw})
+
+
 def _scales(name: str, multi_scale: bool):
-    """A benchmark row's run: single scale, or the --ms-ratios with (--ms-flip) flips."""
+    """An evaluation suite's run: single scale, or the --ms-ratios with (--ms-flip) flips."""
 
     def run(ctx: dict) -> dict:
         args, kw = ctx["args"], {k: v for k, v in ctx.items() if k != "args"}
@@ -184,10 +210,10 @@ def _scales(name: str, multi_scale: bool):
     return run
 
 
-#: The segmentation benchmarks (``--mode ss | ms | both``), in the order they run.
-BENCHMARKS = (
-    Benchmark("ss", "ss", lambda a: a.mode in ("ss", "both"), _scales("ss", False), "--mode"),
-    Benchmark("ms", "ms", lambda a: a.mode in ("ms", "both"), _scales("ms", True), "--mode"),
+#: The segmentation evaluation suites (``--mode ss | ms | both``), in the order they run.
+EVAL_SUITES = (
+    EvalSuite("ss", "ss", lambda a: a.mode in ("ss", "both"), _scales("ss", False), "--mode"),
+    EvalSuite("ms", "ms", lambda a: a.mode in ("ms", "both"), _scales("ms", True), "--mode"),
 )
 
 
