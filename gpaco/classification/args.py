@@ -20,7 +20,7 @@ from gpaco.engine.args import (
     parse_with_config, validate_run_args,
 )
 from gpaco.engine.cli import add_debug_flag
-from gpaco.methods import add_method_flags, all_methods, get_method, method_names
+from gpaco.methods import add_method_flags, flag_problem, get_method, method_names
 
 TASK = "classification"
 DEFAULT_WARMUP_EPOCHS = 10
@@ -205,9 +205,9 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
 _POSITIVE_INTS = ("batch_size", "device_batch", "epochs", "accum_iter", "image_size", "eval_freq", "dry_run_batch",
                   "dry_run_image_size", "recount", "num_classes", "stop_after", "resize_size")
 _NON_NEGATIVE_INTS = ("workers", "warmup_epochs", "randaug_n", "randaug_m", "proj_dim")
+#: Run flags that must be finite (method flags check themselves: gpaco.methods.base.Flag).
 _FLOATS = ("imb_factor", "lr", "blr", "min_lr", "layer_decay", "momentum", "wd", "clip_grad", "drop_path",
-           "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob", "alpha", "beta", "gamma",
-           "temperature", "smoothing", "label_smoothing", "momentum_encoder", "warmup_start")
+           "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob", "warmup_start")
 
 
 def validate_common_args(args: argparse.Namespace) -> None:
@@ -239,17 +239,11 @@ def check_arch(arch: str) -> None:
 
 
 def check_method_flags(args: argparse.Namespace, task: str = TASK) -> None:
-    """A flag owned only by other methods, set away from its default, is a mistake
-    (``--single-view`` with ``--method ce``)."""
-    method = get_method(args.method, task)
-    own = {f.dest for f in method.flags}
-    for other in all_methods(task):
-        for f in other.flags:
-            if f.dest in own or f.dest not in vars(args):
-                continue
-            if getattr(args, f.dest) != f.kwargs.get("default"):
-                owners = [m.name for m in all_methods(task) if any(g.dest == f.dest for g in m.flags)]
-                raise FlagError(f"{f.names[0]} is an option of --method {'/'.join(owners)}, not {args.method}")
+    """The method flags of ``args``: none owned only by other methods is set (``--single-view``
+    with ``--method ce``), each value is in its flag's range, and the method's own check."""
+    problem = flag_problem(get_method(args.method, task), vars(args))
+    if problem:
+        raise FlagError(problem)
 
 
 def resolve_warmup(args: argparse.Namespace) -> None:
@@ -306,11 +300,6 @@ def validate_train_args(args: argparse.Namespace) -> None:
         raise FlagError(f"--warmup-start must be in [0, 1], got {args.warmup_start}")
     if args.schedule == "step" and (any(m < 0 for m in args.milestones) or args.milestones != sorted(args.milestones)):
         raise FlagError(f"--milestones must be ascending epochs >= 0, got {args.milestones}")
-    if method.validate is not None:
-        try:
-            method.validate(vars(args))
-        except ValueError as e:
-            raise FlagError(str(e)) from None
     if args.schedule == "mae_cosine" and args.warmup_epochs >= args.epochs:
         raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be < --epochs ({args.epochs}) with "
                         f"--schedule mae_cosine")
@@ -321,14 +310,8 @@ def validate_train_args(args: argparse.Namespace) -> None:
     if (args.mixup > 0 or args.cutmix > 0) and method.takes_labels:
         raise FlagError(f"--mixup/--cutmix mix the labels, which --method {args.method} needs unmixed; "
                         f"use them with --method ce (the MAE baseline)")
-    if args.temperature <= 0:
-        raise FlagError(f"--temperature must be > 0, got {args.temperature}")
-    if method.contrastive and args.queue_size < 0:
-        raise FlagError(f"--queue-size must be >= 0, got {args.queue_size}")
     if args.dataset == "split" and not args.train_list and not args.dry_run:
         raise FlagError("--train-list is required with --dataset split")
-    if not 0.0 <= args.smoothing < 1.0 or not 0.0 <= args.label_smoothing < 1.0:
-        raise FlagError("--smoothing and --label-smoothing must be in [0, 1)")
     if args.aug is None and args.single_view:
         args.aug = "randclsstack"
     if args.aug is None:

@@ -22,7 +22,7 @@ criterion                   model output                           used by
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -154,9 +154,18 @@ class ResComCriterion(nn.Module):
         return self.loss(output.features, output.logits, output.labels, output.keys)
 
 
+class MixupOutput(NamedTuple):
+    """MiSLAS stage 1's training output: logits of the mixed batch ``lam * x + (1 - lam) * x[perm]``."""
+
+    logits: Tensor  # [B, C] of the mixed images
+    labels_a: Tensor  # [B] the batch's labels
+    labels_b: Tensor  # [B] the partners' labels (labels[perm])
+    lam: float
+
+
 class MixupCrossEntropy(nn.Module):
     """MiSLAS stage 1: ``lam * CE(logits, labels_a) + (1 - lam) * CE(logits, labels_b)`` on a
-    :class:`~gpaco.models.mislas.MixupOutput` (plain CE on a logits tensor)."""
+    :class:`MixupOutput` (plain CE on a logits tensor)."""
 
     def __init__(self, *, num_classes: Optional[int] = None, class_counts: Optional[Sequence[int]] = None) -> None:
         super().__init__()

@@ -1,28 +1,30 @@
-"""Every training method of gpaco, one row each (docs/contributing.md#add-a-method).
+"""Every training method of gpaco, one class each (docs/contributing.md#add-a-method).
 
 >>> from gpaco.methods import get_method
 >>> m = get_method("gpaco")
 >>> model = m.build_model("resnet50", 1000, proj_dim=128, queue_size=8192)
 >>> criterion = m.build_criterion(num_classes=1000, class_counts=counts, alpha=0.05, temperature=0.2)
 """
+from .base import TASKS, ClassificationMethod, Flag, Method, SegmentationMethod, flag
 from .registry import (
-    TASKS, Flag, Method, add_method_flags, all_methods, build_criterion, describe, flag, get_method, method_names, method_options,
+    add_method_flags, all_methods, build_criterion, describe, flag_problem, get_method, method_names, method_options,
     register_method, unregister_method,
 )
-from .ce import BALANCED_CE, CE
-from .gpaco import GPACO
-from .mislas import MISLAS, MISLAS_STAGE2
-from .multitask import MULTITASK
-from .paco import PACO
-from .ceco import SEG_CECO, SEG_CECOL
-from .rescom import RESCOM
-from .reslt import RESLT
-from .rr import SEG_RR
-from .segmentation import SEG_CE, SEG_GPACO
+from .ce import CE, BalancedCE
+from .ceco import CeCo, CeCoL
+from .gpaco import GPaCo
+from .mislas import MiSLAS, MiSLASStage2
+from .multitask import MultiTask
+from .paco import PaCo
+from .rescom import ResCom
+from .reslt import ResLT
+from .rr import RR
+from .segmentation import SegCE, SegGPaCo
 
-for _row in (CE, BALANCED_CE, PACO, GPACO, MULTITASK, RESLT, RESCOM, MISLAS, MISLAS_STAGE2,  # classification
-             SEG_CE, SEG_GPACO, SEG_CECO, SEG_CECOL, SEG_RR):  # segmentation
-    register_method(_row)
+for _method in (CE, BalancedCE, PaCo, GPaCo, MultiTask, ResLT, ResCom, MiSLAS, MiSLASStage2,  # classification
+                SegCE, SegGPaCo, CeCo, CeCoL, RR):  # segmentation
+    register_method(_method())
 
-__all__ = ["TASKS", "Flag", "Method", "flag", "register_method", "unregister_method", "get_method", "method_names",
-           "all_methods", "add_method_flags", "build_criterion", "method_options", "describe"]
+__all__ = ["TASKS", "Flag", "Method", "ClassificationMethod", "SegmentationMethod", "flag", "register_method",
+           "unregister_method", "get_method", "method_names", "all_methods", "add_method_flags", "build_criterion",
+           "method_options", "flag_problem", "describe"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from gpaco.losses.ceco import CeCoSegmentationLoss
 from gpaco.models.seg import build_seg_model
 
-from .registry import Method, flag
+from .base import SegmentationMethod, flag
 from .segmentation import AUX_WEIGHT, CE_AVG_NON_IGNORE, CLASS_COUNTS
 
 CECO_WEIGHT = flag("--ceco-weight", type=float, default=None,
@@ -22,33 +22,31 @@ ETF_SEED = flag("--etf-seed", type=int, default=0,
 _PREFIXES = {"backbone": "encoder.", "classifier": "decoder."}
 
 
-def _rows(variant: str):
-    def build_model(arch, num_classes, *, ceco_scale=None, etf_seed: int = 0, **kw):
-        return build_seg_model(arch, num_classes, method="ce", ceco=variant,
-                               ceco_options={"scale": ceco_scale, "etf_seed": etf_seed}, **kw)
-
-    def build_criterion(*, num_classes, class_counts=None, **kw):
-        return CeCoSegmentationLoss(num_classes, class_counts=class_counts, variant=variant, **kw)
-
-    return build_model, build_criterion
-
-
 _FLAGS = (AUX_WEIGHT, CE_AVG_NON_IGNORE, CLASS_COUNTS, CECO_WEIGHT, CECO_SMOOTH, CECO_SCALE, ETF_SEED)
 _MODEL_OPTIONS = ("ceco_scale", "etf_seed")
 _LOSS_OPTIONS = {"aux_weight": "aux_weight", "ce_avg_non_ignore": "ce_avg_non_ignore", "ceco_weight": "weight",
                  "ceco_smooth": "smooth"}
 
-_ceco_model, _ceco_loss = _rows("ceco")
-_cecol_model, _cecol_loss = _rows("cecol")
 
-SEG_CECO = Method(
-    name="ceco", task="segmentation", summary="pixel CE + CeCo: class centers of the decoder output pulled to a "
-    "fixed simplex ETF (frozen, training-only branch)", build_model=_ceco_model, build_criterion=_ceco_loss,
-    flags=_FLAGS, model_options=_MODEL_OPTIONS, loss_options=_LOSS_OPTIONS, takes_labels=True,
-    checkpoint_prefixes=_PREFIXES, needs_class_counts=True, paper="Zhong et al., CVPR 2023")
 
-SEG_CECOL = Method(
-    name="cecol", task="segmentation", summary="CeCo's linear variant: a random frozen linear center classifier, "
-    "no normalisation", build_model=_cecol_model, build_criterion=_cecol_loss,
-    flags=_FLAGS, model_options=_MODEL_OPTIONS, loss_options=_LOSS_OPTIONS, takes_labels=True,
-    checkpoint_prefixes=_PREFIXES, needs_class_counts=True, paper="Zhong et al., CVPR 2023 (linear variant)")
+class CeCo(SegmentationMethod):
+    name = "ceco"
+    summary = ("pixel CE + CeCo: class centers of the decoder output pulled to a fixed simplex ETF (frozen, "
+               "training-only branch)")
+    paper = "Zhong et al., CVPR 2023"
+    flags, model_options, loss_options = _FLAGS, _MODEL_OPTIONS, _LOSS_OPTIONS
+    checkpoint_prefixes = _PREFIXES
+    takes_labels, needs_class_counts = True, True
+
+    def build_model(self, arch, num_classes, *, ceco_scale=None, etf_seed: int = 0, **options):
+        return build_seg_model(arch, num_classes, method="ce", ceco=self.name,
+                               ceco_options={"scale": ceco_scale, "etf_seed": etf_seed}, **options)
+
+    def build_criterion(self, *, num_classes, class_counts=None, **options):
+        return CeCoSegmentationLoss(num_classes, class_counts=class_counts, variant=self.name, **options)
+
+
+class CeCoL(CeCo):
+    name = "cecol"
+    summary = "CeCo's linear variant: a random frozen linear center classifier, no normalisation"
+    paper = "Zhong et al., CVPR 2023 (linear variant)"

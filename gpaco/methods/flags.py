@@ -3,23 +3,23 @@ from __future__ import annotations
 
 import argparse
 
-from .registry import flag
+from .base import flag
 
 PROJ_DIM = flag("--proj-dim", type=int, default=128, help="contrastive embedding size (the original's --moco-dim)")
-QUEUE_SIZE = flag("--queue-size", "-K", type=int, default=8192,
+QUEUE_SIZE = flag("--queue-size", "-K", type=int, default=8192, range="[0, inf)",
                   help="contrast queue size K (--moco-k); a multiple of the global batch")
 ALPHA = flag("--alpha", type=float, default=0.05, help="weight of the sample positives (docs/method.md#paco-loss)")
 BETA = flag("--beta", type=float, default=1.0, help="weight of the center positive")
 GAMMA = flag("--gamma", type=float, default=1.0, help="weight of the sample terms in the denominator")
-TEMPERATURE = flag("--temperature", type=float, default=0.2, help="contrastive temperature (--moco-t)")
+TEMPERATURE = flag("--temperature", type=float, default=0.2, range="(0, inf)", help="contrastive temperature (--moco-t)")
 PRIOR = flag("--prior", action=argparse.BooleanOptionalAction, default=True,
              help="add the log class prior to the center logits (long-tailed recipes); --no-prior for "
                   "balanced data (full ImageNet)")
-SMOOTHING = flag("--smoothing", type=float, default=0.0,
+SMOOTHING = flag("--smoothing", type=float, default=0.0, range="[0, 1)",
                  help="PaCo/GPaCo only: smooths the one-hot CENTER target of the contrastive loss (GPaCo full "
                       "ImageNet: 0.1). Not timm's --smoothing: the cross-entropy's label smoothing is "
                       "--label-smoothing")
-LABEL_SMOOTHING = flag("--label-smoothing", type=float, default=0.0,
+LABEL_SMOOTHING = flag("--label-smoothing", type=float, default=0.0, range="[0, 1)",
                        help="label smoothing of the cross-entropy (CE baselines; also of mixup targets), timm's "
                             "--smoothing. PaCo/GPaCo's center target has its own --smoothing")
 PROJ_ACT = flag("--proj-act", default="auto", choices=("auto", "relu", "gelu"),

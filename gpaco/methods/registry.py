@@ -1,123 +1,30 @@
-"""The method registry: every training method is one :class:`Method` row.
+"""The method registry: one :class:`~gpaco.methods.base.Method` instance per ``--method``.
 
-A method names its model builder, its criterion (an ``nn.Module`` of :mod:`gpaco.losses`),
-the flags it owns and what the engine must know about it (views per sample, whether the
-model takes the labels, default augmentation, checkpoint key prefixes). ``--method``
-choices, model building, the criterion, checkpoint conversion and the docs table all read
-this registry; adding a method is one file and one :func:`register_method` call
-(docs/contributing.md).
+``--method`` choices, the method flags and their checks, ``--help``, model building for
+evaluation, checkpoint conversion and the docs table all read this registry; adding a method
+is one file with a :class:`~gpaco.methods.base.Method` subclass and one
+:func:`register_method` call (docs/contributing.md).
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
 
-__all__ = ["Flag", "Method", "register_method", "get_method", "method_names", "all_methods", "add_method_flags",
-           "method_options", "build_criterion", "TASKS"]
+from .base import TASKS, Flag, Method, flag
 
-TASKS = ("classification", "segmentation")
-
-
-@dataclass(frozen=True)
-class Flag:
-    """One command-line flag a method owns: ``argparse.add_argument(*names, **kwargs)``.
-
-    Several methods may own the same flag (PaCo and GPaCo both own ``--alpha``): it is
-    added once, and its definitions must agree.
-    """
-
-    names: Tuple[str, ...]
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def dest(self) -> str:
-        return self.kwargs.get("dest") or self.names[0].lstrip("-").replace("-", "_")
-
-
-def flag(*names: str, **kwargs: Any) -> Flag:
-    return Flag(tuple(names), kwargs)
-
-
-@dataclass(frozen=True)
-class Method:
-    """A training method.
-
-    Attributes:
-        name: the ``--method`` value.
-        task: ``classification`` or ``segmentation``.
-        summary: one line for ``--help`` and the docs table.
-        build_model: ``(arch, num_classes, **model_options) -> nn.Module``.
-        build_criterion: ``(class_counts=..., num_classes=..., **loss_options) -> nn.Module``;
-            called as ``criterion(model_output, targets)`` in training.
-        flags: the flags this method owns.
-        model_options / loss_options: the flag ``dest`` names passed to ``build_model`` /
-            ``build_criterion`` as keywords; a mapping ``{dest: keyword}`` renames them.
-        views: augmented views per training sample the loader yields (2: two-view methods).
-        takes_labels: the training forward is ``model(view_1, view_2 or None, labels)``
-            (the contrastive models, which enqueue the labels) instead of ``model(images)``;
-            segmentation: ``model(images, train_outputs=True, labels=labels)`` (CeCo and RR
-            branches) instead of ``model(images, train_outputs=True)``.
-        default_aug / cifar_aug: the ``--aug`` of split datasets / CIFAR when none is given.
-        checkpoint_prefixes: ``role -> state-dict prefix`` of the model (roles ``backbone``,
-            ``classifier``, ``projection``, ``backbone_k``, ``projection_k``, ``queue``):
-            how a checkpoint of another layout is placed into this model.
-        validate: optional ``(options: dict) -> None`` that raises ``ValueError`` naming a
-            flag when the method's options cannot work together.
-        needs_class_counts: segmentation: the criterion's ``class_counts=`` are the training
-            set's image-level class counts (read from ``--class-counts`` or counted from the
-            training masks at start); other segmentation criteria get ``class_counts=None``.
-        paper: where the method comes from (the docs table).
-        sampler: the training sampler: ``random`` (shuffled, every image once per epoch) or
-            ``class_aware`` (class-balanced batches, :class:`gpaco.data.samplers.ClassAwareSampler`).
-        prepare: optional ``(model, options: dict) -> str`` run once on a fresh (not resumed)
-            run after the model is built, e.g. MiSLAS stage 2 loading stage 1; returns a log
-            line; raises ``FileNotFoundError`` / ``ValueError`` naming its flag.
-        lr_scales: optional ``(model, options: dict) -> {parameter-name prefix: LR factor}``;
-            the optimizer then has one group per prefix (others at factor 1).
-    """
-
-    name: str
-    task: str
-    summary: str
-    build_model: Callable[..., nn.Module]
-    build_criterion: Callable[..., nn.Module]
-    flags: Tuple[Flag, ...] = ()
-    model_options: Union[Tuple[str, ...], Mapping[str, str]] = ()
-    loss_options: Union[Tuple[str, ...], Mapping[str, str]] = ()
-    views: int = 1
-    takes_labels: bool = False
-    default_aug: Optional[str] = None
-    cifar_aug: Optional[str] = None
-    checkpoint_prefixes: Mapping[str, str] = field(default_factory=dict)
-    validate: Optional[Callable[[Dict[str, Any]], None]] = None
-    paper: str = ""
-    needs_class_counts: bool = False
-    sampler: str = "random"
-    prepare: Optional[Callable[[nn.Module, Dict[str, Any]], str]] = None
-    lr_scales: Optional[Callable[[nn.Module, Dict[str, Any]], Dict[str, float]]] = None
-
-    def __post_init__(self) -> None:
-        if self.sampler not in ("random", "class_aware"):
-            raise ValueError(f"method {self.name!r}: sampler must be 'random' or 'class_aware', got {self.sampler!r}")
-        if self.task not in TASKS:
-            raise ValueError(f"method {self.name!r}: task must be one of {TASKS}, got {self.task!r}")
-        if self.views not in (1, 2):
-            raise ValueError(f"method {self.name!r}: views must be 1 or 2, got {self.views}")
-
-    @property
-    def contrastive(self) -> bool:
-        """The model keeps a queue of past features (its batch must divide the queue size)."""
-        return "queue" in self.checkpoint_prefixes
+__all__ = ["Flag", "Method", "flag", "register_method", "get_method", "method_names", "all_methods",
+           "add_method_flags", "method_options", "build_criterion", "flag_problem", "TASKS"]
 
 
 _REGISTRY: Dict[Tuple[str, str], Method] = {}
 
 
 def register_method(method: Method, *, replace: bool = False) -> Method:
-    """Add ``method`` to the registry (``replace=True`` overrides an existing row)."""
+    """Add ``method`` (an instance) to the registry (``replace=True`` overrides an existing one)."""
+    if not isinstance(method, Method):
+        raise TypeError(f"register_method takes a Method instance, got {method!r}")
     key = (method.task, method.name)
     if key in _REGISTRY and not replace:
         raise ValueError(f"a {method.task} method named {method.name!r} is already registered")
@@ -167,6 +74,27 @@ def add_method_flags(parser: argparse.ArgumentParser, task: str, title: str = "m
 def build_criterion(name: str, *, task: str = "classification", **kw: Any) -> nn.Module:
     """The criterion of a registered method: ``build_criterion("gpaco", class_counts=counts, alpha=0.05)``."""
     return get_method(name, task).build_criterion(**kw)
+
+
+def flag_problem(method: Method, values: Mapping[str, Any]) -> Optional[str]:
+    """The first problem with the flag values of ``method``'s task (a flag set by another
+    method, a value out of its flag's range), then of ``method.validate``; None: all fine."""
+    own = {f.dest for f in method.flags}
+    for other in all_methods(method.task):
+        for f in other.flags:
+            if f.dest not in values:
+                continue
+            if f.dest not in own and values[f.dest] != f.kwargs.get("default"):
+                owners = [m.name for m in all_methods(method.task) if any(g.dest == f.dest for g in m.flags)]
+                return f"{f.names[0]} is an option of --method {'/'.join(owners)}, not {method.name}"
+            problem = f.problem(values[f.dest])
+            if problem:
+                return problem
+    try:
+        method.validate(dict(values))
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def method_options(method: Method, values: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:

@@ -7,10 +7,10 @@ import argparse
 from gpaco.losses.criteria import ResLTCriterion
 from gpaco.models.reslt import HEADS, POOLS, build_reslt
 
-from .registry import Method, flag
+from .base import ClassificationMethod, flag
 
 RESLT_FLAGS = (
-    flag("--reslt-beta", type=float, default=0.99,
+    flag("--reslt-beta", type=float, default=0.99, range="[0, 1]",
          help="weight of the per-branch term (1 - beta: the fused logits); recipes 0.72 .. 0.998"),
     flag("--reslt-branch-sizes", type=int, nargs="+", default=None, metavar="N",
          help="classes of the medium(+tail) and tail branches, the rarest by training count (ImageNet-LT "
@@ -33,22 +33,24 @@ RESLT_FLAGS = (
 )
 
 
-def _validate(options: dict) -> None:
-    sizes = options.get("reslt_branch_sizes")
-    if sizes is not None and (not sizes or any(s < 1 for s in sizes)):
-        raise ValueError(f"--reslt-branch-sizes must be positive class counts, got {sizes}")
-    if not 0.0 <= options.get("reslt_beta", 0.99) <= 1.0:
-        raise ValueError(f"--reslt-beta must be in [0, 1], got {options['reslt_beta']}")
+class ResLT(ClassificationMethod):
+    name = "reslt"
+    summary = "ResLT: head/medium/tail branches of one feature, one shared classifier, branch + fused CE"
+    paper = "Cui et al., TPAMI 2022"
+    flags = RESLT_FLAGS
+    model_options = {"reslt_branch_sizes": "branch_sizes", "reslt_gamma": "eval_gamma", "reslt_head": "head",
+                     "reslt_pool": "pool", "reslt_original_eval_pooling": "original_eval_pooling"}
+    loss_options = {"reslt_beta": "beta", "reslt_branch_sizes": "branch_sizes", "reslt_fused_eps": "fused_eps"}
+    default_aug, cifar_aug = "randcls", "cifar_regular"
+    checkpoint_prefixes = {"backbone": "backbone.", "head": "head.", "classifier": "fc."}
 
+    def build_model(self, arch, num_classes, **options):
+        return build_reslt(arch, num_classes, **options)
 
-RESLT = Method(
-    name="reslt", task="classification",
-    summary="ResLT: head/medium/tail branches of one feature, one shared classifier, branch + fused CE",
-    build_model=build_reslt, build_criterion=ResLTCriterion, flags=RESLT_FLAGS,
-    model_options={"reslt_branch_sizes": "branch_sizes", "reslt_gamma": "eval_gamma", "reslt_head": "head",
-                   "reslt_pool": "pool", "reslt_original_eval_pooling": "original_eval_pooling"},
-    loss_options={"reslt_beta": "beta", "reslt_branch_sizes": "branch_sizes", "reslt_fused_eps": "fused_eps"},
-    views=1, takes_labels=False, default_aug="randcls", cifar_aug="cifar_regular",
-    checkpoint_prefixes={"backbone": "backbone.", "head": "head.", "classifier": "fc."},
-    validate=_validate, paper="Cui et al., TPAMI 2022",
-)
+    def build_criterion(self, **options):
+        return ResLTCriterion(**options)
+
+    def validate(self, options: dict) -> None:
+        sizes = options.get("reslt_branch_sizes")
+        if sizes is not None and (not sizes or any(s < 1 for s in sizes)):
+            raise ValueError(f"--reslt-branch-sizes must be positive class counts, got {sizes}")

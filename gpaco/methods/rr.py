@@ -8,7 +8,7 @@ import argparse
 from gpaco.losses.rr import RRSegmentationLoss
 from gpaco.models.seg import build_seg_model
 
-from .registry import Method, flag
+from .base import SegmentationMethod, flag
 from .segmentation import AUX_WEIGHT, CLASS_COUNTS
 
 RR_FLAGS = (
@@ -25,20 +25,20 @@ RR_FLAGS = (
 )
 
 
-def build_model(arch, num_classes, **kw):
-    return build_seg_model(arch, num_classes, method="ce", region=True, **kw)
+class RR(SegmentationMethod):
+    name = "rr"
+    summary = ("Region Rebalance: region classifier with an 'absent' class and a log prior; its per-image class "
+               "bias is added to the pixel logits (also at test time)")
+    paper = "Cui et al., arXiv 2204.01969"
+    flags = (AUX_WEIGHT, CLASS_COUNTS) + RR_FLAGS
+    loss_options = {"aux_weight": "aux_weight", "rr_main_w": "main_w", "rr_region_w": "region_w",
+                    "rr_smooth": "smooth", "rr_neg_w": "neg_w", "rr_prior": "prior",
+                    "rr_neg_w_precedence_bug": "neg_w_precedence_bug"}
+    checkpoint_prefixes = {"backbone": "encoder.", "classifier": "decoder."}
+    takes_labels, needs_class_counts = True, True
 
+    def build_model(self, arch, num_classes, **options):
+        return build_seg_model(arch, num_classes, method="ce", region=True, **options)
 
-def build_criterion(*, num_classes, class_counts=None, **kw):
-    return RRSegmentationLoss(num_classes, class_counts=class_counts, **kw)
-
-
-SEG_RR = Method(
-    name="rr", task="segmentation", summary="Region Rebalance: region classifier with an 'absent' class and a "
-    "log prior; its per-image class bias is added to the pixel logits (also at test time)",
-    build_model=build_model, build_criterion=build_criterion, flags=(AUX_WEIGHT, CLASS_COUNTS) + RR_FLAGS,
-    loss_options={"aux_weight": "aux_weight", "rr_main_w": "main_w", "rr_region_w": "region_w",
-                  "rr_smooth": "smooth", "rr_neg_w": "neg_w", "rr_prior": "prior",
-                  "rr_neg_w_precedence_bug": "neg_w_precedence_bug"},
-    takes_labels=True, checkpoint_prefixes={"backbone": "encoder.", "classifier": "decoder."},
-    needs_class_counts=True, paper="Cui et al., arXiv 2204.01969")
+    def build_criterion(self, *, num_classes, class_counts=None, **options):
+        return RRSegmentationLoss(num_classes, class_counts=class_counts, **options)

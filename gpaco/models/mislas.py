@@ -1,64 +1,24 @@
-"""MiSLAS (CVPR 2021) models: stage 1 mixes the batch inside the training forward, stage 2
-freezes the stage-1 trunk and rescales the classifier's logits per class.
+"""MiSLAS (CVPR 2021) stage-2 model: the stage-1 trunk frozen, the classifier's logits rescaled
+per class. (Stage 1 is a plain :class:`~gpaco.models.contrastive.Classifier`; its mixup is the
+method's training step, :mod:`gpaco.methods.mislas`.)
 
-==========================  ================================================================
-model                       forward
-==========================  ================================================================
-:class:`MixupClassifier`    training ``(x, None, labels)`` -> :class:`MixupOutput`: logits [B, C]
-                            of ``lam * x + (1 - lam) * x[perm]`` with ``lam ~ Beta(a, a)`` once per
-                            batch (NumPy, as the original) and ``perm`` a random permutation;
-                            evaluation ``x`` -> logits [B, C]
-:class:`LWSClassifier`      ``x`` -> ``scale * fc(backbone(x))`` [B, C]; the trunk is frozen and
-                            runs without gradient, in train mode (BatchNorm statistics shift to
-                            the class-balanced batches) only with ``shift_bn``
-==========================  ================================================================
-
-Both keep the :class:`~gpaco.models.contrastive.Classifier` names (``backbone.``, ``fc.``), so a
-stage-1 checkpoint loads into stage 2 as it is (:func:`load_stage1`); LWS adds ``lws.scale``.
+:class:`LWSClassifier`: ``x`` -> ``scale * fc(backbone(x))`` [B, C]; the trunk is frozen and runs
+without gradient, in train mode (BatchNorm statistics shift to the class-balanced batches)
+only with ``shift_bn``. It keeps the Classifier names (``backbone.``, ``fc.``), so a stage-1
+checkpoint loads into it as it is (:func:`load_stage1`); LWS adds ``lws.scale``.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Union
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .contrastive import Classifier, build_classifier
 
-__all__ = ["MixupOutput", "MixupClassifier", "LearnableWeightScaling", "LWSClassifier", "build_mixup_classifier",
-           "build_lws_classifier", "load_stage1"]
-
-
-class MixupOutput(NamedTuple):
-    """Training output of :class:`MixupClassifier`: the loss is
-    ``lam * CE(logits, labels_a) + (1 - lam) * CE(logits, labels_b)``."""
-
-    logits: Tensor  # [B, C] of the mixed images
-    labels_a: Tensor  # [B] the batch's labels
-    labels_b: Tensor  # [B] the partners' labels (labels[perm])
-    lam: float
-
-
-class MixupClassifier(Classifier):
-    """Backbone + ``fc``; the training forward mixes the batch (``mixup_alpha`` > 0)."""
-
-    def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int, *, mixup_alpha: float = 0.2) -> None:
-        super().__init__(backbone, feat_dim, num_classes)
-        if mixup_alpha < 0:
-            raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
-        self.mixup_alpha = float(mixup_alpha)
-
-    def forward(self, x: Tensor, x2: Optional[Tensor] = None, labels: Optional[Tensor] = None
-                ) -> Union[Tensor, MixupOutput]:
-        if not self.training or labels is None:
-            return super().forward(x)
-        lam = float(np.random.beta(self.mixup_alpha, self.mixup_alpha)) if self.mixup_alpha > 0 else 1.0
-        perm = torch.randperm(x.shape[0], device=x.device)
-        mixed = lam * x + (1.0 - lam) * x[perm]
-        labels = labels.long()
-        return MixupOutput(super().forward(mixed), labels, labels[perm], lam)
+__all__ = ["LearnableWeightScaling", "LWSClassifier", "build_stage1_classifier", "build_lws_classifier",
+           "load_stage1"]
 
 
 class LearnableWeightScaling(nn.Module):
@@ -103,11 +63,11 @@ def _classifier_parts(arch, kw):
     return base.backbone, base.feat_dim
 
 
-def build_mixup_classifier(arch: Union[str, nn.Module], num_classes: int, *, mixup_alpha: float = 0.2,
-                           **kw: Any) -> MixupClassifier:
-    """:class:`MixupClassifier`; other keywords as :func:`~gpaco.models.contrastive.build_classifier`."""
+def build_stage1_classifier(arch: Union[str, nn.Module], num_classes: int, **kw: Any) -> Classifier:
+    """MiSLAS stage 1's :class:`~gpaco.models.contrastive.Classifier`, built as stage 2 builds its
+    trunk (so one seed gives one initialisation); keywords as ``build_classifier``."""
     backbone, dim = _classifier_parts(arch, kw)
-    return MixupClassifier(backbone, dim, num_classes, mixup_alpha=mixup_alpha)
+    return Classifier(backbone, dim, num_classes)
 
 
 def build_lws_classifier(arch: Union[str, nn.Module], num_classes: int, *, shift_bn: bool = False,

@@ -1,0 +1,481 @@
+"""Classification as a :class:`~gpaco.engine.fit.Task`: split lists or CIFAR, epochs, validation
+on top-1 with many/medium/few, the best checkpoint chosen on val and reported on test.
+
+What is the engine's (resume, saving, preemption, the loop) lives in :mod:`gpaco.engine.fit`;
+the step is the method's (:mod:`gpaco.methods`). This module holds the rest: datasets and
+loaders, the model's build options (``--finetune``, ``--freeze``), the optimizer and
+schedule of the flags, timm's batch augmentations, evaluation and the report.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+
+from gpaco.checkpoint import CheckpointError, load_checkpoint, set_rng_state
+from gpaco.classification.args import FlagError, eval_data_kwargs, train_data_kwargs
+from gpaco.classification.loop import evaluate
+from gpaco.classification.report import fairness_line, plot_curves, write_eval_report
+from gpaco.data import DataError
+from gpaco.data.build import (
+    build_eval_dataset, build_train_dataset, check_ranks_agree, class_counts_of, eval_loader, is_cifar,
+    set_train_epoch, train_loader,
+)
+from gpaco.data.gpu_aug import DeviceAugment
+from gpaco.data.transforms import NORMALIZATION
+from gpaco.engine.fit import Position, Task, model_config
+from gpaco.engine.lifecycle import TrainingRun, seed_everything
+from gpaco.engine.logging import SUMMARY_NAME, print_main, progress_line, read_summary, write_json
+from gpaco.engine.optim import build_optimizer
+from gpaco.engine.precision import resolve_amp, resolve_channels_last
+from gpaco.engine.schedule import LRSchedule, build_schedule
+from gpaco.engine.step import Batch, FitContext, to_device
+from gpaco.methods import get_method, method_options
+from gpaco.metrics import FAIRNESS_KEYS
+from gpaco.models.vit import init_center_head, is_vit, load_mae_checkpoint
+
+__all__ = ["ClassificationTask", "build_lr_schedule", "model_kwargs", "optimizer_kwargs", "finetune_from",
+           "build_batch_augment", "batch_transform", "check_batch_config", "device_batch_of",
+           "freeze_all_but_last_block"]
+
+#: What best.pth holds.
+BEST_KEYS = ("model", "epoch", "args", "num_classes", "arch", "method", "best_top1", "class_counts", "model_config")
+#: Flags a resume may not change: they change the model or the data (plus the method's model options).
+RESUME_FIXED = ("arch", "method", "num_classes", "dataset", "data_root", "train_list", "val_list", "imb_factor",
+                "image_size", "norm", "device_batch", "freeze")
+_TEST_KEYS = ("top1", "top5", "many", "medium", "few", *FAIRNESS_KEYS)
+
+
+def build_lr_schedule(args: argparse.Namespace) -> LRSchedule:
+    """The ``--schedule`` of a run at its resolved ``--lr``: ``sched(epoch, it, iters_per_epoch)``.
+
+    Per-epoch schedules (cosine, step_cifar) ignore the iteration and are applied once per
+    epoch; ``mae_cosine`` is applied by the loop at every optimizer step.
+    """
+    if args.schedule == "step_cifar":
+        return build_schedule("step_cifar", base_lr=args.lr, warmup_epochs=args.warmup_epochs)
+    if args.schedule == "mae_cosine":
+        return build_schedule("mae_cosine", base_lr=args.lr, min_lr=args.min_lr, epochs=args.epochs,
+                              warmup_epochs=args.warmup_epochs)
+    if args.schedule == "cosine_plain":
+        return build_schedule("cosine_plain", base_lr=args.lr, epochs=args.epochs)
+    if args.schedule == "step":
+        return build_schedule("step", base_lr=args.lr, warmup_epochs=args.warmup_epochs, milestones=args.milestones,
+                              warmup_start=args.warmup_start)
+    if args.schedule == "cosine_min":
+        return build_schedule("cosine_min", base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
+    if args.schedule == "constant":
+        return build_schedule("constant", base_lr=args.lr)
+    return build_schedule("cosine", base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
+
+
+def device_batch_of(args: argparse.Namespace) -> Optional[int]:
+    """The group size the model normalises and contrasts over: ``--device-batch``, or in a
+    dry run (whose per-process batch is ``--dry-run-batch``) groups of half that batch, so the
+    dry run goes through the grouped path."""
+    if args.device_batch is None or not args.dry_run:
+        return args.device_batch
+    return args.dry_run_batch // 2 if args.dry_run_batch % 2 == 0 and args.dry_run_batch >= 4 else None
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """build_model keywords of the training flags: the backbone's (pretrained weights, drop
+    path, a ViT's training grid), the ``--device-batch`` and the method's own model options."""
+    kw = dict(pretrained=args.pretrained)
+    if args.device_batch is not None:
+        kw["device_batch"] = device_batch_of(args)
+    if args.drop_path:
+        kw["drop_path_rate"] = args.drop_path
+    if is_vit(args.arch):
+        kw["backbone_kwargs"] = {"img_size": args.image_size}
+    method = get_method(args.method)
+    kw.update(method_options(method, vars(args))[0])
+    if method.contrastive:
+        kw["global_batch"] = args.batch_size
+    return kw
+
+
+def optimizer_kwargs(args: argparse.Namespace) -> dict:
+    """build_optimizer keywords of the training flags."""
+    return dict(name=args.optimizer, lr=args.lr, momentum=args.momentum, wd=args.wd, nesterov=args.nesterov,
+                layer_decay=args.layer_decay)
+
+
+def finetune_from(model: torch.nn.Module, path: str) -> None:
+    """``--finetune``: MAE pre-trained weights into the ViT backbone, fresh class centers."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or not is_vit(backbone):
+        raise FlagError(f"--finetune loads MAE ViT weights into a ViT backbone, not a {type(backbone).__name__}")
+    result = load_mae_checkpoint(backbone, load_checkpoint(path))
+    print_main(f"--finetune {path}: missing {result.missing}, unexpected {result.unexpected}"
+               + (f", dropped head {result.dropped_head}" if result.dropped_head else "")
+               + (f", pos_embed resized {result.pos_embed_resized[0]} -> {result.pos_embed_resized[1]}"
+                  if result.pos_embed_resized else ""))
+    init_center_head(model.fc, std=2e-5)
+
+
+def per_group(fn, groups: int):
+    """``fn(images, targets) -> (images, targets)`` applied to each of ``groups`` equal chunks of
+    the batch, as each GPU of the original mixed its own batch (``--device-batch``)."""
+    if groups == 1:
+        return fn
+
+    def grouped(images, targets):
+        parts = [fn(x, t) for x, t in zip(images.chunk(groups), targets.chunk(groups))]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return grouped
+
+
+def build_batch_augment(args: argparse.Namespace, num_classes: int, device: torch.device, per_process_batch: int,
+                        device_batch: Optional[int] = None):
+    """(random_erasing, mixup_fn) of the flags, or None each (timm's RandomErasing and Mixup).
+    With ``device_batch`` mixup pairs and draws its lambda within each group of that size."""
+    erasing = mixup = None
+    groups = per_process_batch // device_batch if device_batch else 1
+    per_process_batch //= groups
+    if args.reprob > 0:
+        from timm.data.random_erasing import RandomErasing
+
+        erasing = RandomErasing(args.reprob, mode=args.remode, max_count=args.recount, device=str(device))
+    if args.mixup > 0 or args.cutmix > 0:
+        from timm.data.mixup import Mixup
+
+        if per_process_batch % 2:
+            raise FlagError(f"--mixup/--cutmix pair each image with the batch flipped: the per-process batch "
+                            f"(or --device-batch) ({per_process_batch}) must be even")
+        mixup = per_group(Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                      switch_prob=args.mixup_switch_prob, mode="batch", label_smoothing=args.label_smoothing,
+                      num_classes=num_classes), groups)
+    return erasing, mixup
+
+
+def batch_transform(*, random_erasing: Optional[Callable] = None, mixup_fn: Optional[Callable] = None,
+                    device_augment: Optional[Callable] = None) -> Callable[[Any, FitContext], Batch]:
+    """The loader's ``(images, labels)`` -> a :class:`Batch` on the device: ``device_augment``
+    (``--gpu-aug``: uint8 crops + parameters -> views) or a plain copy, then ``random_erasing``
+    (every view) and ``mixup_fn`` (soft ``loss_targets``; the train top-1 uses the labels)."""
+    def to_batch(item, ctx: FitContext) -> Batch:
+        images, targets = item[0], item[1]
+        if device_augment is not None:
+            images = device_augment(images, ctx.device, ctx.channels_last)
+        else:
+            images = to_device(images, ctx.device, ctx.channels_last)
+        targets = targets.to(ctx.device, non_blocking=True)
+        if random_erasing is not None:
+            images = [random_erasing(v) for v in images] if isinstance(images, list) else random_erasing(images)
+        loss_targets = targets
+        if mixup_fn is not None:
+            images, loss_targets = mixup_fn(images, targets)
+        return Batch(images, targets, loss_targets)
+    return to_batch
+
+
+def freeze_all_but_last_block(model: torch.nn.Module) -> int:
+    """Places-LT fine-tuning (docs/method.md#optimisers): freeze every Conv2d weight except those of the last
+    residual block; BN affines, the projection and the classifier stay trainable. Returns the
+    number of frozen conv layers."""
+    backbone = model.backbone if hasattr(model, "backbone") else model.encoder_q.backbone
+    last = backbone.layer4[-1] if hasattr(backbone, "layer4") else None
+    keep = {id(m) for m in last.modules()} if last is not None else set()
+    frozen = 0
+    for m in backbone.modules():
+        if isinstance(m, torch.nn.Conv2d) and id(m) not in keep:
+            for p in m.parameters():
+                p.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+def check_batch_config(args: argparse.Namespace, world_size: int) -> int:
+    if args.batch_size % world_size:
+        raise FlagError(f"--batch-size {args.batch_size} is the global batch and must be divisible by the "
+                        f"number of processes ({world_size})")
+    if get_method(args.method).contrastive and args.queue_size and args.queue_size % args.batch_size:
+        raise FlagError(f"--queue-size K={args.queue_size} is not a multiple of the global batch "
+                        f"--batch-size {args.batch_size}: the queue is written one global batch at a time")
+    per_process = args.batch_size // world_size
+    if args.device_batch is not None and per_process % args.device_batch:
+        raise FlagError(f"--device-batch {args.device_batch} must divide the per-process batch {per_process} "
+                        f"(--batch-size {args.batch_size} / {world_size} process(es)); run on a number of GPUs "
+                        f"that divides --batch-size / --device-batch = {args.batch_size / args.device_batch:g}")
+    return per_process
+
+
+def dry_run_stand_in(args: argparse.Namespace) -> bool:
+    """Whether a dry run uses synthetic images: only when ``--data-root`` does not exist (a
+    recipe checked on a machine without the data). A data root that exists is the real data:
+    a missing split list there is an error naming it, not a silent stand-in."""
+    if not args.dry_run or os.path.isdir(args.data_root):
+        if args.dry_run and not is_cifar(args.dataset) and not args.train_list:
+            raise FlagError(f"--train-list is required: --data-root {args.data_root} exists, so the dry run checks "
+                            f"the real data")
+        return False
+    return True
+
+
+def check_data_found(data_root: str, splits) -> None:
+    """A wrong ``--data-root`` fails here, before the model is built or anything is written,
+    instead of at the first image: the first image of every split list must exist."""
+    for flag, ds in splits:
+        samples = getattr(ds, "samples", None)
+        if not samples:
+            continue  # CIFAR: its reader already checked the files
+        path, line = samples[0][0], ds._lines[0] if getattr(ds, "_lines", None) else 1
+        if not os.path.isfile(path):
+            where = f"--data-root {data_root} does not exist" if not os.path.isdir(data_root) else \
+                f"is --data-root {data_root} right?"
+            raise DataError(f"{ds.list_path}:{line} ({flag}): image {path} not found; {where}")
+
+
+class ClassificationTask(Task):
+    """tools/train.py's task (see the module docstring)."""
+
+    name = "classification"
+    step_key = "epoch"
+    best_metric_key, best_step_key = "best_top1", "best_epoch"
+    best_keys, resume_fixed = BEST_KEYS, RESUME_FIXED
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args, get_method(args.method).for_run())
+        self.epochs, self.stop_after_epochs = args.epochs, args.stop_after
+
+    # ------------------------------------------------------------------ building
+    def build_data(self, lc: TrainingRun) -> None:
+        args = self.args
+        self.per_process_batch = check_batch_config(args, lc.world_size)
+        self.synthetic = synthetic = dry_run_stand_in(args)
+        if args.dry_run and not is_cifar(args.dataset):
+            args.image_size = min(args.image_size, args.dry_run_image_size)
+            args.resize_size = None
+        self.train_set = build_train_dataset(**train_data_kwargs(args, synthetic=synthetic))
+        self.num_classes = args.num_classes = args.num_classes or self.train_set.num_classes
+        self.train_counts = class_counts_of(self.train_set, self.num_classes)
+        eval_kw = eval_data_kwargs(args, num_classes=self.num_classes, synthetic=synthetic)
+        self.val_set = build_eval_dataset(args.val_list, **eval_kw)
+        self.test_set = build_eval_dataset(args.test_list, **eval_kw)
+        splits = {"--train-list": self.train_set, "--val-list": self.val_set, "--test-list": self.test_set}
+        check_ranks_agree(splits)
+        if not synthetic:
+            check_data_found(args.data_root, list(splits.items()))
+        print_main(f"gpaco train: {args.method} {args.arch} on {len(self.train_set)} images, {self.num_classes} "
+                   f"classes{f' (synthetic stand-in: --data-root {args.data_root} does not exist)' if synthetic else ''}")
+        self._print_batch_plan(lc)
+
+    def _print_batch_plan(self, lc: TrainingRun) -> None:
+        args, per_process, world = self.args, self.per_process_batch, lc.world_size
+        if args.accum_iter > 1 or args.blr is not None:
+            lr_note = (f"lr {args.lr:g} = blr {args.blr:g} x {args.batch_size * args.accum_iter} / 256"
+                       if args.blr is not None else f"lr {args.lr} (not rescaled)")
+            print_main(f"processes {world} on {lc.device.type}, global micro-batch {args.batch_size} = {per_process} "
+                       f"per process, {args.accum_iter} per step: effective batch {args.batch_size * args.accum_iter}, "
+                       f"{lr_note}, {args.epochs} epochs")
+        else:
+            print_main(f"processes {world} on {lc.device.type}, global batch {args.batch_size} = {per_process} per "
+                       f"process, lr {args.lr} for the global batch (not rescaled), {args.epochs} epochs")
+        if args.device_batch is not None:
+            groups = per_process // args.device_batch
+            print_main(f"--device-batch {args.device_batch}: {args.batch_size // args.device_batch} virtual devices "
+                       f"({groups} per process); BatchNorm, the in-batch contrast set, shuffle-BN and mixup work per "
+                       f"group of {args.device_batch}, as on {args.batch_size // args.device_batch} GPUs"
+                       + (f" (dry run: groups of {device_batch_of(args)})" if args.dry_run else ""))
+
+    def model_options(self) -> Dict[str, Any]:
+        return model_kwargs(self.args)
+
+    def build_model(self, lc: TrainingRun, fresh: bool) -> torch.nn.Module:
+        args, method = self.args, self.method
+        if args.dry_run and args.pretrained and not os.path.exists(args.pretrained):
+            print_main(f"warning: --pretrained {args.pretrained} not found; the dry run uses random weights")
+            args.pretrained = None
+        options = self.model_options()
+        model = method.build_model(args.arch, self.num_classes, **options)
+        self.model_config = model_config(method, args.arch, self.num_classes, options)
+        if args.finetune and args.dry_run and not os.path.exists(args.finetune):
+            print_main(f"warning: --finetune {args.finetune} not found; the dry run uses random weights")
+        elif args.finetune and fresh:
+            finetune_from(model, args.finetune)  # a resumed run takes every weight from its checkpoint
+        if fresh:  # a resumed run takes every weight from its checkpoint
+            self._prepare(model)
+        if args.freeze == "all_but_last_block":
+            print_main(f"froze {freeze_all_but_last_block(model)} conv layers (all but the last block)")
+        model.to(lc.device)
+        return model
+
+    def _prepare(self, model: torch.nn.Module) -> None:
+        try:
+            line = self.method.prepare(model, vars(self.args))
+        except FileNotFoundError as e:
+            if not self.args.dry_run:
+                raise FlagError(str(e)) from None
+            line = f"warning: {e}; the dry run uses random weights"
+        except ValueError as e:
+            raise FlagError(str(e)) from None
+        if line:
+            print_main(line)
+
+    def build_context(self, lc: TrainingRun, model: torch.nn.Module) -> FitContext:
+        args, method, device = self.args, self.method, lc.device
+        amp = resolve_amp(args.amp, device, dry_run=args.dry_run)  # a CPU dry run: float32, still via the GradScaler
+        channels_last = resolve_channels_last(args.channels_last, device, amp)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        loss_kw = method_options(method, vars(args))[1]
+        try:  # the criterion's options are flags; a value that does not fit the data names its flag
+            criterion = method.build_criterion(num_classes=self.num_classes, class_counts=self.train_counts, **loss_kw)
+        except ValueError as e:
+            raise FlagError(str(e)) from None
+        optimizer = build_optimizer(model, lr_scales=method.lr_scales(model, vars(args)), **optimizer_kwargs(args))
+        self.schedule = build_lr_schedule(args)
+        self.batch = args.dry_run_batch if args.dry_run else self.per_process_batch
+        erasing, mixup = build_batch_augment(args, self.num_classes, device, self.batch, device_batch_of(args))
+        device_augment = DeviceAugment(*NORMALIZATION[args.norm]) if getattr(args, "gpu_aug", False) else None
+        return FitContext(
+            model=model, module=model, criterion=criterion.to(device), optimizer=optimizer, method=method,
+            device=device, options=vars(args), amp=amp, channels_last=channels_last,
+            scaler=torch.amp.GradScaler(device.type) if args.amp == "fp16" else None, world_size=lc.world_size,
+            accum_iter=args.accum_iter, clip_grad=args.clip_grad, lifecycle=lc,
+            schedule=self.schedule if self.schedule.per_iteration else None, epochs=None, print_freq=args.print_freq,
+            to_batch=batch_transform(random_erasing=erasing, mixup_fn=mixup, device_augment=device_augment),
+            progress=_progress)
+
+    def train_loader(self, ctx: FitContext):
+        args, lc = self.args, ctx.lifecycle
+        pin = ctx.device.type == "cuda"
+        workers = 0 if args.dry_run else args.workers
+        loader = train_loader(self.train_set, batch_size=self.batch, workers=workers, rank=lc.rank,
+                              world_size=lc.world_size, seed=args.seed, pin_memory=pin, sampler=self.method.sampler)
+        self.val_dl, self.test_dl = (eval_loader(s, batch_size=self.batch, workers=workers, rank=lc.rank,
+                                                 world_size=lc.world_size, pin_memory=pin) if s is not None else None
+                                     for s in (self.val_set, self.test_set))
+        if len(loader) == 0:
+            raise FlagError(f"the train split has {len(self.train_set)} images, fewer than one global batch "
+                            f"(--batch-size {args.batch_size}); lower --batch-size")
+        return loader
+
+    def evaluate(self, ctx: FitContext, loader, **kw) -> dict:
+        return evaluate(ctx.module, loader, num_classes=self.num_classes, train_counts=self.train_counts,
+                        device=ctx.device, amp=ctx.amp, channels_last=ctx.channels_last,
+                        forward=self.method.eval_forward, **kw)
+
+    # ------------------------------------------------------------------ the run
+    def dry_run(self, ctx: FitContext, loader) -> dict:
+        from gpaco.engine.step import train_epoch
+
+        # Two micro-batches; with --accum-iter > 1 they form one accumulation cycle, so the
+        # dry run goes through both the no-step and the step path.
+        ctx.print_freq, ctx.accum_iter, ctx.lifecycle = 1, min(self.args.accum_iter, 2), None
+        stats = train_epoch(ctx, loader, epoch=0, max_steps=2)
+        if self.val_dl is not None or self.test_dl is not None:
+            self.evaluate(ctx, self.val_dl or self.test_dl, max_steps=1)
+        stats.pop("last")
+        print_main(f"dry run ok: 2 steps, loss {stats['train_loss']:.4f}"
+                   f"{' on SYNTHETIC images (--data-root does not exist)' if self.synthetic else ''}; nothing written")
+        return {"dry_run": True, **stats}
+
+    def read_position(self, ckpt: dict) -> Position:
+        return Position(epoch=int(ckpt["epoch"]), step=int(ckpt.get("step") or 0),
+                        epoch_state=ckpt.get("epoch_state"), rng_per_rank=ckpt.get("rng_per_rank") or [])
+
+    def resumed(self, position: Position, loader, lc: TrainingRun) -> None:
+        path, epoch, step = lc.resume_path, position["epoch"], position["step"]
+        if step:
+            if step >= len(loader):
+                raise CheckpointError(f"{path} stopped at step {step} of epoch {epoch + 1}, but an epoch now has "
+                                      f"{len(loader)} steps (--batch-size or data changed?)")
+            states = position["rng_per_rank"]
+            if len(states) == lc.world_size:
+                position["rng"] = states[lc.rank]
+            else:
+                print_main(f"warning: {path} was written by {len(states)} process(es), this run has {lc.world_size}: "
+                           f"the rest of epoch {epoch + 1} is not bit-identical to an uninterrupted run")
+            print_main(f"resumed from {path}: epoch {epoch + 1} step {step}/{len(loader)}, best val top-1 "
+                       f"{self.best_metric:.2f}")
+        elif epoch >= self.epochs:
+            print_main(f"resumed from {path}: the run had finished (epoch {epoch} of {self.epochs}); nothing to "
+                       f"train, its results are reported again (--overwrite trains it anew)")
+        else:
+            print_main(f"resumed from {path}: epoch {epoch} done, best val top-1 {self.best_metric:.2f}")
+
+    def position_state(self, position: Position) -> Dict[str, Any]:
+        state = {"epoch": position["epoch"], "step": position["step"], "class_counts": self.train_counts}
+        if position["step"]:
+            state.update(epoch_state=position["epoch_state"], rng_per_rank=position["rng_per_rank"],
+                         world_size=position["world_size"])
+        return state
+
+    def describe_stop(self, position: Position, epoch_steps: int) -> Tuple[str, str, Dict[str, Any]]:
+        epoch, step = position["epoch"], position["step"]
+        if step:
+            return (f"epoch {epoch + 1} step {step}", f"epoch {epoch + 1} step {step}/{epoch_steps}",
+                    {"epoch": epoch, "step": step})
+        return f"the end of epoch {epoch}", f"the end of epoch {epoch}", {"epoch": epoch, "step": 0}
+
+    def start_epoch(self, ctx: FitContext, loader, epoch: int, skip: int, rng: Optional[dict]) -> None:
+        set_train_epoch(loader, epoch, skip)
+        # Every epoch's randomness derives from (seed, epoch, rank): resuming at an epoch
+        # boundary reproduces the uninterrupted run exactly. Mid-epoch, the RNG states of
+        # that moment (per rank) come from the checkpoint; augmentations are seeded per
+        # sample (EpochSeededDataset) and the sampler starts after the done batches.
+        seed_everything(self.args.seed + 100_003 * (epoch + 1) + ctx.lifecycle.rank)
+        if skip and rng is not None:
+            set_rng_state(rng)
+        self.epoch_lr = self.schedule(epoch)  # per-iteration schedules: the LR at the epoch start
+        if not self.schedule.per_iteration:
+            LRSchedule.apply(ctx.optimizer, self.epoch_lr)  # honours the groups' lr_scale (layer decay)
+
+    def end_epoch(self, ctx: FitContext, epoch: int, stats: dict) -> None:
+        args, lc = self.args, ctx.lifecycle
+        record = {"epoch": epoch + 1, "lr": self.epoch_lr, **stats}
+        if args.skip_bad_images and hasattr(self.train_set, "num_skipped"):
+            record["skipped_images"] = self.train_set.num_skipped  # this rank's, since the start of this process
+            if self.train_set.num_skipped:
+                print_main(f"[epoch {epoch + 1}] --skip-bad-images: {self.train_set.num_skipped} unreadable image(s) "
+                           f"skipped so far (rank 0; each is named in a warning above)")
+        is_best = False
+        if self.val_dl is not None and ((epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs):
+            val = self.evaluate(ctx, self.val_dl)
+            record.update({f"val_{k}": val.get(k) for k in _TEST_KEYS})
+            is_best = val["top1"] > self.best_metric
+            if is_best:
+                self.best_metric, self.best_step = val["top1"], epoch + 1
+            print_main(f"[epoch {epoch + 1}] val top-1 {val['top1']:.2f} (many {val['many']:.2f} / medium "
+                       f"{val['medium']:.2f} / few {val['few']:.2f}); best {self.best_metric:.2f} at epoch "
+                       f"{self.best_step}")
+        self.fit.save(Position(epoch=epoch + 1, step=0), best=is_best, where=f"the end of epoch {epoch + 1}")
+        lc.logger.log_epoch(record)
+        lc.logger.log_scalars({k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch + 1)
+
+    def finish(self, ctx: FitContext, last_epoch: int) -> dict:
+        args, lc = self.args, ctx.lifecycle
+        if last_epoch < args.epochs:
+            print_main(f"stopped after epoch {last_epoch} of {args.epochs} (--stop-after); continue with --resume auto")
+            return {"stopped_at_epoch": last_epoch}
+        # Final report on the test split with the checkpoint selected on val (the original selected on test).
+        selection = "last epoch (no --val-list)"
+        if self.val_dl is not None and self.best_step > 0:
+            lc.barrier()
+            ctx.module.load_state_dict(lc.load_best("epoch", self.best_step)["model"])
+            selection = f"best val top-1 {self.best_metric:.2f} at epoch {self.best_step}"
+        result = {"selection": selection, "selected_epoch": self.best_step if self.best_step > 0 else args.epochs}
+        if self.test_dl is not None:
+            test = self.evaluate(ctx, self.test_dl)
+            result.update(test)
+            print_main(f"test ({selection}): top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} | many "
+                       f"{test['many']:.2f} medium {test['medium']:.2f} few {test['few']:.2f} | {test['num_samples']} "
+                       f"images")
+            print_main(fairness_line(test))
+            lc.logger.log_scalars({f"test_{k}": test.get(k) for k in _TEST_KEYS}, args.epochs)
+            if lc.is_main:
+                write_eval_report(args.output_dir, test, self.train_counts)
+        if lc.is_main:
+            write_json(os.path.join(args.output_dir, "metrics.json"), result)
+            plot_curves(read_summary(os.path.join(args.output_dir, SUMMARY_NAME)),
+                        os.path.join(args.output_dir, "curves.png"))
+        return result
+
+
+def _progress(ctx: FitContext, info: dict) -> None:
+    print_main(progress_line(info["epoch"] + 1, info["step"], info["iters"], info["elapsed"], info["images"],
+                             loss=info["loss"], lr=info["lr"], data=f"{info['data_ms']:.0f}ms", eta_s=info["eta_s"]))
