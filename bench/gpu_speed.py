@@ -1,7 +1,7 @@
 """GPU throughput: ResNet-50 CE, PaCo and GPaCo in bf16 with channels_last, eager and compiled.
 
 Synthetic data already on the device (so the input pipeline is out of the picture), the
-real engine pieces (``build_model`` + ``Criterion`` + ``train_one_epoch`` with
+real engine pieces (``build_model`` + ``Criterion`` + ``gpaco.engine.step.train_epoch`` with
 ``amp='bf16'``, ``channels_last=True``; ``torch.compile(model)`` as ``tools/train.py
 --compile`` does), and a bare loop (timm resnet50 + F.cross_entropy + SGD under the same
 autocast/channels_last) as the baseline of the CE recipe. Configurations run interleaved;
@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 from gpaco.methods import build_criterion  # noqa: E402
-from gpaco.classification.loop import train_one_epoch  # noqa: E402
+from gpaco.engine.step import Batch, FitContext, train_epoch  # noqa: E402
+from gpaco.methods import get_method as _get_method  # noqa: E402
 from gpaco.engine.optim import build_optimizer  # noqa: E402
 from gpaco.engine.args import cpu_count  # noqa: E402
 from gpaco.engine.logging import SUMMARY_NAME, read_summary  # noqa: E402
@@ -82,13 +83,14 @@ class EngineRun:
             self.opt = build_optimizer(model, lr=1e-4, momentum=0.9, wd=5e-4)  # as tools/train.py
         self.model = torch.compile(model) if compile_ else model
         self.data = make_batches(method, batch, size, steps, device, channels_last)
+        self.ctx = FitContext(model=self.model, criterion=self.criterion, optimizer=self.opt,
+                              method=_get_method(method), device=device, amp=amp, channels_last=channels_last)
         self.images_per_step = batch * (2 if method in ("paco", "gpaco") else 1)
 
     def __call__(self):
         sync(self.device)
         t0 = time.perf_counter()
-        train_one_epoch(self.model, self.criterion, self.data, self.opt, None, epoch=0, device=self.device,
-                        amp=self.amp, channels_last=self.channels_last, print_freq=0)
+        train_epoch(self.ctx, self.data, epoch=0)
         sync(self.device)
         return (time.perf_counter() - t0) / len(self.data)
 
@@ -129,7 +131,7 @@ SEG_RECIPES = {
 
 class SegRun:
     """One segmentation training iteration as tools/train_seg.py runs it: the method's model and
-    criterion, the flags' optimizer, ``forward_loss`` under bf16 autocast, backward, step; one
+    criterion, the flags' optimizer, the method's ``training_step`` under bf16 autocast, backward, step; one
     batch of the --dry-run's synthetic images through the training transform, on the device."""
 
     def __init__(self, recipe, batch, crop, steps, device, compile_):
@@ -150,15 +152,15 @@ class SegRun:
         imgs, labels, _ = collate([train_set[i % len(train_set)] for i in range(batch)])
         self.imgs, self.labels = imgs.to(device), labels.to(device)
         self.images_per_step = batch
+        self.ctx = FitContext(model=self.model, criterion=self.criterion, optimizer=self.opt, method=self.method,
+                              device=device, amp=self.amp)
 
     def __call__(self):
         sync(self.device)
         t0 = time.perf_counter()
         for it in range(self.steps):
-            gen = torch.Generator(device=self.device).manual_seed(it)
-            loss, _ = seg_train.forward_loss(self.model, self.criterion, self.imgs, self.labels,
-                                             takes_labels=self.method.takes_labels, device=self.device, amp=self.amp,
-                                             generator=gen)
+            self.ctx.generator = torch.Generator(device=self.device).manual_seed(it)
+            loss = self.method.training_step(self.ctx, Batch(self.imgs, self.labels)).loss
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

@@ -3,7 +3,7 @@
 Each configuration runs in a fresh Python process (so peaks do not mix; ``child_env``
 fixes glibc's allocator threshold so that peaks repeat to the MiB): the same
 configurations as ``bench/train_step.py`` (real ``build_model`` + ``Criterion`` +
-``train_one_epoch``; the bare loop is timm resnet50 + F.cross_entropy + SGD), a few steps,
+``train_epoch``; the bare loop is timm resnet50 + F.cross_entropy + SGD), a few steps,
 then the process reports ``ru_maxrss``. Ratios are of the peak RSS; the footprint after
 imports (interpreter + libraries, before any model exists) is reported beside it.
 GPU peak memory is measured by ``bench/gpu_speed.py`` where a GPU is present.

@@ -6,7 +6,7 @@ K: 1k .. 64k at C=1000; C: 100 .. 8142 (iNaturalist) at K=8192; B=8 per view.
   MLP, the classifier (C x 2048), the queue snapshot/enqueue (K x 128), the loss
   (anchors x (K + C)) and the optimizer step over the head's parameters. That part is
   timed exactly, with the real engine (``build_model('gpaco', <identity backbone>)`` +
-  ``Criterion`` + ``train_one_epoch`` on pooled-feature inputs), interleaved with the
+  ``Criterion`` + ``gpaco.engine.step.train_epoch`` on pooled-feature inputs), interleaved with the
   reference point K=8192, C=1000. It is reported in ms and as a share of a full ResNet-50
   GPaCo step (measured here at ``--ref-image-size``, default 224 px), which is how much
   the step grows with K and C. (Timing whole ResNet-50 steps per point instead would
@@ -33,7 +33,8 @@ import memory  # noqa: E402
 import train_step as TS  # noqa: E402
 
 from gpaco.methods import build_criterion  # noqa: E402
-from gpaco.classification.loop import train_one_epoch  # noqa: E402
+from gpaco.engine.step import FitContext, train_epoch  # noqa: E402
+from gpaco.methods import get_method  # noqa: E402
 from gpaco.methods.rebuild import build_model  # noqa: E402
 
 K_FULL = (1024, 4096, 8192, 16384, 32768, 65536)
@@ -58,8 +59,8 @@ class Head:
 
     def __call__(self):
         t0 = time.perf_counter()
-        train_one_epoch(self.model, self.criterion, self.data, self.opt, None, epoch=0, device=torch.device("cpu"),
-                        print_freq=0)
+        train_epoch(FitContext(model=self.model, criterion=self.criterion, optimizer=self.opt,
+                               method=get_method("gpaco"), device=torch.device("cpu")), self.data, epoch=0)
         return (time.perf_counter() - t0) / len(self.data)
 
 

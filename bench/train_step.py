@@ -1,7 +1,7 @@
 """Training-step overhead on ResNet-50: PaCo / GPaCo / our CE recipe against CE and a bare loop.
 
 Every configuration runs the real engine pieces: ``gpaco.methods.rebuild.build_model`` +
-the registry criterion (``gpaco.methods.build_criterion``) + ``gpaco.classification.loop.train_one_epoch`` (which does
+the registry criterion (``gpaco.methods.build_criterion``) + ``gpaco.engine.step.train_epoch`` (which does
 the device move, autocast, forward, loss, finiteness check, backward, SGD step and the
 loss/accuracy bookkeeping), fed pre-made batches from memory so that only the step is
 timed. The bare loop is what one writes by hand: timm ``resnet50`` (the same network as
@@ -50,7 +50,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 from gpaco.methods import build_criterion  # noqa: E402
-from gpaco.classification.loop import forward_train, train_one_epoch  # noqa: E402
+from gpaco.engine.step import FitContext, train_epoch  # noqa: E402
+from gpaco.methods import get_method  # noqa: E402
 from gpaco.engine.optim import build_optimizer  # noqa: E402
 from gpaco.engine.precision import resolve_channels_last  # noqa: E402
 from gpaco.methods.rebuild import build_model  # noqa: E402
@@ -66,7 +67,7 @@ def long_tail_counts(num_classes: int, imbalance: float = 256.0, head: int = 128
 
 
 class Engine:
-    """One gpaco configuration: model + criterion + SGD, stepped with train_one_epoch, in the
+    """One gpaco configuration: model + criterion + SGD, stepped with train_epoch, in the
     memory order tools/train.py picks on this device (``channels_last=None``; channels-last on
     the CPU, gpaco.engine.precision) or the one given."""
 
@@ -81,13 +82,15 @@ class Engine:
         self.criterion = build_criterion(method, class_counts=counts).to(DEVICE)
         self.opt = build_optimizer(self.model, lr=1e-4, momentum=0.9, wd=5e-4)  # as tools/train.py
         self.data = C.batches(method, batch, size, num_classes, steps)
+        self.method = get_method(method)
+        self.ctx = FitContext(model=self.model, criterion=self.criterion, optimizer=self.opt, method=self.method,
+                              device=DEVICE, channels_last=self.channels_last)
 
     clock = staticmethod(time.perf_counter)
 
     def __call__(self) -> float:
         t0 = self.clock()
-        train_one_epoch(self.model, self.criterion, self.data, self.opt, None, epoch=0, device=DEVICE,
-                        print_freq=0, channels_last=self.channels_last)
+        train_epoch(self.ctx, self.data, epoch=0)
         return (self.clock() - t0) / len(self.data)
 
 
@@ -122,6 +125,9 @@ class OriginalStep:
         params = [p for p in m.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)
         self.data = C.batches(method, batch, size, num_classes, steps)
+        self.method = get_method(method)
+        self.ctx = FitContext(model=self.model, criterion=self.criterion, optimizer=self.opt, method=self.method,
+                              device=DEVICE, channels_last=self.channels_last)
 
     def _enqueue(self, k, y):
         q = self.model.queue
@@ -173,7 +179,7 @@ def loss_time(engine: Engine, repeats: int) -> float:
     engine.model.train()
     x, y = engine.data[0]
     with torch.no_grad():
-        out = forward_train(engine.model, x, y)
+        out = engine.method.forward_train(engine.model, x, y)
     ts = []
     for _ in range(repeats + 1):
         feats = out.features.detach().requires_grad_(True)

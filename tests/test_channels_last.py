@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import sgd_step_
-from gpaco.classification.loop import forward_train, to_device
+from gpaco.engine.step import to_device
+from gpaco.methods import get_method
 from gpaco.engine.precision import resolve_channels_last
 from gpaco.methods import build_criterion
 from gpaco.methods.rebuild import build_model
@@ -74,7 +75,7 @@ def test_channels_last_step_equals_the_contiguous_one(method, dtype, steps):
         losses = []
         for m, fmt in ((model, True), (ref, False)):
             torch.manual_seed(step)  # PaCo's shuffle-BN permutation
-            loss = criterion(forward_train(m, to_device(x, torch.device("cpu"), fmt), y), y)
+            loss = criterion(get_method(method).forward_train(m, to_device(x, torch.device("cpu"), fmt), y), y)
             loss.backward()
             losses.append(loss)
         torch.testing.assert_close(losses[0], losses[1], rtol=rtol, atol=atol)

@@ -129,3 +129,13 @@ def test_relative_imports_of_a_package_init(tmp_path):
         "gpaco.data.build", "gpaco.data.build.x", "gpaco.engine", "gpaco.engine.cli"}
     assert [v.split(": ", 1)[1] for v in layering_violations(init, "gpaco.data")] == [
         "gpaco.data imports gpaco.engine (gpaco.engine is a layer above)"]
+
+
+def test_the_engine_imports_no_method_and_no_task():
+    """The engine runs whatever method and task it is handed (gpaco/engine/fit.py): it never
+    names a method, the registry or a task package, so a new method is no engine edit."""
+    files = sorted((ROOT / "gpaco" / "engine").rglob("*.py"))
+    assert len(files) > 8, files
+    violations = [v for p in files for v in layering_violations(
+        p, module_name(p), ("gpaco.methods", "gpaco.classification", "gpaco.segmentation"))]
+    assert not violations, "\n".join(["the engine imports a method or a task:"] + violations)

@@ -1,8 +1,9 @@
-"""The method registry: every method's row is consistent, and a new method is one row.
+"""The method registry: every method is consistent, and a new method is one class.
 
 ``test_toy_method_through_the_registry_alone`` adds focal loss (Lin et al. 2017) the way
-docs/contributing.md says: a criterion module and one ``register_method`` call, nothing
-else edited, then trains it on the demo data, saves, and evaluates the checkpoint.
+docs/contributing.md says: a criterion module, a method class and one ``register_method``
+call, nothing else edited, then trains it on the demo data, saves, and evaluates the checkpoint.
+(tests/test_method_hooks.py: methods that own their step -- a teacher, an attack.)
 """
 import argparse
 
@@ -14,8 +15,8 @@ from torch import nn
 from gpaco.classification import evaluate as evaluator, train as trainer
 from gpaco.classification.args import build_train_parser, parse_train_args
 from gpaco.methods import (
-    Method, add_method_flags, all_methods, build_criterion, flag, get_method, method_names, register_method,
-    unregister_method,
+    ClassificationMethod, add_method_flags, all_methods, build_criterion, flag, get_method, method_names,
+    register_method, unregister_method,
 )
 from gpaco.models.contrastive import build_classifier
 
@@ -32,11 +33,21 @@ class FocalLoss(nn.Module):
         return (-(1 - log_p.exp()) ** self.gamma * log_p).mean()
 
 
-FOCAL = Method(name="focal", task="classification", summary="focal loss (test toy)", build_model=build_classifier,
-               build_criterion=FocalLoss, flags=(flag("--focal-gamma", type=float, default=2.0,
-                                                      help="focusing parameter"),),
-               loss_options=("focal_gamma",), default_aug="randcls", cifar_aug="cifar_regular",
-               checkpoint_prefixes={"backbone": "backbone.", "classifier": "fc."})
+class Focal(ClassificationMethod):
+    name, summary = "focal", "focal loss (test toy)"
+    flags = (flag("--focal-gamma", type=float, default=2.0, help="focusing parameter"),)
+    loss_options = ("focal_gamma",)
+    default_aug, cifar_aug = "randcls", "cifar_regular"
+    checkpoint_prefixes = {"backbone": "backbone.", "classifier": "fc."}
+
+    def build_model(self, arch, num_classes, **options):
+        return build_classifier(arch, num_classes, **options)
+
+    def build_criterion(self, **options):
+        return FocalLoss(**options)
+
+
+FOCAL = Focal()
 
 
 @pytest.fixture
@@ -89,9 +100,10 @@ def test_duplicate_row_and_unknown_method_are_refused():
 
 
 def test_conflicting_shared_flag_is_refused():
-    bad = Method(name="bad", task="classification", summary="", build_model=build_classifier,
-                 build_criterion=FocalLoss, flags=(flag("--alpha", type=float, default=9.0),))
-    register_method(bad)
+    class Bad(Focal):
+        name, flags = "bad", (flag("--alpha", type=float, default=9.0),)
+
+    register_method(Bad())
     try:
         with pytest.raises(ValueError, match="redefines --alpha"):
             add_method_flags(argparse.ArgumentParser(), "classification")
@@ -139,3 +151,21 @@ def test_docs_methods_table_is_the_registry():
     start = text.index("<!-- methods-table")
     block = text[text.index("\n", start) + 1:text.index("<!-- /methods-table -->")].strip()
     assert block == describe(all_methods()), "regenerate the table with gpaco.methods.describe(all_methods())"
+
+
+def test_each_flag_checks_its_own_range():
+    """A method flag carries its interval; the task layer checks no flag by name."""
+    temperature = next(f for f in get_method("gpaco").flags if f.dest == "temperature")
+    assert temperature.problem(0.2) is None
+    assert temperature.problem(0.0) == "--temperature must be > 0, got 0.0"
+    assert temperature.problem(float("nan")) == "--temperature must be a finite number, got nan"
+    beta = next(f for f in get_method("reslt").flags if f.dest == "reslt_beta")
+    assert beta.problem(1.0) is None and beta.problem(1.5) == "--reslt-beta must be in [0, 1], got 1.5"
+    for argv, message in [(["--temperature", "0"], "--temperature must be > 0, got 0.0"),
+                          (["--smoothing", "1"], "--smoothing must be in [0, 1), got 1.0"),
+                          (["--alpha", "inf"], "--alpha must be a finite number, got inf"),
+                          (["--queue-size", "-1"], "--queue-size must be >= 0, got -1")]:
+        with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+            parse_train_args(["--train-list", "x", "--method", "gpaco", *argv])
+    with pytest.raises(ValueError, match="flag range '0..1' is not an interval"):
+        flag("--x", type=float, range="0..1")

@@ -12,30 +12,41 @@ import torch.nn.functional as F
 from conftest import demo_flags
 from gpaco.classification import evaluate as evaluator, train as trainer
 from gpaco.data.samplers import ClassAwareSampler
-from gpaco.losses.criteria import MixupCrossEntropy
-from gpaco.models.mislas import build_lws_classifier, build_mixup_classifier
+from gpaco.engine.step import Batch, FitContext
+from gpaco.methods import get_method
+from gpaco.methods.mislas import mix_batch
+from gpaco.models.mislas import build_lws_classifier, build_stage1_classifier
 
 
-def test_mixup_forward_and_loss_are_the_originals():
+def test_mixup_step_and_loss_are_the_originals():
+    """Stage 1's step draws lam from NumPy's Beta(a, a) and the partner permutation from torch's
+    generator, mixes the images and weights the two CEs by lam (the model is a plain classifier)."""
     torch.manual_seed(0)
-    model = build_mixup_classifier("resnet8", 4, mixup_alpha=1.0).train()
+    model = build_stage1_classifier("resnet8", 4).train()
     x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1])
     np.random.seed(5)
     lam = np.random.beta(1.0, 1.0)
     np.random.seed(5)
     torch.manual_seed(1)
-    out = model(x, None, y)
+    mixed, partners, drawn = mix_batch(x, y, 1.0)
     torch.manual_seed(1)
     perm = torch.randperm(6)
-    assert out.lam == pytest.approx(lam) and torch.equal(out.labels_b, y[perm])
-    model.eval()  # BN in eval: the mixed forward is reproducible by hand
+    assert drawn == pytest.approx(lam) and torch.equal(partners, y[perm])
+    assert torch.equal(mixed, lam * x + (1 - lam) * x[perm])
+    assert mix_batch(x, y, 0.0)[2] == 1.0  # alpha 0: no mixing
+
+    method = get_method("mislas")
+    ctx = FitContext(model=model.eval(), criterion=method.build_criterion(), optimizer=None, method=method,
+                     device=torch.device("cpu"), options={"mixup_alpha": 1.0})
+    np.random.seed(5)
+    torch.manual_seed(1)
+    out = method.training_step(ctx, Batch(x, y))  # BN in eval: the mixed forward is reproducible by hand
     with torch.no_grad():
         ref = model(lam * x + (1 - lam) * x[perm])
-    model.train()
-    loss = MixupCrossEntropy()(out._replace(logits=ref), y)
-    assert loss.item() == pytest.approx((lam * F.cross_entropy(ref, y) + (1 - lam) * F.cross_entropy(ref, y[perm]))
-                                        .item(), rel=1e-6)
-    assert model.eval()(x).shape == (6, 4)
+    assert torch.allclose(out.logits, ref, atol=1e-6)
+    assert out.loss.item() == pytest.approx((lam * F.cross_entropy(ref, y) + (1 - lam) * F.cross_entropy(ref, y[perm]))
+                                            .item(), rel=1e-6)
+    assert model(x).shape == (6, 4)
 
 
 def test_class_aware_sampler_balances_and_resumes():

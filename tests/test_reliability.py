@@ -24,7 +24,7 @@ from PIL import Image
 from gpaco.data import DataError, SplitDataset
 from gpaco.classification import train as trainer
 from gpaco.checkpoint import CheckpointError, load_checkpoint
-from gpaco.classification.loop import NonFiniteLossError
+from gpaco.engine.lifecycle import NonFiniteLossError
 from gpaco.engine.preemption import FAULT_ENV, FaultInjector
 
 from conftest import subprocess_env

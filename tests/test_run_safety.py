@@ -228,7 +228,7 @@ def test_nan_skip_with_exploding_lr_stops_and_keeps_the_good_checkpoint(demo_dat
 
 
 def test_every_step_skipped_stops(demo_data, tmp_path, monkeypatch):
-    from gpaco.classification.loop import NonFiniteLossError
+    from gpaco.engine.lifecycle import NonFiniteLossError
     from gpaco.engine.preemption import FAULT_ENV
 
     monkeypatch.setenv(FAULT_ENV, ",".join(f"nan_step{i}" for i in range(8, 15)))  # all of epoch 2

@@ -12,8 +12,8 @@ import traceback
 import pytest
 import torch
 
-from gpaco.classification.loop import train_one_epoch
-from gpaco.methods import build_criterion
+from gpaco.engine.step import FitContext, train_epoch
+from gpaco.methods import build_criterion, get_method
 from gpaco.methods.rebuild import build_model
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
@@ -54,8 +54,9 @@ def _run(method, steps, print_freq, monkeypatch, *, accum_iter=1):
         data.append((views if method != "ce" else views[0], torch.randint(0, classes, (batch,), generator=g)))
     with monkeypatch.context() as m:
         counter = ReadCounter(m)
-        stats = train_one_epoch(model, criterion, data, opt, None, epoch=0, device=torch.device("cpu"),
-                                print_freq=print_freq, accum_iter=accum_iter)
+        ctx = FitContext(model=model, criterion=criterion, optimizer=opt, method=get_method(method),
+                         device=torch.device("cpu"), print_freq=print_freq, accum_iter=accum_iter)
+        stats = train_epoch(ctx, data, epoch=0)
     return counter.sites, stats
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gpaco.classification import evaluate as evaluator, train as trainer
-from gpaco.classification.train import check_batch_config
+from gpaco.classification.task import check_batch_config, model_kwargs
 from gpaco.classification.args import parse_train_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +157,7 @@ def test_device_batch_trains_in_groups(demo_data, tmp_path, method, capsys):
     gets the group size and trains; the log says how many devices are emulated."""
     extra = ["--aug", "none"] if method == "ce" else ["--aug", "sim_cifar_sim_cifar", "--queue-size", "64"]
     args = parse_train_args(base_args(demo_data, tmp_path / "o", "--method", method, "--device-batch", "8", *extra))
-    assert trainer.model_kwargs(args)["device_batch"] == 8
+    assert model_kwargs(args)["device_batch"] == 8
     result = trainer.main(base_args(demo_data, tmp_path / "o", "--method", method, "--device-batch", "8",
                                     "--dry-run", "--dry-run-batch", "8", *extra))
     assert result["dry_run"] and result["train_loss"] > 0

@@ -13,10 +13,11 @@ import torch
 from gpaco.data.build import train_loader
 from gpaco.data.splits import SplitDataset
 from gpaco.data.transforms import NORMALIZATION, build_train_transform
-from gpaco.classification import loop, train as trainer
+from gpaco.classification import train as trainer
 from gpaco.classification.args import parse_train_args
-from gpaco.methods import build_criterion
-from gpaco.classification.train import optimizer_kwargs
+from gpaco.engine.step import FitContext, train_epoch
+from gpaco.methods import build_criterion, get_method
+from gpaco.classification.task import batch_transform, finetune_from, model_kwargs, optimizer_kwargs
 from gpaco.engine.optim import build_optimizer, param_groups, vit_layer_id
 from gpaco.engine.schedule import LRSchedule, schedule_from_flags
 from gpaco.methods.rebuild import build_model
@@ -201,7 +202,7 @@ def test_finetune_loads_mae_layout_small_vit(tmp_path):
     assert res.pos_embed_resized is None
     # Through the trainer: the centers start at trunc-normal(2e-5), bias 0.
     model = tiny_gpaco()
-    trainer.finetune_from(model, str(path))
+    finetune_from(model, str(path))
     assert model.fc.weight.abs().max() < 1e-4 and 0 < model.fc.weight.std() < 4e-5
     assert torch.count_nonzero(model.fc.bias) == 0
     with pytest.raises(RuntimeError, match="does not fit"):
@@ -255,7 +256,16 @@ def test_mae_schedule_through_the_trainer(refvectors):
 
 
 class _Loader(list):
-    """A list of batches with the sampler API train_one_epoch does not need."""
+    """A list of batches with the sampler API train_epoch does not need."""
+
+
+def _epoch(model, criterion, loader, optimizer, *, epoch, method="ce", accum_iter=1, lr_schedule=None,
+           mixup_fn=None, random_erasing=None):
+    """One engine epoch of ``method``'s step over ``loader`` on the CPU."""
+    ctx = FitContext(model=model, criterion=criterion, optimizer=optimizer, method=get_method(method),
+                     device=torch.device("cpu"), accum_iter=accum_iter, schedule=lr_schedule,
+                     to_batch=batch_transform(mixup_fn=mixup_fn, random_erasing=random_erasing))
+    return train_epoch(ctx, loader, epoch=epoch)
 
 
 def _recording(optimizer):
@@ -283,8 +293,7 @@ def test_loop_per_iteration_lr_and_accumulation():
     batches = _Loader((torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(10))
     seen = _recording(opt)
     crit = build_criterion("ce")
-    loop.train_one_epoch(model, crit, batches, opt, None, epoch=1, device=torch.device("cpu"), print_freq=0,
-                         accum_iter=2, lr_schedule=sched)
+    _epoch(model, crit, batches, opt, epoch=1, accum_iter=2, lr_schedule=sched)
     scales = [g["lr_scale"] for g in opt.param_groups]
     assert len(seen) == 5
     for k, lrs in enumerate(seen):
@@ -302,8 +311,7 @@ def test_loop_per_iteration_lr_and_accumulation():
         grads.update({n: p.grad.clone() for n, p in model.named_parameters()})
 
     sgd.step = grab
-    loop.train_one_epoch(model, crit, two, sgd, None, epoch=0, device=torch.device("cpu"), print_freq=0,
-                         accum_iter=2)
+    _epoch(model, crit, two, sgd, epoch=0, accum_iter=2)
     model.zero_grad()
     crit(model(x[:3]), y[:3]).div(2).add(crit(model(x[3:]), y[3:]).div(2)).backward()
     for n, p in model.named_parameters():
@@ -329,8 +337,7 @@ def test_no_sync_on_non_final_micro_batches():
     m = FakeDDP()
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     batches = _Loader((torch.randn(2, 4), torch.randint(0, 3, (2,))) for _ in range(8))
-    loop.train_one_epoch(m, build_criterion("ce"), batches, opt, None, epoch=0, device=torch.device("cpu"),
-                         print_freq=0, accum_iter=4)
+    _epoch(m, build_criterion("ce"), batches, opt, epoch=0, accum_iter=4)
     assert m.entered == 6  # micro-batches 1-3 and 5-7 of each cycle of 4
 
 
@@ -350,8 +357,8 @@ def test_mixup_and_erasing_in_the_loop():
     mix = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
     er = RandomErasing(1.0, mode="pixel", device="cpu")
     x = torch.zeros(4, 3, 32, 32)
-    stats = loop.train_one_epoch(model, crit, _Loader([(x, torch.tensor([0, 1, 2, 3]))]), opt, None, epoch=0,
-                                 device=torch.device("cpu"), print_freq=0, mixup_fn=mix, random_erasing=er)
+    stats = _epoch(model, crit, _Loader([(x, torch.tensor([0, 1, 2, 3]))]), opt, epoch=0, mixup_fn=mix,
+                   random_erasing=er)
     t = seen["target"]
     assert t.shape == (4, 10) and t.is_floating_point() and torch.allclose(t.sum(1), torch.ones(4))
     assert torch.count_nonzero(x) > 0  # erased in place with random pixels
@@ -373,8 +380,7 @@ def test_gpaco_vit_steps_lower_the_loss(demo_data):
     opt = build_optimizer(model, **optimizer_kwargs(args))
     losses = []
     for _ in range(10):
-        stats = loop.train_one_epoch(model, crit, _Loader([(images, labels)]), opt, None, epoch=0,
-                                     device=torch.device("cpu"), print_freq=0)
+        stats = _epoch(model, crit, _Loader([(images, labels)]), opt, epoch=0, method="gpaco")
         losses.append(stats["train_loss"])
     # after the random initial queue has been replaced (K = 2 batches), the loss goes down
     assert losses[-1] < losses[2] < losses[0], losses
@@ -396,7 +402,7 @@ def test_flag_validation():
     assert a.aug == "randclsstack"
     with pytest.raises(SystemExit, match="--proj-act is an option of --method gpaco/multitask, not paco"):
         parse_train_args(base + ["--method", "paco", "--proj-act", "gelu"])
-    kw = trainer.model_kwargs(parse_train_args(base + ["--method", "gpaco", "--arch", TINY, "--image-size", "32",
+    kw = model_kwargs(parse_train_args(base + ["--method", "gpaco", "--arch", TINY, "--image-size", "32",
                                                        "--drop-path", "0.1"]))
     assert kw["projection_act"] == "auto" and kw["backbone_kwargs"] == {"img_size": 32}
     assert kw["drop_path_rate"] == 0.1

@@ -34,7 +34,7 @@ from gpaco.classification.args import (
 from gpaco.engine.args import HelpFormatter
 from gpaco.engine.cli import add_debug_flag, run_cli
 from gpaco.engine.precision import resolve_amp, resolve_channels_last
-from gpaco.methods import add_method_flags, all_methods, method_names
+from gpaco.methods import add_method_flags, all_methods, get_method, method_names
 from gpaco.methods.flags import PROJ_DIM, QUEUE_SIZE
 from gpaco.methods.rebuild import build_model_from_checkpoint
 from gpaco.checkpoint import CheckpointError
@@ -42,7 +42,7 @@ from gpaco.engine.lifecycle import claim_eval_dir
 from gpaco.models.convert import CheckpointMismatchError, LoadedCheckpoint, read_checkpoint
 from gpaco.engine.eval_suites import EvalSuite, run_eval_suites
 from gpaco.engine.logging import print_main, write_json
-from gpaco.classification.loop import predict
+from gpaco.classification.predict import predict
 from gpaco.classification.report import fairness_line, write_eval_report
 
 
@@ -308,8 +308,11 @@ def run(args: argparse.Namespace) -> dict:
         return eval_loader(dataset, batch_size=batch, workers=workers, rank=dist.rank, world_size=dist.world_size,
                            pin_memory=device.type == "cuda")
 
+    # each member's test-time logits are its method's (eval_forward: ResLT's combination, sampling...)
+    forwards = [get_method(r.method if r is not None else (m or args.method)).eval_forward
+                for r, m in zip(reports, methods)]
     common = dict(num_classes=num_classes, device=device, amp=amp, channels_last=channels_last,
-                  max_steps=1 if args.dry_run else None)
+                  max_steps=1 if args.dry_run else None, forward=forwards)
     ctx = EvalContext(args=args, models=models, loader_of=loader_of, common=common, num_classes=num_classes,
                       test_set=test_set, train_counts=train_counts, baseline=baseline,
                       name=paths[0] if len(paths) == 1 else "ensemble of " + " + ".join(paths))

@@ -16,7 +16,7 @@ import torch
 
 from gpaco.checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from gpaco.classification.args import FlagError, eval_data_kwargs, train_data_kwargs
-from gpaco.classification.loop import evaluate
+from gpaco.classification.predict import evaluate
 from gpaco.classification.report import fairness_line, plot_curves, write_eval_report
 from gpaco.data import DataError
 from gpaco.data.build import (
@@ -25,18 +25,19 @@ from gpaco.data.build import (
 )
 from gpaco.data.gpu_aug import DeviceAugment
 from gpaco.data.transforms import NORMALIZATION
-from gpaco.engine.fit import Position, Task, model_config
+from gpaco.engine.fit import Position, Task
 from gpaco.engine.lifecycle import TrainingRun, seed_everything
-from gpaco.engine.logging import SUMMARY_NAME, print_main, progress_line, read_summary, write_json
+from gpaco.engine.logging import SUMMARY_NAME, print_main, read_summary, write_json
 from gpaco.engine.optim import build_optimizer
 from gpaco.engine.precision import resolve_amp, resolve_channels_last
-from gpaco.engine.schedule import LRSchedule, build_schedule
+from gpaco.engine.schedule import LRSchedule, schedule_from_flags
 from gpaco.engine.step import Batch, FitContext, to_device
 from gpaco.methods import get_method, method_options
+from gpaco.methods.rebuild import model_config
 from gpaco.metrics import FAIRNESS_KEYS
 from gpaco.models.vit import init_center_head, is_vit, load_mae_checkpoint
 
-__all__ = ["ClassificationTask", "build_lr_schedule", "model_kwargs", "optimizer_kwargs", "finetune_from",
+__all__ = ["ClassificationTask", "model_kwargs", "optimizer_kwargs", "finetune_from",
            "build_batch_augment", "batch_transform", "check_batch_config", "device_batch_of",
            "freeze_all_but_last_block"]
 
@@ -46,29 +47,6 @@ BEST_KEYS = ("model", "epoch", "args", "num_classes", "arch", "method", "best_to
 RESUME_FIXED = ("arch", "method", "num_classes", "dataset", "data_root", "train_list", "val_list", "imb_factor",
                 "image_size", "norm", "device_batch", "freeze")
 _TEST_KEYS = ("top1", "top5", "many", "medium", "few", *FAIRNESS_KEYS)
-
-
-def build_lr_schedule(args: argparse.Namespace) -> LRSchedule:
-    """The ``--schedule`` of a run at its resolved ``--lr``: ``sched(epoch, it, iters_per_epoch)``.
-
-    Per-epoch schedules (cosine, step_cifar) ignore the iteration and are applied once per
-    epoch; ``mae_cosine`` is applied by the loop at every optimizer step.
-    """
-    if args.schedule == "step_cifar":
-        return build_schedule("step_cifar", base_lr=args.lr, warmup_epochs=args.warmup_epochs)
-    if args.schedule == "mae_cosine":
-        return build_schedule("mae_cosine", base_lr=args.lr, min_lr=args.min_lr, epochs=args.epochs,
-                              warmup_epochs=args.warmup_epochs)
-    if args.schedule == "cosine_plain":
-        return build_schedule("cosine_plain", base_lr=args.lr, epochs=args.epochs)
-    if args.schedule == "step":
-        return build_schedule("step", base_lr=args.lr, warmup_epochs=args.warmup_epochs, milestones=args.milestones,
-                              warmup_start=args.warmup_start)
-    if args.schedule == "cosine_min":
-        return build_schedule("cosine_min", base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
-    if args.schedule == "constant":
-        return build_schedule("constant", base_lr=args.lr)
-    return build_schedule("cosine", base_lr=args.lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs)
 
 
 def device_batch_of(args: argparse.Namespace) -> Optional[int]:
@@ -291,7 +269,7 @@ class ClassificationTask(Task):
             args.pretrained = None
         options = self.model_options()
         model = method.build_model(args.arch, self.num_classes, **options)
-        self.model_config = model_config(method, args.arch, self.num_classes, options)
+        self.model_config = model_config(method.name, method.task, args.arch, self.num_classes, options)
         if args.finetune and args.dry_run and not os.path.exists(args.finetune):
             print_main(f"warning: --finetune {args.finetune} not found; the dry run uses random weights")
         elif args.finetune and fresh:
@@ -327,7 +305,7 @@ class ClassificationTask(Task):
         except ValueError as e:
             raise FlagError(str(e)) from None
         optimizer = build_optimizer(model, lr_scales=method.lr_scales(model, vars(args)), **optimizer_kwargs(args))
-        self.schedule = build_lr_schedule(args)
+        self.schedule = schedule_from_flags(args.schedule, vars(args))
         self.batch = args.dry_run_batch if args.dry_run else self.per_process_batch
         erasing, mixup = build_batch_augment(args, self.num_classes, device, self.batch, device_batch_of(args))
         device_augment = DeviceAugment(*NORMALIZATION[args.norm]) if getattr(args, "gpu_aug", False) else None
@@ -337,8 +315,7 @@ class ClassificationTask(Task):
             scaler=torch.amp.GradScaler(device.type) if args.amp == "fp16" else None, world_size=lc.world_size,
             accum_iter=args.accum_iter, clip_grad=args.clip_grad, lifecycle=lc,
             schedule=self.schedule if self.schedule.per_iteration else None, epochs=None, print_freq=args.print_freq,
-            to_batch=batch_transform(random_erasing=erasing, mixup_fn=mixup, device_augment=device_augment),
-            progress=_progress)
+            to_batch=batch_transform(random_erasing=erasing, mixup_fn=mixup, device_augment=device_augment))
 
     def train_loader(self, ctx: FitContext):
         args, lc = self.args, ctx.lifecycle
@@ -474,8 +451,3 @@ class ClassificationTask(Task):
             plot_curves(read_summary(os.path.join(args.output_dir, SUMMARY_NAME)),
                         os.path.join(args.output_dir, "curves.png"))
         return result
-
-
-def _progress(ctx: FitContext, info: dict) -> None:
-    print_main(progress_line(info["epoch"] + 1, info["step"], info["iters"], info["elapsed"], info["images"],
-                             loss=info["loss"], lr=info["lr"], data=f"{info['data_ms']:.0f}ms", eta_s=info["eta_s"]))

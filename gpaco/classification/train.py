@@ -8,8 +8,6 @@ process (CPU or one GPU) or one process per GPU under torchrun.
 from __future__ import annotations
 
 import argparse
-import os
-import time
 from typing import Optional, Sequence
 
 from gpaco.classification.args import parse_train_args
@@ -25,12 +23,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    args = parse_train_args(argv)
-    t0 = time.time()
-    result = run(args)
-    if not result.get("preempted") and os.environ.get("RANK", "0") == "0":  # the group is gone: not print_main
-        print(f"done in {time.time() - t0:.1f}s", flush=True)
-    return result
+    return run(parse_train_args(argv))
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> None:

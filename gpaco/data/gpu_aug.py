@@ -165,7 +165,7 @@ def _col(v: Tensor) -> Tensor:
 
 
 def _luma(x: Tensor) -> Tensor:
-    """PIL convert('L'), exact in float32 (see transforms._luma). [B, 1, H, W]."""
+    """PIL convert('L'), exact in float32 (see pil_ops._luma). [B, 1, H, W]."""
     y = x[:, 0:1] * 19595.0 + x[:, 1:2] * 38470.0 + x[:, 2:3] * 7471.0 + 32768.0
     return (y * (1.0 / 65536.0)).floor_()
 
@@ -305,7 +305,7 @@ def _affine(x: Tensor, op: Tensor, arg: Tensor, bicubic: Tensor, fill: Tensor) -
 
 def _blur(x: Tensor, taps: Tensor) -> Tensor:
     """Per-sample separable blur (``taps``: [B, K], centred; identity = a unit impulse),
-    edge replication, rounded once (transforms._box_blur_3pass)."""
+    edge replication, rounded once (pil_ops._box_blur_3pass)."""
     b, c, h, w = x.shape
     r = taps.shape[1] // 2
     k = taps.repeat_interleave(c, 0)  # [B*C, K]

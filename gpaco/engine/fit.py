@@ -13,6 +13,8 @@ position, and its report. A method (:mod:`gpaco.methods`) owns the training step
 """
 from __future__ import annotations
 
+import os
+import time
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -54,7 +56,7 @@ class Task:
         self.num_classes = 0
         self.epochs = 1
         self.stop_after_epochs: Optional[int] = None  # --stop-after in epochs (None: run to the end)
-        self.model_config: Optional[Dict[str, Any]] = None  # set by build_model (see model_config())
+        self.model_config: Optional[Dict[str, Any]] = None  # how to rebuild the model (gpaco.methods.rebuild)
         self.last_step: Dict[str, float] = {}  # the last training step's loss and parts
         self.fit: Optional["_Fit"] = None  # set by fit(): save() and the context
 
@@ -106,13 +108,6 @@ class Task:
     def finish(self, ctx: FitContext, last_epoch: int) -> dict:
         """The final report (or the ``--stop-after`` note); the run's result."""
         raise NotImplementedError
-
-
-def model_config(method, arch: str, num_classes: int, options: Dict[str, Any]) -> Dict[str, Any]:
-    """How to rebuild a checkpoint's model: ``get_method(method, task).build_model(arch,
-    num_classes, **options)`` (stored as ``model_config``; the weights come from the file)."""
-    return {"method": method.name, "task": method.task, "arch": arch, "num_classes": int(num_classes),
-            "options": {k: v for k, v in options.items() if k != "pretrained"}}
 
 
 class _Fit:
@@ -220,8 +215,13 @@ class _Fit:
 
 
 def fit(task: Task) -> dict:
-    """Train ``task`` under a :class:`TrainingRun` of its flags; the run's result dict."""
+    """Train ``task`` under a :class:`TrainingRun` of its flags; the run's result dict. A run
+    that was not preempted ends with ``done in <seconds>s``."""
+    t0 = time.time()
     with TrainingRun(**run_kwargs(task.args)) as lc:
         task.args.output_dir = lc.output_dir
-        return _Fit(task, lc).run()
+        result = _Fit(task, lc).run()
+    if not result.get("preempted") and os.environ.get("RANK", "0") == "0":  # the group is gone: not print_main
+        print(f"done in {time.time() - t0:.1f}s", flush=True)
+    return result
 

@@ -147,15 +147,19 @@ class LRSchedule:
     """A named schedule: ``sched(epoch, iter_in_epoch, iters_per_epoch) -> lr``.
 
     Per-epoch schedules ignore the iteration (the LR changes at epoch boundaries only).
-    ``poly`` has no epochs: ``sched(it)`` with the 0-based global iteration.
+    ``by_iteration`` schedules (``poly``) are functions of the 0-based global iteration
+    ``epoch * iters_per_epoch + iter_in_epoch``, so ``sched(it)`` works too.
     """
 
     name: str
     per_iteration: bool
     fn: Callable[..., float] = field(repr=False)
     kwargs: dict[str, Any] = field(default_factory=dict)
+    by_iteration: bool = False
 
     def __call__(self, epoch: int, iter_in_epoch: int = 0, iters_per_epoch: int = 1) -> float:
+        if self.by_iteration:
+            return self.fn(epoch * iters_per_epoch + iter_in_epoch, **self.kwargs)
         if self.per_iteration:
             if iters_per_epoch < 1:
                 raise ValueError(f"iters_per_epoch must be >= 1, got {iters_per_epoch}")
@@ -181,6 +185,7 @@ class ScheduleEntry:
     required: AbstractSet[str]
     optional: AbstractSet[str] = frozenset()
     from_flags: Optional[AbstractSet[str]] = None
+    by_iteration: bool = False  # the function takes the global iteration, not a (fractional) epoch
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "required", frozenset(self.required))
@@ -210,7 +215,7 @@ SCHEDULES: dict[str, ScheduleEntry] = {
                                 {"min_lr_ratio"}, from_flags={"base_lr", "epochs", "warmup_epochs"}),
     # Counts global iterations, not epochs: sched(it).
     "poly": ScheduleEntry(poly_lr, True, {"base_lr", "max_iters"},
-                          {"power", "min_lr", "warmup_iters", "warmup_ratio"}),
+                          {"power", "min_lr", "warmup_iters", "warmup_ratio"}, by_iteration=True),
 }
 
 #: Other names of a schedule (``--schedule cosine_epoch``).
@@ -257,7 +262,8 @@ def build_schedule(name: str, **kwargs: Any) -> LRSchedule:
         raise ValueError(f"schedule {name!r}: need max_iters >= 1, got {kwargs['max_iters']}")
     if "milestones" in kwargs:
         kwargs["milestones"] = tuple(int(m) for m in kwargs["milestones"])
-    return LRSchedule(name=name, per_iteration=entry.per_iteration, fn=entry.fn, kwargs=dict(kwargs))
+    return LRSchedule(name=name, per_iteration=entry.per_iteration, fn=entry.fn, kwargs=dict(kwargs),
+                      by_iteration=entry.by_iteration)
 
 
 def schedule_from_flags(name: str, flags: Mapping[str, Any]) -> LRSchedule:

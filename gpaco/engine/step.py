@@ -20,9 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from gpaco.engine.lifecycle import NonFiniteLossError, TrainingRun, autocast_context
+from gpaco.engine.logging import print_main, progress_line
 from gpaco.engine.schedule import LRSchedule
 
-__all__ = ["Batch", "StepOutput", "FitContext", "train_epoch", "to_device", "NonFiniteLossError"]
+__all__ = ["Batch", "StepOutput", "FitContext", "train_epoch", "to_device", "default_progress", "NonFiniteLossError"]
 
 
 @dataclass
@@ -59,7 +60,8 @@ class FitContext:
     ``to_batch``: the loader's items -> :class:`Batch` on the device (the task's).
     ``schedule``: a per-iteration LR schedule the loop applies (per-epoch ones: the caller).
     ``steps_per_epoch``: the full epoch, for step labels, the per-iteration LR and the ETA.
-    ``progress``: ``(ctx, info) -> None`` prints (and logs) a progress line (the task's).
+    ``progress``: ``(ctx, info) -> None`` prints (and logs) a progress line (default
+    :func:`default_progress`: the epoch's running loss, LR, data time, images/s and ETA).
     ``before_step``: ``(ctx, step) -> None`` called before each micro-batch (per-step seeds).
     ``after_step``: ``(ctx, steps done) -> None`` called after each micro-batch that did not
     stop the epoch (segmentation's evaluation and checkpoints every N iterations).
@@ -162,23 +164,20 @@ class _DeviceTally:
         self.bad_step = torch.where(first, step, self.bad_step)
         self.bad_loss = torch.where(first, loss.float(), self.bad_loss)
 
-    def read(self) -> Tuple[float, int, int, float]:
-        """(loss sum, correct, first non-finite step or -1, its loss): one host read."""
-        loss_sum, correct, bad_step, bad_loss = torch.stack([
-            self.loss_sum, self.correct.double(), self.bad_step.double(), self.bad_loss.double()]).tolist()
-        return loss_sum, int(correct), int(bad_step), bad_loss
-
-    def take_window(self) -> Dict[str, float]:
-        """The window's mean loss and parts (one host read); the window restarts."""
-        keys = list(self.window)
-        values = torch.stack([self.window[k] for k in keys]).tolist() if keys else []
-        means = {k: v / self.window_n for k, v in zip(keys, values)}
-        self.window, self.window_n = {}, 0
-        return means
-
-    def read_last(self) -> Dict[str, float]:
-        keys = list(self.last)
-        return dict(zip(keys, torch.stack([self.last[k].double() for k in keys]).tolist())) if keys else {}
+    def read(self, *, last: bool = False, window: bool = False) -> Tuple[float, int, int, float, dict, dict]:
+        """(loss sum, correct, first non-finite step or -1, its loss, the last step's loss and
+        parts if ``last``, the window's means if ``window``, which then restarts): one host read."""
+        last_keys = list(self.last) if last else []
+        window_keys = list(self.window) if window else []
+        values = torch.stack([self.loss_sum, self.correct.double(), self.bad_step.double(), self.bad_loss.double(),
+                              *(self.last[k].double() for k in last_keys),
+                              *(self.window[k] for k in window_keys)]).tolist()
+        loss_sum, correct, bad_step, bad_loss = values[:4]
+        last_values = dict(zip(last_keys, values[4:4 + len(last_keys)]))
+        window_means = {k: v / self.window_n for k, v in zip(window_keys, values[4 + len(last_keys):])}
+        if window:
+            self.window, self.window_n = {}, 0
+        return loss_sum, int(correct), int(bad_step), bad_loss, last_values, window_means
 
 
 class _Stepper:
@@ -218,6 +217,126 @@ class _Stepper:
         self.cycle_has_grad = False
 
 
+class _Epoch:
+    """One call of :func:`train_epoch`: its counters, the tally, and the micro-batch step."""
+
+    def __init__(self, ctx: FitContext, loader, epoch: int, start_step: int, epoch_state: Optional[Dict[str, float]],
+                 max_steps: Optional[int]) -> None:
+        self.ctx, self.epoch, self.lc = ctx, epoch, ctx.lifecycle
+        self.nan_policy = self.lc.nan_policy if self.lc is not None else "stop"
+        self.faults = self.lc.faults if self.lc is not None else None
+        self.epoch_iters = ctx.steps_per_epoch or start_step + len(loader)
+        self.iters = start_step + len(loader) if max_steps is None else min(max_steps, start_step + len(loader))
+        self.stoppable = self.epoch_iters if max_steps is None else min(max_steps, self.epoch_iters)
+        self.per_iteration = ctx.schedule is not None and ctx.schedule.per_iteration
+        self.to_batch = ctx.to_batch or default_to_batch
+        st = dict(epoch_state or {})
+        self.tally = _DeviceTally(ctx.device, float(st.get("loss_sum", 0.0)), int(st.get("correct", 0)))
+        self.seen, self.steps = int(st.get("seen", 0)), int(st.get("steps", 0))
+        ctx.nan_skipped = int(st.get("nan_skipped", 0))
+        self.done_before = float(st.get("time_s", 0.0))
+        # A per-step decision on the loss needs its value on the host: only where asked for.
+        self.check_each_step = (self.lc is not None and self.lc.distributed) or self.nan_policy == "skip"
+        first = ctx.optimizer.param_groups[0]
+        self.lr = first["lr"] / first.get("lr_scale", 1.0)  # the unscaled LR (layer decay scales the groups)
+        self.start = time.time()
+        self.data_time, self.done_here = 0.0, 0
+        self.stepper = _Stepper(ctx)
+
+    def where(self, it: int) -> str:
+        if self.ctx.step_name is not None:
+            return self.ctx.step_name(self.epoch, it, self.epoch_iters)
+        e, n = self.epoch, self.epoch_iters
+        return f"epoch {e + 1} step {it + 1}/{n} (global step {e * n + it + 1})"
+
+    def read(self, *, last: bool = False, window: bool = False) -> Tuple[float, int, dict, dict]:
+        """(loss sum, correct, the last step's loss and parts, the window's means) from the device
+        in one read (see :meth:`_DeviceTally.read`); a deferred non-finite loss raises here."""
+        loss_sum, correct, bad_step, bad_loss, last_step, window_means = self.tally.read(last=last, window=window)
+        if bad_step >= 0:
+            if self.lc is None:
+                raise NonFiniteLossError(f"loss is {bad_loss} at {self.where(bad_step)}")
+            self.lc.nonfinite(torch.tensor(bad_loss), self.where(bad_step))  # raises under --nan-policy stop
+        return loss_sum, correct, last_step, window_means
+
+    def micro_batch(self, it: int, item) -> Tuple[bool, bool]:
+        """Forward, loss, backward and (at a cycle's end) the optimizer step of micro-batch
+        ``it``: (whether the optimizer stepped, whether some rank asked to stop)."""
+        ctx, lc, faults = self.ctx, self.lc, self.faults
+        global_step = self.epoch * self.epoch_iters + it + 1
+        if self.per_iteration and it % ctx.accum_iter == 0:
+            self.lr = ctx.schedule(self.epoch, it, self.epoch_iters)
+            LRSchedule.apply(ctx.optimizer, self.lr)
+        if ctx.before_step is not None:
+            ctx.before_step(ctx, it)
+        if faults is not None:
+            faults.before(global_step)
+        batch = self.to_batch(item, ctx)
+        step_now, nonfinite = (it + 1) % ctx.accum_iter == 0, False
+        # The contrastive models enqueue inside forward, so the queue advances every
+        # micro-batch even with accum_iter > 1 (as the original MAE-ViT GPaCo code).
+        with _sync_context(ctx.model, step_now):
+            out = ctx.method.training_step(ctx, batch)
+            if faults is not None:
+                out.loss = faults.loss(global_step, out.loss)
+            if self.check_each_step:
+                nonfinite, stop_any = lc.agree(out.loss)
+            else:
+                self.tally.watch(out.loss, it)
+                stop_any = lc is not None and lc.preempt.requested
+            if nonfinite:
+                lc.nonfinite(out.loss, self.where(it))  # raises under --nan-policy stop
+                ctx.nan_skipped += 1
+                if step_now and lc.distributed and ctx.accum_iter > 1:
+                    # The cycle's earlier micro-batches ran under no_sync and this one would have
+                    # all-reduced them: drop the whole cycle rather than step on unsynced gradients.
+                    self.stepper.drop_cycle()
+            else:
+                self.stepper.backward(out.loss)
+        if step_now:
+            self.stepper.step()
+        if not nonfinite:
+            self.tally.add(out, batch.targets)
+            self.seen += batch.targets.shape[0]
+            self.steps += 1
+        self.done_here += 1
+        return step_now, stop_any
+
+    def progress(self, it: int) -> None:
+        """Read the sums; with ``--print-freq`` hand the task's progress line its numbers."""
+        ctx = self.ctx
+        window_n = self.tally.window_n
+        loss_sum, _, _, window = self.read(window=bool(ctx.print_freq))
+        if not ctx.print_freq:
+            return
+        elapsed = time.time() - self.start
+        left = self.iters - it - 1 + (self.epoch_iters * max(ctx.epochs - self.epoch - 1, 0) if ctx.epochs else 0)
+        (ctx.progress or default_progress)(ctx, {
+            "epoch": self.epoch, "step": it + 1, "iters": self.iters, "epoch_iters": self.epoch_iters, "lr": self.lr,
+            "elapsed": elapsed, "done": self.done_here, "images": self.seen * ctx.world_size,
+            "loss": loss_sum / max(self.steps, 1), "window_n": window_n, "window": window,
+            "data_ms": 1e3 * self.data_time / self.done_here, "eta_s": elapsed / self.done_here * left,
+            "nan_skipped": ctx.nan_skipped})
+
+    def stats(self, stopped_at: Optional[int]) -> Dict[str, Any]:
+        loss_sum, correct, last_step, _ = self.read(last=True)
+        elapsed, ctx = time.time() - self.start, self.ctx
+        stats = {
+            **({"lr": self.lr} if self.per_iteration else {}),
+            "train_loss": loss_sum / max(self.steps, 1),
+            "train_top1": 100.0 * correct / max(self.seen, 1),
+            "train_images_per_s": self.seen * ctx.world_size / max(self.done_before + elapsed, 1e-9),
+            "train_time_s": self.done_before + elapsed,
+            **({"nan_skipped": ctx.nan_skipped} if self.nan_policy == "skip" else {}),
+            "last": last_step,
+        }
+        if stopped_at is not None:
+            stats["stopped_at_step"] = stopped_at
+            stats["epoch_state"] = {"loss_sum": loss_sum, "correct": correct, "seen": self.seen, "steps": self.steps,
+                                    "nan_skipped": ctx.nan_skipped, "time_s": self.done_before + elapsed}
+        return stats
+
+
 def train_epoch(ctx: FitContext, loader, *, epoch: int, start_step: int = 0,
                 epoch_state: Optional[Dict[str, float]] = None, max_steps: Optional[int] = None) -> Dict[str, Any]:
     """Run the micro-batches the loader yields (steps ``start_step`` on of ``epoch``).
@@ -241,102 +360,20 @@ def train_epoch(ctx: FitContext, loader, *, epoch: int, start_step: int = 0,
     polled every micro-batch: once set on any rank the loop returns after the next optimizer
     step with ``stopped_at_step`` and ``epoch_state``, except on the epoch's last step.
     """
-    lc = ctx.lifecycle
-    nan_policy = lc.nan_policy if lc is not None else "stop"
-    faults = lc.faults if lc is not None else None
     ctx.model.train()
     ctx.epoch = epoch
-    epoch_iters = ctx.steps_per_epoch or start_step + len(loader)
-    iters = start_step + len(loader) if max_steps is None else min(max_steps, start_step + len(loader))
-    stoppable = epoch_iters if max_steps is None else min(max_steps, epoch_iters)
-    per_iteration = ctx.schedule is not None and ctx.schedule.per_iteration
-    to_batch = ctx.to_batch or default_to_batch
-    st = dict(epoch_state or {})
-    tally = _DeviceTally(ctx.device, float(st.get("loss_sum", 0.0)), int(st.get("correct", 0)))
-    seen, steps, nan_skipped = int(st.get("seen", 0)), int(st.get("steps", 0)), int(st.get("nan_skipped", 0))
-    done_before = float(st.get("time_s", 0.0))
-    # A per-step decision on the loss needs its value on the host: only where asked for.
-    check_each_step = (lc is not None and lc.distributed) or nan_policy == "skip"
-    first = ctx.optimizer.param_groups[0]
-    lr = first["lr"] / first.get("lr_scale", 1.0)  # the unscaled LR (layer decay scales the groups)
-    start = time.time()
-    data_time, last_end, done_here = 0.0, time.perf_counter(), 0
-    stopped_at, nonfinite = None, False
-    stepper = _Stepper(ctx)
-    ctx.nan_skipped = nan_skipped
-
-    def where(it: int) -> str:
-        if ctx.step_name is not None:
-            return ctx.step_name(epoch, it, epoch_iters)
-        return f"epoch {epoch + 1} step {it + 1}/{epoch_iters} (global step {epoch * epoch_iters + it + 1})"
-
-    def read() -> Tuple[float, int]:
-        loss_sum, correct, bad_step, bad_loss = tally.read()
-        if bad_step >= 0:
-            message = f"loss is {bad_loss} at {where(bad_step)}"
-            if lc is None:
-                raise NonFiniteLossError(message)
-            lc.nonfinite(torch.tensor(bad_loss), where(bad_step))  # raises under --nan-policy stop
-        return loss_sum, correct
-
+    run = _Epoch(ctx, loader, epoch, start_step, epoch_state, max_steps)
+    stopped_at, last_end = None, time.perf_counter()
     ctx.optimizer.zero_grad(set_to_none=True)
     for it, item in enumerate(loader, start_step):
-        if it >= iters:
+        if it >= run.iters:
             break
         ctx.step = it
-        data_time += time.perf_counter() - last_end
-        global_step = epoch * epoch_iters + it + 1
-        if per_iteration and it % ctx.accum_iter == 0:
-            lr = ctx.schedule(epoch, it, epoch_iters)
-            LRSchedule.apply(ctx.optimizer, lr)
-        if ctx.before_step is not None:
-            ctx.before_step(ctx, it)
-        if faults is not None:
-            faults.before(global_step)
-        batch = to_batch(item, ctx)
-        step_now = (it + 1) % ctx.accum_iter == 0
-        # The contrastive models enqueue inside forward, so the queue advances every
-        # micro-batch even with accum_iter > 1 (as the original MAE-ViT GPaCo code).
-        with _sync_context(ctx.model, step_now):
-            out = ctx.method.training_step(ctx, batch)
-            loss = out.loss
-            if faults is not None:
-                loss = out.loss = faults.loss(global_step, loss)
-            if check_each_step:
-                nonfinite, stop_any = lc.agree(loss)
-            else:
-                tally.watch(loss, it)
-                stop_any = lc is not None and lc.preempt.requested
-            if nonfinite:
-                lc.nonfinite(loss, where(it))  # raises under --nan-policy stop
-                nan_skipped += 1
-                ctx.nan_skipped = nan_skipped
-                if step_now and lc.distributed and ctx.accum_iter > 1:
-                    # The cycle's earlier micro-batches ran under no_sync and this one would have
-                    # all-reduced them: drop the whole cycle rather than step on unsynced gradients.
-                    stepper.drop_cycle()
-            else:
-                stepper.backward(loss)
-        if step_now:
-            stepper.step()
-        if not nonfinite:
-            tally.add(out, batch.targets)
-            seen += batch.targets.shape[0]
-            steps += 1
-        done_here += 1
-        last = it == iters - 1
-        stopping = stop_any and step_now and it + 1 < stoppable
-        if (ctx.print_freq and ((it + 1) % ctx.print_freq == 0 or last)) or stopping:
-            loss_sum, _ = read()
-            if ctx.print_freq and ctx.progress is not None:
-                elapsed = time.time() - start
-                left = iters - it - 1 + (epoch_iters * max(ctx.epochs - epoch - 1, 0) if ctx.epochs else 0)
-                ctx.progress(ctx, {
-                    "epoch": epoch, "step": it + 1, "iters": iters, "epoch_iters": epoch_iters, "lr": lr,
-                    "elapsed": elapsed, "done": done_here, "images": seen * ctx.world_size,
-                    "loss": loss_sum / max(steps, 1), "window_n": tally.window_n, "window": tally.take_window(),
-                    "data_ms": 1e3 * data_time / done_here,
-                    "eta_s": elapsed / done_here * left, "nan_skipped": nan_skipped})
+        run.data_time += time.perf_counter() - last_end
+        step_now, stop_any = run.micro_batch(it, item)
+        stopping = stop_any and step_now and it + 1 < run.stoppable
+        if (ctx.print_freq and ((it + 1) % ctx.print_freq == 0 or it == run.iters - 1)) or stopping:
+            run.progress(it)
         if stopping:
             stopped_at = it + 1
             break
@@ -344,22 +381,13 @@ def train_epoch(ctx: FitContext, loader, *, epoch: int, start_step: int = 0,
             ctx.after_step(ctx, it + 1)
         last_end = time.perf_counter()
     ctx.optimizer.zero_grad(set_to_none=True)  # drop a trailing incomplete accumulation cycle
-    loss_sum, correct = read()
-    elapsed = time.time() - start
-    stats = {
-        **({"lr": lr} if per_iteration else {}),
-        "train_loss": loss_sum / max(steps, 1),
-        "train_top1": 100.0 * correct / max(seen, 1),
-        "train_images_per_s": seen * ctx.world_size / max(done_before + elapsed, 1e-9),
-        "train_time_s": done_before + elapsed,
-        **({"nan_skipped": nan_skipped} if nan_policy == "skip" else {}),
-        "last": tally.read_last(),
-    }
-    if stopped_at is not None:
-        stats["stopped_at_step"] = stopped_at
-        stats["epoch_state"] = {"loss_sum": loss_sum, "correct": correct, "seen": seen, "steps": steps,
-                                "nan_skipped": nan_skipped, "time_s": done_before + elapsed}
-    return stats
+    return run.stats(stopped_at)
+
+
+def default_progress(ctx: FitContext, info: dict) -> None:
+    """``[epoch 3][ 40/120] loss 2.314 lr 0.0200 data 3ms 42.1 img/s eta 0:01:54`` (rank 0)."""
+    print_main(progress_line(info["epoch"] + 1, info["step"], info["iters"], info["elapsed"], info["images"],
+                             loss=info["loss"], lr=info["lr"], data=f"{info['data_ms']:.0f}ms", eta_s=info["eta_s"]))
 
 
 def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> None:

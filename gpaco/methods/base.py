@@ -27,12 +27,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # the engine imports the methods, not the other way round at run time
-    from gpaco.engine.step import Batch, FitContext, StepOutput
+from gpaco.engine.step import Batch, FitContext, StepOutput
+from gpaco.losses.criteria import output_logits
 
 __all__ = ["Flag", "flag", "Method", "ClassificationMethod", "SegmentationMethod", "TASKS"]
 
@@ -105,6 +105,7 @@ class Method:
             how a checkpoint of another layout is placed into this model.
         sampler: ``random`` (shuffled, every image once per epoch) or ``class_aware``
             (class-balanced batches).
+        views: augmented views per training sample the loader yields (2: two-view methods).
     """
 
     name: str = ""
@@ -116,6 +117,7 @@ class Method:
     loss_options: Union[Tuple[str, ...], Mapping[str, str]] = ()
     checkpoint_prefixes: Mapping[str, str] = {}
     sampler: str = "random"
+    views: int = 1
 
     def __init__(self) -> None:
         if self.task not in TASKS:
@@ -152,17 +154,17 @@ class Method:
 
     # ------------------------------------------------------------------ the run
 
-    def setup(self, ctx: "FitContext") -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Once per run, after the model, criterion and optimizer exist, before DDP wraps the model."""
 
-    def training_step(self, ctx: "FitContext", batch: "Batch") -> "StepOutput":
+    def training_step(self, ctx: FitContext, batch: Batch) -> StepOutput:
         raise NotImplementedError
 
     def eval_forward(self, model: nn.Module, images: Tensor) -> Tensor:
         """Test-time logits [B, C] of an image batch."""
         return model(images)
 
-    def on_train_epoch_end(self, ctx: "FitContext") -> None:
+    def on_train_epoch_end(self, ctx: FitContext) -> None:
         """After every training epoch (every rank; collectives allowed), before validation."""
 
     def state_dict(self) -> Dict[str, Any]:
@@ -175,13 +177,11 @@ class Method:
 
 
 class ClassificationMethod(Method):
-    """A classification method. ``views``: augmented views per sample the loader yields (2:
-    two-view methods); ``takes_labels``: the default step calls ``model(view_1, view_2 or
+    """A classification method. ``takes_labels``: the default step calls ``model(view_1, view_2 or
     None, labels)`` (the contrastive models enqueue the labels) instead of ``model(images)``;
     ``default_aug`` / ``cifar_aug``: the ``--aug`` of split datasets / CIFAR when none is given."""
 
     task = "classification"
-    views: int = 1
     takes_labels: bool = False
     default_aug: Optional[str] = None
     cifar_aug: Optional[str] = None
@@ -205,10 +205,7 @@ class ClassificationMethod(Method):
             return model(images, None, targets)
         return model(images)
 
-    def training_step(self, ctx: "FitContext", batch: "Batch") -> "StepOutput":
-        from gpaco.engine.step import StepOutput
-        from gpaco.losses.criteria import output_logits
-
+    def training_step(self, ctx: FitContext, batch: Batch) -> StepOutput:
         with ctx.autocast():
             output = self.forward_train(ctx.model, batch.images, batch.targets)
         loss = ctx.criterion(output, batch.loss_targets)
@@ -224,9 +221,7 @@ class SegmentationMethod(Method):
     takes_labels: bool = False
     needs_class_counts: bool = False
 
-    def training_step(self, ctx: "FitContext", batch: "Batch") -> "StepOutput":
-        from gpaco.engine.step import StepOutput
-
+    def training_step(self, ctx: FitContext, batch: Batch) -> StepOutput:
         with ctx.autocast():
             if self.takes_labels:
                 outputs = ctx.model(batch.images, train_outputs=True, labels=batch.targets)

@@ -22,20 +22,21 @@ from gpaco.data.samplers import IterationSampler
 from gpaco.data.seg_datasets import SEG_DATASETS, SyntheticSegDataset, build_seg_dataset
 from gpaco.data.seg_transforms import SegEvalTransform, SegTrainTransform
 from gpaco.engine.args import FlagError
-from gpaco.engine.fit import Position, Task, model_config
+from gpaco.engine.fit import Position, Task
 from gpaco.engine.lifecycle import TrainingRun
 from gpaco.engine.logging import print_main, write_json
 from gpaco.engine.optim import build_seg_optimizer
 from gpaco.engine.precision import resolve_amp
-from gpaco.engine.schedule import LRSchedule, poly_lr
+from gpaco.engine.schedule import schedule_from_flags
 from gpaco.engine.step import FitContext, train_epoch
 from gpaco.losses.rr import write_class_counts
 from gpaco.methods import get_method, method_options
+from gpaco.methods.rebuild import model_config
 from gpaco.models.seg import convert_sync_batchnorm, seg_arch
 from gpaco.segmentation.class_counts import class_counts_for_training
 from gpaco.segmentation.inference import collate, evaluate_seg, format_iou_table, summary, worker_init
 
-__all__ = ["SegmentationTask", "optimizer_of", "train_datasets", "poly_schedule"]
+__all__ = ["SegmentationTask", "optimizer_of", "train_datasets"]
 
 BEST_KEYS = ("model", "iter", "args", "num_classes", "arch", "method", "dataset", "class_names", "best_miou",
              "model_config")
@@ -43,25 +44,13 @@ BEST_KEYS = ("model", "iter", "args", "num_classes", "arch", "method", "dataset"
 RESUME_FIXED = ("arch", "encoder", "method", "dataset", "data_root", "crop_size", "img_scale", "val_split")
 
 
-def optimizer_of(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """The ``--optimizer`` of the flags over ``model``'s parameters (``--no-decay-keys`` without weight decay)."""
+def optimizer_of(model: torch.nn.Module, args: argparse.Namespace,
+                 lr_scales: Optional[Dict[str, float]] = None) -> torch.optim.Optimizer:
+    """The ``--optimizer`` of the flags over ``model``'s parameters (``--no-decay-keys`` without
+    weight decay; ``lr_scales``: a method's per-prefix LR factors)."""
     no_decay = tuple(k for k in args.no_decay_keys.split(",") if k)
     return build_seg_optimizer(model, name=args.optimizer, lr=args.lr, wd=args.wd, momentum=args.momentum,
-                               betas=tuple(args.betas), no_decay_keys=no_decay)
-
-
-def poly_schedule(args: argparse.Namespace, max_iters: int) -> LRSchedule:
-    """mmcv's poly decay (with linear warmup) by iteration: ``sched(0, it, max_iters)``."""
-    kw = dict(base_lr=args.lr, max_iters=max_iters, power=args.power, min_lr=args.min_lr,
-              warmup_iters=args.warmup_iters, warmup_ratio=args.warmup_ratio)
-    return _IterationSchedule("poly", True, poly_lr, kw)
-
-
-class _IterationSchedule(LRSchedule):
-    """A schedule of the 0-based iteration (segmentation has no epochs)."""
-
-    def __call__(self, epoch: int, iter_in_epoch: int = 0, iters_per_epoch: int = 1) -> float:
-        return self.fn(iter_in_epoch, **self.kwargs)
+                               betas=tuple(args.betas), no_decay_keys=no_decay, lr_scales=lr_scales)
 
 
 def _iter_seed(seed: int, it: int, rank: int) -> int:
@@ -146,7 +135,7 @@ class SegmentationTask(Task):
                                                           workers=0 if args.dry_run else args.workers)
         options = self.model_options()
         model = method.build_model(args.arch, self.num_classes, pretrained=args.pretrained, **options)
-        self.model_config = model_config(method, args.arch, self.num_classes, options)
+        self.model_config = model_config(method.name, method.task, args.arch, self.num_classes, options)
         if lc.distributed and args.sync_bn:
             if lc.device.type == "cuda":
                 model = convert_sync_batchnorm(model)
@@ -159,11 +148,13 @@ class SegmentationTask(Task):
         loss_kw = method_options(method, vars(args))[1]
         criterion = method.build_criterion(num_classes=self.num_classes, class_counts=self.class_counts, **loss_kw)
         return FitContext(
-            model=model, module=model, criterion=criterion.to(device), optimizer=optimizer_of(model, args),
+            model=model, module=model, criterion=criterion.to(device),
+            optimizer=optimizer_of(model, args, method.lr_scales(model, vars(args))),
             method=method, device=device, options=vars(args), amp=args.amp,
             scaler=torch.amp.GradScaler(device.type) if args.amp == "fp16" else None, world_size=lc.world_size,
             accum_iter=args.accum_iter, clip_grad=args.clip_grad, lifecycle=lc,
-            schedule=poly_schedule(args, self.max_iters), steps_per_epoch=self.max_iters, print_freq=args.print_freq,
+            schedule=schedule_from_flags("poly", {**vars(args), "iters": self.max_iters}),
+            steps_per_epoch=self.max_iters, print_freq=args.print_freq,
             progress=self._progress, before_step=self._seed_step, after_step=self._every_n_iterations,
             step_name=lambda epoch, it, iters: f"iteration {it + 1}/{iters}")
 

@@ -10,14 +10,12 @@ loss and training step are the method's.
 * Loss: the method's criterion (:class:`gpaco.losses.pixel.SegmentationLoss`, CeCo's, RR's;
   docs/method.md). Methods with ``needs_class_counts`` get the image-level class counts of
   ``--class-counts`` or of the training masks (written to ``OUTPUT_DIR/class_counts.txt``).
-* Schedule: mmcv's poly, :func:`gpaco.engine.schedule.poly_lr`.
+* Schedule: mmcv's poly (the ``poly`` row of :data:`gpaco.engine.schedule.SCHEDULES`).
 * Resume is exact at any iteration (:mod:`gpaco.segmentation.task`).
 """
 from __future__ import annotations
 
 import argparse
-import os
-import time
 from typing import Optional, Sequence
 
 from gpaco.data.seg_datasets import SEG_DATASETS
@@ -176,12 +174,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    args = parse_train_args(argv)
-    t0 = time.time()
-    result = run(args)
-    if not result.get("preempted") and os.environ.get("RANK", "0") == "0":
-        print(f"done in {time.time() - t0:.1f}s", flush=True)
-    return result
+    return run(parse_train_args(argv))
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> None:

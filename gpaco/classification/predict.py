@@ -1,9 +1,9 @@
-"""One evaluation pass: data -> model (the method's test-time forward) -> exact metrics.
+"""Prediction and one evaluation pass: data -> model (the method's test-time forward) -> exact metrics.
 
 Training is the engine's (:func:`gpaco.engine.step.train_epoch`, the method's step)."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +13,9 @@ from gpaco.engine.step import to_device
 from gpaco.metrics import ClassificationMeter
 
 __all__ = ["evaluate", "predict"]
+
+#: ``(model, images [B, 3, H, W]) -> logits [B, C]``: a method's test-time forward.
+Forward = Callable[[nn.Module, Tensor], Tensor]
 
 
 @torch.no_grad()
@@ -26,7 +29,7 @@ def evaluate(
     amp: str = "none",
     channels_last: bool = False,
     max_steps: Optional[int] = None,
-    forward: Optional[Callable[[nn.Module, Tensor], Tensor]] = None,
+    forward: Optional[Forward] = None,
 ) -> dict:
     """Exact metrics over the whole split (each sample fed to exactly one process).
     ``forward(model, images)``: the test-time logits (a method's ``eval_forward``; default ``model(images)``)."""
@@ -38,12 +41,17 @@ def evaluate(
 @torch.no_grad()
 def predict(models: Sequence[torch.nn.Module], loader, *, num_classes: int, device: torch.device, amp: str = "none",
             channels_last: bool = False, max_steps: Optional[int] = None, columns: Optional[Sequence[int]] = None,
-            keep_logits: bool = False, forward: Optional[Callable[[nn.Module, Tensor], Tensor]] = None):
+            keep_logits: bool = False,
+            forward: Union[None, Forward, Sequence[Optional[Forward]]] = None):
     """Sum of the models' raw logits (optionally restricted to ``columns``) over this process's
     shard, counted in a :class:`ClassificationMeter` and summed over processes.
 
+    ``forward``: how a model's logits are made (a method's ``eval_forward``), one for all or one
+    per model; default ``model(images)``.
+
     Returns (meter after all_reduce, local logits [N_local, C'] in shard order or None).
     """
+    forwards = list(forward) if isinstance(forward, (list, tuple)) else [forward] * len(models)
     for m in models:
         m.eval()
     width = len(columns) if columns is not None else num_classes
@@ -56,9 +64,9 @@ def predict(models: Sequence[torch.nn.Module], loader, *, num_classes: int, devi
         images = to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
         logits = None
-        for m in models:
+        for m, fwd in zip(models, forwards):
             with autocast_context(device, amp):
-                out = m(images) if forward is None else forward(m, images)
+                out = m(images) if fwd is None else fwd(m, images)
             out = out.float()
             logits = out if logits is None else logits + out
         if cols is not None:
