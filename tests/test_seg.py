@@ -643,3 +643,47 @@ def test_segmentation_loss_adds_lovasz_term():
     base, _ = SegmentationLoss(3, paco=False, aux_weight=0)(out, labels)
     total, parts = SegmentationLoss(3, paco=False, aux_weight=0, lovasz_weight=1.0)(out, labels)
     assert set(parts) == {"ce", "lovasz"} and total.item() == pytest.approx(base.item() + parts["lovasz"].item())
+
+
+def test_lr_scale_groups_keep_the_no_decay_split():
+    """A method's per-prefix LR factors on the segmentation optimizer: one group per (decay, prefix)."""
+    from gpaco.engine.schedule import apply_lr
+
+    model = build_seg_model("r18", 4, method="ce")
+    opt = build_seg_optimizer(model, name="adamw", lr=1e-3, wd=0.01, no_decay_keys=("norm", "bn"),
+                              lr_scales={"decoder.": 0.1})
+    by_scale = {(g["lr_scale"], g["weight_decay"]) for g in opt.param_groups}
+    assert by_scale >= {(0.1, 0.01), (1.0, 0.01), (1.0, 0.0)}
+    apply_lr(opt, 2e-3)
+    assert sorted({g["lr"] for g in opt.param_groups}) == [pytest.approx(2e-4), 2e-3]
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in opt.param_groups:
+        assert all(names[id(p)].startswith("decoder.") == (g["lr_scale"] == 0.1) for p in g["params"])
+    plain = build_seg_optimizer(model, name="sgd", lr=0.01, wd=5e-4)
+    assert len(plain.param_groups) == 1 and "lr_scale" not in plain.param_groups[0]  # the recipes' optimizer
+
+
+@pytest.mark.slow
+def test_segmentation_accumulates_and_clips_in_the_shared_loop(demo_root, tmp_path, monkeypatch):
+    """--accum-iter 2: one optimizer step per two iterations (each one of --iters), with the
+    gradient the mean of the two; --clip-grad caps its norm. Counted on the optimizer."""
+    from gpaco.segmentation import train as seg
+
+    steps, norms = [], []
+    real_step = torch.optim.AdamW.step
+
+    def counting_step(self, *a, **k):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in grads]))))
+        steps.append(1)
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    result = seg.main(_train_argv(demo_root, tmp_path / "acc", "--iters", "4", "--accum-iter", "2",
+                                  "--clip-grad", "0.5", "--optimizer", "adamw", "--lr", "1e-3"))
+    assert len(steps) == 2 and all(n <= 0.5 + 1e-4 for n in norms), norms
+    assert result["iter"] == 4 and result["train_loss"] > 0
+    with pytest.raises(SystemExit, match="--clip-grad is the maximum gradient norm and must be > 0"):
+        seg.parse_train_args(["--clip-grad", "0"])
+    with pytest.raises(SystemExit, match="--accum-iter must be > 0"):
+        seg.parse_train_args(["--accum-iter", "0"])

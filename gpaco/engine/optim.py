@@ -152,19 +152,36 @@ def build_optimizer(model: nn.Module, *, name: str = "sgd", lr: float, momentum:
 
 
 def build_seg_optimizer(model: nn.Module, *, name: str, lr: float, wd: float, momentum: float = 0.9,
-                        betas: Tuple[float, float] = (0.9, 0.999),
-                        no_decay_keys: Sequence[str] = ()) -> torch.optim.Optimizer:
+                        betas: Tuple[float, float] = (0.9, 0.999), no_decay_keys: Sequence[str] = (),
+                        lr_scales: Optional[Dict[str, float]] = None) -> torch.optim.Optimizer:
     """The segmentation optimizer: SGD or AdamW; parameters whose name contains one of
-    ``no_decay_keys`` get no weight decay (mmcv ``paramwise_cfg.custom_keys``, ``decay_mult=0``)."""
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if any(k in n for k in no_decay_keys) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": wd}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    ``no_decay_keys`` get no weight decay (mmcv ``paramwise_cfg.custom_keys``, ``decay_mult=0``).
+    ``lr_scales`` (a method's ``{name prefix: LR factor}``): one group per prefix and decay,
+    each with its ``lr_scale`` (:func:`apply_lr` honours it)."""
+    if lr_scales:
+        groups: Dict[Tuple[bool, str], Dict] = {}
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                plain = any(k in n for k in no_decay_keys)
+                prefix = next((k for k in lr_scales if n.startswith(k)), "")
+                group = groups.setdefault((plain, prefix), {"params": [], "weight_decay": 0.0 if plain else wd,
+                                                            "lr_scale": float(lr_scales.get(prefix, 1.0))})
+                group["params"].append(p)
+        groups = list(groups.values())
+    else:
+        decay, no_decay = [], []
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if any(k in n for k in no_decay_keys) else decay).append(p)
+        groups = [{"params": decay, "weight_decay": wd}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=wd)
-    raise ValueError(f"unknown optimizer {name!r}")
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=wd)
+    elif name == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=wd)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}")
+    if lr_scales:
+        apply_lr(optimizer, lr)  # each group starts at lr * lr_scale
+    return optimizer
