@@ -17,9 +17,10 @@
 # paper's alpha 0.01 and T 0.07 on every pixel of the 12x12 feature map; CeCo adds its frozen
 # ETF branch with the ADE20K Swin-T settings (weight 0.8, scale 5, no smoothing) and the
 # image-level class counts of the training masks.
-# Measured 2026-11-30 on a quiet 2-core machine (AMD EPYC, OMP_NUM_THREADS=2): 208 s for the three
-# methods at 700 iterations (about 60-75 s each, plus data). Test mIoU CE 17.86, GPaCo 13.87,
-# CeCo 15.16: CE reaches a non-zero IoU on digits 0-7, the tail digits 8-9 stay at 0 for all;
+# Measured 2026-12-07 on a 2-core machine (Intel Xeon, OMP_NUM_THREADS=2): 447 s for the three
+# methods at 700 iterations (135-150 s each, plus data; the 2026-11-30 run on an AMD EPYC took 208 s).
+# Test mIoU CE 19.32, GPaCo 14.05, CeCo 15.08 (on the AMD EPYC: 17.86, 13.87, 15.16; the CPU's
+# kernels round differently): CE reaches a non-zero IoU on digits 0-7, the tail digits 8-9 stay at 0 for all;
 # GPaCo and CeCo are below CE at this length (their pixel/center terms pay off on longer,
 # pretrained schedules, as in the papers; not tuned here).
 set -euo pipefail
