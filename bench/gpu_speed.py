@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 from gpaco.methods import build_criterion  # noqa: E402
+from gpaco.engine.precision import use_cudnn_benchmark  # noqa: E402
 from gpaco.engine.step import Batch, FitContext, train_epoch  # noqa: E402
 from gpaco.methods import get_method as _get_method  # noqa: E402
 from gpaco.engine.optim import build_optimizer  # noqa: E402
@@ -270,9 +271,8 @@ def main(argv=None):
         if not torch.cuda.is_available():
             print("no CUDA device: nothing measured (bench/gpu.sh needs a GPU)")
             return 2
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        # exactly tools/train.py's rule (no TF32: the training tools do not turn it on)
+        torch.backends.cudnn.benchmark = use_cudnn_benchmark(device, deterministic=False)
         name = torch.cuda.get_device_name(device)
     else:
         name = f"CPU ({C.cpu_model()})"

@@ -53,6 +53,19 @@ def test_requirements_txt_mirrors_the_pyproject_dependencies():
         f"{sorted(set(declared.items()) - set(listed.items()))}")
 
 
+def test_torch_floor_is_what_the_code_needs():
+    """The optimizers pass ``fused=`` to SGD (CPU support since torch 2.4) and build
+    ``torch.amp.GradScaler(device)`` (2.3): a floor below 2.4 would install a torch the code
+    cannot run on. torchvision 0.19 is 2.4's."""
+    from packaging.version import Version
+
+    floors = {}
+    for line in _pyproject()["project"]["dependencies"]:
+        req = Requirement(line)
+        floors[req.name] = min((Version(s.version) for s in req.specifier if s.operator == ">="), default=None)
+    assert floors["torch"] >= Version("2.4") and floors["torchvision"] >= Version("0.19"), floors
+
+
 # ----------------------------------------------------------------------------- LICENSE
 
 # sha256 of the whitespace-normalised text from "Apache License" to "END OF TERMS AND CONDITIONS"

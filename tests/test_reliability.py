@@ -386,3 +386,43 @@ def test_tools_train_prints_one_error_line(demo_data, tmp_path):
         err = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), proc.stderr[-3000:]
         assert re.search(pattern, err[0]), err[0]
+
+
+@pytest.mark.slow
+def test_a_resume_that_would_change_the_run_is_refused(demo_data, tmp_path, monkeypatch, capsys):
+    """Mid-epoch, another --batch-size would skip or repeat images; an edited train list changes
+    the prior and the order: both are one error line naming the cause, and nothing is written.
+    An allowed resume says the best val top-1 that best.pth holds (not -1.00)."""
+    out = tmp_path / "run"
+    monkeypatch.setenv(FAULT_ENV, "sigterm_step10")  # epoch 2, micro-batch 3
+    assert trainer.main(ce_args(demo_data, out, "--val-list", str(demo_data / "val_small.txt")))["preempted"]
+    monkeypatch.delenv(FAULT_ENV)
+    args_yaml = (out / "args.yaml").read_text()
+    with pytest.raises(SystemExit, match=r"--resume: --batch-size 32 -> 16 in the middle of epoch 2 \(.* stopped "
+                                         r"after 3 batches of 32\).*resume with --batch-size 32"):
+        trainer.main(ce_args(demo_data, out, "--val-list", str(demo_data / "val_small.txt"), "--resume", "auto",
+                            "--batch-size", "16"))
+    edited = tmp_path / "train_edited.txt"
+    lines = (demo_data / "train_small.txt").read_text().splitlines()
+    zeros = [ln for ln in lines if ln.endswith(" 0")]
+    edited.write_text("\n".join(ln for ln in lines if ln not in zeros[::2]) + "\n")  # half of digit 0 gone
+    flags = ce_args(demo_data, out, "--val-list", str(demo_data / "val_small.txt"), "--resume", "auto")
+    flags[flags.index("--train-list") + 1] = str(edited)
+    monkeypatch.chdir(tmp_path)  # the edited list, named as the run named its own
+    with pytest.raises(SystemExit, match=r"--resume: --train-list .* change the model or the data"):
+        trainer.main(flags)
+    (demo_data / "train_small.txt").rename(tmp_path / "train_small.orig")
+    try:
+        (demo_data / "train_small.txt").write_text(edited.read_text())
+        with pytest.raises(SystemExit, match=r"the training split's class counts differ from .* in 1 class\(es\) "
+                                             r"\(was the train list edited\?\)"):
+            trainer.main(ce_args(demo_data, out, "--val-list", str(demo_data / "val_small.txt"), "--resume", "auto"))
+    finally:
+        (tmp_path / "train_small.orig").replace(demo_data / "train_small.txt")
+    assert (out / "args.yaml").read_text() == args_yaml  # the refused resumes wrote nothing
+    capsys.readouterr()
+    trainer.main(ce_args(demo_data, out, "--val-list", str(demo_data / "val_small.txt"), "--resume", "auto"))
+    best = load_checkpoint(out / "best.pth")
+    said = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("resumed from")]
+    assert said == [f"resumed from {out / 'checkpoint.pth'}: epoch 2 step 3/7, best val top-1 "
+                    f"{best['best_top1']:.2f} at epoch 1"], said

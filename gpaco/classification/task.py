@@ -353,11 +353,23 @@ class ClassificationTask(Task):
 
     def read_position(self, ckpt: dict) -> Position:
         return Position(epoch=int(ckpt["epoch"]), step=int(ckpt.get("step") or 0),
-                        epoch_state=ckpt.get("epoch_state"), rng_per_rank=ckpt.get("rng_per_rank") or [])
+                        epoch_state=ckpt.get("epoch_state"), rng_per_rank=ckpt.get("rng_per_rank") or [],
+                        batch_size=(ckpt.get("args") or {}).get("batch_size"), class_counts=ckpt.get("class_counts"))
 
-    def resumed(self, position: Position, loader, lc: TrainingRun) -> None:
+    def resumed(self, position: Position, loader, lc: TrainingRun) -> str:
         path, epoch, step = lc.resume_path, position["epoch"], position["step"]
+        counts = position.get("class_counts")
+        if counts is not None and list(counts) != list(self.train_counts):
+            changed = sum(a != b for a, b in zip(counts, self.train_counts)) + abs(len(counts) - len(self.train_counts))
+            raise FlagError(f"--resume: the training split's class counts differ from {path}'s in {changed} "
+                            f"class(es) (was the train list edited?): the prior, the sampler and the order would "
+                            f"change; restore the list, or start a new run in another --output-dir")
         if step:
+            if position.get("batch_size") not in (None, self.args.batch_size):
+                raise FlagError(f"--resume: --batch-size {position['batch_size']} -> {self.args.batch_size} in the "
+                                f"middle of epoch {epoch + 1} ({path} stopped after {step} batches of "
+                                f"{position['batch_size']}): the rest of the epoch would skip or repeat images; "
+                                f"resume with --batch-size {position['batch_size']}")
             if step >= len(loader):
                 raise CheckpointError(f"{path} stopped at step {step} of epoch {epoch + 1}, but an epoch now has "
                                       f"{len(loader)} steps (--batch-size or data changed?)")
@@ -367,13 +379,16 @@ class ClassificationTask(Task):
             else:
                 print_main(f"warning: {path} was written by {len(states)} process(es), this run has {lc.world_size}: "
                            f"the rest of epoch {epoch + 1} is not bit-identical to an uninterrupted run")
-            print_main(f"resumed from {path}: epoch {epoch + 1} step {step}/{len(loader)}, best val top-1 "
-                       f"{self.best_metric:.2f}")
-        elif epoch >= self.epochs:
-            print_main(f"resumed from {path}: the run had finished (epoch {epoch} of {self.epochs}); nothing to "
-                       f"train, its results are reported again (--overwrite trains it anew)")
-        else:
-            print_main(f"resumed from {path}: epoch {epoch} done, best val top-1 {self.best_metric:.2f}")
+            return f"resumed from {path}: epoch {epoch + 1} step {step}/{len(loader)}"
+        if epoch >= self.epochs:
+            return (f"resumed from {path}: the run had finished (epoch {epoch} of {self.epochs}); nothing to "
+                    f"train, its results are reported again (--overwrite trains it anew)")
+        return f"resumed from {path}: epoch {epoch} done"
+
+    def say_resumed(self, note: str) -> None:
+        best = f"best val top-1 {self.best_metric:.2f} at epoch {self.best_step}" if self.best_step > 0 else \
+            "no best yet"
+        print_main(f"{note}, {best}" if "finished" not in note else note)
 
     def position_state(self, position: Position) -> Dict[str, Any]:
         state = {"epoch": position["epoch"], "step": position["step"], "class_counts": self.train_counts}

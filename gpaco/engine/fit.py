@@ -87,8 +87,13 @@ class Task:
         """The resumed checkpoint's position (KeyError/TypeError/ValueError: not a checkpoint of this task)."""
         raise NotImplementedError
 
-    def resumed(self, position: Position, loader, lc: TrainingRun) -> None:
-        """Check ``position`` against the loader (CheckpointError) and say where the run resumes."""
+    def resumed(self, position: Position, loader, lc: TrainingRun) -> str:
+        """Check ``position`` against the loader and the flags (CheckpointError / FlagError,
+        before anything is written); the line that says where the run resumes."""
+        raise NotImplementedError
+
+    def say_resumed(self, note: str) -> None:
+        """Print ``note`` (from :meth:`resumed`) with the best so far, once best.pth is checked."""
 
     def position_state(self, position: Position) -> Dict[str, Any]:
         """What a checkpoint records of ``position`` (and of the task: class counts, names)."""
@@ -131,17 +136,18 @@ class _Fit:
         loader = task.train_loader(ctx)
         if self.args.dry_run:
             return task.dry_run(ctx, loader)
-        position = Position(epoch=0, step=0)
+        position, note = Position(epoch=0, step=0), None
         if ckpt is not None:
-            position = self.resume(ckpt, loader)
+            position, note = self.resume(ckpt, loader)
         lc.open_output(vars(self.args))
         if ckpt is not None:
             task.best_metric, task.best_step = lc.reconcile_best(
                 ckpt, step_key=task.step_key, best_step_key=task.best_step_key,
                 best_metric_key=task.best_metric_key, best_keys=task.best_keys)
+            task.say_resumed(note)
         return self.loop(loader, position)
 
-    def resume(self, ckpt: dict, loader) -> Position:
+    def resume(self, ckpt: dict, loader) -> Tuple[Position, str]:
         task, lc, ctx = self.task, self.lc, self.ctx
         lc.check_resume_args(ckpt.get("args") or {}, vars(self.args),
                              task.resume_fixed + tuple(task.method.model_options))
@@ -158,8 +164,7 @@ class _Fit:
             ctx.method.load_state_dict(ckpt.get("method_state") or {})
         except ValueError as e:
             raise CheckpointError(f"{lc.resume_path}: {e}") from None
-        task.resumed(position, loader, lc)
-        return position
+        return position, task.resumed(position, loader, lc)
 
     def loop(self, loader, position: Position) -> dict:
         task, lc, ctx = self.task, self.lc, self.ctx

@@ -38,6 +38,7 @@ from gpaco.checkpoint import (
 from gpaco.distributed import agree, all_gather_objects, barrier, cleanup, init_distributed
 from gpaco.engine.args import FlagError, flag_name
 from gpaco.engine.logging import RunLogger, print_main, save_args_yaml
+from gpaco.engine.precision import use_cudnn_benchmark
 from gpaco.engine.preemption import FaultInjector, PreemptionHandler
 
 __all__ = ["TrainingRun", "NonFiniteLossError", "seed_everything", "autocast_context", "BEST_NAME", "LOCK_NAME",
@@ -154,7 +155,7 @@ class TrainingRun:
         if self.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=False)
-            torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.benchmark = use_cudnn_benchmark(self.device, deterministic=self.deterministic)
         self.faults = FaultInjector.from_env(self.rank)  # test-only (GPACO_FAULT_INJECT)
         seed_everything(self.seed)
         if self.output_dir is None:

@@ -14,6 +14,8 @@ convolutions use TF32, or 7.0+ with ``--amp``); off on older GPUs, where NCHW ke
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from gpaco.engine.logging import print_main
@@ -55,3 +57,23 @@ def resolve_channels_last(flag, device: torch.device, amp: str) -> bool:
         major, _ = torch.cuda.get_device_capability(device)
         return major >= 8 or (major >= 7 and amp != "none")
     return False
+
+
+def use_cudnn_benchmark(device: torch.device, *, deterministic: bool) -> bool:
+    """cuDNN autotuning in training: on for CUDA unless ``--deterministic`` (autotuned
+    algorithms are not bit-reproducible). Training shapes are static (a fixed crop and
+    per-process batch), so each layer's algorithm is timed once and reused, as every original
+    training script does."""
+    return device.type == "cuda" and not deterministic
+
+
+@contextlib.contextmanager
+def no_cudnn_autotune():
+    """cuDNN autotuning off inside (evaluation of variable-size images: every new shape would be
+    timed again, costing more than it saves); the previous setting is restored after."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before

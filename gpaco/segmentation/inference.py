@@ -20,6 +20,7 @@ from gpaco.data.seg_datasets import SegDataset
 from gpaco.data.seg_transforms import IGNORE_INDEX, SEG_MEAN, SEG_STD, rescale_size
 from gpaco.engine.lifecycle import autocast_context
 from gpaco.engine.logging import print_main
+from gpaco.engine.precision import no_cudnn_autotune
 from gpaco.engine.preemption import ignore_stop_signals
 from gpaco.metrics import SegMeter
 
@@ -124,14 +125,15 @@ def evaluate_seg(model: nn.Module, dataset: SegDataset, *, device: torch.device,
     meter = SegMeter(num_classes, IGNORE_INDEX, device=device)
     t0 = time.time()
     seen = 0
-    for img, label, _ in loader:
-        img, label = img.to(device, non_blocking=True), label.to(device, non_blocking=True)
-        probs = inference(model, img, num_classes=num_classes, scale=scale, ratios=ratios, flip=flip, mode=mode,
-                          crop=crop, stride=stride, amp=amp)
-        meter.update(probs.argmax(1), label)
-        seen += 1
-        if print_every and seen % print_every == 0:
-            print_main(f"  eval {seen * world_size}/{n} images ({time.time() - t0:.0f}s)")
+    with no_cudnn_autotune():  # images of every size: autotuning each new shape would cost more than it saves
+        for img, label, _ in loader:
+            img, label = img.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            probs = inference(model, img, num_classes=num_classes, scale=scale, ratios=ratios, flip=flip, mode=mode,
+                              crop=crop, stride=stride, amp=amp)
+            meter.update(probs.argmax(1), label)
+            seen += 1
+            if print_every and seen % print_every == 0:
+                print_main(f"  eval {seen * world_size}/{n} images ({time.time() - t0:.0f}s)")
     meter.all_reduce()
     out = meter.compute()
     out.update(class_names=list(getattr(dataset, "class_names", [str(c) for c in range(num_classes)])),

@@ -194,8 +194,12 @@ class SegmentationTask(Task):
     def read_position(self, ckpt: dict) -> Position:
         return Position(epoch=0, step=int(ckpt["iter"]), epoch_state={"nan_skipped": int(ckpt.get("nan_skipped", 0))})
 
-    def resumed(self, position: Position, loader, lc: TrainingRun) -> None:
-        print_main(f"resumed from {lc.resume_path}: {position['step']} iterations done")
+    def resumed(self, position: Position, loader, lc: TrainingRun) -> str:
+        return f"resumed from {lc.resume_path}: {position['step']} iterations done"
+
+    def say_resumed(self, note: str) -> None:
+        best = f"best mIoU {self.best_metric:.2f} at {self.best_step}" if self.best_step > 0 else "no best yet"
+        print_main(f"{note}, {best}")
 
     def position_state(self, position: Position) -> Dict[str, Any]:
         return {"iter": position["step"], "nan_skipped": self.fit.ctx.nan_skipped, "dataset": self.args.dataset,
