@@ -90,3 +90,53 @@ def test_channels_last_step_equals_the_contiguous_one(method, dtype, steps):
             torch.testing.assert_close(a.double(), b.double(), rtol=rtol, atol=atol,
                                        msg=lambda m, name=name: f"{name}: {m}")
         sgd_step_(model, ref)
+
+
+def test_optimizer_state_is_laid_out_like_its_parameter():
+    """A momentum buffer saved in NCHW, loaded for a channels-last parameter, is re-laid: the
+    fused SGD step then equals the float64 reference; left as loaded it would not be walked
+    like its parameter."""
+    from gpaco.engine.fit import lay_out_like_params
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 4, 3, 3)
+    grad, buf = torch.randn_like(w), torch.randn_like(w)
+    ref = torch.optim.SGD([torch.nn.Parameter(w.double())], lr=0.1, momentum=0.9)
+    ref.param_groups[0]["params"][0].grad = grad.double()
+    ref.state[ref.param_groups[0]["params"][0]]["momentum_buffer"] = buf.double().clone()
+    ref.step()
+    p = torch.nn.Parameter(w.contiguous(memory_format=CL))
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True)
+    opt.load_state_dict({"state": {0: {"momentum_buffer": buf.clone()}},  # as saved by an NCHW run
+                         "param_groups": [{**opt.state_dict()["param_groups"][0]}]})
+    assert opt.state[p]["momentum_buffer"].stride() != p.stride()
+    assert lay_out_like_params(opt) == 1 and opt.state[p]["momentum_buffer"].stride() == p.stride()
+    p.grad = grad.contiguous(memory_format=CL)
+    opt.step()
+    torch.testing.assert_close(p.detach().double(), ref.param_groups[0]["params"][0].detach(), rtol=1e-6, atol=1e-7)
+    assert lay_out_like_params(opt) == 0
+
+
+@pytest.mark.slow
+def test_a_resume_keeps_the_memory_format_its_checkpoint_recorded(demo_data, tmp_path, capsys):
+    """A run started in NCHW (--no-channels-last), stopped after an epoch and resumed with no
+    format flag (where channels-last is the default) ends bit-identical to the uninterrupted run."""
+    from conftest import demo_flags
+    from gpaco.classification import train as trainer
+
+    def run(out, *extra):
+        return trainer.main(demo_flags(demo_data) + ["--method", "ce", "--batch-size", "32", "--epochs", "2",
+                                                     "--warmup-epochs", "0", "--lr", "0.05", "--output-dir",
+                                                     str(out), *extra])
+
+    straight = run(tmp_path / "a", "--no-channels-last")
+    run(tmp_path / "b", "--no-channels-last", "--stop-after", "1")
+    capsys.readouterr()
+    resumed = run(tmp_path / "b", "--resume", "auto")
+    assert "trains in NCHW memory order as its checkpoint recorded" in capsys.readouterr().out
+    a = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=True)
+    assert a["channels_last"] is False and b["channels_last"] is False
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert resumed["top1"] == straight["top1"]

@@ -687,3 +687,18 @@ def test_segmentation_accumulates_and_clips_in_the_shared_loop(demo_root, tmp_pa
         seg.parse_train_args(["--clip-grad", "0"])
     with pytest.raises(SystemExit, match="--accum-iter must be > 0"):
         seg.parse_train_args(["--accum-iter", "0"])
+
+
+def test_deterministic_segmentation_warns_where_cuda_has_no_deterministic_kernel(tmp_path):
+    """--deterministic: classification raises on an op without a deterministic kernel (all of its
+    ops have one); segmentation's bilinear upsampling / nll_loss2d / adaptive pooling backward
+    have none on CUDA, so segmentation turns deterministic algorithms on in warn-only mode."""
+    from gpaco.segmentation import train as seg
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        seg.main(["--dry-run", "--deterministic", "--data-root", str(tmp_path / "absent"), "--arch", "r18",
+                  "--workers", "0"])
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

@@ -293,10 +293,23 @@ class ClassificationTask(Task):
         if line:
             print_main(line)
 
+    def _memory_format_flag(self, device: torch.device, amp: str) -> Optional[bool]:
+        """``--channels-last``/``--no-channels-last`` as given; left out, a resumed run keeps the
+        memory format its checkpoint recorded (a resume is the same run, whatever this device's
+        default), and says so when that differs from the default here."""
+        recorded = (self.checkpoint or {}).get("channels_last") if self.checkpoint is not None else None
+        if self.args.channels_last is not None or recorded is None:
+            return self.args.channels_last
+        if recorded != resolve_channels_last(None, device, amp):
+            print_main(f"note: the resumed run trains in {'channels-last' if recorded else 'NCHW'} memory order as "
+                       f"its checkpoint recorded (this device's default is the other; --channels-last / "
+                       f"--no-channels-last choose)")
+        return recorded
+
     def build_context(self, lc: TrainingRun, model: torch.nn.Module) -> FitContext:
         args, method, device = self.args, self.method, lc.device
         amp = resolve_amp(args.amp, device, dry_run=args.dry_run)  # a CPU dry run: float32, still via the GradScaler
-        channels_last = resolve_channels_last(args.channels_last, device, amp)
+        channels_last = resolve_channels_last(self._memory_format_flag(device, amp), device, amp)
         if channels_last:
             model.to(memory_format=torch.channels_last)
         loss_kw = method_options(method, vars(args))[1]
@@ -391,7 +404,8 @@ class ClassificationTask(Task):
         print_main(f"{note}, {best}" if "finished" not in note else note)
 
     def position_state(self, position: Position) -> Dict[str, Any]:
-        state = {"epoch": position["epoch"], "step": position["step"], "class_counts": self.train_counts}
+        state = {"epoch": position["epoch"], "step": position["step"], "class_counts": self.train_counts,
+                 "channels_last": self.fit.ctx.channels_last}
         if position["step"]:
             state.update(epoch_state=position["epoch_state"], rng_per_rank=position["rng_per_rank"],
                          world_size=position["world_size"])

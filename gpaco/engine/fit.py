@@ -59,6 +59,7 @@ class Task:
         self.model_config: Optional[Dict[str, Any]] = None  # how to rebuild the model (gpaco.methods.rebuild)
         self.last_step: Dict[str, float] = {}  # the last training step's loss and parts
         self.fit: Optional["_Fit"] = None  # set by fit(): save() and the context
+        self.checkpoint: Optional[dict] = None  # the checkpoint this run resumes (set before build_model)
 
     # ------------------------------------------------------------------ building
     def build_data(self, lc: TrainingRun) -> None:
@@ -126,7 +127,7 @@ class _Fit:
     def run(self) -> dict:
         task, lc = self.task, self.lc
         task.build_data(lc)
-        ckpt = lc.resume_checkpoint()
+        ckpt = task.checkpoint = lc.resume_checkpoint()
         model = task.build_model(lc, fresh=ckpt is None)
         self.ctx = ctx = task.build_context(lc, model)
         ctx.method.setup(ctx)
@@ -154,6 +155,7 @@ class _Fit:
         try:
             lc.load_model_state(ctx.module, ckpt["model"], lc.resume_path)
             ctx.optimizer.load_state_dict(ckpt["optimizer"])
+            lay_out_like_params(ctx.optimizer)
             if ctx.scaler is not None and ckpt.get("scaler"):
                 ctx.scaler.load_state_dict(ckpt["scaler"])
             position = task.read_position(ckpt)
@@ -217,6 +219,21 @@ class _Fit:
 
     def save(self, position: Position, *, best: bool = False, where: str = "") -> None:
         self.lc.save(self.state(position), best_keys=self.task.best_keys if best else None, where=where)
+
+
+def lay_out_like_params(optimizer: torch.optim.Optimizer) -> int:
+    """Give every per-parameter state tensor (momentum, Adam's moments) its parameter's memory
+    layout; returns how many were re-laid. ``load_state_dict`` keeps the saved strides, and a
+    fused kernel walking a parameter and its NCHW momentum buffer as if both were channels-last
+    gives wrong updates without an error (a checkpoint of another memory format)."""
+    moved = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+                    moved += 1
+    return moved
 
 
 def fit(task: Task) -> dict:

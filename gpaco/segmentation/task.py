@@ -94,6 +94,15 @@ class SegmentationTask(Task):
     def build_data(self, lc: TrainingRun) -> None:
         args, world = self.args, lc.world_size
         args.amp = resolve_amp(args.amp, lc.device, dry_run=args.dry_run)
+        if args.deterministic:
+            # Bilinear upsampling's backward, nll_loss2d with sum reduction and adaptive average
+            # pooling's backward have no deterministic CUDA kernel: they warn instead of stopping
+            # the run at its first backward. CPU runs stay bit-identical.
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            if lc.device.type == "cuda":
+                print_main("note: --deterministic on CUDA: segmentation's upsampling, pixel loss and pooling "
+                           "backward have no deterministic kernel; they run non-deterministically (a warning "
+                           "each), so runs are close but not bit-identical")
         if args.batch_size % world:
             raise FlagError(f"--batch-size {args.batch_size} is the global batch and must be divisible by the number "
                             f"of processes ({world})")
