@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .paco import host_readable
 from .pixel import SegmentationLoss
 from .rr import _labels_3d, class_frequencies
 
@@ -92,8 +93,12 @@ def _interp_matrix(out_size: int, in_size: int, align_corners: bool, dtype: torc
 
 def _valid_classes(labels: Tensor, num_classes: Optional[int], ignore_index: int) -> Tuple[Tensor, Tensor, Tensor]:
     valid = labels != ignore_index
+    # The classes present size every output (K centers), so the mask and unique below read the
+    # device once per step by design; the range check reads only CPU labels (on a GPU a bad
+    # label fails the loss's scatter instead).
     values = labels[valid]
-    if values.numel() and (values.min() < 0 or (num_classes is not None and values.max() >= num_classes)):
+    if values.numel() and host_readable(values) and (
+            values.min() < 0 or (num_classes is not None and values.max() >= num_classes)):
         bad = values[(values < 0) | (values >= (num_classes if num_classes is not None else 1 << 62))]
         raise ValueError(f"labels must be in [0, {num_classes}) or ignore_index={ignore_index}; "
                          f"found {bad.unique().tolist()[:5]}")

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .paco import compute_dtype
+from .paco import compute_dtype, host_readable
 
 # The calibration metric MiSLAS reports lives with the other metrics; re-exported here.
 from gpaco.metrics import expected_calibration_error  # noqa: E402,F401
@@ -106,7 +106,8 @@ def las_loss(logits: Tensor, target: Tensor, smoothing: Tensor) -> Tensor:
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
     if smoothing.shape != (c,):
         raise ValueError(f"smoothing must be [C] = [{c}] (one factor per class), got shape {tuple(smoothing.shape)}")
-    if b and (target.min() < 0 or target.max() >= c):
+    # CPU only: on a GPU the read would stall the step; the gather fails on a bad label instead
+    if b and host_readable(target) and (target.min() < 0 or target.max() >= c):
         raise ValueError(f"target must be class indices in [0, {c}), got min {int(target.min())}, "
                          f"max {int(target.max())}")
     dtype = compute_dtype(logits)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .lovasz import lovasz_softmax
-from .paco import paco_rows
+from .paco import host_readable, paco_rows
 
 __all__ = ["pixel_paco_loss", "sample_pixel_indices", "pad_labels", "SegmentationLoss"]
 
@@ -41,12 +41,15 @@ def pixel_paco_loss(features: Tensor, labels: Tensor, logits: Tensor, *, alpha: 
         )
     num_classes = logits.shape[-1]
     valid = labels != ignore_index
-    bad = valid & ((labels < 0) | (labels >= num_classes))
-    if bad.any():
-        raise ValueError(
-            f"pixel labels must be in [0, {num_classes}) or ignore_index={ignore_index}; "
-            f"found {labels[bad].unique().tolist()[:5]}"
-        )
+    # CPU only: on a GPU the read would stall every step (SegmentationLoss maps labels >= C
+    # to ignore_index before this anyway)
+    if host_readable(labels):
+        bad = valid & ((labels < 0) | (labels >= num_classes))
+        if bad.any():
+            raise ValueError(
+                f"pixel labels must be in [0, {num_classes}) or ignore_index={ignore_index}; "
+                f"found {labels[bad].unique().tolist()[:5]}"
+            )
     # Give ignored pixels a label no valid pixel has, so they are never a valid anchor's positive.
     labels = torch.where(valid, labels, torch.full_like(labels, num_classes))
     rows = paco_rows(

@@ -127,10 +127,17 @@ class ClassBalancedQueue(nn.Module):
         first = torch.searchsorted(sorted_labels, sorted_labels)
         rank = torch.empty_like(labels)
         rank[order] = torch.arange(n, device=labels.device) - first
-        count = torch.bincount(labels, minlength=num_classes)
-        keep = rank >= count[labels] - k  # earlier rows would be overwritten within this batch
+        # fixed-size tally: bincount (and boolean masks) would read the device to size their outputs
+        count = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
+        count.index_add_(0, labels, torch.ones_like(labels))
         slot = (self.ptr[labels] + rank) % k
-        self.keys[labels[keep], slot[keep]] = features[keep].to(device=self.keys.device, dtype=self.keys.dtype)
+        # Every row writes the row that ends up in its slot: the class's last row of the same
+        # rank modulo k. Duplicate writes then carry equal values, so the result is the
+        # sequential one without selecting the kept rows.
+        final = rank + (count[labels] - 1 - rank) // k * k
+        start = torch.cumsum(count, 0) - count  # first sorted position of each class
+        source = order[start[labels] + final]
+        self.keys[labels, slot] = features[source].to(device=self.keys.device, dtype=self.keys.dtype)
         self.ptr.copy_((self.ptr + count) % k)
 
     def extra_repr(self) -> str:
@@ -214,13 +221,16 @@ def _mine(features: Tensor, labels: Tensor, queue: Union[Tensor, ClassBalancedQu
         others = queue_sims.masked_fill(own_class, float("-inf")).reshape(n, num_classes * k)
         neg, neg_index = torch.topk(others, num_negatives, dim=-1)  # most similar first
 
-        not_self = ~torch.eye(n, dtype=torch.bool, device=f.device)
-        batch_sims = (f @ f.T)[not_self].view(n, n - 1)
-        batch_targets = (labels[:, None] == labels[None, :])[not_self].view(n, n - 1).to(dtype)
+        # column j of row i is batch row j + (j >= i): the own column dropped by a gather of
+        # fixed shape (a boolean mask would read the device to size its result)
+        cols = torch.arange(max(n - 1, 0), device=f.device).expand(n, -1)
+        others_index = cols + (cols >= torch.arange(n, device=f.device)[:, None]).long()
+        batch_sims = (f @ f.T).gather(1, others_index)
+        batch_targets = (labels[:, None] == labels[None, :]).gather(1, others_index).to(dtype)
         sims = torch.cat([batch_sims, pos, neg], dim=1)
         targets = torch.cat([batch_targets, torch.ones_like(pos), torch.zeros_like(neg)], dim=1)
         # the class of every column: batch rows, then y_i for the positives, then each negative's queue class
-        column_labels = torch.cat([labels.expand(n, n)[not_self].view(n, n - 1),
+        column_labels = torch.cat([labels.expand(n, n).gather(1, others_index),
                                    labels[:, None].expand(n, num_positives), neg_index // k], dim=1)
     return sims, targets, column_labels
 

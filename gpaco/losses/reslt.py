@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .paco import compute_dtype
+from .paco import compute_dtype, host_readable
 
 __all__ = ["reslt_branch_masks", "reslt_loss", "reslt_loss_terms", "ResLTTerms", "ResLTLoss"]
 
@@ -97,7 +97,8 @@ def _check_inputs(branch_logits: BranchLogits, target: Tensor, branch_masks: Ten
         raise ValueError(f"target must be [B] = [{b}] class indices, got shape {tuple(target.shape)}")
     if target.is_floating_point():
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
-    if b and (target.min() < 0 or target.max() >= c):
+    # CPU only: on a GPU the read would stall the step; the gathers fail on a bad label instead
+    if b and host_readable(target) and (target.min() < 0 or target.max() >= c):
         raise ValueError(f"target must be class indices in [0, {c}), got min {int(target.min())}, "
                          f"max {int(target.max())}")
     if branch_masks.shape != (len(logits), c):

@@ -229,6 +229,7 @@ class RegionBranch(nn.Module):
         """
         labels = _labels_3d(labels)
         small = F.interpolate(labels[:, None].float(), size=features.shape[-2:], mode="nearest")[:, 0].long()
+        # one region per value present: unique sizes the outputs, a device read per step by design
         values, inverse = torch.unique(small.reshape(-1), sorted=True, return_inverse=True)
         feats = features.to(_pool_dtype(features)).permute(0, 2, 3, 1).reshape(-1, features.shape[1])  # [n*h*w, ch]
         sums = feats.new_zeros(values.numel(), feats.shape[1]).index_add_(0, inverse.reshape(-1), feats)
