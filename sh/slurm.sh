@@ -46,6 +46,16 @@ if [ -z "${NGPUS:-}" ]; then
         export NGPUS="${SLURM_GPUS_PER_NODE##*:}"
     fi
 fi
+# SLURM signals every process of the step (at the time limit, scancel, --signal=USR1@T) and
+# torchrun forwards what it handles to its workers; the workers treat the duplicate as one
+# request. torchrun must handle SIGUSR1 too, or that signal kills it and --kill-on-bad-exit
+# takes the step down before the workers save. PET_* is the --signals-to-handle flag;
+# older torch reads TORCHELASTIC_SIGNALS_TO_HANDLE directly.
+export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
+export TORCHELASTIC_SIGNALS_TO_HANDLE="$PET_SIGNALS_TO_HANDLE"
+# Seconds torchrun waits for its workers (one optimizer step plus a checkpoint save) before
+# SIGKILL; its default of 30 is too short for a large model. SLURM's KillWait still bounds it.
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}"
 echo "[slurm] job $SLURM_JOB_ID: $NNODES node(s), master $MASTER_ADDR:$MASTER_PORT, NGPUS=${NGPUS:-auto}, recipe $RECIPE"
 
 # One task per node; NODE_RANK comes from that task's SLURM_NODEID (evaluated on each node).

@@ -3,9 +3,11 @@
 * :class:`PreemptionHandler` turns SIGTERM / SIGUSR1 (what SLURM sends before it preempts
   a job) into a flag. The training loop finishes the current optimizer step, the trainer
   writes a checkpoint atomically and the process exits 0; ``--resume auto`` continues.
-  A second signal while the first is being honoured stops the process at once (the
-  previous handler is restored and the signal re-delivered); the atomic save keeps the
-  last complete checkpoint intact either way.
+  A repeat of the same signal within :data:`REPEAT_GRACE_S` is the same request: under
+  SLURM + torchrun each worker gets one SIGTERM from SLURM and one forwarded by torchrun,
+  milliseconds apart. A different signal, or the same one after that window, stops the
+  process at once (the previous handler is restored and the signal re-delivered); the
+  atomic save keeps the last complete checkpoint intact either way.
 * :func:`~gpaco.data.workers.ignore_stop_signals` (re-exported here) is the ``worker_init_fn``
   of every DataLoader: SLURM's ``scancel`` and a ``kill -- -PGID`` signal the whole process
   group, and a loader worker that died of the signal would take the run down before the main
@@ -22,16 +24,23 @@ import os
 import re
 import signal
 import threading
+import time
 from typing import Dict, Optional, Sequence
 
 import torch
 
 from gpaco.data.workers import ignore_stop_signals
 
-__all__ = ["STOP_SIGNALS", "PreemptionHandler", "ignore_stop_signals", "FaultInjector", "InjectedFault", "FAULT_ENV"]
+__all__ = ["STOP_SIGNALS", "REPEAT_GRACE_S", "PreemptionHandler", "ignore_stop_signals", "FaultInjector",
+           "InjectedFault", "FAULT_ENV"]
 
 #: Signals that request a graceful stop (checkpoint, exit 0).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+#: Seconds after the first stop signal during which the same signal again is a duplicate
+#: delivery (SLURM signals every process of the step and torchrun forwards its own copy),
+#: not a request to stop at once.
+REPEAT_GRACE_S = 10.0
 
 #: Test-only fault injection; see :class:`FaultInjector`.
 FAULT_ENV = "GPACO_FAULT_INJECT"
@@ -44,9 +53,11 @@ class PreemptionHandler:
     previous handlers are restored on exit.
     """
 
-    def __init__(self, signals: Sequence[signal.Signals] = STOP_SIGNALS) -> None:
+    def __init__(self, signals: Sequence[signal.Signals] = STOP_SIGNALS, grace_s: float = REPEAT_GRACE_S) -> None:
         self.signals = tuple(signals)
+        self.grace_s = grace_s
         self.signal_name: Optional[str] = None
+        self._first_at = 0.0
         self._previous: Dict[int, object] = {}
 
     @property
@@ -54,11 +65,15 @@ class PreemptionHandler:
         return self.signal_name is not None
 
     def _handle(self, signum: int, frame) -> None:
-        if self.signal_name is not None:  # second signal: stop now
-            self.restore()
+        name = signal.Signals(signum).name
+        if self.signal_name is not None:
+            if name == self.signal_name and time.monotonic() - self._first_at < self.grace_s:
+                return  # the same request delivered twice (SLURM + torchrun forwarding)
+            self.restore()  # a deliberate second signal: stop now
             signal.raise_signal(signum)
             return
-        self.signal_name = signal.Signals(signum).name
+        self._first_at = time.monotonic()
+        self.signal_name = name
         # No print here: the handler can interrupt a print in progress (reentrant call).
 
     def install(self) -> "PreemptionHandler":
@@ -87,7 +102,8 @@ class InjectedFault(RuntimeError):
     """Raised by ``GPACO_FAULT_INJECT=...raise...`` (test-only)."""
 
 
-_ITEM = re.compile(r"^(?:rank(?P<rank>\d+)_)?(?:(?P<kind>raise|nan|sigterm|sigusr1|sigkill)_)?step(?P<step>\d+)$")
+_ITEM = re.compile(r"^(?:rank(?P<rank>\d+)_)?(?:(?P<kind>raise|nan|sigterm|sigusr1|sigkill|slurmterm)_)?"
+                   r"step(?P<step>\d+)$")
 
 
 class FaultInjector:
@@ -97,7 +113,9 @@ class FaultInjector:
     so it means the same micro-batch after a resume). Without ``rank<R>_`` the fault hits
     every rank. Kinds: ``raise`` (default: :class:`InjectedFault` before the forward pass),
     ``nan`` (the loss of that micro-batch becomes NaN), ``sigterm`` / ``sigusr1`` / ``sigkill``
-    (the process sends itself that signal before the forward pass).
+    (the process sends itself that signal before the forward pass), ``slurmterm`` (under
+    torchrun started in its own session: SIGTERM to torchrun's process group, then 5 ms later
+    SIGTERM to every worker, which is what SLURM's signal plus torchrun's forwarding deliver).
     Examples: ``rank1_step3`` (rank 1 dies at its 3rd micro-batch), ``nan_step5``,
     ``rank0_sigterm_step4``.
     """
@@ -110,7 +128,7 @@ class FaultInjector:
             m = _ITEM.match(item)
             if not m:
                 raise ValueError(f"{FAULT_ENV}={spec!r}: cannot parse {item!r} "
-                                 f"(expected [rank<R>_][raise|nan|sigterm|sigusr1|sigkill_]step<N>)")
+                                 f"(expected [rank<R>_][raise|nan|sigterm|sigusr1|sigkill|slurmterm_]step<N>)")
             if m["rank"] is None or int(m["rank"]) == rank:
                 self.faults[int(m["step"])] = m["kind"] or "raise"
 
@@ -125,6 +143,32 @@ class FaultInjector:
             raise InjectedFault(f"injected fault ({FAULT_ENV}={self.spec}) on rank {self.rank} at step {step}")
         if kind in ("sigterm", "sigusr1", "sigkill"):
             os.kill(os.getpid(), getattr(signal, kind.upper()))
+        elif kind == "slurmterm":
+            _slurm_like_sigterm()
 
     def loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
         return loss * float("nan") if self.faults.get(step) == "nan" else loss
+
+
+def _slurm_like_sigterm() -> None:
+    """SIGTERM to the parent torchrun's process group, then to each of its workers 5 ms later."""
+    parent = os.getppid()
+    # Signalling a process group that is not torchrun's own would hit the test runner too.
+    if os.getpgid(parent) != parent:
+        raise RuntimeError(f"{FAULT_ENV}=slurmterm needs torchrun started in its own session (pid {parent})")
+    workers = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # The command name may hold spaces: the fields after its closing ')' are fixed.
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                    workers.append(int(entry))
+        except (ValueError, OSError, IndexError):
+            continue
+    os.killpg(parent, signal.SIGTERM)
+    time.sleep(0.005)
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
