@@ -13,7 +13,7 @@ errors (exit status 1)
     malformed line, non-integer or negative label, label >= the class count, path that
     leaves the data root (absolute or ``..``; ``--allow-outside-root`` accepts them), an
     image whose symbolic links lead out of the data root (``--follow-symlinks`` accepts
-    them), missing image file, unreadable image (only with ``--verify-images``), a line that
+    them), missing image file, a path that is not a regular file (a FIFO, device or socket), unreadable image (only with ``--verify-images``), a line that
     repeats an earlier one (or names the same image with another label), an empty list,
     classes with no sample when the class count is known (``--num-classes``, or the
     standard count of a list with a standard file name).
@@ -30,7 +30,9 @@ needed (Pillow for ``--verify-images``), so it runs before the environment is se
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import stat
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -105,8 +107,24 @@ def _parse_line(line: str) -> Tuple[Optional[str], Optional[int], Optional[Probl
     return rel, label, None
 
 
-def _exists_chunk(paths: Sequence[str]) -> List[bool]:
-    return [os.path.isfile(p) for p in paths]
+def _file_kind(path: str) -> Optional[str]:
+    """None for a regular file, "missing", or what special file it is. Only stat: opening a
+    FIFO would block the check (and training) forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "missing"
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return kind
+    return "another special file"
+
+
+def _exists_chunk(paths: Sequence[str]) -> List[Optional[str]]:
+    return [_file_kind(p) for p in paths]
 
 
 def _realpath_chunk(paths: Sequence[str]) -> List[str]:
@@ -225,11 +243,24 @@ def _read_list(report: ListReport, root: str, allow_outside_root: bool) -> Optio
     to_check: List[Tuple[str, str, int]] = []
     labels_by_path: Dict[str, Tuple[int, int]] = {}  # normalised path -> (first line, label)
     try:
-        f = open(report.list_path, encoding="utf-8-sig")
+        with open(report.list_path, "rb") as f:
+            blob = f.read()
     except OSError as exc:
         report.errors.append(Problem("missing-list", f"cannot read the split list ({exc})"))
         return None
-    with f:
+    # Decoded whole, as gpaco.data.splits does: a UTF-16 or binary file is one finding, not a traceback.
+    try:
+        text = blob.decode("utf-8-sig")  # -sig: tolerate a BOM
+    except UnicodeDecodeError as exc:
+        report.errors.append(Problem(
+            "format", f"not UTF-8 text (byte {blob[exc.start]:#04x} at offset {exc.start}; UTF-16?): a split list "
+                      f"is a text file of '<relative/path> <label>' lines", blob.count(b"\n", 0, exc.start) + 1))
+        return None
+    if "\x00" in text:  # UTF-16 without a BOM decodes as UTF-8 with a NUL after every ASCII character
+        report.errors.append(Problem("format", "NUL byte in a split list (UTF-16 or a binary file?)",
+                                     text.count("\n", 0, text.index("\x00")) + 1))
+        return None
+    with io.StringIO(text, newline=None) as f:
         for lineno, raw in enumerate(f, 1):
             line = raw.strip()
             if not line:
@@ -262,11 +293,14 @@ def _check_files(report: ListReport, to_check: List[Tuple[str, str, int]], root:
     if not os.path.isdir(root):
         report.errors.append(Problem("missing-root", f"data root {root} is not a directory"))
         return
-    exists = _parallel(_exists_chunk, [p for p, _, _ in to_check], jobs)
-    for (path, rel, lineno), ok in zip(to_check, exists):
-        if not ok:
+    kinds = _parallel(_exists_chunk, [p for p, _, _ in to_check], jobs)
+    for (path, rel, lineno), kind in zip(to_check, kinds):
+        if kind == "missing":
             report.errors.append(Problem("missing", f"file not found: {rel} ({path})", lineno))
-    present = [t for t, ok in zip(to_check, exists) if ok]
+        elif kind is not None:
+            report.errors.append(Problem("special", f"{path} is not a regular file ({kind}); a split list "
+                                                    f"names image files", lineno))
+    present = [t for t, kind in zip(to_check, kinds) if kind is None]
     if not (allow_outside_root or follow_symlinks) and present:
         real_root = os.path.join(os.path.realpath(root), "")
         reals = _parallel(_realpath_chunk, [p for p, _, _ in present], jobs)

@@ -15,7 +15,10 @@ import os
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gpaco.engine.cli import add_debug_flag
+
     p = argparse.ArgumentParser(prog="tools/compare_runs.py", description=__doc__.split("\n\n")[0])
+    add_debug_flag(p)
     p.add_argument("runs", nargs="+", metavar="RUN", help="two runs (A B: the difference table and plot) or more")
     p.add_argument("--names", nargs="+", default=None, help="column names, one per run (default: folder names)")
     p.add_argument("--plot", default=None,
@@ -61,4 +64,6 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from gpaco.engine.cli import run_cli
+
+    run_cli(main)  # our errors: one line, exit 2

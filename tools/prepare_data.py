@@ -144,6 +144,15 @@ def _convert_mat(job: Tuple[str, str, str, str, np.ndarray]) -> None:
         shutil.copyfile(img_src, img_dst)
 
 
+def check_list_name(name: str, list_file, line: int) -> None:
+    """Refuse an imageLists entry that would leave --root: the name is joined under
+    annotations/ and images/, and the label file is written from it."""
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
+        raise SystemExit(f"error: {list_file}:{line}: {name!r} is not a plain image name (absolute or '..' "
+                         f"paths would read and write outside --root)")
+
+
 def prepare_coco_stuff10k(root: str, *, overwrite: bool = False, workers: int = 1) -> int:
     root_p = Path(root)
     lut = coco10k_lut()
@@ -156,9 +165,10 @@ def prepare_coco_stuff10k(root: str, *, overwrite: bool = False, workers: int = 
         (root_p / "images" / split).mkdir(parents=True, exist_ok=True)
         (root_p / "annotations" / split).mkdir(parents=True, exist_ok=True)
         missing = []
-        for name in (ln.strip() for ln in list_file.read_text().splitlines()):
+        for line, name in enumerate((ln.strip() for ln in list_file.read_text().splitlines()), 1):
             if not name:
                 continue
+            check_list_name(name, list_file, line)
             mat, img = root_p / "annotations" / f"{name}.mat", root_p / "images" / f"{name}.jpg"
             if not mat.is_file() or not img.is_file():
                 missing.append(name)

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -15,12 +14,23 @@ import sys
 import torch
 
 
+#: the test metrics the table shows (training's and tools/eval.py's metrics.json hold them)
+TABLE_KEYS = ("top1", "top5", "many", "medium", "few")
+
+
 def load_metrics(run_dir: str) -> dict:
+    from gpaco.classification.compare import load_metrics_json
+    from gpaco.data.splits import DataError
+
     path = os.path.join(run_dir, "metrics.json")
     if not os.path.isfile(path):
         raise SystemExit(f"error: {path} not found (did the run finish?)")
-    with open(path) as f:
-        return json.load(f)
+    m = load_metrics_json(path)
+    # checked here so that a partial file is one line naming it, not a KeyError in the table
+    bad = [k for k in TABLE_KEYS if not isinstance(m.get(k), (int, float)) or isinstance(m.get(k), bool)]
+    if bad:
+        raise DataError(f"{path}: no numeric {', '.join(bad)} (expected the test metrics of a finished run)")
+    return m
 
 
 def markdown_table(rows) -> str:
@@ -58,7 +68,10 @@ def plot(rows, path: str) -> None:
 
 
 def main(argv=None) -> int:
+    from gpaco.engine.cli import add_debug_flag
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_debug_flag(p)
     p.add_argument("runs", nargs="+", help="run folders holding metrics.json")
     p.add_argument("--out", default=None, help="write the table (and the machine) to this Markdown file")
     p.add_argument("--plot", default=None, help="write a bar chart PNG")
@@ -75,4 +88,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from gpaco.engine.cli import run_cli
+
+    sys.exit(run_cli(main))

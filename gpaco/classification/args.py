@@ -238,6 +238,17 @@ def check_arch(arch: str) -> None:
                         f"mae_vit_base_patch16 / mae_vit_large_patch16, or any timm model name")
 
 
+def check_layer_decay_arch(arch) -> None:
+    """--layer-decay scales the LR per ViT block: refuse it now for our archs, all CNNs, instead
+    of a traceback when the optimizer is built. Other timm names are only known once built."""
+    from gpaco.models.backbones import CIFAR_ARCHS, TIMM_ARCHS
+    from gpaco.models.vit import is_vit
+
+    if isinstance(arch, str) and not is_vit(arch) and arch.split(".")[0] in {**CIFAR_ARCHS, **TIMM_ARCHS}:
+        raise FlagError(f"--layer-decay is for ViT archs (layer-wise LR decay over the transformer blocks, e.g. "
+                        f"--arch mae_vit_base_patch16); --arch {arch} is not a ViT (leave --layer-decay out)")
+
+
 def check_method_flags(args: argparse.Namespace, task: str = TASK) -> None:
     """The method flags of ``args``: none owned only by other methods is set (``--single-view``
     with ``--method ce``), each value is in its flag's range, and the method's own check."""
@@ -284,6 +295,8 @@ def validate_train_args(args: argparse.Namespace) -> None:
         args.lr = args.blr * args.batch_size * args.accum_iter / 256
     if args.layer_decay is not None and not 0.0 < args.layer_decay <= 1.0:
         raise FlagError(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
+    if args.layer_decay is not None:
+        check_layer_decay_arch(getattr(args, "arch", None))
     if args.min_lr < 0:
         raise FlagError(f"--min-lr must be >= 0, got {args.min_lr}")
     resolve_warmup(args)

@@ -15,8 +15,23 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from gpaco.classification.report import _pyplot, _shot_boundaries  # the per-run figures' helpers
+from gpaco.data.splits import DataError
 
-__all__ = ["load_run", "compare_table", "side_by_side_table", "plot_per_class_difference"]
+__all__ = ["load_run", "load_metrics_json", "compare_table", "side_by_side_table", "plot_per_class_difference"]
+
+
+def load_metrics_json(path: str) -> dict:
+    """The JSON object in ``path``; :class:`DataError` naming the file if it is not one (a run
+    killed while writing it, a file of another tool)."""
+    try:
+        with open(path, "rb") as f:
+            metrics = json.loads(f.read().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{path}: not a valid metrics.json ({type(e).__name__}: {e}); "
+                        f"re-run tools/eval.py to rewrite it") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: expected a JSON object of metrics, got a {type(metrics).__name__}")
+    return metrics
 
 
 def load_run(path: str) -> dict:
@@ -30,21 +45,28 @@ def load_run(path: str) -> dict:
     mpath = os.path.join(path, "metrics.json") if os.path.isdir(path) else path
     if not os.path.isfile(mpath):
         raise FileNotFoundError(f"{path}: no metrics.json (give a run folder, an evaluation folder or the file)")
-    with open(mpath) as f:
-        metrics = json.load(f)
+    metrics = load_metrics_json(mpath)
     folder = os.path.dirname(mpath)
-    per_class = [float("nan") if v is None else float(v) for v in metrics.get("per_class") or []]
+    try:
+        per_class = [float("nan") if v is None else float(v) for v in metrics.get("per_class") or []]
+    except (TypeError, ValueError):
+        raise DataError(f"{mpath}: 'per_class' must be a list of numbers (a corrupt or foreign metrics.json?)") from None
     train = test = None
     csv_path = os.path.join(folder, "per_class.csv")
     if os.path.isfile(csv_path):
-        with open(csv_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if rows and all(r.get("train_count") for r in rows):
-            train = [int(r["train_count"]) for r in rows]
-        if rows and all(r.get("test_count") for r in rows):
-            test = [int(r["test_count"]) for r in rows]
-        if not per_class:
-            per_class = [float(r["accuracy"]) if r.get("accuracy") else float("nan") for r in rows]
+        # a truncated or hand-edited CSV: one line naming it, not a traceback
+        try:
+            with open(csv_path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            if rows and all(r.get("train_count") for r in rows):
+                train = [int(r["train_count"]) for r in rows]
+            if rows and all(r.get("test_count") for r in rows):
+                test = [int(r["test_count"]) for r in rows]
+            if not per_class:
+                per_class = [float(r["accuracy"]) if r.get("accuracy") else float("nan") for r in rows]
+        except (ValueError, TypeError, csv.Error) as e:
+            raise DataError(f"{csv_path}: cannot read the per-class table ({type(e).__name__}: {e}); expected "
+                            f"tools/eval.py's per_class.csv") from None
     test = test or metrics.get("per_class_test_count")
     return {"path": path, "metrics": metrics, "per_class": per_class, "train_counts": train, "test_counts": test}
 

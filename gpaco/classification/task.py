@@ -19,6 +19,7 @@ from gpaco.classification.args import FlagError, eval_data_kwargs, train_data_kw
 from gpaco.classification.predict import evaluate
 from gpaco.classification.report import fairness_line, plot_curves, write_eval_report
 from gpaco.data import DataError
+from gpaco.data.splits import special_file_kind
 from gpaco.data.build import (
     build_eval_dataset, build_train_dataset, check_ranks_agree, class_counts_of, eval_loader, is_cifar,
     set_train_epoch, train_loader,
@@ -201,6 +202,10 @@ def check_data_found(data_root: str, splits) -> None:
         if not samples:
             continue  # CIFAR: its reader already checked the files
         path, line = samples[0][0], ds._lines[0] if getattr(ds, "_lines", None) else 1
+        kind = special_file_kind(os.stat(path).st_mode) if os.path.exists(path) else None
+        if kind:  # reading a FIFO would block the run forever
+            raise DataError(f"{ds.list_path}:{line} ({flag}): {path} is not a regular file ({kind}); a split list "
+                            f"names image files")
         if not os.path.isfile(path):
             where = f"--data-root {data_root} does not exist" if not os.path.isdir(data_root) else \
                 f"is --data-root {data_root} right?"
@@ -317,7 +322,10 @@ class ClassificationTask(Task):
             criterion = method.build_criterion(num_classes=self.num_classes, class_counts=self.train_counts, **loss_kw)
         except ValueError as e:
             raise FlagError(str(e)) from None
-        optimizer = build_optimizer(model, lr_scales=method.lr_scales(model, vars(args)), **optimizer_kwargs(args))
+        try:  # e.g. --layer-decay on a timm network without ViT blocks
+            optimizer = build_optimizer(model, lr_scales=method.lr_scales(model, vars(args)), **optimizer_kwargs(args))
+        except ValueError as e:
+            raise FlagError(f"--optimizer {args.optimizer}: {e}") from None
         self.schedule = schedule_from_flags(args.schedule, vars(args))
         self.batch = args.dry_run_batch if args.dry_run else self.per_process_batch
         erasing, mixup = build_batch_augment(args, self.num_classes, device, self.batch, device_batch_of(args))

@@ -15,6 +15,7 @@ import io
 import logging
 import multiprocessing
 import os
+import stat
 import zlib
 from typing import Callable, Iterable, List, Optional, Tuple
 
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["DataError", "read_split", "infer_num_classes", "class_counts", "SplitDataset", "to_rgb",
+__all__ = ["DataError", "special_file_kind", "read_split", "infer_num_classes", "class_counts", "SplitDataset", "to_rgb",
            "is_16_bit", "link_outside_root"]
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,19 @@ def _new_counter():
 class DataError(ValueError):
     """A dataset file is missing, malformed or unreadable. The message names the file
     (and line) and says what was expected."""
+
+
+def special_file_kind(mode: int) -> Optional[str]:
+    """What a non-regular file is (``os.stat().st_mode``), or None for a regular file.
+    Opening a FIFO blocks until a writer appears (forever, and SIGTERM cannot interrupt
+    it), and a device can stream without end: only regular files are read as images."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return kind
+    return "another special file"
 
 
 def _parse_split(
@@ -310,6 +324,13 @@ class SplitDataset(Dataset):
             if target is not None:
                 raise DataError(f"{self.list_path}:{self._lines[index]}: {path} is a symbolic link to {target}, "
                                 f"outside the data root {self._real_root} (--follow-symlinks accepts it)")
+        try:  # stat before open: opening a FIFO would block (see special_file_kind)
+            kind = special_file_kind(os.stat(path).st_mode)
+        except OSError:
+            kind = None  # missing or unreadable: open() below reports it
+        if kind is not None:
+            raise DataError(f"{self.list_path}:{self._lines[index]}: {path} is not a regular file ({kind}); "
+                            f"a split list names image files")
         try:
             with open(path, "rb") as f:
                 data = f.read()
