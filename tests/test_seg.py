@@ -575,10 +575,17 @@ def _torchrun(script, argv, nproc):
 @pytest.mark.distributed
 def test_torchrun_two_processes_train_and_evaluate_every_image_once(demo_root, tmp_path):
     """DDP training on 2 CPU processes (plain BN: SyncBN needs CUDA), then evaluation on 2
-    processes gives exactly the single-process metrics (each image counted once)."""
+    processes gives exactly the single-process metrics (each image counted once). With
+    --aux-weight 0 no aux head is built (one that gets no gradient stopped DDP at iteration 2)."""
     out = tmp_path / "run"
-    stdout = _torchrun("tools/train_seg.py", _train_argv(demo_root, out, "--iters", "2", "--batch-size", "4"), 2)
+    stdout = _torchrun("tools/train_seg.py", _train_argv(demo_root, out, "--iters", "3", "--batch-size", "4",
+                                                         "--aux-weight", "0"), 2)
     assert "processes 2 on cpu, global batch 4 = 2 per process" in stdout and "SyncBatchNorm needs CUDA" in stdout
+    from gpaco.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(str(out / "checkpoint.pth"))
+    assert saved["iter"] == 3 and not any(k.startswith("aux_head.") for k in saved["model"])
+    assert saved["model_config"]["options"]["aux"] is False
     ckpt = str(out / "checkpoint.pth")
     ev = ["--checkpoint", ckpt, "--split", "test", "--workers", "0", "--mode", "both"]
     _torchrun("tools/eval_seg.py", ev + ["--output-dir", str(tmp_path / "ev2")], 2)

@@ -126,7 +126,12 @@ class SegmentationTask(Task):
                    f"iterations, {args.optimizer} lr {args.lr} wd {args.wd}")
 
     def model_options(self) -> Dict[str, Any]:
-        return {"encoder": self.args.encoder, **method_options(self.method, vars(self.args))[0]}
+        options = {"encoder": self.args.encoder, **method_options(self.method, vars(self.args))[0]}
+        if getattr(self.args, "aux_weight", None) == 0:
+            # an aux head whose loss weighs 0 gets no gradient, which DDP (without
+            # find_unused_parameters) refuses at the second iteration: build none
+            options["aux"] = False
+        return options
 
     def build_model(self, lc: TrainingRun, fresh: bool) -> torch.nn.Module:
         args, method = self.args, self.method
