@@ -401,3 +401,179 @@ def test_seg_nan_weights_are_never_saved(tmp_path, capsys):
     if (out / "checkpoint.pth").exists():
         model = load_checkpoint(out / "checkpoint.pth")["model"]
         assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------ issue 23 item 11: a run folder can still be lost
+
+
+def test_resume_auto_without_checkpoint_in_a_run_folder_is_refused(demo_data, tmp_path, capsys):
+    """(a) checkpoint.pth deleted, best.pth and metrics.json kept: --resume auto started from
+    scratch and replaced them (summary 3 rows -> 1, the log mixing both runs)."""
+    out = tmp_path / "run"
+    trainer.main(ce_args(demo_data, out, "--epochs", "1"))
+    (out / "checkpoint.pth").unlink()
+    kept = {n: (out / n).read_bytes() for n in ("best.pth", "metrics.json", "log.jsonl")}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        trainer.cli(ce_args(demo_data, out, "--epochs", "1", "--resume", "auto"))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --output-dir {out} holds a run (best.pth, log.jsonl, metrics.json) but no checkpoint.pth to "
+        f"continue; start it anew with --overwrite (without --resume), or give another --output-dir")
+    assert {n: (out / n).read_bytes() for n in kept} == kept
+
+
+def test_resume_from_another_folder_into_a_run_folder_is_refused(demo_data, tmp_path, capsys):
+    """(b) --resume OTHER/checkpoint.pth replaced the finished run in --output-dir."""
+    import shutil
+
+    out, other = tmp_path / "run", tmp_path / "other"
+    trainer.main(ce_args(demo_data, out, "--epochs", "1"))
+    shutil.copytree(out, other)
+    kept = (out / "metrics.json").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        trainer.cli(ce_args(demo_data, out, "--epochs", "2", "--resume", str(other / "checkpoint.pth")))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --resume {other / 'checkpoint.pth'} continues a run from elsewhere, but "
+                          f"--output-dir {out} holds a run ("), err
+    assert (out / "metrics.json").read_bytes() == kept
+    from gpaco.engine.lifecycle import TrainingRun
+
+    with TrainingRun(output_dir=str(out), resume=str(other / "checkpoint.pth"), overwrite=True) as lc:
+        assert lc.resume_checkpoint() is not None  # --overwrite (library use) lets it replace the run
+        lc.open_output({})
+        assert not (out / "metrics.json").exists() and not (out / "best.pth").exists()
+
+
+def test_folder_is_checked_again_once_the_lock_is_taken(tmp_path):
+    """(c) the folder check ran before run.lock and not again: a slow-starting run replaced the
+    run that another process wrote meanwhile."""
+    from gpaco.checkpoint import save_checkpoint
+    from gpaco.engine.args import FlagError
+    from gpaco.engine.lifecycle import TrainingRun
+
+    out = tmp_path / "run"
+    with TrainingRun(output_dir=str(out)) as slow:  # a fresh start into an empty folder
+        assert slow.resume_checkpoint() is None
+        save_checkpoint({"epoch": 1, "run_id": "other"}, out / "checkpoint.pth")  # another run, meanwhile
+        (out / "metrics.json").write_text("{}")
+        with pytest.raises(FlagError, match=rf"--output-dir {out} already holds a run \(checkpoint.pth, "
+                                            rf"metrics.json\); continue it with --resume auto"):
+            slow.open_output({})
+    assert load_checkpoint(out / "checkpoint.pth")["run_id"] == "other" and not (out / "run.lock").exists()
+    with TrainingRun(output_dir=str(out), resume="auto") as slow:  # resumes, then the checkpoint is rewritten
+        assert slow.resume_checkpoint()["epoch"] == 1
+        save_checkpoint({"epoch": 2, "run_id": "other"}, out / "checkpoint.pth")
+        with pytest.raises(FlagError, match="was rewritten by another run after this one read it"):
+            slow.open_output({})
+    assert load_checkpoint(out / "checkpoint.pth")["epoch"] == 2
+
+
+def test_lock_of_a_live_pid_is_never_taken_over_and_takeover_is_atomic(tmp_path, monkeypatch):
+    """(d) same SLURM_JOB_ID took over the lock of a live process; a stale lock let two in."""
+    import socket
+    import threading
+
+    from gpaco.engine.args import FlagError
+    from gpaco.engine.lifecycle import TrainingRun
+
+    out = tmp_path / "run"
+    out.mkdir()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        (out / "run.lock").write_text(f"{live.pid} {socket.gethostname()} 4242\n")
+        with pytest.raises(FlagError, match=rf"is in use by a live run \(pid {live.pid} on host "):
+            TrainingRun(output_dir=str(out), resume="auto")._take_lock()
+    finally:
+        live.kill()
+        live.wait()
+    # the lock is stale now: of racing takers exactly one gets it
+    runs = [TrainingRun(output_dir=str(out), resume="auto") for _ in range(8)]
+    go, won, refused = threading.Barrier(len(runs)), [], []
+
+    def take(run):
+        go.wait()
+        try:
+            run._take_lock()
+            won.append(run)
+        except FlagError:
+            refused.append(run)
+
+    threads = [threading.Thread(target=take, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert len(won) == 1 and len(refused) == len(runs) - 1
+    finally:
+        for run in won:
+            run._release_lock()
+    assert not (out / "run.lock").exists()
+
+
+CLAIM_AND_WAIT = """
+import sys, time
+from gpaco.engine.lifecycle import claim_eval_dir
+claim_eval_dir(sys.argv[1], overwrite=True)
+print("claimed", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_live_evaluation_into_one_folder_is_refused(tmp_path, capsys):
+    """(e) two tools/eval.py into one --output-dir at once both exit 0, the second replaced the first."""
+    from gpaco.engine import lifecycle
+    from gpaco.engine.args import FlagError
+
+    out = tmp_path / "eval"
+    first = subprocess.Popen([sys.executable, "-c", CLAIM_AND_WAIT, str(out)], env=subprocess_env(),
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert first.stdout.readline().strip() == "claimed"
+        with pytest.raises(FlagError, match=rf"--output-dir {out} is in use by a live run \(pid {first.pid} on"):
+            lifecycle.claim_eval_dir(str(out), overwrite=True)
+    finally:
+        first.kill()
+        first.wait()
+    try:
+        assert lifecycle.claim_eval_dir(str(out), overwrite=True) == str(out)  # that evaluation is gone
+        assert f"took over the lock {out / 'run.lock'}" in capsys.readouterr().out
+    finally:
+        lifecycle._release_eval_locks()
+    assert not (out / "run.lock").exists()
+
+
+def test_convert_and_save_logits_refuse_an_existing_file(tmp_path, capsys):
+    """(f) tools/convert_checkpoint.py and --save-logits replaced an existing file without asking."""
+    import argparse
+    import importlib.util
+    from types import SimpleNamespace
+
+    from gpaco.classification.evaluate import write_results
+    from gpaco.engine.args import FlagError
+
+    spec = importlib.util.spec_from_file_location("tools_convert_checkpoint", ROOT / "tools" / "convert_checkpoint.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    target = tmp_path / "out.pth"
+    target.write_bytes(b"keep")
+    with pytest.raises(SystemExit, match=rf"^error: {target} already exists; give another output file, or "
+                                         rf"--overwrite to replace it$"):
+        tool.main([str(tmp_path / "in.pth"), str(target)])
+    with pytest.raises(SystemExit, match="not found|No such file"):  # --overwrite goes on to read the input
+        tool.main([str(tmp_path / "in.pth"), str(target), "--overwrite"])
+    assert target.read_bytes() == b"keep"
+
+    logits = tmp_path / "logits.npy"
+    logits.write_bytes(b"keep")
+    ctx = SimpleNamespace(logits_all=torch.zeros(2, 3), test_set=None, confusion=None)
+    with pytest.raises(FlagError, match=rf"--save-logits {logits} already exists; give another file, or "
+                                        rf"--overwrite to replace it"):
+        write_results(str(tmp_path), argparse.Namespace(save_logits=str(logits), overwrite=False), {}, ctx)
+    assert logits.read_bytes() == b"keep" and not (tmp_path / "metrics.json").exists()
+    write_results(str(tmp_path), argparse.Namespace(save_logits=str(logits), overwrite=True), {}, ctx)
+    assert logits.read_bytes() != b"keep"

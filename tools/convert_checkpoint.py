@@ -4,6 +4,7 @@
     python tools/convert_checkpoint.py IN OUT.pth            # weights-only .pth with metadata
     python tools/convert_checkpoint.py IN OUT.safetensors    # weights only (metadata in the header)
     python tools/convert_checkpoint.py --trust-pickle IN OUT.pth
+    python tools/convert_checkpoint.py --overwrite IN OUT.pth   # OUT.pth exists: replace it
 
 The layout of IN is detected. Classification: the classifier (the class centers, the original's ``linear``)
 becomes ``fc``; the projection, key encoder and queue are mapped when the target model has
@@ -14,10 +15,12 @@ written for tools/eval_seg.py. Unused and missing keys are printed. Without ``--
 ``torch.load(weights_only=True)``: nothing in it is executed.
 """
 import argparse
+import os
 import sys
 
 from gpaco.methods import method_names
 from gpaco.checkpoint import CheckpointError
+from gpaco.engine.args import FlagError
 from gpaco.engine.cli import add_debug_flag, run_cli
 
 
@@ -33,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target model type (default: the checkpoint's, or what its layout implies)")
     p.add_argument("--arch", default=None, help="backbone (default: the checkpoint's own 'arch' / MAE args.model)")
     p.add_argument("--num-classes", type=int, default=None, help="default: the classifier's rows")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (otherwise refused)")
     add_debug_flag(p)
     return p
 
@@ -68,6 +72,8 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     from gpaco.methods.rebuild import convert_file
 
+    if os.path.exists(args.output) and not args.overwrite:  # before anything is read
+        raise FlagError(f"{args.output} already exists; give another output file, or --overwrite to replace it")
     if args.trust_pickle:
         print(f"--trust-pickle: {args.input} may be unpickled in full, which runs any code it contains",
               file=sys.stderr)
@@ -76,8 +82,9 @@ def main(argv=None) -> dict:
         if seg is not None:
             return seg
         report, conversion = convert_file(args.input, args.output, trust_pickle=args.trust_pickle, method=args.method,
-                                          arch=args.arch, num_classes=args.num_classes)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:  # ValueError: not a state dict (unwrap_state_dict)
+                                          arch=args.arch, num_classes=args.num_classes,
+                                          overwrite=args.overwrite)
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:  # ValueError: not a state dict (unwrap_state_dict)
         raise SystemExit(f"error: {e}") from None
     print(report.summary())
     print(f"wrote {args.output} ({report.method} {report.arch}, {report.loaded} tensors)")

@@ -252,12 +252,24 @@ def mce_baseline(args: argparse.Namespace) -> Optional[tuple]:
 
     try:
         return load_baseline_errors(args.mce_baseline)
-    except (FileNotFoundError, ValueError) as e:
+    except FileNotFoundError as e:
         raise FlagError(str(e)) from None
+    except ValueError as e:
+        if str(e).startswith("--mce-baseline"):  # the reader's own message names the file
+            raise FlagError(str(e)) from None
+        bad = e
+    except (OSError, TypeError, AttributeError, RecursionError) as e:  # corrupt JSON, or JSON of another shape
+        bad = e
+    raise FlagError(f"--mce-baseline {args.mce_baseline}: not a metrics.json of tools/eval.py --corrupted-root "
+                    f"({type(bad).__name__}: {bad})")
 
 
 def write_results(out: str, args: argparse.Namespace, result: dict, ctx: "EvalContext") -> None:
-    """metrics.json, the per-class report (with a test split) and --save-logits."""
+    """metrics.json, the per-class report (with a test split) and --save-logits (an existing
+    logits file is refused unless --overwrite, before anything is written)."""
+    if ctx.logits_all is not None and os.path.exists(args.save_logits) and not args.overwrite:
+        raise FlagError(f"--save-logits {args.save_logits} already exists; give another file, or --overwrite to "
+                        f"replace it")
     write_json(os.path.join(out, "metrics.json"), result)
     if ctx.test_set is not None:
         write_eval_report(out, result, ctx.train_counts, confusion=ctx.confusion)

@@ -17,7 +17,9 @@ metrics, test-time modes.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import errno
 import glob
 import os
 import random
@@ -30,6 +32,11 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import nn
+
+try:
+    import fcntl
+except ImportError:  # Windows: the lock falls back to the pid/host it names
+    fcntl = None
 
 from gpaco.checkpoint import (
     RESUME_NAME, CheckpointError, check_writable, find_resume, load_checkpoint, remove_stale_temporaries, rng_state,
@@ -48,6 +55,14 @@ BEST_NAME = "best.pth"
 LOCK_NAME = "run.lock"
 #: What a training run writes into its folder (``--overwrite`` removes them).
 RUN_FILES = (RESUME_NAME, BEST_NAME, "log.jsonl", "args.yaml", "metrics.json")
+
+
+def _file_stat(path: str) -> Optional[tuple]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def run_evidence(folder: str) -> list:
@@ -100,6 +115,88 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _FolderLock:
+    """``run.lock`` in a folder, held for the life of the run or evaluation that writes there.
+
+    The file is created (never replaced) and held with ``flock``: the kernel drops the flock
+    when its process dies, so a second process can take over only a lock whose holder is gone,
+    and only one of several racing takers gets it. The file names pid, host and SLURM job id,
+    for the message and for filesystems without flock: a lock naming a pid alive on this host
+    is never taken over, one from another host only by a requeued run of the same SLURM job."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.path = folder, os.path.join(folder, LOCK_NAME)
+        self._fd: Optional[int] = None
+
+    @staticmethod
+    def _holder(fd: int) -> Tuple[int, str, str]:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            fields = os.read(fd, 512).decode(errors="replace").split()
+        except OSError:
+            fields = []
+        pid = int(fields[0]) if fields and fields[0].isdigit() else -1
+        return pid, (fields[1] if len(fields) > 1 else "?"), (fields[2] if len(fields) > 2 else "")
+
+    def _in_use(self, pid: int, their_host: str) -> FlagError:
+        who = pid if pid > 0 else "?"  # a taker that has not written its pid yet
+        return FlagError(f"--output-dir {self.folder} is in use by a live run (pid {who} on host {their_host}, lock "
+                         f"{self.path}); wait for it or choose another --output-dir (remove the lock only if that "
+                         f"run is gone)")
+
+    def acquire(self) -> None:
+        host, job = socket.gethostname(), os.environ.get("SLURM_JOB_ID", "")
+        for _ in range(5):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError as e:
+                        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                            raise self._in_use(*self._holder(fd)[:2]) from None
+                        # a filesystem without flock: only the pid/host rules below apply
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:  # the holder removed it between our open and flock: open the new one
+                    os.close(fd)
+                    continue
+                pid, their_host, their_job = self._holder(fd)
+                if pid > 0 and pid != os.getpid():
+                    if their_host == host:
+                        if _alive(pid):  # never taken over, whatever its job id (a lock without flock)
+                            raise self._in_use(pid, their_host)
+                    elif not (job and their_job == job):  # another host's pid cannot be checked
+                        raise self._in_use(pid, their_host)
+                    print_main(f"note: took over the lock {self.path} of a run that is gone (pid {pid} on "
+                               f"{their_host})")
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, f"{os.getpid()} {host} {job}\n".encode())
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                raise
+            self._fd = fd
+            return
+        raise FlagError(f"--output-dir {self.folder}: could not take the lock {self.path} (it keeps being replaced); "
+                        f"retry")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        # removed while still held: a waiting taker sees that its file is gone and opens the new one
+        with contextlib.suppress(OSError):
+            if os.fstat(self._fd).st_ino == os.stat(self.path).st_ino:
+                os.remove(self.path)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -144,7 +241,9 @@ class TrainingRun:
         self.nan_skipped = 0
         self.run_id: Optional[str] = None  # set by resume_checkpoint: carried by checkpoint.pth and best.pth
         self._run_id_known = False  # a fresh run, or a resumed checkpoint that names its run
-        self._lock: Optional[str] = None
+        self._lock: Optional[_FolderLock] = None
+        self.resume_path: Optional[str] = None
+        self._resume_stat: Optional[tuple] = None  # checkpoint.pth as read: a change before the lock is refused
         self._stack = contextlib.ExitStack()
 
     # ------------------------------------------------------------------ enter / exit
@@ -224,6 +323,7 @@ class TrainingRun:
         if self.dry_run:
             return None
         path = find_resume(self.output_dir, self.resume)
+        self._resume_stat = _file_stat(path) if path is not None else None  # before reading: a later write shows
         ckpt = load_checkpoint(path) if path is not None else None
         if path is None and self.resume == "auto":
             print_main(f"--resume auto: no checkpoint in {self.output_dir}, starting from scratch")
@@ -250,59 +350,67 @@ class TrainingRun:
                             f" change the model or the data of the run in {self.output_dir}; use the checkpoint's "
                             f"values, or start a new run in another --output-dir")
 
+    def _own_checkpoint(self, path: str) -> bool:
+        return os.path.realpath(path) == os.path.realpath(self.checkpoint_path)
+
+    def _foreign_run_problem(self, resume: Optional[str]) -> Optional[str]:
+        """Why starting with ``resume`` (None: fresh, ``'auto'``, or a checkpoint path) would
+        replace the run already in the folder; None when it would not (or ``--overwrite``)."""
+        present = run_evidence(self.output_dir)
+        if not present or self.overwrite:
+            return None
+        held = f"{', '.join(present)}"
+        if not resume:
+            return (f"--output-dir {self.output_dir} already holds a run ({held}); continue it with --resume auto, "
+                    f"or replace it with --overwrite")
+        if resume == "auto":
+            if os.path.isfile(self.checkpoint_path):
+                return None
+            # a fresh start here would replace best.pth and metrics.json and append to the old log
+            return (f"--output-dir {self.output_dir} holds a run ({held}) but no checkpoint.pth to continue; start "
+                    f"it anew with --overwrite (without --resume), or give another --output-dir")
+        if self._own_checkpoint(resume):
+            return None
+        return (f"--resume {resume} continues a run from elsewhere, but --output-dir {self.output_dir} holds a run "
+                f"({held}) it would replace; give another --output-dir (or --overwrite, without --resume, to "
+                f"start anew there)")
+
     def _refuse_foreign_run(self) -> None:
-        """A fresh run (no ``--resume``) into a folder that holds a run is refused unless
-        ``--overwrite``; an empty ``--output-dir`` is refused."""
+        """A start that would replace the run in the folder is refused unless ``--overwrite``
+        (a fresh run; ``--resume auto`` without checkpoint.pth; ``--resume`` of another folder's
+        checkpoint); an empty ``--output-dir`` is refused. Checked again under the lock."""
         if not str(self.output_dir).strip():
             raise FlagError("--output-dir is empty; name a run folder (or leave the flag out for "
                             "runs/<method>-<arch>-<time>)")
-        problem = None
-        if self.is_main and not self.resume:
-            present = run_evidence(self.output_dir)
-            if present and not self.overwrite:
-                problem = (f"--output-dir {self.output_dir} already holds a run ({', '.join(present)}); continue "
-                           f"it with --resume auto, or replace it with --overwrite")
+        problem = self._foreign_run_problem(self.resume) if self.is_main else None
         if self.distributed:
             problem = all_gather_objects(problem)[0]  # every rank stops with rank 0's error
         if problem:
             raise FlagError(problem)
 
+    def _changed_under_us(self) -> Optional[str]:
+        """Under the lock: what another run wrote since this one decided how to start (the
+        folder checks ran before the lock, and a slow start may follow a whole other run)."""
+        if self.resume_path is None:
+            return self._foreign_run_problem(None)  # starting fresh: the folder must still hold no run
+        if self._own_checkpoint(self.resume_path) and _file_stat(self.resume_path) != self._resume_stat:
+            return (f"{self.resume_path} was rewritten by another run after this one read it; rerun with --resume "
+                    f"auto to continue from the new one")
+        return self._foreign_run_problem(self.resume_path)
+
     def _take_lock(self) -> None:
-        """One live run per folder: ``run.lock`` holds pid, host (and the SLURM job id). A lock
-        whose process is gone (same host, or a requeued run of the same SLURM job) is taken over."""
-        path = os.path.join(self.output_dir, LOCK_NAME)
-        host, job = socket.gethostname(), os.environ.get("SLURM_JOB_ID", "")
-        mine = f"{os.getpid()} {host} {job}\n"
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                try:
-                    with open(path) as f:
-                        fields = f.read().split()
-                except OSError:
-                    fields = []
-                pid = int(fields[0]) if fields and fields[0].isdigit() else -1
-                their_host = fields[1] if len(fields) > 1 else "?"
-                their_job = fields[2] if len(fields) > 2 else ""
-                if (their_host == host and not _alive(pid)) or (job and their_job == job):
-                    print_main(f"note: took over the lock {path} of a run that is gone (pid {pid} on {their_host})")
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(path)
-                    continue
-                raise FlagError(f"--output-dir {self.output_dir} is in use by a live run (pid {pid} on host "
-                                f"{their_host}, lock {path}); wait for it or choose another --output-dir (remove "
-                                f"the lock only if that run is gone)")
-            with os.fdopen(fd, "w") as f:
-                f.write(mine)
-            self._lock = path
-            return
-        raise FlagError(f"--output-dir {self.output_dir}: could not take the lock {path}")
+        """One live run per folder (:class:`_FolderLock`), then the folder checked again."""
+        lock = _FolderLock(self.output_dir)
+        lock.acquire()
+        self._lock = lock
+        problem = self._changed_under_us()
+        if problem:
+            self._release_lock()
+            raise FlagError(problem)
 
     def _release_lock(self) -> None:
         if self._lock is not None:
-            with contextlib.suppress(OSError):
-                os.remove(self._lock)
+            self._lock.release()
             self._lock = None
 
     def open_output(self, args: Mapping[str, Any]) -> None:
@@ -323,7 +431,7 @@ class TrainingRun:
         if problem:
             raise FlagError(problem)
         if self.is_main:
-            if self.overwrite and not self.resume:
+            if self.overwrite and not (self.resume_path and self._own_checkpoint(self.resume_path)):
                 removed = [n for n in RUN_FILES if os.path.exists(os.path.join(self.output_dir, n))]
                 removed += [os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(self.output_dir),
                                                                                  "events.out.tfevents.*"))]
@@ -470,15 +578,55 @@ class TrainingRun:
         return {"preempted": True, "signal": self.preempt.signal_name, **info}
 
 
+#: The evaluation lock this process holds (folder -> lock), kept until it exits or evaluates elsewhere.
+_EVAL_LOCKS: dict = {}
+
+
+def _release_eval_locks(keep: Optional[str] = None) -> None:
+    for folder in [f for f in _EVAL_LOCKS if f != keep]:
+        _EVAL_LOCKS.pop(folder).release()
+
+
+atexit.register(_release_eval_locks)
+
+
 def claim_eval_dir(out: str, *, overwrite: bool) -> str:
     """The evaluation tools' output folder ``out``, checked before anything is evaluated: one
     that already holds a ``metrics.json`` (an earlier evaluation, or a training run's final
     report) is refused unless ``overwrite``, so no result is replaced silently. Creates the
-    folder and proves it writable."""
-    path = os.path.join(out, "metrics.json")
-    if os.path.exists(path) and not overwrite:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path)))
-        raise FlagError(f"{out} already holds results (metrics.json of {when}); give another --output-dir, or "
-                        f"--overwrite to replace them")
+    folder and proves it writable, and takes its ``run.lock`` (rank 0) for the rest of the
+    evaluation, so a second evaluation (or a training run) into it at the same time is refused."""
+    def results_problem() -> Optional[str]:
+        path = os.path.join(out, "metrics.json")
+        if os.path.exists(path) and not overwrite:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path)))
+            return (f"{out} already holds results (metrics.json of {when}); give another --output-dir, or "
+                    f"--overwrite to replace them")
+        return None
+
+    problem = results_problem()
+    if problem:
+        raise FlagError(problem)
     check_writable(out)
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
+        else 0
+    if rank == 0:
+        # the tools have no end hook: the lock lives until the process exits or evaluates into another folder
+        key = os.path.realpath(out)
+        _release_eval_locks(keep=key)
+        if key not in _EVAL_LOCKS:
+            lock = _FolderLock(out)
+            try:
+                lock.acquire()
+            except FlagError as e:
+                problem = str(e.code)[len("error: "):]
+            else:
+                _EVAL_LOCKS[key] = lock
+                problem = results_problem()  # again under the lock: an evaluation may have ended meanwhile
+                if problem:
+                    _release_eval_locks()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        problem = all_gather_objects(problem)[0]  # every rank stops with rank 0's error
+    if problem:
+        raise FlagError(problem)
     return out

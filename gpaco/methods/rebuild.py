@@ -15,6 +15,7 @@ The layouts and the state-dict mapping are :mod:`gpaco.models.convert`, which kn
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
@@ -201,10 +202,14 @@ def _build(cfg: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None
 
 
 def convert_file(src: str, dst: str, *, trust_pickle: bool = False, method: Optional[str] = None,
-                 arch: Optional[str] = None, num_classes: Optional[int] = None) -> Tuple[LoadReport, dict]:
+                 arch: Optional[str] = None, num_classes: Optional[int] = None,
+                 overwrite: bool = False) -> Tuple[LoadReport, dict]:
     """``tools/convert_checkpoint.py``: write ``src`` in our layout to ``dst`` (``.pth`` or
     ``.safetensors``, :func:`gpaco.models.convert.save_converted`), its ``model_config`` with it;
-    returns the load report and the conversion record."""
+    returns the load report and the conversion record. An existing ``dst`` is refused
+    (FileExistsError) unless ``overwrite``."""
+    if os.path.exists(dst) and not overwrite:  # checked before the (slow) read
+        raise FileExistsError(f"{dst} already exists; give another output file, or --overwrite to replace it")
     loaded = read_checkpoint(src, trust_pickle=trust_pickle)
     cfg = checkpoint_model_config(loaded, method=method, arch=arch, num_classes=num_classes)
     model = _build(cfg)
