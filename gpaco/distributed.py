@@ -235,8 +235,10 @@ def gather_in_order(local: Tensor, num_samples: int, device: torch.device) -> Op
     width = local.shape[1]
     buf = torch.zeros(n_max, width, dtype=torch.float32, device=device)
     buf[:local.shape[0]] = local.to(device)
-    parts = [torch.zeros_like(buf) for _ in range(world)]
-    dist.all_gather(parts, buf)
+    # gathered to rank 0 only: the other ranks would hold every rank's logits for nothing
+    # (ImageNet-scale --save-logits is gigabytes per process)
+    parts = [torch.zeros_like(buf) for _ in range(world)] if rank == 0 else None
+    dist.gather(buf, parts, dst=0)
     if rank != 0:
         return None
     out = torch.empty(num_samples, width, dtype=torch.float32)
