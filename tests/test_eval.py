@@ -153,7 +153,7 @@ def test_ensemble_archs_in_checkpoint_order(data, tmp_path):
                                   np.load(tmp_path / "m0" / "logits.npy") + np.load(tmp_path / "m1" / "logits.npy"))
 
 
-def test_per_class_report_and_compare_runs(data, tmp_path, capsys):
+def test_per_class_report_and_compare_runs(data, tmp_path, capsys, monkeypatch):
     ours(tmp_path / "a.pth", "ce", "resnet8", 0)
     ours(tmp_path / "b.pth", "ce", "resnet8", 5)
     for name in ("a", "b"):
@@ -184,6 +184,9 @@ def test_per_class_report_and_compare_runs(data, tmp_path, capsys):
         assert f"{ma[key]:.2f}" in lines[key] and f"{mb[key]:.2f}" in lines[key]
         assert f"{mb[key] - ma[key]:.2f}" in lines[key]
     assert "(1 cls)" in lines["many"] and "(2 cls)" in lines["few"]
+    monkeypatch.chdir(tmp_path / "c")  # the default plot goes beside run B, not into the current folder
+    _tool("compare_runs").main([str(tmp_path / "a"), str(tmp_path / "b" / "metrics.json"), "--names", "A", "B"])
+    assert (tmp_path / "b" / "compare_A_vs_B.png").is_file() and not (tmp_path / "c" / "compare_A_vs_B.png").exists()
 
 
 def _free_port() -> int:
@@ -216,3 +219,18 @@ def test_save_logits_order_under_two_process_torchrun(data, tmp_path):
     assert (two.argmax(1) == one.argmax(1)).all()
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["num_samples"] == 7 and metrics["top1"] == pytest.approx(single["top1"])
+
+
+def test_an_explicit_train_list_wins_over_the_checkpoints_class_counts(data, tmp_path):
+    """The checkpoint's training counts group the classes unless --train-list names a split."""
+    from gpaco.checkpoint import load_checkpoint
+
+    ours(tmp_path / "a.pth", "ce", "resnet8", 0)
+    ckpt = load_checkpoint(str(tmp_path / "a.pth"))
+    save_checkpoint({**ckpt, "class_counts": [7, 7, 7, 7]}, tmp_path / "counted.pth")
+    run_eval(data, tmp_path / "own", "--checkpoint", str(tmp_path / "counted.pth"))
+    run_eval(data, tmp_path / "given", "--checkpoint", str(tmp_path / "counted.pth"), "--train-list",
+             str(data / "train.txt"))
+    counts = {name: [int(r["train_count"]) for r in csv.DictReader((tmp_path / name / "per_class.csv").open())]
+              for name in ("own", "given")}
+    assert counts == {"own": [7, 7, 7, 7], "given": [150, 40, 10, 3]}

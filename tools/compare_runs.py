@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="two runs (A B: the difference table and plot) or more")
     p.add_argument("--names", nargs="+", default=None, help="column names, one per run (default: folder names)")
     p.add_argument("--plot", default=None,
-                   help="per-class difference plot (default: compare_<A>_vs_<B>.png in the current folder)")
+                   help="per-class difference plot (default: compare_<A>_vs_<B>.png in run B's folder)")
     return p
 
 
@@ -54,7 +54,10 @@ def main(argv=None) -> str:
     a, b = runs
     table = compare_table(a, b, names)
     print(table)
-    plot = args.plot or f"compare_{names[0].replace('/', '_')}_vs_{names[1].replace('/', '_')}.png"
+    # by default beside the runs (run B's folder), never into whatever folder the shell is in
+    folder = args.runs[1] if os.path.isdir(args.runs[1]) else os.path.dirname(os.path.abspath(args.runs[1]))
+    plot = args.plot or os.path.join(folder, f"compare_{names[0].replace('/', '_')}_vs_"
+                                             f"{names[1].replace('/', '_')}.png")
     try:
         plot_per_class_difference(a, b, plot, names)
     except ValueError as e:

@@ -208,10 +208,12 @@ def build_members(args: argparse.Namespace, loaded: Sequence[Optional[LoadedChec
 
 
 def training_counts(args: argparse.Namespace, first: Optional[LoadedCheckpoint], num_classes: int):
-    """The per-class training counts many/medium/few need: the checkpoint's, else read off
-    --train-list (no image opened); None when neither is there."""
+    """The per-class training counts many/medium/few need: read off an explicit --train-list
+    (no image opened; the user asked for that split), else the checkpoint's; None when neither
+    is there."""
     counts = first.meta.get("class_counts") if first is not None else None
-    if counts is not None and len(counts) == num_classes:
+    given = bool(args.train_list) and os.path.isfile(args.train_list)
+    if counts is not None and len(counts) == num_classes and not given:
         return counts
     if not is_cifar(args.dataset) and args.train_list and os.path.isfile(args.train_list):
         samples = read_split(args.train_list, args.data_root, num_classes=num_classes,
