@@ -299,3 +299,19 @@ def test_meter_ece_is_mislas_ece_and_the_report_draws_it(tmp_path):
     sure = ClassificationMeter(3)
     sure.update(torch.tensor([[100.0, 0, 0], [0, 100.0, 0]]), torch.tensor([0, 1]))
     assert sure.compute()["ece"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_meter_refuses_float_labels_and_reports_no_accuracy_it_cannot_measure():
+    """Float labels would be truncated to classes silently; NaN logits (a diverged model) and
+    an empty split have no accuracy: NaN, with the non-finite rows counted, not 0.0."""
+    meter = ClassificationMeter(3)
+    with pytest.raises(ValueError, match="targets must be class indices"):
+        meter.update(torch.zeros(2, 3), torch.tensor([0.7, 1.0]))
+    empty = ClassificationMeter(3).compute()
+    assert empty["num_samples"] == 0 and math.isnan(empty["top1"]) and math.isnan(empty["top5"])
+    meter.update(torch.tensor([[1.0, 0.0, 0.0], [float("nan"), 0.0, 0.0]]), torch.tensor([0, 1]))
+    out = meter.compute()
+    assert out["num_samples"] == 2 and out["nonfinite_logits"] == 1 and math.isnan(out["top1"])
+    fine = ClassificationMeter(3)
+    fine.update(torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]), torch.tensor([0, 1]))
+    assert fine.compute()["top1"] == 100.0 and "nonfinite_logits" not in fine.compute()

@@ -232,16 +232,17 @@ class ClassificationMeter:
         # reliability bins of the top-1 softmax confidence: samples, hits, confidence sum (nano-units)
         self.calibration = torch.zeros(3, ECE_BINS, **kw)
         self.confusion = torch.zeros(c, c, **kw) if self.keep_confusion else None  # [target, pred]
+        self.nonfinite = torch.zeros(1, **kw)  # samples whose logits hold NaN/Inf (a diverged model)
         self._reduced = False
 
     def _buffers(self) -> list[Tensor]:
-        bufs = [self.total, self.correct1, self.correctk, self.predicted, self.calibration]
+        bufs = [self.total, self.correct1, self.correctk, self.predicted, self.calibration, self.nonfinite]
         return bufs + ([self.confusion] if self.confusion is not None else [])
 
     def _set_buffers(self, bufs: list[Tensor]) -> None:
-        self.total, self.correct1, self.correctk, self.predicted, self.calibration = bufs[:5]
+        self.total, self.correct1, self.correctk, self.predicted, self.calibration, self.nonfinite = bufs[:6]
         if self.confusion is not None:
-            self.confusion = bufs[5]
+            self.confusion = bufs[6]
 
     @torch.no_grad()
     def update(self, logits: Tensor, targets: Tensor) -> None:
@@ -250,6 +251,8 @@ class ClassificationMeter:
             raise RuntimeError("ClassificationMeter.update after all_reduce: call reset() first")
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be [N, {self.num_classes}], got {tuple(logits.shape)}")
+        if targets.is_floating_point():  # .long() would truncate 0.7 to class 0 without a word
+            raise ValueError(f"targets must be class indices (an integer tensor), got {targets.dtype}")
         targets = targets.reshape(-1).to(logits.device).long()
         if targets.shape[0] != logits.shape[0]:
             raise ValueError(f"logits have {logits.shape[0]} rows but targets has {targets.shape[0]} entries")
@@ -260,6 +263,7 @@ class ClassificationMeter:
         k = min(self.topk, c)
         top = logits.topk(k, dim=1).indices  # same tie-breaking for top-1 and top-k
         pred = top[:, 0]
+        self.nonfinite += (~torch.isfinite(logits).all(1)).sum()
         hit1 = pred == targets
         hitk = (top == targets[:, None]).any(1)
         self.total += torch.bincount(targets, minlength=c)
@@ -305,12 +309,18 @@ class ClassificationMeter:
         n = int(total.sum())
         acc = _ratio(correct1, total) * 100.0
         precision = _ratio(correct1, self.predicted.cpu().numpy()) * 100.0
+        bad = int(self.nonfinite.sum())
+        # No sample, or logits with NaN/Inf (argmax of NaN is arbitrary): no accuracy to report,
+        # NaN rather than a 0.0 that reads as a measured value.
+        valid = n > 0 and bad == 0
         out: dict = {
             "num_samples": n,
-            "top1": 100.0 * float(correct1.sum()) / n if n else 0.0,
-            "top5": 100.0 * float(self.correctk.sum()) / n if n else 0.0,
-            "mean_class_acc": float(np.nanmean(acc)) if n else 0.0,
+            "top1": 100.0 * float(correct1.sum()) / n if valid else float("nan"),
+            "top5": 100.0 * float(self.correctk.sum()) / n if valid else float("nan"),
+            "mean_class_acc": float(np.nanmean(acc)) if valid else float("nan"),
         }
+        if bad:
+            out["nonfinite_logits"] = bad
         cal = self.calibration.cpu().numpy().astype(np.float64)
         binned = cal[0].sum()
         conf_sum = cal[2] / _CONF_UNITS
