@@ -7,7 +7,8 @@ real engine pieces (``build_model`` + ``Criterion`` + ``gpaco.engine.step.train_
 autocast/channels_last) as the baseline of the CE recipe. Configurations run interleaved;
 each figure is the median over rounds of ``--steps`` steps.
 
-Also the ViT-B/16 fine-tuning step (MAE recipe: AdamW with layer decay, no channels_last),
+Also the ViT-B/16 fine-tuning step (MAE recipe: AdamW with layer decay, in the memory format
+``tools/train.py`` picks on the device),
 GPaCo at B/2 per view against CE at B; the DeepLabV3+ R50 and UPerNet Swin-T training
 iteration (pixel GPaCo as ``tools/train_seg.py`` builds it, bf16 autocast, the ADE20K recipes'
 512x512 crop and 2 images per GPU; a compile failure is printed in its row); and end to end, a
@@ -16,7 +17,10 @@ with ``--gpu-aug`` off and on, images/s of its second epoch from its log.
 
 Prints images/s (and samples/s: a GPaCo sample is two images), the ratios
 GPaCo(B) / CE(2B) step time (same images per step), our CE / bare CE, compiled / eager,
-and the peak GPU memory of each configuration. Run through ``bench/gpu.sh``.
+and the peak GPU memory of each configuration. Each row is printed (and flushed) as soon as it
+is measured and the whole table again at the end; a step that raises prints its error in its row
+and the run goes on, and a row whose optional package (the ``bench`` extra) is missing says so.
+Run through ``bench/gpu.sh``.
 
     python bench/gpu_speed.py [--batch 128] [--steps 20] [--rounds 3] [--no-compile] [--e2e-steps 50]
     python bench/gpu_speed.py --device cpu --tiny   # smoke test of the script itself
@@ -24,6 +28,7 @@ and the peak GPU memory of each configuration. Run through ``bench/gpu.sh``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -37,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 from gpaco.methods import build_criterion  # noqa: E402
-from gpaco.engine.precision import use_cudnn_benchmark  # noqa: E402
+from gpaco.engine.precision import resolve_channels_last, use_cudnn_benchmark  # noqa: E402
 from gpaco.engine.step import Batch, FitContext, train_epoch  # noqa: E402
 from gpaco.methods import get_method as _get_method  # noqa: E402
 from gpaco.engine.optim import build_optimizer  # noqa: E402
@@ -49,6 +54,24 @@ from gpaco.segmentation import train as seg_train  # noqa: E402
 from gpaco.segmentation.inference import collate  # noqa: E402
 
 NUM_CLASSES, QUEUE = 1000, 8192
+
+# Packages outside pyproject's dependencies, imported only by the rows that need them: module ->
+# pip name (pyproject's `bench` extra declares them). A missing one skips those rows.
+OPTIONAL = {"skimage": "scikit-image"}
+
+
+def missing_package(module: str):
+    """None when ``module`` imports, else the skipped row's text."""
+    try:
+        importlib.import_module(module)
+        return None
+    except ImportError:
+        return f"skipped: {module} not installed (pip install {OPTIONAL[module]}, or .[bench])"
+
+
+def error_text(e: BaseException, what: str = "failed") -> str:
+    why = " ".join(line.strip() for line in str(e).splitlines()[:3] if line.strip())
+    return f"{what}: {type(e).__name__}: {why[:200]}"
 
 
 def sync(device):
@@ -207,35 +230,105 @@ def e2e_run(root, list_path, gpu_aug, *, device, batch, size, num_classes, worke
     return {"s": [batch / samples_s], "images": 2 * batch, "mem_gib": None, "wall_s": wall}
 
 
-def run_e2e(device, *, batch, size, steps, n_photos, photo_size):
+def run_e2e(device, *, batch, size, steps, n_photos, photo_size, report):
     """--gpu-aug off and on over one generated JPEG folder (bench/_common.make_photos, listed
-    cyclically to ``steps`` global batches per epoch), in the ImageNet-LT split format."""
+    cyclically to ``steps`` global batches per epoch), in the ImageNet-LT split format; each
+    result (or ``{"error": text}``) goes to ``report(key, result)`` as soon as it is known."""
+    keys = [f"e2e_gpaco_gpuaug_{'on' if gpu_aug else 'off'}" for gpu_aug in (False, True)]
+    skipped = missing_package("skimage")  # make_photos cuts its photographs from skimage.data
+    if skipped:
+        for k in keys:
+            report(k, {"error": skipped})
+        return
     n = batch * steps
     num_classes = min(1000, n)
-    workers = max(1, cpu_count() - 1)  # one core left to the training process itself
-    results = {}
     with tempfile.TemporaryDirectory(prefix="gpaco_gpu_bench_") as tmp:
-        photos = C.make_photos(os.path.join(tmp, "train"), n=n_photos, size=photo_size)
-        list_path = os.path.join(tmp, "train.txt")
-        C.write_split([photos[i % len(photos)] for i in range(n)], tmp, list_path, num_classes)
-        for gpu_aug in (False, True):
-            results[f"e2e_gpaco_gpuaug_{'on' if gpu_aug else 'off'}"] = e2e_run(
-                tmp, list_path, gpu_aug, device=device, batch=batch, size=size, num_classes=num_classes,
-                workers=workers)
-    return results, workers
+        try:
+            photos = C.make_photos(os.path.join(tmp, "train"), n=n_photos, size=photo_size)
+            list_path = os.path.join(tmp, "train.txt")
+            C.write_split([photos[i % len(photos)] for i in range(n)], tmp, list_path, num_classes)
+        except Exception as e:  # noqa: BLE001 -- the rows say why; the compiled rows still come
+            for k in keys:
+                report(k, {"error": error_text(e, "photos failed")})
+            return
+        for k, gpu_aug in zip(keys, (False, True)):
+            try:
+                r = e2e_run(tmp, list_path, gpu_aug, device=device, batch=batch, size=size,
+                            num_classes=num_classes, workers=e2e_workers())
+            except Exception as e:  # noqa: BLE001
+                r = {"error": error_text(e)}
+            report(k, r)
 
 
-def end_to_end(args, device, results, failed, B, S, photos, photo_size) -> str:
-    """The --gpu-aug off / on training runs into ``results`` (or their errors into ``failed``);
-    returns the table header's note on them."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # the training children get the card
-    e2e, workers = run_e2e(device, batch=B, size=S, steps=args.e2e_steps, n_photos=photos, photo_size=photo_size)
-    for k, r in e2e.items():
-        (failed if "error" in r else results)[k] = r.get("error", r)
+def e2e_workers() -> int:
+    return max(1, cpu_count() - 1)  # one core left to the training process itself
+
+
+def e2e_note(args, B, photos, photo_size) -> str:
+    """The table header's note on the end-to-end runs."""
     return (f"; e2e: tools/train.py GPaCo R50 --aug {E2E_AUG}, bf16, channels_last, eager, batch {B}, "
-            f"{workers} workers, {args.e2e_steps} steps x 2 epochs on {photos} JPEGs {photo_size[0]}x"
+            f"{e2e_workers()} workers, {args.e2e_steps} steps x 2 epochs on {photos} JPEGs {photo_size[0]}x"
             f"{photo_size[1]}, epoch 2 from its log")
+
+
+class Table:
+    """The results table. Each row is printed and flushed the moment it is known (a run cut short, by
+    a crash or a lost machine, keeps what it measured); ``print_all`` prints the whole table again."""
+
+    def __init__(self, names, header):
+        self.w = max(len(k) for k in [*names, "config"])
+        self.header = header
+        self.results, self.failed = {}, {}
+
+    def print_header(self):
+        print(*self.header, sep="\n")
+        print(f"{'config':{self.w}s} {'step ms':>9s} {'it/s':>8s} {'images/s':>10s} {'samples/s':>10s} "
+              f"{'peak GiB':>9s}", flush=True)
+
+    def add(self, k, r):
+        """``r``: a result, or ``{"error": text}``."""
+        if "error" in r:
+            self.failed[k] = r["error"]
+        else:
+            self.results[k] = r
+        print(self.line(k), flush=True)
+
+    def fail(self, k, text):
+        self.add(k, {"error": text})
+
+    def line(self, k) -> str:
+        if k in self.failed:
+            return f"{k:{self.w}s} {self.failed[k]}"
+        r = self.results[k]
+        t = C.median(r["s"])
+        two_views = k.startswith(("gpaco", "paco", "vit_gpaco", "e2e_gpaco"))
+        samples = r["images"] // 2 if two_views else r["images"]
+        mem = f"{r['mem_gib']:.2f}" if r["mem_gib"] is not None else "-"
+        return f"{k:{self.w}s} {1e3 * t:9.1f} {1 / t:8.2f} {r['images'] / t:10.0f} {samples / t:10.0f} {mem:>9s}"
+
+    def print_all(self):
+        print()
+        self.print_header()
+        for k in [*self.results, *self.failed]:
+            print(self.line(k))
+        sys.stdout.flush()
+
+
+def interleave(built, rounds, done, fail):
+    """``C.interleave`` (same order every round, no extra warm-up) with each configuration guarded:
+    one that raises is dropped with ``fail(key, text)``; ``done(key, times)`` as soon as a
+    configuration's last round is timed."""
+    times = {k: [] for k in built}
+    for i in range(rounds):
+        for k in list(built):
+            try:
+                times[k].append(built[k]())
+            except Exception as e:  # noqa: BLE001 -- e.g. out of memory mid-run: say so, go on
+                del built[k], times[k]
+                fail(k, error_text(e))
+                continue
+            if i == rounds - 1:
+                done(k, times[k])
 
 
 def main(argv=None):
@@ -277,70 +370,73 @@ def main(argv=None):
     else:
         name = f"CPU ({C.cpu_model()})"
     B, S, n = args.batch, args.image_size, args.steps
-    # ViT-B/16 fine-tuning (tiny: the 2-block test ViT): CE at VB images, GPaCo at VB/2 per view.
+    # ViT-B/16 fine-tuning (tiny: the 2-block test ViT): CE at VB images, GPaCo at VB/2 per view, in the
+    # memory format tools/train.py picks for this device and bf16 (its --channels-last default)
     vit, VB = ("mae_vit_tiny_d2_patch8", 2 * B) if args.tiny else ("mae_vit_base_patch16", B)
+    vit_cl = resolve_channels_last(None, device, "bf16")
     SB, SC = args.seg_batch, args.seg_crop
     modes = [False] if args.no_compile else [False, True]
-    results, failed = {}, {}
     started = time.time()
 
     def over_budget() -> bool:
         return args.budget_min > 0 and time.time() - started > 60 * args.budget_min
 
-    e2e_note = ""
-    for comp in modes:
-        tag = "compiled" if comp else "eager"
-        runs = {f"bare_ce_{tag}": lambda: BareRun(2 * B, S, n, device, comp),
-                f"ce_{tag}": lambda: EngineRun("ce", 2 * B, S, n, device, comp),
-                f"paco_{tag}": lambda: EngineRun("paco", B, S, n, device, comp),
-                f"gpaco_{tag}": lambda: EngineRun("gpaco", B, S, n, device, comp),
-                f"vit_ce_{tag}": lambda: EngineRun("ce", VB, S, n, device, comp, False, arch=vit),
-                f"vit_gpaco_{tag}": lambda: EngineRun("gpaco", VB // 2, S, n, device, comp, False, arch=vit)}
+    def configs(comp):
+        runs = {"bare_ce": lambda: BareRun(2 * B, S, n, device, comp),
+                "ce": lambda: EngineRun("ce", 2 * B, S, n, device, comp),
+                "paco": lambda: EngineRun("paco", B, S, n, device, comp),
+                "gpaco": lambda: EngineRun("gpaco", B, S, n, device, comp),
+                "vit_ce": lambda: EngineRun("ce", VB, S, n, device, comp, vit_cl, arch=vit),
+                "vit_gpaco": lambda: EngineRun("gpaco", VB // 2, S, n, device, comp, vit_cl, arch=vit)}
         for recipe in SEG_RECIPES:
-            runs[f"{recipe}_{tag}"] = lambda recipe=recipe: SegRun(recipe, SB, SC, n, device, comp)
+            runs[recipe] = lambda recipe=recipe: SegRun(recipe, SB, SC, n, device, comp)
+        tag = "compiled" if comp else "eager"
+        return {f"{k}_{tag}": make for k, make in runs.items()}
+
+    e2e_keys = [] if args.no_e2e else ["e2e_gpaco_gpuaug_off", "e2e_gpaco_gpuaug_on"]
+    table = Table([k for comp in modes for k in configs(comp)] + e2e_keys, [
+        f"GPU bench on {name}: ResNet-50, C={NUM_CLASSES}, K={QUEUE}, bf16 autocast, channels_last, {S}px, "
+        f"GPaCo B={B} per view, CE {2 * B}; ViT {'channels_last' if vit_cl else 'NCHW'}; {n} steps x "
+        f"{args.rounds} rounds; torch {torch.__version__}",
+        f"segmentation: pixel GPaCo, ADE20K's 150 classes, {SB} images of {SC}x{SC} per step, bf16 autocast"
+        f"{'' if args.no_e2e else e2e_note(args, B, photos, photo_size)}"])
+    table.print_header()
+    results, failed = table.results, table.failed
+
+    for comp in modes:
         built, mem = {}, {}
-        for k, make in runs.items():  # build and warm up one at a time to get each one's peak memory
+        for k, make in configs(comp).items():  # build and warm up one at a time to get each one's peak memory
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             if comp and over_budget():
-                failed[k] = f"skipped: past the --budget-min {args.budget_min:g} budget"
+                table.fail(k, f"skipped: past the --budget-min {args.budget_min:g} budget")
                 continue
             try:
                 built[k] = make()
                 built[k]()  # warm-up (and compilation)
                 built[k]()
-            except Exception as e:  # noqa: BLE001 -- a network torch.compile cannot take: say why, go on
-                if not comp:
-                    raise
+            except Exception as e:  # noqa: BLE001 -- e.g. a network torch.compile cannot take: say why, go on
                 built.pop(k, None)
-                why = " ".join(line.strip() for line in str(e).splitlines()[:3] if line.strip())
-                failed[k] = f"compile failed: {type(e).__name__}: {why[:200]}"
+                table.fail(k, error_text(e, "compile failed" if comp else "failed"))
                 continue
             if device.type == "cuda":
                 mem[k] = torch.cuda.max_memory_allocated(device) / 2**30
-        times = C.interleave(built, args.rounds, warmup=0)
-        for k, r in built.items():
-            results[k] = {"s": times[k], "images": r.images_per_step, "mem_gib": mem.get(k)}
-        del built
+        interleave(built, args.rounds,
+                   lambda k, s: table.add(k, {"s": s, "images": built[k].images_per_step, "mem_gib": mem.get(k)}),
+                   table.fail)
+        built.clear()  # free the models before the next step
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the training children (or the next configurations) get the card
         if not comp and not args.no_e2e:  # the end-to-end runs before the compiled ones (see --budget-min)
-            e2e_note = end_to_end(args, device, results, failed, B, S, photos, photo_size)
-    print(f"GPU bench on {name}: ResNet-50, C={NUM_CLASSES}, K={QUEUE}, bf16 autocast, channels_last, {S}px, "
-          f"GPaCo B={B} per view, CE {2 * B}; {n} steps x {args.rounds} rounds; torch {torch.__version__}")
-    print(f"segmentation: pixel GPaCo, ADE20K's 150 classes, {SB} images of {SC}x{SC} per step, bf16 autocast"
-          f"{e2e_note}")
-    w = max(len(k) for k in [*results, *failed, "config"])
-    print(f"{'config':{w}s} {'step ms':>9s} {'it/s':>8s} {'images/s':>10s} {'samples/s':>10s} {'peak GiB':>9s}")
-    for k in [*results, *failed]:
-        if k in failed:
-            print(f"{k:{w}s} {failed[k]}")
-            continue
-        r = results[k]
-        t = C.median(r["s"])
-        two_views = k.startswith(("gpaco", "paco", "vit_gpaco", "e2e_gpaco"))
-        samples = r["images"] // 2 if two_views else r["images"]
-        mem = f"{r['mem_gib']:.2f}" if r["mem_gib"] is not None else "-"
-        print(f"{k:{w}s} {1e3 * t:9.1f} {1 / t:8.2f} {r['images'] / t:10.0f} {samples / t:10.0f} {mem:>9s}")
+            try:
+                run_e2e(device, batch=B, size=S, steps=args.e2e_steps, n_photos=photos, photo_size=photo_size,
+                        report=table.add)
+            except Exception as e:  # noqa: BLE001 -- e.g. the temporary folder: the rows not yet printed say why
+                for k in e2e_keys:
+                    if k not in results and k not in failed:
+                        table.fail(k, error_text(e))
+    table.print_all()
     rows = []
     for comp in modes:
         tag = "compiled" if comp else "eager"
@@ -355,7 +451,7 @@ def main(argv=None):
                     results[f"{a}_{tag}"]["s"], results[f"{b}_{tag}"]["s"]), target, "<=", name))
     if len(modes) == 2:
         for m in ("ce", "paco", "gpaco", "vit_ce", "vit_gpaco", *SEG_RECIPES):
-            if f"{m}_compiled" in results:
+            if f"{m}_compiled" in results and f"{m}_eager" in results:
                 rows.append(C.Row("gpu", f"GPU {m}: compiled / eager step", C.paired_ratio(
                     results[f"{m}_compiled"]["s"], results[f"{m}_eager"]["s"]), None, "<=", name))
     on, off = results.get("e2e_gpaco_gpuaug_on"), results.get("e2e_gpaco_gpuaug_off")
