@@ -27,6 +27,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from gpaco.engine.logging import atomic_path
+
 __all__ = ["write_eval_report", "plot_per_class", "plot_confusion", "plot_reliability", "plot_curves",
            "fairness_line", "CONFUSION_MAX_CLASSES"]
 
@@ -58,7 +60,7 @@ def write_eval_report(out_dir: str, metrics: dict, train_counts: Optional[Sequen
     train = list(train_counts) if train_counts is not None else None
     written = []
     path = os.path.join(out_dir, "per_class.csv")
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:  # a full disk keeps the previous report
         w = csv.writer(f)
         w.writerow(["class", "train_count", "test_count", "accuracy", "precision", "recall"])
         for c in range(n):
@@ -136,8 +138,7 @@ def plot_curves(rows: Sequence[dict], path: str) -> bool:
     if drawn:
         ax2.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save_figure(plt, fig, path)
     return True
 
 
@@ -162,8 +163,17 @@ def plot_reliability(calibration: dict, ece: Optional[float], path: str) -> None
     ax.set_title(f"reliability, ECE {ece:.2f}" if ece is not None else "reliability", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save_figure(plt, fig, path)
+
+
+def _save_figure(plt, fig, path: str) -> None:
+    """``fig`` into ``path`` through a temporary file (a full disk keeps the previous image, not
+    an empty one), then closed either way."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
 def _pyplot():
@@ -227,8 +237,7 @@ def plot_per_class(per_class: Sequence[float], train_counts: Optional[Sequence[i
         title += f": mean {np.mean(known):.1f}, worst {min(known):.1f}"
     ax1.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save_figure(plt, fig, path)
 
 
 def plot_confusion(confusion, path: str) -> None:
@@ -255,5 +264,4 @@ def plot_confusion(confusion, path: str) -> None:
     ax.set_title("confusion (colour: row %; numbers: counts)" if c <= 20 else "confusion (row-normalised)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save_figure(plt, fig, path)

@@ -28,7 +28,7 @@ from gpaco.data.gpu_aug import DeviceAugment
 from gpaco.data.transforms import NORMALIZATION
 from gpaco.engine.fit import Position, Task
 from gpaco.engine.lifecycle import TrainingRun, seed_everything
-from gpaco.engine.logging import SUMMARY_NAME, print_main, read_summary, write_json
+from gpaco.engine.logging import SUMMARY_NAME, print_main, read_summary, to_jsonable, write_json
 from gpaco.engine.optim import build_optimizer
 from gpaco.engine.precision import resolve_amp, resolve_channels_last
 from gpaco.engine.schedule import LRSchedule, schedule_from_flags
@@ -414,6 +414,8 @@ class ClassificationTask(Task):
     def position_state(self, position: Position) -> Dict[str, Any]:
         state = {"epoch": position["epoch"], "step": position["step"], "class_counts": self.train_counts,
                  "channels_last": self.fit.ctx.channels_last}
+        if position.get("log"):
+            state["pending_log"] = to_jsonable(position["log"])  # plain values: weights_only loads them
         if position["step"]:
             state.update(epoch_state=position["epoch_state"], rng_per_rank=position["rng_per_rank"],
                          world_size=position["world_size"])
@@ -457,9 +459,13 @@ class ClassificationTask(Task):
             print_main(f"[epoch {epoch + 1}] val top-1 {val['top1']:.2f} (many {val['many']:.2f} / medium "
                        f"{val['medium']:.2f} / few {val['few']:.2f}); best {self.best_metric:.2f} at epoch "
                        f"{self.best_step}")
-        self.fit.save(Position(epoch=epoch + 1, step=0), best=is_best, where=f"the end of epoch {epoch + 1}")
-        lc.logger.log_epoch(record)
+        # The record rides in the checkpoint: a kill or full disk before the lines below is
+        # made good on resume (RunLogger.log_pending). TensorBoard first: a record in log.jsonl
+        # then implies its scalars were written.
+        self.fit.save(Position(epoch=epoch + 1, step=0, log=record), best=is_best,
+                      where=f"the end of epoch {epoch + 1}")
         lc.logger.log_scalars({k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch + 1)
+        lc.logger.log_epoch(record)
 
     def finish(self, ctx: FitContext, last_epoch: int) -> dict:
         args, lc = self.args, ctx.lifecycle

@@ -24,6 +24,7 @@ from gpaco.checkpoint import CheckpointError, rng_state
 from gpaco.distributed import broadcast_buffers
 from gpaco.engine.args import run_kwargs
 from gpaco.engine.lifecycle import NonFiniteLossError, TrainingRun
+from gpaco.engine.logging import print_main
 from gpaco.engine.step import FitContext, train_epoch
 
 __all__ = ["Task", "Position", "fit"]
@@ -146,6 +147,12 @@ class _Fit:
                 ckpt, step_key=task.step_key, best_step_key=task.best_step_key,
                 best_metric_key=task.best_metric_key, best_keys=task.best_keys)
             task.say_resumed(note)
+            # The record of the checkpoint's step, when the run that saved it died before logging it
+            # (only into that run's own folder: a run started from another's checkpoint has its own history).
+            own = os.path.realpath(os.path.dirname(lc.resume_path or "")) == os.path.realpath(lc.output_dir)
+            if own and lc.logger.log_pending(ckpt.get("pending_log")):
+                print_main(f"note: the log record of {task.step_key} {ckpt['pending_log'].get(task.step_key)} was "
+                           f"missing (the run stopped right after its checkpoint); logged it from {lc.resume_path}")
         return self.loop(loader, position)
 
     def resume(self, ckpt: dict, loader) -> Tuple[Position, str]:

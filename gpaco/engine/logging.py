@@ -2,22 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
+import io
 import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 import torch
+from gpaco.checkpoint import CheckpointError
 from gpaco.distributed import is_main_process
 
 __all__ = [
     "RunLogger", "save_args_yaml", "progress_line", "ProgressMeter", "print_main",
-    "to_jsonable", "write_json", "tensorboard_tag", "read_summary", "LOG_NAME", "SUMMARY_NAME",
+    "to_jsonable", "write_json", "atomic_path", "tensorboard_tag", "read_summary", "LOG_NAME", "SUMMARY_NAME",
 ]
 
 LOG_NAME = "log.jsonl"
@@ -56,19 +59,76 @@ def to_jsonable(value: Any) -> Any:
     return repr(value)
 
 
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[str]:
+    """A temporary path to write ``path``'s new content to; renamed over ``path`` when the block
+    ends without an error, removed otherwise. A kill or a full disk leaves the previous file (or
+    none), never a half or empty one. The temporary name keeps ``path``'s extension so that a
+    writer choosing the format by extension (matplotlib) still does."""
+    root, ext = os.path.splitext(os.fspath(path))
+    tmp = f"{root}.{os.getpid()}.tmp{ext}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_json(path: PathLike, value: Any) -> None:
     """``to_jsonable(value)`` into ``path`` through a temporary file and a rename: a killed
     process leaves the previous file or none, never half of one (an evaluation's metrics.json
     is what the next one checks before it may write there)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             json.dump(to_jsonable(value), f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+
+def _write_failed(path: PathLike, err: OSError) -> CheckpointError:
+    return CheckpointError(f"could not write {path}: {err.strerror or err} (disk full?); what was logged before is "
+                           f"intact; free space, then --resume auto")
+
+
+def _drop_half_line(path: Path) -> bool:
+    """Cut ``path`` after its last newline: a full disk or a kill can leave half a line that the
+    next append would be glued to. True when something was cut."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if not size:
+        return False
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return False
+        # the last newline, read backwards in blocks (log files can be long)
+        end, keep = size, 0
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            block = f.read(end - start)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                keep = start + i + 1
+                break
+            end = start
+        f.truncate(keep)
+    return True
+
+
+def _append_whole(fd: int, path: Path, data: bytes) -> None:
+    """Append ``data`` to the open ``fd`` whole or not at all: a failed write is cut back off."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise _write_failed(path, e) from None
 
 
 def tensorboard_tag(key: str) -> str:
@@ -127,6 +187,7 @@ class _Summary:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        _drop_half_line(path)  # a row cut inside its last value would still parse
         self.rows = read_summary(path)
         self.columns: list[str] = list(self.rows[0]) if self.rows else []
         for row in self.rows[1:]:
@@ -155,17 +216,29 @@ class _Summary:
             self._rewrite()
         else:
             self.rows.append(values)
-            with open(self.path, "a", newline="", encoding="utf-8") as f:
-                csv.writer(f).writerow([values.get(c, "") for c in self.columns])
+            buf = io.StringIO()
+            csv.writer(buf).writerow([values.get(c, "") for c in self.columns])
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                _append_whole(fd, self.path, buf.getvalue().encode("utf-8"))
+            finally:
+                os.close(fd)
+
+    @property
+    def last_step(self) -> Optional[float]:
+        steps = [s for s in map(_step_of, self.rows) if s is not None]
+        return max(steps) if steps else None
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(self.columns)
-            for row in self.rows:
-                w.writerow([row.get(c, "") for c in self.columns])
-        os.replace(tmp, self.path)
+        try:
+            with atomic_path(self.path) as tmp:
+                with open(tmp, "w", newline="", encoding="utf-8") as f:
+                    w = csv.writer(f)
+                    w.writerow(self.columns)
+                    for row in self.rows:
+                        w.writerow([row.get(c, "") for c in self.columns])
+        except OSError as e:
+            raise _write_failed(self.path, e) from None
 
 
 class RunLogger:
@@ -182,26 +255,68 @@ class RunLogger:
         self.output_dir = Path(output_dir)
         self.enabled = bool(enabled)
         self._writer = None
-        self._jsonl = None
+        self._jsonl: Optional[int] = None  # a raw descriptor: no buffer that a failed flush could leave behind
+        self._last_logged: Optional[float] = None  # the last step in log.jsonl
         if self.enabled:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(self.output_dir / LOG_NAME, "a", encoding="utf-8")
+            if _drop_half_line(self.jsonl_path):
+                print_main(f"note: {self.jsonl_path} ended in half a line (a full disk or a kill); it was cut off")
+            self._last_logged = self._read_last_step()
+            self._jsonl = os.open(self.jsonl_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             self._summary = _Summary(self.output_dir / SUMMARY_NAME)
 
     @property
     def jsonl_path(self) -> Path:
         return self.output_dir / LOG_NAME
 
+    def _read_last_step(self) -> Optional[float]:
+        last = None
+        if self.jsonl_path.is_file():
+            with open(self.jsonl_path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        step = _step_of(json.loads(line))
+                    except (ValueError, AttributeError):
+                        continue
+                    if step is not None:
+                        last = step
+        return last
+
     def log_epoch(self, record: Mapping[str, Any]) -> None:
-        """Append ``record`` as one JSON line (NaN -> null), flushed immediately, and add it to
-        ``summary.csv`` (plain values only; lists and dicts stay in the JSON line)."""
+        """Append ``record`` as one JSON line (NaN -> null), written whole or not at all, and add
+        it to ``summary.csv`` (plain values only; lists and dicts stay in the JSON line). A failed
+        write (disk full) raises :class:`~gpaco.checkpoint.CheckpointError` naming the file."""
         if not self.enabled:
             return
         if self._jsonl is None:
             raise RuntimeError(f"RunLogger for {self.output_dir} is closed")
-        self._jsonl.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
-        self._jsonl.flush()
+        line = json.dumps(to_jsonable(record), allow_nan=False) + "\n"
+        _append_whole(self._jsonl, self.jsonl_path, line.encode("utf-8"))
+        self._last_logged = _step_of(record)
         self._summary.add(record)
+
+    def log_pending(self, record: Optional[Mapping[str, Any]]) -> bool:
+        """Log ``record`` (carried by a checkpoint) where the run that wrote the checkpoint was
+        stopped before logging it: into log.jsonl and TensorBoard when its step is past
+        log.jsonl's last, into summary.csv when past summary.csv's last. A record already logged
+        is not repeated. True when something was written."""
+        if not self.enabled or not record:
+            return False
+        step = _step_of(record)
+        if step is None:
+            return False
+        wrote = False
+        if self._last_logged is None or step > self._last_logged:
+            line = json.dumps(to_jsonable(record), allow_nan=False) + "\n"
+            _append_whole(self._jsonl, self.jsonl_path, line.encode("utf-8"))
+            self._last_logged = step
+            self.log_scalars({k: v for k, v in record.items() if isinstance(v, (int, float))}, int(step))
+            wrote = True
+        last_row = self._summary.last_step
+        if last_row is None or step > last_row:
+            self._summary.add(record)
+            wrote = True
+        return wrote
 
     def _tb(self):
         if self._writer is None:
@@ -229,12 +344,17 @@ class RunLogger:
         writer.flush()
 
     def close(self) -> None:
+        # Runs on the way out of a failed run too: an error here must not keep run.lock held.
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+            except Exception as e:  # a full disk under TensorBoard's own writer
+                print_main(f"warning: closing the TensorBoard log in {self.output_dir} failed: {e}")
         if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
+            fd, self._jsonl = self._jsonl, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def __enter__(self) -> "RunLogger":
         return self
