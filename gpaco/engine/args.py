@@ -88,8 +88,10 @@ CONFIG_IGNORED = ("config", "resume", "overwrite", "dry_run")
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """``parser.parse_args(argv)``; with ``--config ARGS_YAML`` the file's values are the
-    defaults, so the flags given on the command line override them. Unknown keys, a file that
-    is not a YAML mapping or cannot be read are a FlagError naming the file (and key)."""
+    defaults, so the flags given on the command line override them. Each value goes through
+    its flag's type, choices and nargs as on the command line (:func:`config_value`). Unknown
+    keys, a bad value, a file that is not a YAML mapping or cannot be read are a FlagError
+    naming the file (and key)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     path = pre.parse_known_args(argv)[0].config
@@ -108,12 +110,95 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[s
             values = {}
         if not isinstance(values, dict):
             raise FlagError(f"--config {path}: expected one 'flag_name: value' per line, got a {type(values).__name__}")
-        known = {a.dest for a in parser._actions}
-        unknown = [k for k in values if k not in known]
+        # --help is no value to take from a file
+        actions = {a.dest: a for a in parser._actions if not isinstance(a, argparse._HelpAction)}
+        unknown = [k for k in values if k not in actions]
         if unknown:
             raise FlagError(f"--config {path}: unknown key {unknown[0]!r} (not a flag of {parser.prog})")
-        parser.set_defaults(**{k: v for k, v in values.items() if k not in CONFIG_IGNORED})
+        defaults = {}
+        for key, value in values.items():
+            if key in CONFIG_IGNORED:
+                continue
+            try:
+                defaults[key] = config_value(parser, actions[key], value)
+            except ValueError as e:
+                raise FlagError(f"--config {path}: key {key!r}: {e}") from None
+        parser.set_defaults(**defaults)
     return parser.parse_args(argv)
+
+
+def _yaml_repr(value: object) -> str:
+    """A YAML value as the user wrote it: ``true``/``null``, strings quoted."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, (str, int, float)) else str(value)  # a date: 2024-01-01
+
+
+def _config_scalar(parser: argparse.ArgumentParser, action: argparse.Action, value: object) -> object:
+    """One value of a flag taking values, converted and checked like the command-line token."""
+    expected = _expected(action, item=True)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):  # lists, mappings, dates, null
+        what = {list: "a list", tuple: "a list", dict: "a mapping"}.get(type(value), _yaml_repr(value))
+        raise ValueError(f"expected {expected}, got {what}")
+    kind = action.type
+    if kind is int and isinstance(value, float):  # `--epochs 2.5` is refused too
+        raise ValueError(f"expected {expected}, got {value!r}")
+    if kind is float and not isinstance(value, str):
+        converted = float(value)  # a YAML int for a float flag is fine
+    elif kind is int and not isinstance(value, str):
+        converted = value
+    else:  # the flag's own conversion of the command-line token (`arch: 50` is the token "50")
+        try:
+            converted = parser._get_value(action, value if isinstance(value, str) else str(value))
+        except argparse.ArgumentError as e:
+            detail = f"got {value!r}" if kind in (None, str, int, float) else e.message
+            raise ValueError(f"expected {expected}, {detail}") from None
+    if action.choices is not None and converted not in action.choices:
+        choices = ", ".join(repr(c) for c in action.choices)
+        raise ValueError(f"invalid choice {converted!r} (choose from {choices})")
+    return converted
+
+
+def _expected(action: argparse.Action, *, item: bool = False) -> str:
+    """What the flag takes: ``an integer``, ``a list of 2 numbers``; ``item``: one element's kind."""
+    kind = action.type
+    name = {None: "a string", str: "a string", int: "an integer", float: "a number"}.get(
+        kind, f"a {getattr(kind, '__name__', 'valid')} value")
+    if item or action.nargs in (None, "?"):
+        return name
+    plural = name.split(" ", 1)[1] + "s"
+    count = {"+": "one or more ", "*": ""}.get(action.nargs, f"{action.nargs} ")
+    return f"a list of {count}{plural}"
+
+
+def config_value(parser: argparse.ArgumentParser, action: argparse.Action, value: object) -> object:
+    """The value ``--config`` gives ``action``: what the command line would give for it, or
+    ValueError saying what was expected (argparse never checks defaults, so this does)."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        if isinstance(value, bool) or (value is None and action.default is None):
+            return value
+        # "no" or 0 would otherwise switch the flag on
+        raise ValueError(f"expected true or false, got {_yaml_repr(value)}")
+    if type(action) is not argparse._StoreAction:
+        raise ValueError(f"{flag_name(action.dest)} cannot be set from a config file")
+    if value is None:
+        if action.default is None:  # null is leaving the flag out
+            return None
+        raise ValueError(f"expected {_expected(action)}, got null (leave the key out for the default "
+                         f"{_yaml_repr(action.default)})")
+    if action.nargs in (None, "?"):
+        return _config_scalar(parser, action, value)
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif action.nargs in ("+", "*") and not isinstance(value, dict):
+        items = [value]  # `milestones: 160` is `--milestones 160`
+    else:
+        raise ValueError(f"expected {_expected(action)}, got {_yaml_repr(value)}")
+    if (isinstance(action.nargs, int) and len(items) != action.nargs) or (action.nargs == "+" and not items):
+        raise ValueError(f"expected {_expected(action)}, got {len(items)} value{'s' * (len(items) != 1)}")
+    return [_config_scalar(parser, action, v) for v in items]
 
 
 def check_finite(args: argparse.Namespace, names: Iterable[str]) -> None:
