@@ -107,13 +107,11 @@ def _parse_line(line: str) -> Tuple[Optional[str], Optional[int], Optional[Probl
     return rel, label, None
 
 
-def _file_kind(path: str) -> Optional[str]:
-    """None for a regular file, "missing", or what special file it is. Only stat: opening a
-    FIFO would block the check (and training) forever."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return "missing"
+def special_file_kind(mode: int) -> Optional[str]:
+    """What a non-regular file is (``os.stat().st_mode``), or None for a regular file.
+    Opening a FIFO blocks until a writer appears (forever, and SIGTERM cannot interrupt
+    it), and a device can stream without end: only regular files are read as images.
+    The one rule for the checker, the split reader (gpaco.data.splits) and training."""
     if stat.S_ISREG(mode):
         return None
     for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
@@ -121,6 +119,15 @@ def _file_kind(path: str) -> Optional[str]:
         if test(mode):
             return kind
     return "another special file"
+
+
+def _file_kind(path: str) -> Optional[str]:
+    """None for a regular file, "missing", or what special file it is. Only stat: opening a
+    FIFO would block the check (and training) forever."""
+    try:
+        return special_file_kind(os.stat(path).st_mode)
+    except OSError:
+        return "missing"
 
 
 def _exists_chunk(paths: Sequence[str]) -> List[Optional[str]]:

@@ -70,14 +70,20 @@ def test_coco_stuff10k_end_to_end_refusal_writes_nothing(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- FIFOs named like images
 
-@needs_fifo
-def test_split_dataset_refuses_a_fifo_without_opening_it(tmp_path):
+def _list_with_a_fifo(tmp_path) -> Path:
+    """list.txt naming a real image (line 1) and a FIFO (line 2) under ``tmp_path``."""
     from PIL import Image
 
     Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")
     os.mkfifo(tmp_path / "pipe.png")
     lst = tmp_path / "list.txt"
     lst.write_text("ok.png 0\npipe.png 1\n")
+    return lst
+
+
+@needs_fifo
+def test_split_dataset_refuses_a_fifo_without_opening_it(tmp_path):
+    lst = _list_with_a_fifo(tmp_path)
     ds = SplitDataset(lst, tmp_path)
     assert ds.load_image(0).size == (4, 4)
     with pytest.raises(DataError, match=r"list.txt:2: .*pipe.png is not a regular file \(a FIFO\)"):
@@ -86,12 +92,7 @@ def test_split_dataset_refuses_a_fifo_without_opening_it(tmp_path):
 
 @needs_fifo
 def test_check_data_reports_a_fifo(tmp_path):
-    from PIL import Image
-
-    Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")
-    os.mkfifo(tmp_path / "pipe.png")
-    lst = tmp_path / "list.txt"
-    lst.write_text("ok.png 0\npipe.png 1\n")
+    lst = _list_with_a_fifo(tmp_path)
     check = _tool_module("check_data")
     report = check.check_list(str(lst), str(tmp_path), verify_images=True, jobs=1)
     assert [(p.line, p.kind) for p in report.errors] == [(2, "special")]

@@ -694,6 +694,12 @@ def test_segmentation_accumulates_and_clips_in_the_shared_loop(demo_root, tmp_pa
         seg.parse_train_args(["--clip-grad", "0"])
     with pytest.raises(SystemExit, match="--accum-iter must be > 0"):
         seg.parse_train_args(["--accum-iter", "0"])
+    with pytest.raises(SystemExit, match=r"--ckpt-interval 3 must be a multiple of --accum-iter 2"):
+        seg.parse_train_args(["--iters", "8", "--accum-iter", "2", "--ckpt-interval", "3"])
+    with pytest.raises(SystemExit, match=r"--iters 7 must be a multiple of --accum-iter 2"):
+        seg.parse_train_args(["--iters", "7", "--accum-iter", "2"])
+    defaults = seg.parse_train_args(["--iters", "50", "--accum-iter", "2"])
+    assert (defaults.eval_interval, defaults.ckpt_interval) == (4, 4)  # 50 // 10 = 5, down to a step
 
 
 def test_deterministic_segmentation_warns_where_cuda_has_no_deterministic_kernel(tmp_path):

@@ -202,11 +202,14 @@ def check_data_found(data_root: str, splits) -> None:
         if not samples:
             continue  # CIFAR: its reader already checked the files
         path, line = samples[0][0], ds._lines[0] if getattr(ds, "_lines", None) else 1
-        kind = special_file_kind(os.stat(path).st_mode) if os.path.exists(path) else None
-        if kind:  # reading a FIFO would block the run forever
+        try:
+            kind = special_file_kind(os.stat(path).st_mode)
+        except OSError:
+            kind = "missing"
+        if kind and kind != "missing":  # reading a FIFO would block the run forever
             raise DataError(f"{ds.list_path}:{line} ({flag}): {path} is not a regular file ({kind}); a split list "
                             f"names image files")
-        if not os.path.isfile(path):
+        if kind == "missing":
             where = f"--data-root {data_root} does not exist" if not os.path.isdir(data_root) else \
                 f"is --data-root {data_root} right?"
             raise DataError(f"{ds.list_path}:{line} ({flag}): image {path} not found; {where}")
@@ -407,9 +410,13 @@ class ClassificationTask(Task):
         return f"resumed from {path}: epoch {epoch} done"
 
     def say_resumed(self, note: str) -> None:
+        ckpt = self.checkpoint or {}
+        if int(ckpt.get("epoch", 0)) >= self.epochs and not ckpt.get("step"):
+            print_main(note)  # a finished run: its results are reported again below
+            return
         best = f"best val top-1 {self.best_metric:.2f} at epoch {self.best_step}" if self.best_step > 0 else \
             "no best yet"
-        print_main(f"{note}, {best}" if "finished" not in note else note)
+        print_main(f"{note}, {best}")
 
     def position_state(self, position: Position) -> Dict[str, Any]:
         state = {"epoch": position["epoch"], "step": position["step"], "class_counts": self.train_counts,

@@ -15,13 +15,14 @@ import io
 import logging
 import multiprocessing
 import os
-import stat
 import zlib
 from typing import Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
+
+from gpaco.check_data import special_file_kind  # the checker's rule (standard library only)
 
 __all__ = ["DataError", "special_file_kind", "read_split", "infer_num_classes", "class_counts", "SplitDataset", "to_rgb",
            "is_16_bit", "link_outside_root"]
@@ -103,19 +104,6 @@ def _new_counter():
 class DataError(ValueError):
     """A dataset file is missing, malformed or unreadable. The message names the file
     (and line) and says what was expected."""
-
-
-def special_file_kind(mode: int) -> Optional[str]:
-    """What a non-regular file is (``os.stat().st_mode``), or None for a regular file.
-    Opening a FIFO blocks until a writer appears (forever, and SIGTERM cannot interrupt
-    it), and a device can stream without end: only regular files are read as images."""
-    if stat.S_ISREG(mode):
-        return None
-    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
-        if test(mode):
-            return kind
-    return "another special file"
 
 
 def _parse_split(

@@ -75,7 +75,8 @@ class Task:
         raise NotImplementedError
 
     def build_context(self, lc: TrainingRun, model: nn.Module) -> FitContext:
-        """The criterion, optimizer, scaler, schedule and DDP wrapping around ``model``."""
+        """The criterion, optimizer, scaler and schedule around ``model`` (fit wraps it in DDP after
+        the method's ``setup``)."""
         raise NotImplementedError
 
     def train_loader(self, ctx: FitContext):

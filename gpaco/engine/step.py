@@ -68,6 +68,7 @@ class FitContext:
     ``generator``: a per-step generator a criterion may draw from (segmentation's pixels).
     ``step_name``: ``(epoch, step, steps_per_epoch) -> str`` names a step in messages.
     ``nan_skipped``: micro-batches skipped under ``--nan-policy skip`` so far in this epoch.
+    ``epoch`` / ``step``: where the loop is (0-based epoch and micro-batch), for a method's step.
     """
 
     model: nn.Module

@@ -159,10 +159,18 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
         seg_arch(args.arch)
     except ValueError as e:
         raise FlagError(f"--arch: {e}") from None
+    # Checkpoints, evaluations and the run's end fall on optimizer steps: a checkpoint in the
+    # middle of an accumulation cycle would lose the cycle's gradient, and a resume would differ.
+    k = args.accum_iter
     if args.eval_interval is None:
-        args.eval_interval = max(args.iters // 10, 1)
+        args.eval_interval = max(args.iters // 10 // k * k, k)
     if args.ckpt_interval is None:
-        args.ckpt_interval = max(args.iters // 10, 1)
+        args.ckpt_interval = max(args.iters // 10 // k * k, k)
+    for name in ("iters", "eval_interval", "ckpt_interval", "stop_after"):
+        value = getattr(args, name)
+        if value and value % k:
+            raise FlagError(f"--{name.replace('_', '-')} {value} must be a multiple of --accum-iter {k} (checkpoints, "
+                            f"evaluations and the end fall on optimizer steps)")
     return args
 
 
