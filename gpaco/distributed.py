@@ -156,7 +156,7 @@ def all_gather_nograd(t: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def batch_shuffle(x: Tensor) -> Tuple[Tensor, Tensor]:
+def batch_shuffle(x: Tensor, perm: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """MoCo's shuffle-BN: hand each process a random chunk of the global batch.
 
     The key encoder then normalises over samples from every process, so batch
@@ -164,19 +164,26 @@ def batch_shuffle(x: Tensor) -> Tuple[Tensor, Tensor]:
 
     Args:
         x: [B, ...] local batch (same B on every rank).
+        perm: [world_size * B] permutation of the global batch, the same on every rank
+            (the training step draws it from a generator every rank seeds alike, so nothing
+            is communicated and ``torch.compile`` traces one graph). None: drawn here from
+            torch's global generator and, under DDP, broadcast from rank 0 (eager use).
     Returns:
         (x_shuffled [B, ...], unshuffle_idx [world_size * B]) for :func:`batch_unshuffle`.
-        In one process: a local random permutation and the indices that undo it.
     """
     world = get_world_size()
+    n = world * x.shape[0]
+    if perm is None:
+        perm = torch.randperm(n, device=x.device)
+        if world > 1:
+            dist.broadcast(perm, src=0)  # every rank must use rank 0's permutation
+    elif perm.shape != (n,):
+        raise ValueError(f"batch_shuffle: perm has shape {tuple(perm.shape)}, expected ({n},) "
+                         f"(world size {world} x local batch {x.shape[0]})")
     if world == 1:
-        perm = torch.randperm(x.shape[0], device=x.device)
         return x[perm], torch.argsort(perm)
-    x_all = all_gather_nograd(x)
-    perm = torch.randperm(x_all.shape[0], device=x.device)
-    dist.broadcast(perm, src=0)  # every rank must use rank 0's permutation
     mine = perm.view(world, -1)[get_rank()]
-    return x_all[mine], torch.argsort(perm)
+    return all_gather_nograd(x)[mine], torch.argsort(perm)
 
 
 @torch.no_grad()

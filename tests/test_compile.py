@@ -103,3 +103,46 @@ def test_momentum_update_equals_the_loop():
     for a, b in zip(model.encoder_k.parameters(), ref.encoder_k.parameters()):
         assert torch.equal(a, b)
     assert not torch.equal(next(model.encoder_k.parameters()), next(model.encoder_q.parameters()))
+
+
+def test_step_is_one_graph_under_ddp(tmp_path):
+    """Under a 2-process gloo group PaCo's and GPaCo's training forward + loss are one graph:
+    shuffle-BN's permutation comes from the method's step (the same on every rank, nothing
+    broadcast) and the queue's all-gather traces."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "graphs.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    worker = Path(__file__).with_name("compile_ddp_worker.py")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(worker), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    for name in ("paco", "gpaco"):
+        assert (result[name]["graphs"], result[name]["breaks"]) == (1, 0), (name, result[name]["reasons"])
+    assert result["paco"]["same_perm_on_every_rank"]
+
+
+def test_key_permutation_depends_only_on_seed_epoch_and_step():
+    """A resumed run (same --seed, epoch and micro-batch) draws the uninterrupted run's permutation."""
+    from gpaco.engine.step import FitContext
+
+    def draw(seed, epoch, step, world=2):
+        method = get_method("paco").for_run()
+        ctx = FitContext(model=None, criterion=None, optimizer=None, method=method, device=torch.device("cpu"),
+                         options={"seed": seed}, world_size=world)
+        method.setup(ctx)
+        ctx.epoch, ctx.step = epoch, step
+        torch.manual_seed(step)  # the global generator plays no part
+        return method.key_permutation(ctx, 8)
+
+    a = draw(0, 3, 5)
+    assert a.shape == (16,) and torch.equal(a.sort().values, torch.arange(16))
+    assert torch.equal(a, draw(0, 3, 5))
+    assert not torch.equal(a, draw(0, 3, 6)) and not torch.equal(a, draw(0, 4, 5)) and not torch.equal(a, draw(1, 3, 5))

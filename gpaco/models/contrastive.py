@@ -265,8 +265,11 @@ class PaCoModel(nn.Module):
         return self.fc(pooled)
 
     def forward(
-        self, im_q: Tensor, im_k: Optional[Tensor] = None, labels: Optional[Tensor] = None
+        self, im_q: Tensor, im_k: Optional[Tensor] = None, labels: Optional[Tensor] = None,
+        key_perm: Optional[Tensor] = None,
     ) -> Union[Tensor, ContrastiveOutput]:
+        """``key_perm``: shuffle-BN's permutation of the global batch (see
+        :func:`gpaco.distributed.batch_shuffle`; the PaCo method's step passes one)."""
         if not self.training or im_k is None:
             return self.classify(im_q)
         if labels is None:
@@ -281,7 +284,7 @@ class PaCoModel(nn.Module):
             self.momentum_update()  # before computing k, as MoCo does
             # Shuffle-BN: the key encoder's BN sees a batch mixed across processes (and
             # across the virtual devices of --device-batch).
-            im_k_shuffled, unshuffle_idx = batch_shuffle(im_k)
+            im_k_shuffled, unshuffle_idx = batch_shuffle(im_k, key_perm)
             _, z_k = self.encoder_k(im_k_shuffled)
             k = batch_unshuffle(F.normalize(z_k, dim=1), unshuffle_idx)
 
