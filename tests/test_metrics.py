@@ -13,6 +13,7 @@ from gpaco.metrics import (
     class_accuracy,
     confusion_matrix,
     corruption_errors,
+    format_accuracy,
     imagenet_r_mask,
     mce_normalised_by,
     shot_accuracy,
@@ -59,13 +60,43 @@ def test_meter_matches_shot_reference(shot_ref):
     assert out["top1"] == pytest.approx(100 * (preds == labels).float().mean().item())
 
 
-def test_empty_group_reports_zero_and_size():
+def test_empty_group_reports_nan_and_size():
+    """An empty group has no accuracy: NaN (printed "—", stored null), not the original's 0.0."""
     out = shot_accuracy([0, 1, 1], [0, 1, 1], [500, 300])  # no medium/few classes
-    assert out["many"] == 1.0 and out["medium"] == 0.0 and out["few"] == 0.0
+    assert out["many"] == 1.0 and math.isnan(out["medium"]) and math.isnan(out["few"])
     assert (out["many_classes"], out["medium_classes"], out["few_classes"]) == (2, 0, 0)
     # a class absent from the test labels does not count in its group
     out = shot_accuracy([0, 0], [0, 0], [500, 5])
-    assert out["few"] == 0.0 and out["few_classes"] == 0
+    assert math.isnan(out["few"]) and out["few_classes"] == 0
+    assert [format_accuracy(v) for v in (out["many"] * 100, out["few"], None)] == ["100.00", "—", "—"]
+
+
+def test_cifar10_lt_has_no_few_group_anywhere(tmp_path, capsys):
+    """CIFAR-10-LT (imbalance 100: 5000 .. 50 images) has no few-shot class: the meter's few is
+    NaN, metrics.json holds null, and the tables print "—" with no error."""
+    import json
+    import subprocess
+    import sys
+
+    from gpaco.data.cifar_lt import lt_class_counts
+    from gpaco.engine.logging import write_json
+
+    counts = lt_class_counts(5000, 10, 0.01)
+    assert min(counts) >= 20  # no few-shot class
+    meter = ClassificationMeter(10)
+    meter.update(torch.eye(10), torch.arange(10))
+    m = meter.compute(counts)
+    assert math.isnan(m["few"]) and m["few_classes"] == 0 and m["many"] == 100.0
+    assert m["many_few_gap"] is None
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(str(run / "metrics.json"), m)
+    assert json.loads((run / "metrics.json").read_text())["few"] is None
+    proc = subprocess.run([sys.executable, "tools/summarize_runs.py", str(run)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| run "))
+    assert row.split(" | ")[5] == "—", row
 
 
 def test_class_accuracy_nan_for_absent():

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -16,6 +17,7 @@ import torch
 
 #: the test metrics the table shows (training's and tools/eval.py's metrics.json hold them)
 TABLE_KEYS = ("top1", "top5", "many", "medium", "few")
+GROUP_KEYS = ("many", "medium", "few")
 
 
 def load_metrics(run_dir: str) -> dict:
@@ -27,18 +29,22 @@ def load_metrics(run_dir: str) -> dict:
         raise SystemExit(f"error: {path} not found (did the run finish?)")
     m = load_metrics_json(path)
     # checked here so that a partial file is one line naming it, not a KeyError in the table
-    bad = [k for k in TABLE_KEYS if not isinstance(m.get(k), (int, float)) or isinstance(m.get(k), bool)]
+    # many/medium/few may be null: an empty group (CIFAR-10-LT has no few-shot class)
+    bad = [k for k in TABLE_KEYS if not (isinstance(m.get(k), (int, float)) or (k in GROUP_KEYS and m.get(k) is None))
+           or isinstance(m.get(k), bool)]
     if bad:
         raise DataError(f"{path}: no numeric {', '.join(bad)} (expected the test metrics of a finished run)")
     return m
 
 
 def markdown_table(rows) -> str:
+    from gpaco.metrics import format_accuracy
+
     lines = ["| method | top-1 | top-5 | many | medium | few | test images | selected epoch |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in rows:
-        lines.append(f"| {name} | {m['top1']:.2f} | {m['top5']:.2f} | {m['many']:.2f} | {m['medium']:.2f} | "
-                     f"{m['few']:.2f} | {m['num_samples']} | {m.get('selected_epoch', '')} |")
+        cells = " | ".join(format_accuracy(m[k]) for k in TABLE_KEYS)
+        lines.append(f"| {name} | {cells} | {m['num_samples']} | {m.get('selected_epoch', '')} |")
     return "\n".join(lines)
 
 
@@ -57,7 +63,7 @@ def plot(rows, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
     width = 0.8 / len(rows)
     for i, (name, m) in enumerate(rows):
-        ax.bar([g + i * width for g in range(len(groups))], [m[k] for k in groups], width, label=name)
+        ax.bar([g + i * width for g in range(len(groups))], [math.nan if m[k] is None else m[k] for k in groups], width, label=name)
     ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], ["top-1", "many", "medium", "few"])
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)

@@ -16,6 +16,7 @@ import numpy as np
 
 from gpaco.classification.report import _pyplot, _shot_boundaries  # the per-run figures' helpers
 from gpaco.data.splits import DataError
+from gpaco.metrics import format_accuracy
 
 __all__ = ["load_run", "load_metrics_json", "compare_table", "side_by_side_table", "plot_per_class_difference"]
 
@@ -127,7 +128,7 @@ def compare_table(a: dict, b: dict, names: Sequence[str] = ("A", "B")) -> str:
     out = [f"{'':<{width}s}{names[0]:>{wa}s} {names[1]:>{wb}s} {'B - A':>8s}"]
 
     def f(v, w):
-        return f"{v:>{w}.2f}" if isinstance(v, (int, float)) and not math.isnan(v) else "-".rjust(w)
+        return format_accuracy(v if isinstance(v, (int, float)) else None).rjust(w)
 
     for label, va, vb in rows:
         d = vb - va if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
@@ -154,7 +155,7 @@ def side_by_side_table(runs: Sequence[dict], names: Sequence[str]) -> str:
     out = [f"{'':<16s}" + " ".join(f"{n:>{width}s}" for n in names)]
     for label in cols[0]:
         cells = [c[label] for c in cols]
-        out.append(f"{label:<16s}" + " ".join(f"{v:>{width}.2f}" if isinstance(v, (int, float)) else "-".rjust(width)
+        out.append(f"{label:<16s}" + " ".join(format_accuracy(v if isinstance(v, (int, float)) else None).rjust(width)
                                              for v in cells))
     return "\n".join(out)
 

@@ -42,6 +42,7 @@ from gpaco.engine.lifecycle import claim_eval_dir
 from gpaco.models.convert import CheckpointMismatchError, LoadedCheckpoint, read_checkpoint
 from gpaco.engine.eval_suites import EvalSuite, run_eval_suites
 from gpaco.engine.logging import print_main, write_json
+from gpaco.metrics import format_accuracy
 from gpaco.classification.predict import predict
 from gpaco.classification.report import fairness_line, write_eval_report
 
@@ -392,7 +393,7 @@ def _clean(ctx: EvalContext) -> dict:
         ctx.confusion = meter.confusion.cpu()
     if args.save_logits and not args.dry_run:
         ctx.logits_all = gather_in_order(local, len(ctx.test_set), ctx.common["device"])
-    shots = (f" | many {metrics['many']:.2f} medium {metrics['medium']:.2f} few {metrics['few']:.2f}"
+    shots = (" | " + " ".join(f"{g} {format_accuracy(metrics[g])}" for g in ("many", "medium", "few"))
              if "many" in metrics else " | many/medium/few need the train counts (--train-list)")
     print_main(f"{ctx.name}: top-1 {metrics['top1']:.2f} top-5 {metrics['top5']:.2f}{shots} | "
                f"{metrics['num_samples']} images")

@@ -23,6 +23,7 @@ from .classification import (
     class_fairness,
     shot_accuracy,
     shot_accuracy_from_class_acc,
+    format_accuracy,
     shot_groups,
     topk_correct,
 )
@@ -31,7 +32,7 @@ from .segmentation import SegMeter, confusion_matrix
 
 __all__ = [
     "topk_correct", "ShotSplit", "shot_groups", "class_accuracy", "shot_accuracy",
-    "shot_accuracy_from_class_acc", "class_fairness", "FAIRNESS_KEYS", "ClassificationMeter",
+    "shot_accuracy_from_class_acc", "format_accuracy", "class_fairness", "FAIRNESS_KEYS", "ClassificationMeter",
     "corruption_errors", "mce_normalised_by", "imagenet_r_mask",
     "confusion_matrix", "SegMeter",
 ]

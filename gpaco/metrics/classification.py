@@ -5,8 +5,8 @@ Conventions (docs/method.md#metrics):
 * Top-1/top-5 are sample-weighted; many/medium/few are the **unweighted mean of
   per-class accuracies** inside each group, over the classes present in the test
   labels. Groups come from the *training* counts: ``> 100`` many, ``< 20`` few, else
-  medium (20..100 inclusive). An empty group reports 0.0 (the original's convention);
-  the group sizes are returned next to it so a 0.0 from an empty group is visible.
+  medium (20..100 inclusive). An empty group (CIFAR-10-LT has no few-shot class) reports NaN,
+  printed "—" and stored as null (the original printed 0.0); the group sizes come with it.
 * The meter keeps integer counts only (int64 tensors), so summing them across
   processes (:meth:`ClassificationMeter.all_reduce`) is exact. It assumes every test
   sample reaches exactly one process (no sampler padding).
@@ -15,6 +15,8 @@ Conventions (docs/method.md#metrics):
   original ``shot_acc``.
 """
 from __future__ import annotations
+
+import math
 
 from dataclasses import dataclass
 from typing import Iterable, Optional, Union
@@ -30,7 +32,7 @@ from .calibration import ECE_BINS, calibration_bin_index
 
 __all__ = [
     "topk_correct", "ShotSplit", "shot_groups", "class_accuracy", "shot_accuracy",
-    "shot_accuracy_from_class_acc", "class_fairness", "FAIRNESS_KEYS", "ClassificationMeter",
+    "shot_accuracy_from_class_acc", "format_accuracy", "class_fairness", "FAIRNESS_KEYS", "ClassificationMeter",
 ]
 
 FAIRNESS_KEYS = ("worst_class_acc", "class_acc_std", "class_acc_cv", "many_few_gap")  # class_fairness's keys
@@ -123,7 +125,8 @@ def shot_accuracy_from_class_acc(
     """Group means of per-class accuracies; NaN entries (classes absent from the test set) are skipped.
 
     Returns:
-        ``many, medium, few`` (same unit as ``acc_per_class``; 0.0 for an empty group) and
+        ``many, medium, few`` (same unit as ``acc_per_class``; NaN for an empty group, e.g.
+        CIFAR-10-LT's few-shot group: it has no accuracy, and 0.0 would read as one) and
         ``many_classes, medium_classes, few_classes``: how many classes each mean covers.
     """
     acc = np.asarray(torch.as_tensor(acc_per_class, dtype=torch.float64).cpu()).reshape(-1)
@@ -135,9 +138,17 @@ def shot_accuracy_from_class_acc(
     out: dict[str, float] = {}
     for name in GROUPS:
         sel = acc[masks[name] & present]
-        out[name] = float(np.mean(sel)) if sel.size else 0.0  # empty group: 0.0, as the original
+        out[name] = float(np.mean(sel)) if sel.size else math.nan  # the original printed 0.0
         out[f"{name}_classes"] = int(sel.size)
     return out
+
+
+def format_accuracy(value: Optional[float], spec: str = ".2f") -> str:
+    """``value`` formatted with ``spec``; "—" for a metric that does not exist (None, as
+    metrics.json stores it, or NaN: an empty many/medium/few group, an empty split)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return format(value, spec)
 
 
 def class_fairness(
@@ -299,7 +310,7 @@ class ClassificationMeter:
             sample), ``per_class_precision`` (NaN where never predicted),
             ``per_class_recall``, ``ece`` (expected calibration error x 100, 15 bins) and
             ``calibration`` (per bin: count, accuracy, mean confidence); with ``train_counts`` also ``many/medium/few`` (percent,
-            0.0 for an empty group) and ``many_classes/medium_classes/few_classes``;
+            NaN for an empty group) and ``many_classes/medium_classes/few_classes``;
             :func:`class_fairness` of the per-class accuracies (``worst_class_acc``,
             ``class_acc_std``, ``class_acc_cv``, with ``train_counts`` ``many_few_gap``) and,
             when the meter keeps one, ``confusion`` ([C][C] counts, rows = target).
