@@ -264,3 +264,24 @@ def test_gradients_only_reach_rows_that_carry_them():
     loss.backward()
     assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
     assert math.isfinite(loss.item())
+
+
+@pytest.mark.parametrize("method,device_batch", [("paco", None), ("gpaco", None), ("gpaco", 2), ("multitask", None)])
+def test_contrastive_loss_refuses_targets_unlike_the_models_labels(method, device_batch):
+    """PaCoLoss / MultiTaskLoss read the labels in the model's output: targets that differ
+    (or have another shape) are an error, not silently ignored; the same labels pass."""
+    from gpaco.methods import get_method
+    from gpaco.methods.rebuild import build_model
+
+    torch.manual_seed(0)
+    m = get_method(method)
+    model = build_model(method, "resnet8", 5, queue_size=16, proj_dim=8, global_batch=4, device_batch=device_batch)
+    crit = m.build_criterion(num_classes=5, class_counts=[5, 4, 3, 2, 1])
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    y = torch.tensor([0, 1, 2, 3])
+    out = m.forward_train(model, views, y)
+    assert torch.equal(crit(out, y), crit(out, None))
+    with pytest.raises(ValueError, match="targets differ from the labels the model was given"):
+        crit(out, torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(ValueError, match=r"targets have shape \(4, 5\), expected \[B\]"):
+        crit(out, torch.eye(5)[y])

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .ce import cross_entropy
-from .paco import log_prior_from_counts, paco_loss
+from .paco import host_readable, log_prior_from_counts, paco_loss
 from .mislas import LabelAwareSmoothingLoss
 from .reslt import ResLTLoss
 from .rescom import ResComLoss
@@ -76,7 +76,10 @@ class PaCoLoss(nn.Module):
         self.temperature, self.smoothing = temperature, smoothing
         log_prior_buffer(self, class_counts, prior, "the PaCo loss", num_classes)
 
-    def forward(self, output, targets: Tensor) -> Tensor:
+    def forward(self, output, targets: Optional[Tensor] = None) -> Tensor:
+        """``targets`` [B] (optional): the labels the model was given; the loss reads the
+        labels in ``output`` (the queue's come with them) and refuses targets that differ."""
+        check_targets(output, targets, "PaCoLoss")
         return paco_loss(output.features, output.labels, output.logits, output.num_anchors, alpha=self.alpha,
                          temperature=self.temperature, beta=self.beta, gamma=self.gamma,
                          log_prior=self.log_prior, smoothing=self.smoothing)
@@ -93,7 +96,8 @@ class MultiTaskLoss(nn.Module):
         self.alpha, self.temperature, self.label_smoothing = alpha, temperature, label_smoothing
         log_prior_buffer(self, class_counts, prior, "the multi-task loss", num_classes)
 
-    def forward(self, output, targets: Tensor) -> Tensor:
+    def forward(self, output, targets: Optional[Tensor] = None) -> Tensor:
+        check_targets(output, targets, "MultiTaskLoss")
         return multitask_loss(output.features, output.labels, output.logits, output.num_anchors, alpha=self.alpha,
                               temperature=self.temperature, log_prior=self.log_prior,
                               label_smoothing=self.label_smoothing)
@@ -186,6 +190,31 @@ class LASCriterion(LabelAwareSmoothingLoss):
         if class_counts is None or (num_classes is not None and len(class_counts) != num_classes):
             raise ValueError(f"label-aware smoothing needs the {num_classes or ''} training class counts")
         super().__init__(class_counts, head=head, tail=tail, shape=shape, power=power)
+
+
+def output_labels(output, batch: int) -> Tensor:
+    """The first view's labels [batch] of a contrastive training output (``output.labels``
+    is cat(views' labels, queue labels), or grouped [G, M] with each group's first
+    ``batch / G`` entries from the first view), as :func:`output_logits` for the logits."""
+    labels = output.labels
+    if labels.ndim == 2:
+        return labels[:, :batch // labels.shape[0]].reshape(batch)
+    return labels[:batch]
+
+
+def check_targets(output, targets: Optional[Tensor], loss: str) -> None:
+    """A contrastive loss takes its labels from the model's output; ``targets`` passed to it
+    must be those labels. The shape is always checked; the values where reading them back
+    stalls nothing (CPU, eager), so a GPU step has no host sync."""
+    if targets is None:
+        return
+    groups = output.labels.shape[0] if output.labels.ndim == 2 else 1
+    if targets.ndim != 1 or targets.shape[0] * 2 > output.labels.numel() or targets.shape[0] % groups:
+        raise ValueError(f"{loss}: targets have shape {tuple(targets.shape)}, expected [B], the labels given to "
+                         f"the model")
+    if host_readable(targets) and not torch.equal(output_labels(output, targets.shape[0]), targets.long()):
+        raise ValueError(f"{loss}: targets differ from the labels the model was given (output.labels); the loss "
+                         f"uses the model's labels, so pass the same labels to both")
 
 
 def output_logits(output, batch: int) -> Tensor:
