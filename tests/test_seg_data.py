@@ -224,3 +224,19 @@ def test_coco_stuff10k_conversion(tmp_path):
     ds = build_seg_dataset("coco_stuff10k", tmp_path, "val", SegEvalTransform())
     assert len(ds) == 1
     assert ds[0][1].tolist() == [[255, 0, 255], [11, 80, 170]]  # after the zero-label reduction
+
+
+def test_training_set_without_a_labelled_pixel_is_refused(tmp_path):
+    """ADE20K masks of all 0 ("other", ignored after reduce-zero-label) would train with loss 0
+    and exit 0: the set is refused in one line naming a mask; one labelled pixel anywhere passes."""
+    base = _ade(tmp_path, names=("a", "b", "c"), labels=())
+    for n in ("a", "b", "c"):
+        _png(base / "annotations" / "training" / f"{n}.png", np.zeros((12, 16), np.uint8))
+    ds = build_seg_dataset("ade20k", base, "train", SegEvalTransform())
+    with pytest.raises(SegDataError, match=r"none of its 3 masks \(first: .*a\.png\) has a labelled pixel, only the "
+                                           r"ignore label 255 \(0 = ignored"):
+        ds.check_labelled()
+    last = np.zeros((12, 16), np.uint8)
+    last[5, 7] = 3
+    _png(base / "annotations" / "training" / "c.png", last)
+    build_seg_dataset("ade20k", base, "train", SegEvalTransform()).check_labelled()

@@ -359,6 +359,20 @@ class SegDataset(Dataset):
         _check_label_values(label, self.pairs[index][1], self.num_classes, self.reduce_zero_label)
         return reduce_zero_label(label) if self.reduce_zero_label else label.astype(np.int64)
 
+    def check_labelled(self) -> None:
+        """Refuse a training set in which no mask has a labelled pixel (every pixel the ignore
+        label, e.g. annotations of 0 = "other" under ``reduce_zero_label``, or masks written as
+        255): it would train with loss 0 and exit as if it had learned. Masks are read until
+        one has a labelled pixel, so a usable set costs one read."""
+        for i in range(len(self)):
+            if (self.load_label(i) != IGNORE_INDEX).any():
+                return
+        if len(self):
+            zero = " (0 = ignored: the dataset's labels are reduced by one)" if self.reduce_zero_label else ""
+            raise SegDataError(f"{self.name or 'segmentation set'}: none of its {len(self)} masks (first: "
+                               f"{self.pairs[0][1]}) has a labelled pixel, only the ignore label {IGNORE_INDEX}"
+                               f"{zero}; training on it would have loss 0 and learn nothing")
+
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, key)
         img, label = self.load(index)
