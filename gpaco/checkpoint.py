@@ -10,10 +10,10 @@
 """
 from __future__ import annotations
 
-import glob
 import os
 import pickle
 import random
+import re
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -145,24 +145,30 @@ def save_checkpoint(state: Mapping[str, Any], path: PathLike, *,
     _fsync_dir(path.parent)
 
 
+# The temporaries of an interrupted write: save_checkpoint's ``.<name>.pth.<pid>.<id>.tmp`` and
+# gpaco.engine.logging.atomic_path's ``<root>.<pid>.tmp<ext>`` (metrics.json, curves.png, ...).
+_TEMPORARY = re.compile(r"^(?:\..+\.pth\.(?P<ckpt_pid>\d+)\.[0-9a-f]+\.tmp|.+\.(?P<pid>\d+)\.tmp(?:\.\w+)?)$")
+
+
 def remove_stale_temporaries(out: str) -> int:
-    """Delete the ``.<name>.pth.<pid>.<id>.tmp`` files that a killed :func:`save_checkpoint`
-    left in ``out`` (it writes such a file, then renames it), when that process is gone.
-    Returns how many were removed."""
+    """Delete the temporary files that a killed writer left in ``out`` (it writes such a file,
+    then renames it): :func:`save_checkpoint`'s and ``atomic_path``'s, when their process is
+    gone. Returns how many were removed."""
     removed = 0
-    for path in glob.glob(os.path.join(glob.escape(out), ".*.pth.*.tmp")):
+    for name in os.listdir(out) if os.path.isdir(out) else ():
+        match = _TEMPORARY.match(name)
+        if match is None:
+            continue  # not one of ours
+        pid = int(match.group("ckpt_pid") or match.group("pid"))
         try:
-            pid = int(os.path.basename(path).split(".")[-3])
             os.kill(pid, 0)
             continue  # the writer is alive
-        except (ValueError, IndexError):
-            continue  # not one of ours
         except ProcessLookupError:
             pass
-        except PermissionError:
-            continue  # alive, another user
+        except (PermissionError, OverflowError):
+            continue  # alive, another user; or not a pid
         try:
-            os.remove(path)
+            os.remove(os.path.join(out, name))
             removed += 1
         except OSError:
             pass

@@ -171,3 +171,23 @@ def test_full_disk_keeps_the_previous_reports(tmp_path, monkeypatch):
         write_eval_report(str(tmp_path), {**metrics, "per_class": [0.0, 0.0]}, [10, 2])
     assert {n: (tmp_path / n).read_bytes() for n in names} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no temporary file left
+
+
+def test_stale_temporaries_of_every_writer_are_removed(tmp_path):
+    """A killed run leaves save_checkpoint's and atomic_path's temporaries; the next run in the
+    folder removes those of dead processes only, and nothing that is not one of them."""
+    import subprocess
+    import sys
+
+    from gpaco.checkpoint import remove_stale_temporaries
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead, alive = proc.pid, os.getpid()
+    stale = [f".checkpoint.pth.{dead}.0a1b2c3d.tmp", f"metrics.{dead}.tmp.json", f"curves.{dead}.tmp.png",
+             f"log.{dead}.tmp.jsonl"]
+    kept = [f"summary.{alive}.tmp.csv", f".best.pth.{alive}.deadbeef.tmp", "notes.tmp", "x.12ab.tmp", "metrics.json"]
+    for name in stale + kept:
+        (tmp_path / name).write_text("x")
+    assert remove_stale_temporaries(str(tmp_path)) == len(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)

@@ -440,7 +440,7 @@ class TrainingRun:
                 if removed:
                     print_main(f"--overwrite: removed the previous run's {', '.join(removed)} from {self.output_dir}")
             if remove_stale_temporaries(self.output_dir):
-                print_main(f"removed the temporary file(s) of an interrupted checkpoint save in {self.output_dir}")
+                print_main(f"removed the temporary file(s) of an interrupted save in {self.output_dir}")
             save_args_yaml(dict(args), os.path.join(self.output_dir, "args.yaml"))
         self.logger = RunLogger(self.output_dir, enabled=self.is_main)
 
