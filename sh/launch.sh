@@ -126,8 +126,9 @@ if is_true "${GPACO_PRINT_CMD:-}"; then
     exit 0
 fi
 
-# The original's GPU count next to this run's: --batch-size / --device-batch GPUs of the original,
-# each process here emulating (its share of the batch) / --device-batch of them.
+# Per-device statistics next to this run's layout: --device-batch / --bn-device-batch images per
+# device, each process here emulating (its share of the batch) / N of them. The original's GPU
+# count is the recipe header's to state (some originals did not record it).
 flag_value() {
     local name="$1" prev="" a value=""
     for a in ${ARGS[@]+"${ARGS[@]}"}; do
@@ -137,12 +138,16 @@ flag_value() {
     echo "$value"
 }
 BATCH="$(flag_value --batch-size)"
-DEVICE_BATCH="$(flag_value --device-batch)"
-if [[ "$BATCH" =~ ^[0-9]+$ && "$DEVICE_BATCH" =~ ^[1-9][0-9]*$ ]]; then
-    PROCS=$((NGPUS * NNODES))
-    echo "[launch] GPUs: the original ran $((BATCH / DEVICE_BATCH)) GPUs x $DEVICE_BATCH images (--batch-size $BATCH," \
-         "--device-batch $DEVICE_BATCH); this run: $PROCS process(es) x $((BATCH / PROCS)) images =" \
-         "$((BATCH / PROCS / DEVICE_BATCH)) virtual device(s) of $DEVICE_BATCH each"
-fi
+PROCS=$((NGPUS * NNODES))
+for GROUP_FLAG in --device-batch --bn-device-batch; do
+    DEVICE_BATCH="$(flag_value "$GROUP_FLAG")"
+    if [[ "$BATCH" =~ ^[0-9]+$ && "$DEVICE_BATCH" =~ ^[1-9][0-9]*$ ]]; then
+        WHAT="per-GPU statistics"
+        [ "$GROUP_FLAG" = --bn-device-batch ] && WHAT="per-GPU BatchNorm"
+        echo "[launch] GPUs: $WHAT over $DEVICE_BATCH images ($GROUP_FLAG), as one of the original's GPUs;" \
+             "--batch-size $BATCH = $((BATCH / DEVICE_BATCH)) such devices; this run: $PROCS process(es) x" \
+             "$((BATCH / PROCS)) images = $((BATCH / PROCS / DEVICE_BATCH)) virtual device(s) of $DEVICE_BATCH each"
+    fi
+done
 echo "[launch] $(printf '%q ' "${CMD[@]}")"
 exec "${CMD[@]}"

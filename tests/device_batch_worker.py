@@ -31,8 +31,9 @@ def device_losses(criterion, out: ContrastiveOutput, labels: torch.Tensor) -> to
     """The loss of each virtual device of this process ([G]): one group's output at a time."""
     if out.features.ndim == 2:
         return criterion(out, labels).detach()[None]
+    groups = out.features.shape[0]
     return torch.stack([criterion(ContrastiveOutput(out.features[g], out.labels[g], out.logits[g], out.num_anchors),
-                                  labels).detach() for g in range(out.features.shape[0])])
+                                  labels.chunk(groups)[g]).detach() for g in range(groups)])
 
 
 def main(out_file: str, device_batch: str) -> None:

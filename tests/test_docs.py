@@ -43,7 +43,7 @@ README_TOP = [
 
 SH_PATH = re.compile(r"(?<![\w/.-])sh/[\w./-]+?\.sh\b")
 TOOL_PATH = re.compile(r"(?<![\w/.-])tools/[\w-]+\.py\b")
-NUMBER = re.compile(r"\d+\.\d")
+NUMBER = re.compile(r"\d+\.\d+")
 
 
 # ----------------------------------------------------------------------------- markdown helpers

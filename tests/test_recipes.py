@@ -39,7 +39,8 @@ ENTRY_MODULES: Dict[str, str] = {
 # Environment the recipes read that must not leak in from the caller's shell.
 RECIPE_ENV = ("DATA_ROOT", "TRAIN_LIST", "VAL_LIST", "TEST_LIST", "OUTPUT_DIR", "CHECKPOINT", "TRAIN_DIR",
               "PRETRAINED", "CLASS_COUNTS", "WORKERS", "SEED", "EXTRA_ARGS", "DRY_RUN", "GPACO_PRINT_ARGV",
-              "GPACO_PRINT_CMD", "NGPUS", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "PYTHON")
+              "GPACO_PRINT_CMD", "NGPUS", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "PYTHON",
+              "RESCOM_SCHEDULE", "IMAGENET_C_ROOT", "TEACHER_WEIGHTS")
 
 
 def _is_infra(path: Path) -> bool:
@@ -178,12 +179,13 @@ def test_recipe_default_paths(recipe):
 
 # The paper's hyperparameters (docs/method.md#hyperparameters) for key recipes, as parsed flags.
 EXPECTED = {
-    # ResCom's only published config (CIFAR-100-LT imb 0.01); docs/migrating.md for the schedule
+    # ResCom's only published config (CIFAR-100-LT imb 0.01), trained at the released code's constant lr
+    # (docs/migrating.md); RESCOM_SCHEDULE=step: tests/test_recipes_fidelity.py
     "sh/ResCom/CIFAR100LT_train_imb0.01.sh": dict(
         method="rescom", arch="resnet32", batch_size=128, epochs=400, lr=0.1, wd=5e-4, proj_dim=32, temperature=0.2,
         rescom_con_weight=0.5, rescom_queue_per_class=10, rescom_positives=1, rescom_negatives=400,
-        rescom_beta=0.999999, schedule="step", milestones=[320, 360], warmup_epochs=10,
-        aug="cifar_regular_cifar_regular", num_classes=100, imb_factor=0.01),
+        rescom_beta=0.999999, schedule="constant", aug="cifar_regular_cifar_regular", num_classes=100,
+        imb_factor=0.01),
     "sh/ResCom/ImageNetLT_train_R50.sh": dict(
         method="rescom", arch="resnet50", lr=0.02, wd=5e-4, epochs=400, temperature=0.1, rescom_con_weight=1.0,
         rescom_beta=0.0, schedule="cosine_min", aug="randclsgray_randclsgray", randaug_n=2, randaug_m=10),
@@ -233,34 +235,48 @@ EXPECTED = {
 
 
 # The original's GPU count and per-GPU batch of every PaCo/GPaCo classification training recipe
-# (and of any other recipe whose header states it): its --device-batch, and the "GPUs: the
-# original ran N GPUs x M images" line of its header. The ResLT and MiSLAS originals do not
-# state their GPU counts everywhere; those recipes run without --device-batch.
+# (and of any other recipe whose header states it): the "GPUs: the original ran N GPUs x M
+# images" line of its header, and its --device-batch M; or, where the header says the original
+# ran DataParallel ("... M images (DataParallel: BatchNorm per GPU...)"), --bn-device-batch M
+# (only BatchNorm was per GPU there). Recipes whose original states no GPU count (ResLT
+# ImageNet-LT and CIFAR, the CIFAR ones of MiSLAS and ResCom) run without either.
 TRAIN_RECIPES = [r for r in RECIPES if _uses_launcher(r) and '/launch.sh" tools/train.py' in (ROOT / r).read_text()
                  and (r.startswith(("sh/GPaCo/", "sh/PaCo/")) or "# GPUs: the original ran" in (ROOT / r).read_text())]
 
 
 @pytest.mark.parametrize("recipe", TRAIN_RECIPES)
 def test_recipe_states_the_original_gpus_and_sets_device_batch(recipe):
-    """Every original ran with per-GPU statistics (BatchNorm, contrast set, mixup): the recipe
-    states its GPUs x per-GPU batch and passes that batch as --device-batch."""
+    """Every original ran with per-GPU statistics: the recipe states its GPUs x per-GPU batch
+    and passes that batch as --device-batch (DDP: BatchNorm, contrast set, mixup per GPU) or,
+    for an original that ran DataParallel, as --bn-device-batch (BatchNorm per GPU only)."""
     import re
 
     _, argv = print_argv(recipe, _env())
-    header = re.search(r"# GPUs: the original ran (\d+) GPUs? x (\d+) images", (ROOT / recipe).read_text())
+    header = re.search(r"# GPUs: the original ran (\d+) GPUs? x (\d+) images( \(DataParallel: BatchNorm per GPU)?",
+                       (ROOT / recipe).read_text())
     assert header, f"{recipe}: no 'GPUs: the original ran N GPUs x M images' header line"
     gpus, per_gpu = int(header.group(1)), int(header.group(2))
-    assert flag(argv, "--device-batch") == str(per_gpu), f"{recipe}: --device-batch is not {per_gpu}"
+    grouped, other = ("--bn-device-batch", "--device-batch") if header.group(3) else \
+        ("--device-batch", "--bn-device-batch")
+    assert flag(argv, grouped) == str(per_gpu), f"{recipe}: {grouped} is not {per_gpu}"
+    assert flag(argv, other) is None, f"{recipe}: {other} with a header that asks for {grouped}"
     assert int(flag(argv, "--batch-size")) == gpus * per_gpu
 
 
-def test_launch_prints_the_original_gpu_count():
+def test_launch_prints_the_per_device_grouping():
     proc = subprocess.run(["bash", str(SH / "launch.sh"), "tools/train.py", "--batch-size", "128",
                            "--device-batch", "16"], env=_env(NGPUS="2", PYTHON="true"), capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
-    assert ("[launch] GPUs: the original ran 8 GPUs x 16 images (--batch-size 128, --device-batch 16); this run: "
-            "2 process(es) x 64 images = 4 virtual device(s) of 16 each") in proc.stdout
+    assert ("[launch] GPUs: per-GPU statistics over 16 images (--device-batch), as one of the original's GPUs; "
+            "--batch-size 128 = 8 such devices; this run: 2 process(es) x 64 images = 4 virtual device(s) of 16 "
+            "each") in proc.stdout
+    proc = subprocess.run(["bash", str(SH / "launch.sh"), "tools/train.py", "--batch-size", "256",
+                           "--bn-device-batch", "64"], env=_env(NGPUS="1", PYTHON="true"), capture_output=True,
+                          text=True, timeout=30)
+    assert ("[launch] GPUs: per-GPU BatchNorm over 64 images (--bn-device-batch), as one of the original's GPUs; "
+            "--batch-size 256 = 4 such devices; this run: 1 process(es) x 256 images = 4 virtual device(s) of 64 "
+            "each") in proc.stdout
 
 
 @pytest.mark.parametrize("recipe", sorted(EXPECTED))

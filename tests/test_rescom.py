@@ -1,6 +1,14 @@
 """ResCom as a method: the model's training step against the original's numbers, the balanced
-contrast (the original's crashing balsfx_n), the schedule, flags, and a demo run that evaluates."""
+contrast (the original's crashing balsfx_n), the schedule, flags, a demo run that evaluates, and
+``--device-batch`` (BatchNorm and the in-batch contrast per virtual device) against one
+process per device."""
+import copy
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +20,8 @@ from gpaco.classification import evaluate as evaluator, train as trainer
 from gpaco.engine.schedule import build_schedule
 from gpaco.losses.criteria import ResComCriterion
 from gpaco.losses.rescom import rescom_mine
-from gpaco.models.rescom import ResComModel, build_rescom
+from gpaco.methods import get_method
+from gpaco.models.rescom import ResComModel, ResComOutput, build_rescom
 from test_losses_recognition_methods import DTYPES, RESCOM, check, rescom_inputs
 
 
@@ -116,10 +125,12 @@ def test_rescom_flags_are_checked():
         parse_train_args(["--train-list", "x", "--method", "gpaco", "--rescom-negatives", "5"])
     with pytest.raises(ValueError, match=r"--rescom-negatives 100 exceeds the other classes' queue slots \(9 x 10\)"):
         ResComCriterion(class_counts=[5] * 10, num_negatives=100, queue_per_class=10)
-    with pytest.raises(ValueError, match="--device-batch is not supported"):
-        build_rescom("resnet8", 10, device_batch=4)
-    with pytest.raises(SystemExit, match="--device-batch is not supported by --method rescom"):
-        parse_train_args(["--train-list", "x", "--method", "rescom", "--batch-size", "64", "--device-batch", "32"])
+    assert parse_train_args(["--train-list", "x", "--method", "rescom", "--batch-size", "64",
+                             "--device-batch", "32"]).device_batch == 32
+    with pytest.raises(SystemExit, match="--bn-device-batch is not for --method rescom: .* use --device-batch"):
+        parse_train_args(["--train-list", "x", "--method", "rescom", "--batch-size", "64", "--bn-device-batch", "32"])
+    with pytest.raises(ValueError, match="--bn-device-batch is not for --method rescom"):
+        get_method("rescom").build_model("resnet8", 10, bn_device_batch=4)
 
 
 def test_too_many_negatives_for_the_data_is_one_error_line(demo_data, tmp_path):
@@ -146,3 +157,111 @@ def test_rescom_trains_on_the_demo_and_its_checkpoint_evaluates(demo_data, tmp_p
                          *demo_flags(demo_data, lists=False)])
     assert ev["top1"] == pytest.approx(result["top1"]) and ev["num_samples"] == result["num_samples"]
     assert not ev["checkpoints"][0].get("missing")
+
+
+# ----------------------------------------------------------------------------- --device-batch
+
+def test_device_batch_is_each_device_on_its_own():
+    """--device-batch 4 on a batch of 8: BatchNorm over each device's 8 images (both views of
+    its 4 samples), each device's own in-batch contrast set, the loss the mean of the devices'
+    losses, the queue written with view 1 in batch order: the same as running a plain model
+    on each device's samples (hand-built; running statistics from device 0, as DDP's rank 0)."""
+    torch.manual_seed(0)
+    grouped = build_rescom("resnet8", 4, proj_dim=8, queue_per_class=3, device_batch=4).train()
+    torch.manual_seed(0)
+    plain = build_rescom("resnet8", 4, proj_dim=8, queue_per_class=3).train()
+    crit = ResComCriterion(class_counts=[40, 20, 10, 5], temperature=0.2, num_positives=2, num_negatives=5,
+                           effective_num_beta=0.9)
+    gen = torch.Generator().manual_seed(1)
+    im_q, im_k = torch.randn(8, 3, 16, 16, generator=gen), torch.randn(8, 3, 16, 16, generator=gen)
+    labels = torch.tensor([0, 1, 2, 3, 1, 1, 0, 2])
+
+    out = grouped(im_q, im_k, labels)
+    assert out.features.shape == (2, 8, 8) and out.labels.tolist() == [[0, 1, 2, 3] * 2, [1, 1, 0, 2] * 2]
+    loss = crit(out, labels)
+    loss.backward()
+
+    ref_losses, ref_features, buffers = [], [], None
+    queue = copy.deepcopy(plain.balanced_queue)  # every device mines the queue as it was before the step
+    for g, rows in enumerate((slice(0, 4), slice(4, 8))):
+        plain.balanced_queue.load_state_dict(queue.state_dict())
+        device_out = plain(im_q[rows], im_k[rows], labels[rows])
+        ref_losses.append(crit(device_out, labels[rows]))
+        ref_features.append(device_out.features.detach())
+        if g == 0:  # device 0's running statistics are the run's
+            buffers = copy.deepcopy({k: v for k, v in plain.state_dict().items() if "running" in k or "tracked" in k})
+    ref = torch.stack(ref_losses).mean()
+    ref.backward()
+    with torch.no_grad():  # after backward: the batch norms' backward checks their buffers' versions
+        for k, v in buffers.items():
+            plain.state_dict()[k].copy_(v)
+    queue.enqueue(torch.cat([f[:4] for f in ref_features]), labels)  # then view 1 of both, in batch order
+    plain.balanced_queue.load_state_dict(queue.state_dict())
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(out.features.detach(), torch.stack(ref_features))
+    for (name, p), (_, q) in zip(grouped.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+    for (name, b), (_, c) in zip(grouped.named_buffers(), plain.named_buffers()):
+        torch.testing.assert_close(b, c, atol=1e-6, rtol=1e-5, msg=name)
+    # the train accuracy reads view 1 in batch order
+    from gpaco.losses.criteria import output_logits
+    torch.testing.assert_close(output_logits(out, 8), torch.cat([out.logits[0, :4], out.logits[1, :4]]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_worker(out: Path, nproc: int, device_batch: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+               HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(var, None)
+    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                      f"--nproc_per_node={nproc}"]
+    worker = Path(__file__).with_name("rescom_device_batch_worker.py")
+    proc = subprocess.run([*launcher, str(worker), str(out), device_batch], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"{nproc} process(es) failed ({proc.returncode})\nstdout:\n{proc.stdout[-3000:]}\n" \
+                                 f"stderr:\n{proc.stderr[-6000:]}"
+    return torch.load(out, weights_only=True)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, scale: float, what: str) -> None:
+    """Equal within float32 rounding: |a - b| <= 1e-5 x scale (scale: the reference's magnitude)."""
+    if not b.dtype.is_floating_point:
+        assert torch.equal(a, b), what
+        return
+    err = (a.double() - b.double()).abs().max().item()
+    assert err <= 1e-5 * scale, f"{what}: max error {err:.3g} > 1e-5 x {scale:.3g}"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_device_batch_equals_one_process_per_device(tmp_path):
+    """--device-batch 8 on one process trains what 2 processes of 8 (torchrun, DDP) train:
+    losses (global and per virtual device), DDP-averaged gradients, parameters, BatchNorm
+    running statistics (rank 0's) and the class-balanced queue, over two steps (the second
+    mines the keys the first enqueued)."""
+    ref = _run_worker(tmp_path / "ddp.pt", 2, "none")
+    got = _run_worker(tmp_path / "grouped.pt", 1, "8")
+    assert ref["world_size"] == 2 and got["world_size"] == 1
+    for step in range(2):
+        _close(got["loss"][step], ref["loss"][step], ref["loss"][step].abs().item(), f"step {step} loss")
+        dev_ref = ref["device_losses"][step]
+        assert got["device_losses"][step].shape == dev_ref.shape == (2,)
+        _close(got["device_losses"][step], dev_ref, dev_ref.abs().max().item(), f"step {step} per-device losses")
+        grads = ref["grads"][step]
+        assert got["grads"][step].keys() == grads.keys()
+        # a Linear bias before BatchNorm (the projection) has a zero gradient up to rounding
+        scale = max(g.abs().max().item() for g in grads.values())
+        for name, g in grads.items():
+            _close(got["grads"][step][name], g, scale, f"step {step} grad {name}")
+    assert got["state"].keys() == ref["state"].keys()
+    for name, v in ref["state"].items():
+        scale = v.abs().max().item() if v.dtype.is_floating_point else 1.0
+        _close(got["state"][name], v, max(scale, 1e-3), name)
+    assert any(".running_var" in k for k in ref["state"]) and "balanced_queue.keys" in ref["state"]
+    assert int(ref["state"]["balanced_queue.ptr"].sum()) > 0

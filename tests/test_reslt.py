@@ -63,6 +63,39 @@ def test_train_and_eval_pool_in_the_same_order_unless_asked():
     assert not torch.allclose(pooled_after, pooled_before)
 
 
+@pytest.mark.parametrize("branches", [3, 2])
+def test_conv_head_init_is_the_original_three_slice_block(branches):
+    """The original's head conv is always F -> 3F (iNaturalist computes T and leaves it unused)
+    with kaiming fan-out init, std sqrt(2 / (3F)): a two-branch head draws with that std (its
+    H and M outputs are what the original's would be from the same weights); three branches
+    are kaiming's init itself."""
+    import math
+
+    from gpaco.models.contrastive import make_backbone
+
+    sizes = [3, 1][:branches - 1]
+    torch.manual_seed(0)
+    model = build_reslt("resnet8", 5, branch_sizes=sizes, head="conv")
+    torch.manual_seed(0)  # the same draws by hand: trunk, the conv's default init, then kaiming fan-out
+    _, dim = make_backbone("resnet8")
+    conv = torch.nn.Conv2d(dim, branches * dim, 1, bias=False)
+    torch.nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # std sqrt(2 / (K F))
+    expected = conv.weight * math.sqrt(branches / 3)  # std sqrt(2 / (3 F))
+    if branches == 3:
+        assert torch.equal(model.head[0].weight, conv.weight)
+    torch.testing.assert_close(model.head[0].weight, expected)
+    assert model.head[0].weight.std().item() == pytest.approx(math.sqrt(2 / (3 * dim)), rel=0.05)
+
+
+def test_device_batch_groups_every_batchnorm():
+    """--device-batch with ResLT: BatchNorm of the trunk and the head per virtual device."""
+    from gpaco.models.view_bn import _ViewBatchNorm
+
+    model = get_method("reslt").build_model("resnet8", 5, branch_sizes=[3], head="conv", device_batch=4)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert model.head[1] in bns and all(isinstance(m, _ViewBatchNorm) and m.device_batch == 4 for m in bns)
+
+
 def test_reslt_loss_on_the_model_output_uses_every_branch():
     torch.manual_seed(0)
     counts = [50, 20, 5]
@@ -97,7 +130,7 @@ def test_reslt_flags_are_checked():
     assert args.reslt_branch_sizes == [6600] and args.aug == "randcls"
     with pytest.raises(SystemExit, match="--reslt-branch-sizes must be positive"):
         parse_train_args(["--train-list", "x", "--method", "reslt", "--reslt-branch-sizes", "0"])
-    with pytest.raises(SystemExit, match="--reslt-beta is an option of --method reslt, not ce"):
+    with pytest.raises(SystemExit, match=r"--reslt-beta is an option of --method reslt(/\S+)?, not ce"):
         parse_train_args(["--train-list", "x", "--method", "ce", "--reslt-beta", "0.5"])
 
 

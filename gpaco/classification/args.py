@@ -57,7 +57,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int, default=224, help="training crop / evaluation crop size")
     g.add_argument("--resize-size", type=int, default=None, help="evaluation resize before the center crop, >= "
                                                                   "--image-size (default: image-size / 0.875)")
-    g.add_argument("--norm", default="imagenet", choices=("imagenet", "inat", "cifar", "mnist"),
+    g.add_argument("--norm", default="imagenet", choices=("imagenet", "inat", "cifar", "cifar100", "mnist"),
                    help="normalisation statistics")
     g.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic"),
                    help="resize interpolation of the evaluation transform (ResNets: bilinear; MAE ViTs: bicubic)")
@@ -82,7 +82,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--arch", "-a", default="resnet50", help="resnet50/101/152/200, resnext50_32x4d, "
                    "resnext101_32x4d, resnet32/resnet20/resnet8 (CIFAR), resnet50_cifar, mae_vit_base_patch16, "
-                   "mae_vit_large_patch16 (MAE fine-tuning ViTs: avg pool + fc_norm), any timm name")
+                   "mae_vit_large_patch16 (MAE fine-tuning ViTs: avg pool + fc_norm), kd_resnet8x4 ... kd_mobilenetv1 "
+                   "(the distillation zoo, gpaco.models.kd_zoo), any timm name")
     g.add_argument("--method", default="gpaco", choices=method_names(TASK),
                    help="training method (gpaco.methods registry; docs/recipes.md#methods)")
     g.add_argument("--pretrained", default=None,
@@ -139,6 +140,12 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "processes, so a recipe trains the same statistics on any GPU count (it must divide "
                         "--batch-size / processes). Default: per process, which depends on the GPU count "
                         "(docs/recipes.md#same-statistics-on-any-gpu-count)")
+    g.add_argument("--bn-device-batch", type=int, default=None, metavar="N",
+                   help="per-GPU batch of an original that ran DataParallel: training-mode BatchNorm normalises "
+                        "each group of N samples separately (running statistics from the first group, as "
+                        "DataParallel keeps replica 0's), while mixup, the contrast set and the loss see the whole "
+                        "per-process batch (it must divide --batch-size / processes; not with --device-batch, "
+                        "which groups all of them)")
     g.add_argument("--accum-iter", type=int, default=1,
                    help="gradient accumulation: micro-batches per optimizer step (the queue is still "
                         "updated every micro-batch, as the original)")
@@ -202,8 +209,8 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
     return args
 
 
-_POSITIVE_INTS = ("batch_size", "device_batch", "epochs", "accum_iter", "image_size", "eval_freq", "dry_run_batch",
-                  "dry_run_image_size", "recount", "num_classes", "stop_after", "resize_size")
+_POSITIVE_INTS = ("batch_size", "device_batch", "bn_device_batch", "epochs", "accum_iter", "image_size", "eval_freq",
+                  "dry_run_batch", "dry_run_image_size", "recount", "num_classes", "stop_after", "resize_size")
 _NON_NEGATIVE_INTS = ("workers", "warmup_epochs", "randaug_n", "randaug_m", "proj_dim")
 #: Run flags that must be finite (method flags check themselves: gpaco.methods.base.Flag).
 _FLOATS = ("imb_factor", "lr", "blr", "min_lr", "layer_decay", "momentum", "wd", "clip_grad", "drop_path",
@@ -241,10 +248,10 @@ def check_arch(arch: str) -> None:
 def check_layer_decay_arch(arch) -> None:
     """--layer-decay scales the LR per ViT block: refuse it now for our archs, all CNNs, instead
     of a traceback when the optimizer is built. Other timm names are only known once built."""
-    from gpaco.models.backbones import CIFAR_ARCHS, TIMM_ARCHS
+    from gpaco.models.backbones import CIFAR_ARCHS, KD_ARCHS, TIMM_ARCHS
     from gpaco.models.vit import is_vit
 
-    if isinstance(arch, str) and not is_vit(arch) and arch.split(".")[0] in {**CIFAR_ARCHS, **TIMM_ARCHS}:
+    if isinstance(arch, str) and not is_vit(arch) and arch.split(".")[0] in {**CIFAR_ARCHS, **TIMM_ARCHS, **KD_ARCHS}:
         raise FlagError(f"--layer-decay is for ViT archs (layer-wise LR decay over the transformer blocks, e.g. "
                         f"--arch mae_vit_base_patch16); --arch {arch} is not a ViT (leave --layer-decay out)")
 
@@ -287,6 +294,12 @@ def validate_train_args(args: argparse.Namespace) -> None:
     if args.device_batch is not None:
         if args.batch_size % args.device_batch:
             raise FlagError(f"--device-batch {args.device_batch} must divide --batch-size {args.batch_size}")
+    if args.bn_device_batch is not None:
+        if args.device_batch is not None:
+            raise FlagError(f"--bn-device-batch {args.bn_device_batch} and --device-batch {args.device_batch}: pass "
+                            f"one (--device-batch already groups BatchNorm, with the contrast set and mixup)")
+        if args.batch_size % args.bn_device_batch:
+            raise FlagError(f"--bn-device-batch {args.bn_device_batch} must divide --batch-size {args.batch_size}")
     if args.schedule == "cosine_epoch":
         args.schedule = "cosine"
     if args.blr is not None:

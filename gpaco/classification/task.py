@@ -27,6 +27,7 @@ from gpaco.data.build import (
 from gpaco.data.gpu_aug import DeviceAugment
 from gpaco.data.transforms import NORMALIZATION
 from gpaco.engine.fit import Position, Task
+from gpaco.metrics import format_accuracy
 from gpaco.engine.lifecycle import TrainingRun, seed_everything
 from gpaco.engine.logging import SUMMARY_NAME, print_main, read_summary, to_jsonable, write_json
 from gpaco.engine.optim import build_optimizer
@@ -39,32 +40,46 @@ from gpaco.metrics import FAIRNESS_KEYS
 from gpaco.models.vit import init_center_head, is_vit, load_mae_checkpoint
 
 __all__ = ["ClassificationTask", "model_kwargs", "optimizer_kwargs", "finetune_from",
-           "build_batch_augment", "batch_transform", "check_batch_config", "device_batch_of",
+           "build_batch_augment", "batch_transform", "check_batch_config", "device_batch_of", "bn_device_batch_of",
            "freeze_all_but_last_block"]
 
 #: What best.pth holds.
 BEST_KEYS = ("model", "epoch", "args", "num_classes", "arch", "method", "best_top1", "class_counts", "model_config")
 #: Flags a resume may not change: they change the model or the data (plus the method's model options).
 RESUME_FIXED = ("arch", "method", "num_classes", "dataset", "data_root", "train_list", "val_list", "imb_factor",
-                "image_size", "norm", "device_batch", "freeze")
+                "image_size", "norm", "device_batch", "bn_device_batch", "freeze")
 _TEST_KEYS = ("top1", "top5", "many", "medium", "few", *FAIRNESS_KEYS)
 
 
-def device_batch_of(args: argparse.Namespace) -> Optional[int]:
-    """The group size the model normalises and contrasts over: ``--device-batch``, or in a
-    dry run (whose per-process batch is ``--dry-run-batch``) groups of half that batch, so the
-    dry run goes through the grouped path."""
-    if args.device_batch is None or not args.dry_run:
-        return args.device_batch
+def _dry_run_groups(args: argparse.Namespace, size: Optional[int]) -> Optional[int]:
+    """``size`` as it is, or in a dry run (whose per-process batch is ``--dry-run-batch``)
+    groups of half that batch, so the dry run goes through the grouped path."""
+    if size is None or not args.dry_run:
+        return size
     return args.dry_run_batch // 2 if args.dry_run_batch % 2 == 0 and args.dry_run_batch >= 4 else None
+
+
+def device_batch_of(args: argparse.Namespace) -> Optional[int]:
+    """The group size the model normalises and contrasts over: ``--device-batch`` (a dry run:
+    half its batch)."""
+    return _dry_run_groups(args, args.device_batch)
+
+
+def bn_device_batch_of(args: argparse.Namespace) -> Optional[int]:
+    """The group size BatchNorm alone normalises over: ``--bn-device-batch`` (a dry run: half
+    its batch)."""
+    return _dry_run_groups(args, getattr(args, "bn_device_batch", None))
 
 
 def model_kwargs(args: argparse.Namespace) -> dict:
     """build_model keywords of the training flags: the backbone's (pretrained weights, drop
-    path, a ViT's training grid), the ``--device-batch`` and the method's own model options."""
+    path, a ViT's training grid), the ``--device-batch`` or ``--bn-device-batch`` and the
+    method's own model options."""
     kw = dict(pretrained=args.pretrained)
     if args.device_batch is not None:
         kw["device_batch"] = device_batch_of(args)
+    if getattr(args, "bn_device_batch", None) is not None:
+        kw["bn_device_batch"] = bn_device_batch_of(args)
     if args.drop_path:
         kw["drop_path_rate"] = args.drop_path
     if is_vit(args.arch):
@@ -179,6 +194,11 @@ def check_batch_config(args: argparse.Namespace, world_size: int) -> int:
         raise FlagError(f"--device-batch {args.device_batch} must divide the per-process batch {per_process} "
                         f"(--batch-size {args.batch_size} / {world_size} process(es)); run on a number of GPUs "
                         f"that divides --batch-size / --device-batch = {args.batch_size / args.device_batch:g}")
+    bn_batch = getattr(args, "bn_device_batch", None)
+    if bn_batch is not None and per_process % bn_batch:
+        raise FlagError(f"--bn-device-batch {bn_batch} must divide the per-process batch {per_process} "
+                        f"(--batch-size {args.batch_size} / {world_size} process(es)); run on a number of GPUs "
+                        f"that divides --batch-size / --bn-device-batch = {args.batch_size / bn_batch:g}")
     return per_process
 
 
@@ -266,6 +286,13 @@ class ClassificationTask(Task):
                        f"({groups} per process); BatchNorm, the in-batch contrast set, shuffle-BN and mixup work per "
                        f"group of {args.device_batch}, as on {args.batch_size // args.device_batch} GPUs"
                        + (f" (dry run: groups of {device_batch_of(args)})" if args.dry_run else ""))
+        if args.bn_device_batch is not None:
+            groups = per_process // args.bn_device_batch
+            gpus = args.batch_size // args.bn_device_batch
+            print_main(f"--bn-device-batch {args.bn_device_batch}: BatchNorm normalises {groups} group(s) of "
+                       f"{args.bn_device_batch} per process, as DataParallel on {gpus} GPUs; mixup and the "
+                       f"contrast set see the whole per-process batch of {per_process}"
+                       + (f" (dry run: groups of {bn_device_batch_of(args)})" if args.dry_run else ""))
 
     def model_options(self) -> Dict[str, Any]:
         return model_kwargs(self.args)
@@ -339,14 +366,18 @@ class ClassificationTask(Task):
             scaler=torch.amp.GradScaler(device.type) if args.amp == "fp16" else None, world_size=lc.world_size,
             accum_iter=args.accum_iter, clip_grad=args.clip_grad, lifecycle=lc,
             schedule=self.schedule if self.schedule.per_iteration else None, epochs=None, print_freq=args.print_freq,
-            to_batch=batch_transform(random_erasing=erasing, mixup_fn=mixup, device_augment=device_augment))
+            to_batch=batch_transform(random_erasing=erasing, mixup_fn=mixup, device_augment=device_augment),
+            evaluate=self.evaluate_other)
 
     def train_loader(self, ctx: FitContext):
         args, lc = self.args, ctx.lifecycle
         pin = ctx.device.type == "cuda"
         workers = 0 if args.dry_run else args.workers
+        # --device-batch groups need whole batches; --bn-device-batch splits a partial one evenly
+        drop_last = self.method.drop_last or args.device_batch is not None
         loader = train_loader(self.train_set, batch_size=self.batch, workers=workers, rank=lc.rank,
-                              world_size=lc.world_size, seed=args.seed, pin_memory=pin, sampler=self.method.sampler)
+                              world_size=lc.world_size, seed=args.seed, pin_memory=pin, sampler=self.method.sampler,
+                              drop_last=drop_last)
         self.val_dl, self.test_dl = (eval_loader(s, batch_size=self.batch, workers=workers, rank=lc.rank,
                                                  world_size=lc.world_size, pin_memory=pin) if s is not None else None
                                      for s in (self.val_set, self.test_set))
@@ -359,6 +390,21 @@ class ClassificationTask(Task):
         return evaluate(ctx.module, loader, num_classes=self.num_classes, train_counts=self.train_counts,
                         device=ctx.device, amp=ctx.amp, channels_last=ctx.channels_last,
                         forward=self.method.eval_forward, **kw)
+
+    def evaluate_other(self, model: torch.nn.Module, forward=None) -> Optional[Tuple[str, dict]]:
+        """``ctx.evaluate``: (split, metrics) of a model other than the trained one (a teacher) on
+        the test split, else val (None: neither); one batch in a dry run. Callable from a
+        method's ``setup``, before the training loaders exist."""
+        split, dataset = next(((n, s) for n, s in (("test", self.test_set), ("val", self.val_set)) if s is not None),
+                              (None, None))
+        if dataset is None:
+            return None
+        args, ctx, lc = self.args, self.fit.ctx, self.fit.lc
+        loader = eval_loader(dataset, batch_size=self.batch, workers=0 if args.dry_run else args.workers,
+                             rank=lc.rank, world_size=lc.world_size, pin_memory=ctx.device.type == "cuda")
+        return split, evaluate(model, loader, num_classes=self.num_classes, train_counts=self.train_counts,
+                               device=ctx.device, amp=ctx.amp, channels_last=ctx.channels_last, forward=forward,
+                               max_steps=1 if args.dry_run else None)
 
     # ------------------------------------------------------------------ the run
     def dry_run(self, ctx: FitContext, loader) -> dict:
@@ -463,9 +509,9 @@ class ClassificationTask(Task):
             is_best = val["top1"] > self.best_metric
             if is_best:
                 self.best_metric, self.best_step = val["top1"], epoch + 1
-            print_main(f"[epoch {epoch + 1}] val top-1 {val['top1']:.2f} (many {val['many']:.2f} / medium "
-                       f"{val['medium']:.2f} / few {val['few']:.2f}); best {self.best_metric:.2f} at epoch "
-                       f"{self.best_step}")
+            groups = " / ".join(f"{g} {format_accuracy(val[g])}" for g in ("many", "medium", "few"))
+            print_main(f"[epoch {epoch + 1}] val top-1 {val['top1']:.2f} ({groups}); best {self.best_metric:.2f} at "
+                       f"epoch {self.best_step}")
         # The record rides in the checkpoint: a kill or full disk before the lines below is
         # made good on resume (RunLogger.log_pending). TensorBoard first: a record in log.jsonl
         # then implies its scalars were written.
@@ -489,9 +535,9 @@ class ClassificationTask(Task):
         if self.test_dl is not None:
             test = self.evaluate(ctx, self.test_dl)
             result.update(test)
-            print_main(f"test ({selection}): top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} | many "
-                       f"{test['many']:.2f} medium {test['medium']:.2f} few {test['few']:.2f} | {test['num_samples']} "
-                       f"images")
+            groups = " ".join(f"{g} {format_accuracy(test[g])}" for g in ("many", "medium", "few"))
+            print_main(f"test ({selection}): top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} | {groups} | "
+                       f"{test['num_samples']} images")
             print_main(fairness_line(test))
             lc.logger.log_scalars({f"test_{k}": test.get(k) for k in _TEST_KEYS}, args.epochs)
             if lc.is_main:

@@ -243,8 +243,10 @@ class EpochSeededDataset(Dataset):
 
 
 def train_loader(dataset: Dataset, *, batch_size: int, workers: int, rank: int, world_size: int, seed: int,
-                 pin_memory: bool, sampler: str = "random") -> DataLoader:
-    """Shuffled, drop_last (the queue needs a constant global batch); call :func:`set_train_epoch`
+                 pin_memory: bool, sampler: str = "random", drop_last: bool = True) -> DataLoader:
+    """Shuffled; ``drop_last`` (the default: a queue needs a constant global batch) drops the
+    epoch's last partial batch, False keeps it (every rank then gets the same number of batches,
+    the sampler repeating a few images to even them out); call :func:`set_train_epoch`
     before every epoch. Each sample is augmented from its own (seed, epoch, index) seed
     (:class:`EpochSeededDataset`), the loader's base seed comes from a per-epoch generator.
     ``sampler="class_aware"``: class-balanced batches (:class:`~gpaco.data.samplers.ClassAwareSampler`)."""
@@ -255,11 +257,12 @@ def train_loader(dataset: Dataset, *, batch_size: int, workers: int, rank: int, 
                                     seed=seed)
     elif sampler == "random":
         sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                              drop_last=True)
+                                              drop_last=drop_last)
     else:
         raise ValueError(f"sampler must be 'random' or 'class_aware', got {sampler!r}")
     loader = DataLoader(EpochSeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler,
-                        num_workers=workers, drop_last=True, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals,
+                        num_workers=workers, drop_last=drop_last, pin_memory=pin_memory,
+                        worker_init_fn=ignore_stop_signals,
                         generator=torch.Generator().manual_seed(seed))  # not persistent: set per epoch
     return loader
 

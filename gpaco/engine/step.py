@@ -67,6 +67,9 @@ class FitContext:
     stop the epoch (segmentation's evaluation and checkpoints every N iterations).
     ``generator``: a per-step generator a criterion may draw from (segmentation's pixels).
     ``step_name``: ``(epoch, step, steps_per_epoch) -> str`` names a step in messages.
+    ``evaluate``: ``(model, forward=None) -> (split, metrics) or None`` evaluates a model other
+    than the trained one (a distillation teacher) on the task's test split, or val without one
+    (None: neither); a method's ``setup`` may call it (on every rank).
     ``nan_skipped``: micro-batches skipped under ``--nan-policy skip`` so far in this epoch.
     ``epoch`` / ``step``: where the loop is (0-based epoch and micro-batch), for a method's step.
     """
@@ -95,6 +98,7 @@ class FitContext:
     after_step: Optional[Callable[["FitContext", int], None]] = None
     generator: Optional[torch.Generator] = None
     step_name: Optional[Callable[[int, int, int], str]] = None
+    evaluate: Optional[Callable[..., Optional[Tuple[str, dict]]]] = None
     epoch: int = 0
     step: int = 0
     nan_skipped: int = 0

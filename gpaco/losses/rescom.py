@@ -18,6 +18,11 @@ One encoder sees two views of a batch (``N = 2B`` rows, labels ``[y, y]``). Per 
 
 After the loss, the *first view's* features (gathered from every process) go into the
 queue (:class:`ClassBalancedQueue`): ``K`` slots per class, a ring buffer per class.
+
+Virtual devices (``--device-batch``): features, logits and labels batched as [G, N, ...] are G
+independent contrast sets (each row's batch columns are its own device's rows), all mined
+against the one queue; every term is the mean over the devices of the device's term, which
+DDP's gradient average over the original's G GPUs computes.
 """
 from __future__ import annotations
 
@@ -291,9 +296,11 @@ def rescom_loss_terms(
     """The ResCom loss with its parts. Does not update the queue.
 
     Args:
-        features: [N, D] L2-normalised projections of both views (N = 2B, view 1 first).
-        logits: [N, C] classifier logits of the same rows.
-        labels: [N] classes (``[y, y]``).
+        features: [N, D] L2-normalised projections of both views (N = 2B, view 1 first), or
+            [G, N, D]: G virtual devices, each its own contrast set (the terms are the mean
+            over the devices).
+        logits: [N, C] classifier logits of the same rows ([G, N, C]).
+        labels: [N] classes (``[y, y]``; [G, N]).
         queue: [C, K, D] keys or a :class:`ClassBalancedQueue` (read, never written).
         temperature: T of the contrastive softmax (original default 0.1).
         num_positives, num_negatives: mining sizes P, N_neg (see :func:`rescom_mine`).
@@ -307,6 +314,15 @@ def rescom_loss_terms(
     Returns:
         :class:`ResComTerms` of scalars in float32 (float64 for float64 inputs).
     """
+    if features.ndim == 3:
+        if logits.ndim != 3 or labels.ndim != 2 or not logits.shape[0] == features.shape[0] == labels.shape[0]:
+            raise ValueError(f"grouped inputs must be features [G, N, D], logits [G, N, C] and labels [G, N]; got "
+                             f"{tuple(features.shape)}, {tuple(logits.shape)} and {tuple(labels.shape)}")
+        per_device = [rescom_loss_terms(f, z, y, queue, temperature=temperature, num_positives=num_positives,
+                                        num_negatives=num_negatives, log_prior=log_prior, class_weight=class_weight,
+                                        con_weight=con_weight, balanced_contrast=balanced_contrast)
+                      for f, z, y in zip(features, logits, labels)]
+        return ResComTerms(*(torch.stack(parts).mean() for parts in zip(*per_device)))
     if logits.ndim != 2 or logits.shape[0] != features.shape[0]:
         raise ValueError(f"logits must be [N, C] with N = {features.shape[0]} (one row per feature), "
                          f"got shape {tuple(logits.shape)}")
@@ -375,7 +391,8 @@ class ResComLoss(nn.Module):
 
     def forward(self, features: Tensor, logits: Tensor, labels: Tensor,
                 queue: Union[Tensor, ClassBalancedQueue]) -> Tensor:
-        """features [N, D], logits [N, C], labels [N], queue [C, K, D] -> scalar loss."""
+        """features [N, D], logits [N, C], labels [N] (or [G, N, ...] each: G virtual devices),
+        queue [C, K, D] -> scalar loss."""
         return self.terms(features, logits, labels, queue).loss
 
     def extra_repr(self) -> str:

@@ -18,10 +18,11 @@ from .multitask import MultiTask
 from .paco import PaCo
 from .rescom import ResCom
 from .reslt import ResLT
+from .ride_reslt import RIDEResLT
 from .rr import RR
 from .segmentation import SegCE, SegGPaCo
 
-for _method in (CE, BalancedCE, PaCo, GPaCo, MultiTask, ResLT, ResCom, MiSLAS, MiSLASStage2,  # classification
+for _method in (CE, BalancedCE, PaCo, GPaCo, MultiTask, ResLT, RIDEResLT, ResCom, MiSLAS, MiSLASStage2,  # classification
                 SegCE, SegGPaCo, CeCo, CeCoL, RR):  # segmentation
     register_method(_method())
 

@@ -25,6 +25,7 @@ The registry holds one instance per method; every run works on its own copy
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from gpaco.engine.step import Batch, FitContext, StepOutput
 from gpaco.losses.criteria import output_logits
+from gpaco.models.view_bn import set_bn_device_batch
 
 __all__ = ["Flag", "flag", "Method", "ClassificationMethod", "SegmentationMethod", "TASKS"]
 
@@ -106,6 +108,8 @@ class Method:
         sampler: ``random`` (shuffled, every image once per epoch) or ``class_aware``
             (class-balanced batches).
         views: augmented views per training sample the loader yields (2: two-view methods).
+        drop_last: the random sampler drops each epoch's last, partial batch (True; a queue
+            needs a constant batch) or keeps it (False, as MiSLAS's original loader).
     """
 
     name: str = ""
@@ -118,6 +122,7 @@ class Method:
     checkpoint_prefixes: Mapping[str, str] = {}
     sampler: str = "random"
     views: int = 1
+    drop_last: bool = True
 
     def __init__(self) -> None:
         if self.task not in TASKS:
@@ -176,15 +181,39 @@ class Method:
             raise ValueError(f"method {self.name!r} keeps no state, but the checkpoint holds {sorted(state)}")
 
 
+def _with_bn_device_batch(build):
+    """``build_model`` that also takes ``bn_device_batch`` (``--bn-device-batch``): the built
+    model's BatchNorms normalise groups of that many samples, whatever the method's builder."""
+    @functools.wraps(build)
+    def build_model(self, arch, num_classes, *, bn_device_batch: Optional[int] = None, **options):
+        model = build(self, arch, num_classes, **options)
+        if bn_device_batch is not None:
+            set_bn_device_batch(model, bn_device_batch)
+        return model
+
+    build_model.takes_bn_device_batch = True
+    return build_model
+
+
 class ClassificationMethod(Method):
     """A classification method. ``takes_labels``: the default step calls ``model(view_1, view_2 or
     None, labels)`` (the contrastive models enqueue the labels) instead of ``model(images)``;
-    ``default_aug`` / ``cifar_aug``: the ``--aug`` of split datasets / CIFAR when none is given."""
+    ``default_aug`` / ``cifar_aug``: the ``--aug`` of split datasets / CIFAR when none is given.
+
+    Every subclass's ``build_model`` also takes ``bn_device_batch`` (``--bn-device-batch``,
+    recorded with the other build options in a checkpoint's ``model_config``): it is applied to
+    the built model here, so a method's builder never sees it."""
 
     task = "classification"
     takes_labels: bool = False
     default_aug: Optional[str] = None
     cifar_aug: Optional[str] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        build = cls.__dict__.get("build_model")
+        if build is not None and not getattr(build, "takes_bn_device_batch", False):
+            cls.build_model = _with_bn_device_batch(build)
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,6 +1,7 @@
 """ResCom (rebalanced Siamese contrastive mining): one encoder on two views, balanced softmax on
 both, a class-balanced key queue with hard positive / negative mining, effective-number class
-weights on the contrast (docs/method.md#rescom-loss)."""
+weights on the contrast (docs/method.md#rescom-loss). ``--device-batch``: BatchNorm and the
+in-batch contrast per virtual device (:mod:`gpaco.models.rescom`)."""
 from __future__ import annotations
 
 from gpaco.losses.criteria import ResComCriterion
@@ -25,6 +26,9 @@ RESCOM_FLAGS = (
               "s / T (the original's balsfx_n, which crashed for any value but 0); 0: off"),
 )
 
+_NO_BN_ONLY = ("--bn-device-batch is not for --method rescom: its original ran DDP, each GPU normalising and "
+               "contrasting its own samples' two views; use --device-batch")
+
 
 class ResCom(ClassificationMethod):
     name = "rescom"
@@ -40,8 +44,12 @@ class ResCom(ClassificationMethod):
     default_aug, cifar_aug = "randclsgray_randclsgray", "cifar_regular_cifar_regular"
     checkpoint_prefixes = {"backbone": "backbone.", "projection": "projection.", "classifier": "fc."}
 
-    def build_model(self, arch, num_classes, **options):
+    def build_model(self, arch, num_classes, *, bn_device_batch=None, **options):
+        if bn_device_batch is not None:
+            raise ValueError(_NO_BN_ONLY)
         return build_rescom(arch, num_classes, **options)
+
+    build_model.takes_bn_device_batch = True  # refused above, not applied by the base class
 
     def build_criterion(self, **options):
         return ResComCriterion(**options)
@@ -50,6 +58,5 @@ class ResCom(ClassificationMethod):
         k, p = options["rescom_queue_per_class"], options["rescom_positives"]
         if not 0 <= p <= k:
             raise ValueError(f"--rescom-positives must be in 0..{k} (--rescom-queue-per-class), got {p}")
-        if options.get("device_batch") is not None:
-            raise ValueError("--device-batch is not supported by --method rescom (its BatchNorm and queue see the "
-                             "whole per-process batch)")
+        if options.get("bn_device_batch") is not None:
+            raise ValueError(_NO_BN_ONLY)

@@ -6,6 +6,7 @@ import argparse
 
 from gpaco.losses.criteria import ResLTCriterion
 from gpaco.models.reslt import HEADS, POOLS, build_reslt
+from gpaco.models.view_bn import convert_view_batchnorm
 
 from .base import ClassificationMethod, flag
 
@@ -44,8 +45,11 @@ class ResLT(ClassificationMethod):
     default_aug, cifar_aug = "randcls", "cifar_regular"
     checkpoint_prefixes = {"backbone": "backbone.", "head": "head.", "classifier": "fc."}
 
-    def build_model(self, arch, num_classes, **options):
-        return build_reslt(arch, num_classes, **options)
+    def build_model(self, arch, num_classes, *, device_batch=None, **options):
+        model = build_reslt(arch, num_classes, **options)
+        if device_batch is not None:  # --device-batch: a classifier's BatchNorm per virtual device
+            convert_view_batchnorm(model, device_batch=device_batch)
+        return model
 
     def build_criterion(self, **options):
         return ResLTCriterion(**options)

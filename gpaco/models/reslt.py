@@ -30,6 +30,7 @@ evaluation forward     logits [B, C]: ``eval_gamma=None``: the sum of the branch
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -64,7 +65,8 @@ class ResLTModel(nn.Module):
         arch: a timm name or a CIFAR ResNet (``resnet32``...); the trunk's
             ``forward_features`` map [B, F, h, w] feeds the head.
         num_classes: C.
-        num_branches: K (3: H, M, T; 2 for iNaturalist's H + M).
+        num_branches: K (3: H, M, T; 2 for iNaturalist's H + M, whose conv head is initialised
+            as the original's three-slice block, of which it uses two).
         head: ``conv``, ``bn`` or ``auto`` (``bn`` for the CIFAR ResNets, ``conv`` otherwise).
         pool: ``after`` (head on the map, then pooling) or ``before``.
         eval_gamma: None = plain sum of the branch logits at evaluation; a float = the
@@ -100,7 +102,11 @@ class ResLTModel(nn.Module):
         if head == "conv":
             self.head = nn.Sequential(nn.Conv2d(dim, num_branches * dim, 1, bias=False),
                                       nn.BatchNorm2d(num_branches * dim), nn.ReLU(inplace=True))
-            nn.init.kaiming_normal_(self.head[0].weight, mode="fan_out", nonlinearity="relu")
+            # kaiming fan-out init of the original's block, which is three slices wide even where only
+            # two are used (iNaturalist's H + M): std sqrt(2 / (3F)) for a two-branch head too
+            fan_out = max(num_branches, 3) * dim
+            with torch.no_grad():
+                self.head[0].weight.normal_(0.0, nn.init.calculate_gain("relu") / math.sqrt(fan_out))
         else:
             self.head = nn.ModuleList(nn.BatchNorm2d(dim) for _ in range(num_branches))
         self.fc = nn.Linear(dim, num_classes)

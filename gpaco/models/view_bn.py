@@ -6,7 +6,11 @@ Two things make one BatchNorm call stand for several in the original code:
   two batches, so every BatchNorm sees per-view statistics;
 * **groups** (``--device-batch``): the original ran on several GPUs, each normalising its
   own per-GPU batch; a run on fewer GPUs splits each process's batch into ``groups``
-  virtual devices of that size (docs/recipes.md#same-statistics-on-any-gpu-count).
+  virtual devices of that size (docs/recipes.md#same-statistics-on-any-gpu-count);
+* **BatchNorm-only groups** (``--bn-device-batch``): the original ran DataParallel, whose
+  replicas normalise their own slice of the batch while everything after the forward (the
+  loss, mixup drawn before it) sees the whole batch; :func:`set_bn_device_batch` sets the
+  group size on every BatchNorm of a built model and nothing else changes.
 
 The models convert their BatchNorms once at build (:func:`convert_view_batchnorm`) into
 :class:`ViewBatchNorm2d` (1d, 3d), plain BatchNorm subclasses with ``views`` and
@@ -21,7 +25,8 @@ chunk i     view ``i // G``, group ``i % G``; N = batch / (views x G) rows each
 
 normalises each chunk with its own batch statistics and updates the running statistics
 with group 0's chunks only, view 0 first: what the original's rank 0 does, and DDP
-broadcasts rank 0's buffers to every process at each forward, so rank 0's are the run's.
+broadcasts rank 0's buffers to every process at each forward, so rank 0's are the run's
+(DataParallel likewise keeps replica 0's).
 With ``groups=1`` every chunk updates them (the two views of one GPaCo step, in order).
 
 On CPU in float32 the chunks are normalised straight into one output (and their input
@@ -40,8 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["ViewBatchNorm1d", "ViewBatchNorm2d", "ViewBatchNorm3d", "convert_view_batchnorm", "batchnorm_views",
-           "per_group_batchnorm", "supports_one_pass", "has_batchnorm"]
+__all__ = ["ViewBatchNorm1d", "ViewBatchNorm2d", "ViewBatchNorm3d", "convert_view_batchnorm", "set_bn_device_batch",
+           "batchnorm_views", "per_group_batchnorm", "supports_one_pass", "has_batchnorm"]
 
 
 def supports_one_pass(module: nn.Module, views: int = 2) -> bool:
@@ -69,7 +74,7 @@ class _ChunkedBatchNormFn(torch.autograd.Function):
         chunks = len(momenta)
         y = torch.empty_like(x)
         stats = x.new_empty((2, chunks, x.shape[1]))
-        for i, (xi, yi) in enumerate(zip(x.chunk(chunks), y.chunk(chunks))):
+        for i, (xi, yi) in enumerate(zip(x.tensor_split(chunks), y.tensor_split(chunks))):
             update = momenta[i] is not None
             torch.ops.aten.native_batch_norm.out(xi, weight, bias, running_mean if update else None,
                                                  running_var if update else None, True,
@@ -89,9 +94,11 @@ class _ChunkedBatchNormFn(torch.autograd.Function):
         grad_w = torch.zeros_like(gw) if mask[1] else None
         grad_b = torch.zeros_like(gb) if mask[2] else None
         n = ctx.chunks
-        for i, (gyi, xi, gxi) in enumerate(zip(grad_y.chunk(n), x.chunk(n), grad_x.chunk(n))):
+        # The out= variant needs every output it is given, so both parameter gradients are
+        # computed (per-channel sums, cheap) even for a frozen or non-affine BatchNorm.
+        for i, (gyi, xi, gxi) in enumerate(zip(grad_y.tensor_split(n), x.tensor_split(n), grad_x.tensor_split(n))):
             torch.ops.aten.native_batch_norm_backward.out(gyi, xi, weight, None, None, stats[0, i], stats[1, i], True,
-                                                          ctx.eps, [True, mask[1], mask[2]], out0=gxi, out1=gw,
+                                                          ctx.eps, [True, True, True], out0=gxi, out1=gw,
                                                           out2=gb)
             if mask[1]:
                 grad_w += gw
@@ -119,7 +126,7 @@ def _momenta(bn: _BatchNorm, *, views: int, groups: int) -> List[Optional[float]
 
 def _chunked_forward(bn: _BatchNorm, x: Tensor, views: int, groups: int) -> Tensor:
     chunks = views * groups
-    if x.shape[0] % chunks:
+    if x.shape[0] % chunks and views > 1:  # one view: a last, partial batch splits as evenly as it can
         raise ValueError(f"{type(bn).__name__}: batch {x.shape[0]} does not split into {views} view(s) x "
                          f"{groups} group(s) of equal size")
     momenta = _momenta(bn, views=views, groups=groups)
@@ -130,7 +137,14 @@ def _chunked_forward(bn: _BatchNorm, x: Tensor, views: int, groups: int) -> Tens
         F.batch_norm(chunk, bn.running_mean if m is not None else None,
                      bn.running_var if m is not None else None, bn.weight, bn.bias, True,
                      m if m is not None else 0.0, bn.eps)
-        for chunk, m in zip(x.chunk(chunks), momenta)])
+        for chunk, m in zip(x.split(_chunk_sizes(x.shape[0], chunks)), momenta)])
+
+
+def _chunk_sizes(n: int, chunks: int) -> List[int]:
+    """``chunks`` sizes summing to ``n``, the first ``n % chunks`` one larger (tensor_split's;
+    explicit sizes because inductor's gradient of tensor_split came out wrong, torch 2.14)."""
+    q, r = divmod(n, chunks)
+    return [q + 1] * r + [q] * (chunks - r)
 
 
 class _ViewBatchNorm:
@@ -148,7 +162,10 @@ class _ViewBatchNorm:
         if not self.training:
             return super().forward(x)
         groups = self.groups
-        if self.device_batch is not None:
+        if self.device_batch is not None and self.views == 1:
+            # a partial batch (an epoch's last, when kept) gets ceil(b / N) groups of near-equal size
+            groups = -(-x.shape[0] // self.device_batch)
+        elif self.device_batch is not None:
             groups = max(x.shape[0] // (self.views * self.device_batch), 1)
         if self.views * groups == 1:
             return super().forward(x)
@@ -190,6 +207,23 @@ def convert_view_batchnorm(module: nn.Module, *, views: int = 1, device_batch: O
             m.__class__ = cls
             m.views, m.groups, m.device_batch = views, groups, device_batch
             n += 1
+    return n
+
+
+def set_bn_device_batch(module: nn.Module, device_batch: int) -> int:
+    """``--bn-device-batch``: every BatchNorm under ``module`` normalises each group of
+    ``device_batch`` samples of each view separately in training mode (eval mode is unchanged).
+    Plain BatchNorm1d/2d/3d are converted (one view); layers already converted keep their
+    ``views`` (GPaCo's two) and take the group size. Returns how many layers it set."""
+    if device_batch < 1:
+        raise ValueError(f"device_batch must be >= 1, got {device_batch}")
+    n = 0
+    for m in module.modules():
+        if isinstance(m, _ViewBatchNorm):
+            m.device_batch = device_batch
+            n += 1
+        elif type(m) in _VIEW_CLASSES:
+            n += convert_view_batchnorm(m, device_batch=device_batch)
     return n
 
 

@@ -9,6 +9,11 @@
 # (0.08-1) + flip + ColorJitter(.4,.4,.4,0) + grayscale .2 + RandAugment n2 m10 (--aug randclsgray_randclsgray).
 # Ours (not published): global batch 128 (the defaults' batch 32 = PaCo's ImageNet-LT per-GPU batch on its
 # 4 GPUs, whose lr/wd/epochs these defaults equal); dim_con 128 (PaCo's); K 10, P 1, N 400 (the CIFAR config's).
+# GPUs: the original ran 8 GPUs x 16 images (ResCom README: 8 GPUs, DDP; 16 = our global batch 128 / 8).
+# --batch-size is the global batch (lr not rescaled); --device-batch 16 computes BatchNorm (over both
+# views of a device's 16 samples) and the in-batch contrast set over groups of 16 samples, as each
+# GPU did, on any GPU count whose processes hold a multiple of 16
+# (docs/recipes.md#same-statistics-on-any-gpu-count).
 #
 # Data: DATA_ROOT holds the images and the split lists iNaturalist18_{train,val}.txt ('relative/path label').
 # iNaturalist has no test split: selection and report are both on the val list (as the original).
@@ -26,7 +31,8 @@ exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --method rescom --arch resnet50 \
     --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$VAL_LIST" \
     --num-classes 8142 --image-size 224 --norm inat \
-    --epochs 400 --batch-size 128 --lr 0.02 --momentum 0.9 --wd 5e-4 --schedule cosine_min --warmup-epochs 10 \
+    --epochs 400 --batch-size 128 --device-batch 16 --lr 0.02 --momentum 0.9 --wd 5e-4 \
+    --schedule cosine_min --warmup-epochs 10 \
     --proj-dim 128 --temperature 0.1 --rescom-con-weight 1.0 --rescom-queue-per-class 10 --rescom-positives 1 \
     --rescom-negatives 400 --rescom-beta 0 \
     --aug randclsgray_randclsgray --randaug-n 2 --randaug-m 10 \

@@ -3,12 +3,18 @@
 #
 # Paper row: plain ResLT iNaturalist 2018 ResNet-50: no number in the README (a link only;
 # the README's 72.9 is the RIDE variant, not implemented here).
-# Original: jiequancui/ResLT Inat/sh/R50.sh (iNaturalTrain_reslt.py); total batch 256, GPU count
-# not stated. --batch-size is the GLOBAL batch; lr is not rescaled.
+# Original: jiequancui/ResLT Inat/sh/R50.sh (iNaturalTrain_reslt.py); 4 GPUs under DataParallel,
+# total batch 256.
+# GPUs: the original ran 4 GPUs x 64 images (DataParallel: BatchNorm per GPU). --batch-size is the
+# global batch (lr not rescaled); --bn-device-batch 64 computes BatchNorm over groups of 64 images
+# as its GPUs did, on any GPU count whose processes hold a multiple of 64; the loss sees the whole
+# batch, as DataParallel's.
 # Hyperparameters: 200 epochs, SGD momentum .9 lr .1 with lr/2 (1 + cos(pi e / E)) per epoch
-# (--schedule cosine_plain), wd 1e-4, beta .85, eval gamma .3 (the original's eval script passes
-# 0.0: add EXTRA_ARGS="--reslt-gamma 0.0" to sh/ResLT/Inat_eval_R50.sh), two branches (H and the
-# 6600 rarest classes), plain CE for the fused term, aug RRC + flip (--aug crop_flip).
+# (--schedule cosine_plain), wd 1e-4, beta .85, gamma .3 in the validation that selects best.pth
+# (the original's eval script scores with gamma 0.0, as sh/ResLT/Inat_eval_R50.sh does), two
+# branches (H and the 6600 rarest classes; the head conv initialised as the original's
+# three-slice block, whose T slice iNaturalist leaves unused), plain CE for the fused term, aug
+# RRC + flip (--aug crop_flip).
 #
 # Data: DATA_ROOT holds iNaturalist18_{train,val}.txt; best.pth and metrics.json both use the
 # val list (iNaturalist has no separate test labels).
@@ -26,7 +32,7 @@ exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --method reslt --arch resnet50 \
     --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$VAL_LIST" \
     --num-classes 8142 --image-size 224 --norm inat \
-    --epochs 200 --batch-size 256 --lr 0.1 --wd 1e-4 --schedule cosine_plain \
+    --epochs 200 --batch-size 256 --bn-device-batch 64 --lr 0.1 --wd 1e-4 --schedule cosine_plain \
     --reslt-beta 0.85 --reslt-gamma 0.3 --reslt-branch-sizes 6600 --reslt-head conv --reslt-pool after \
     --aug crop_flip \
     --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto
