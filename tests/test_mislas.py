@@ -125,3 +125,16 @@ def test_stage2_optimizer_groups_scale_the_classifier_lr():
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == pytest.approx({"fc.": 0.005, "rest": 0.1})
     assert sum(len(g["params"]) for g in opt.param_groups) == 3  # fc weight, bias, lws scale
+
+
+def test_classifier_init_is_the_originals():
+    """The original's CIFAR classifier is initialised as its LDAM-style trunk: kaiming-normal
+    weight (fan in, ReLU gain: std sqrt(2 / 64)), default bias (|b| <= 64^-1/2); on an
+    ImageNet-scale trunk it keeps PyTorch's default init (|w| <= F^-1/2), in both stages."""
+    torch.manual_seed(0)
+    for build in (build_stage1_classifier, build_lws_classifier):
+        fc = build("resnet32", 100).fc
+        assert fc.weight.std().item() == pytest.approx((2 / 64) ** 0.5, rel=0.05)  # default init: ~0.072
+        assert fc.weight.abs().max() > 64 ** -0.5 and fc.bias.abs().max() <= 64 ** -0.5
+        fc = build("resnet10", 50).fc
+        assert fc.weight.abs().max() <= 512 ** -0.5 and fc.bias.abs().max() <= 512 ** -0.5

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # MiSLAS stage 1, CIFAR-100-LT (imb 0.01), ResNet-32: train with mixup.
 #
-# Paper row: MiSLAS (CVPR 2021) CIFAR-100-LT (imb 0.01) ResNet-32: stage 1 39.5 -> stage 2 47.0 top-1 (ECE 4.83) (README).
+# Paper row: MiSLAS (CVPR 2021) CIFAR-100-LT (imb 0.01) ResNet-32: stage 1 39.5 -> stage 2 47.0 top-1 (ECE 4.83) (MiSLAS README).
 # This is stage 1 (39.5); sh/MiSLAS/CIFAR100LT_imb0.01_stage2.sh loads its best.pth.
-# Original: dvlab-research/MiSLAS train_stage1.py with its CIFAR-100-LT (imb 0.01) stage-1 config; batch 128
-# on 1 GPU(s). --batch-size is the GLOBAL batch; lr is not rescaled.
-# Hyperparameters: 200 epochs, SGD momentum .9 lr .1, wd 2e-4 on backbone and classifier,
+# Original: dvlab-research/MiSLAS train_stage1.py with config/cifar100/cifar100_imb001_stage1_mixup.yaml, the source of every
+# hyperparameter below (batch 128 included).
+# GPUs: one in the original (MiSLAS README: CIFAR on 1 GPU, 128 images). --batch-size is the
+# GLOBAL batch (lr not rescaled); run it on one GPU (NGPUS=1) for BatchNorm over all 128 images.
+# Hyperparameters: 200 epochs, SGD momentum .9 lr .1, wd 2e-4 (the config's; the README recommends 5e-4 on CIFAR-LT) on backbone and classifier,
 # LR lr*(e+1)/5 for the first 5 epochs, x0.1 from epoch 160, x0.01 from 180 (--schedule step), mixup alpha 1.0 (lambda ~ Beta per batch, a random partner;
 # loss lam CE(y) + (1 - lam) CE(y_perm)), aug --aug cifar_crop_flip.
 #

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # MiSLAS stage 2, CIFAR-100-LT (imb 0.02), ResNet-32: label-aware smoothing, LWS, BN shift.
 #
-# Paper row: MiSLAS (CVPR 2021) CIFAR-100-LT (imb 0.02) ResNet-32: stage 1 45.4 -> stage 2 52.3 top-1 (ECE 2.47) (README).
+# Paper row: MiSLAS (CVPR 2021) CIFAR-100-LT (imb 0.02) ResNet-32: stage 1 45.4 -> stage 2 52.3 top-1 (ECE 2.47) (MiSLAS README).
 # This is stage 2 (52.3, ECE 2.47): it loads STAGE1 (default: the best.pth of
 # sh/MiSLAS/CIFAR100LT_imb0.02_stage1.sh; a dry run without it uses random weights).
-# Original: dvlab-research/MiSLAS train_stage2.py with its CIFAR-100-LT (imb 0.02) stage-2 config; batch 128
-# on 1 GPU. --batch-size is the GLOBAL batch; lr is not rescaled.
+# Original: dvlab-research/MiSLAS train_stage2.py with config/cifar100/cifar100_imb002_stage2_mislas.yaml, the source of every
+# hyperparameter below (batch 128 included).
+# GPUs: one in the original (MiSLAS README: stage 2 on 1 GPU, 128 images). --batch-size is the
+# GLOBAL batch (lr not rescaled); run it on one GPU (NGPUS=1): with --shift-bn each process
+# re-estimates BatchNorm over its own share of the batch (the original: all 128 images).
 # Hyperparameters: 10 epochs, SGD momentum .9 lr .1 with lr/2 (1 + cos(pi e / E)) (--schedule
-# cosine_plain), the classifier at 0.1 x that LR (--lr-factor), the LWS scale at the LR, wd 2e-4,
+# cosine_plain), the classifier at 0.1 x that LR (--lr-factor), the LWS scale at the LR, wd 2e-4 (the config's; the README recommends 5e-4 on CIFAR-LT),
 # label-aware smoothing head 0.3 / tail 0 (concave), BN shift on, class-aware
 # batches (4 images per class in a row), no mixup. Stage 2 starts its own best.pth (the original
 # inherited stage 1's best accuracy and could skip writing model_best).

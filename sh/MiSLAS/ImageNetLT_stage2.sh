@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # MiSLAS stage 2, ImageNet-LT, ResNet-50: label-aware smoothing, LWS, BN shift.
 #
-# Paper row: MiSLAS (CVPR 2021) ImageNet-LT ResNet-50: stage 1 45.5 -> stage 2 52.7 top-1 (ECE 1.78) (README).
+# Paper row: MiSLAS (CVPR 2021) ImageNet-LT ResNet-50: stage 1 45.5 -> stage 2 52.7 top-1 (ECE 1.78) (MiSLAS README).
 # This is stage 2 (52.7, ECE 1.78): it loads STAGE1 (default: the best.pth of
 # sh/MiSLAS/ImageNetLT_stage1.sh; a dry run without it uses random weights).
-# Original: dvlab-research/MiSLAS train_stage2.py with its ImageNet-LT stage-2 config; batch 256
-# on 1 GPU. --batch-size is the GLOBAL batch; lr is not rescaled.
+# Original: dvlab-research/MiSLAS train_stage2.py with config/imagenet/imagenet_resnet50_stage2_mislas.yaml, the source of every
+# hyperparameter below (batch 256 included).
+# GPUs: one in the original (MiSLAS README: stage 2 on 1 GPU, 256 images). --batch-size is the
+# GLOBAL batch (lr not rescaled); run it on one GPU (NGPUS=1): with --shift-bn each process
+# re-estimates BatchNorm over its own share of the batch (the original: all 256 images).
 # Hyperparameters: 10 epochs, SGD momentum .9 lr .1 with lr/2 (1 + cos(pi e / E)) (--schedule
 # cosine_plain), the classifier at 0.05 x that LR (--lr-factor), the LWS scale at the LR, wd 5e-4,
 # label-aware smoothing head 0.3 / tail 0 (concave), BN shift on, class-aware

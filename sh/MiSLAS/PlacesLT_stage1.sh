@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# MiSLAS stage 1, Places-LT, ResNet-152 (ImageNet-pretrained, last block trained): train with mixup.
+# MiSLAS stage 1, Places-LT, ResNet-152 (ImageNet-pretrained, a new last block trained): train with mixup.
 #
-# Paper row: MiSLAS (CVPR 2021) Places-LT ResNet-152 (ImageNet-pretrained, last block trained): stage 1 29.4 -> stage 2 40.4 top-1 (ECE 3.41) (README).
+# Paper row: MiSLAS (CVPR 2021) Places-LT ResNet-152 (ImageNet-pretrained, a new last block trained): stage 1 29.4 -> stage 2 40.4 top-1 (ECE 3.41) (MiSLAS README).
 # This is stage 1 (29.4); sh/MiSLAS/PlacesLT_stage2.sh loads its best.pth.
-# Original: dvlab-research/MiSLAS train_stage1.py with its Places-LT stage-1 config; batch 256
-# on 4 (DataParallel) GPU(s). --batch-size is the GLOBAL batch; lr is not rescaled.
-# Hyperparameters: 90 epochs, SGD momentum .9 lr .1, wd 5e-4 on backbone and classifier,
+# Original: dvlab-research/MiSLAS train_stage1.py with config/places/places_resnet152_stage1_mixup.yaml, the source of every
+# hyperparameter below (batch 256 included).
+# GPUs: the original ran 4 GPUs x 64 images (DataParallel: BatchNorm per GPU, mixup over the whole batch)
+# (MiSLAS README: four GPUs for ImageNet-LT, iNaturalist 2018, Places-LT; train_stage1.py wraps the model in
+# DataParallel). --batch-size is the global batch (lr not rescaled); --bn-device-batch 64 normalises
+# BatchNorm over groups of 64 images on any GPU count whose processes hold a multiple of 64, while mixup
+# pairs images across each process's whole batch (all 256 on one GPU, as the original)
+# (docs/recipes.md#which-recipes-reproduce-the-per-gpu-statistics).
+# Hyperparameters: 90 epochs, SGD momentum .9 lr .1, wd 5e-4 on what trains (the new block and the classifier),
 # LR lr/2 (1 + cos(pi e / E)) per epoch (--schedule cosine_plain), mixup alpha 0.2 (lambda ~ Beta per batch, a random partner;
 # loss lam CE(y) + (1 - lam) CE(y_perm)), aug --aug regular.
+# Network (--new-last-block, in both stages; original: train_stage1.py and models/resnet_places.py): torchvision's
+# ImageNet ResNet-152 (PRETRAINED, resnet152-394f9c45.pth, a local file: nothing is downloaded) with its last
+# bottleneck (layer4.2) replaced by a new, randomly initialised Bottleneck(2048, 512); stage 1 trains only that
+# block and the classifier, the rest of the trunk frozen in eval mode (its BatchNorm statistics never move).
 #
-# Data: DATA_ROOT holds Places_LT_{train,val,test}.txt; best.pth is selected on val, metrics.json reports test. Stage 1 starts from torchvision's ImageNet ResNet-152 (PRETRAINED) and trains only the last bottleneck and the classifier (--freeze all_but_last_block keeps that block's pretrained weights; the original re-initialises it and keeps the rest in eval mode).
+# Data: DATA_ROOT holds Places_LT_{train,val,test}.txt; best.pth is selected on val, metrics.json reports test.
 # Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
 # MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent);
 # EXTRA_ARGS="--flag value" (appended last: overrides any flag here). Relative paths are
@@ -23,7 +33,8 @@ TEST_LIST="${TEST_LIST:-$DATA_ROOT/Places_LT_test.txt}"
 PRETRAINED="${PRETRAINED-pretrained/resnet152-394f9c45.pth}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/MiSLAS/PlacesLT_stage1}"
 exec bash "$ROOT/sh/launch.sh" tools/train.py \
-    --method mislas --arch resnet152 --mixup-alpha 0.2 ${PRETRAINED:+--pretrained "$PRETRAINED"} --freeze all_but_last_block \
+    --method mislas --arch resnet152 --mixup-alpha 0.2 --bn-device-batch 64 \
+    ${PRETRAINED:+--pretrained "$PRETRAINED"} --new-last-block \
     --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$TEST_LIST" --num-classes 365 --image-size 224 --norm imagenet \
     --epochs 90 --batch-size 256 --lr 0.1 --wd 5e-4 --schedule cosine_plain \
     --aug regular \

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# MiSLAS stage 2, Places-LT, ResNet-152 (ImageNet-pretrained, last block trained): label-aware smoothing, LWS, BN shift.
+# MiSLAS stage 2, Places-LT, ResNet-152 (ImageNet-pretrained, a new last block trained): label-aware smoothing, LWS, BN shift.
 #
-# Paper row: MiSLAS (CVPR 2021) Places-LT ResNet-152 (ImageNet-pretrained, last block trained): stage 1 29.4 -> stage 2 40.4 top-1 (ECE 3.41) (README).
+# Paper row: MiSLAS (CVPR 2021) Places-LT ResNet-152 (ImageNet-pretrained, a new last block trained): stage 1 29.4 -> stage 2 40.4 top-1 (ECE 3.41) (MiSLAS README).
 # This is stage 2 (40.4, ECE 3.41): it loads STAGE1 (default: the best.pth of
 # sh/MiSLAS/PlacesLT_stage1.sh; a dry run without it uses random weights).
-# Original: dvlab-research/MiSLAS train_stage2.py with its Places-LT stage-2 config; batch 256
-# on 1 GPU. --batch-size is the GLOBAL batch; lr is not rescaled.
+# Original: dvlab-research/MiSLAS train_stage2.py with config/places/places_resnet152_stage2_mislas.yaml, the source of every
+# hyperparameter below (batch 256 included).
+# GPUs: one in the original (MiSLAS README: stage 2 on 1 GPU, 256 images). --batch-size is the
+# GLOBAL batch (lr not rescaled); run it on one GPU (NGPUS=1): with --shift-bn each process
+# re-estimates BatchNorm over its own share of the batch (the original: all 256 images).
 # Hyperparameters: 10 epochs, SGD momentum .9 lr .1 with lr/2 (1 + cos(pi e / E)) (--schedule
 # cosine_plain), the classifier at 0.05 x that LR (--lr-factor), the LWS scale at the LR, wd 5e-4,
 # label-aware smoothing head 0.4 / tail 0.1 (concave), BN shift on, class-aware
 # batches (4 images per class in a row), no mixup. Stage 2 starts its own best.pth (the original
 # inherited stage 1's best accuracy and could skip writing model_best).
+# Network (--new-last-block, as stage 1; original: train_stage2.py): the stage-1 ResNet-152 whose last
+# bottleneck (layer4.2) stage 1 trained new; --shift-bn re-estimates that block's BatchNorm statistics only,
+# the rest of the trunk staying in eval mode.
 #
-# Data: DATA_ROOT holds Places_LT_{train,val,test}.txt; best.pth is selected on val, metrics.json reports test. Stage 1 starts from torchvision's ImageNet ResNet-152 (PRETRAINED) and trains only the last bottleneck and the classifier (--freeze all_but_last_block keeps that block's pretrained weights; the original re-initialises it and keeps the rest in eval mode).
+# Data: DATA_ROOT holds Places_LT_{train,val,test}.txt; best.pth is selected on val, metrics.json reports test.
 # Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
 # MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent);
 # EXTRA_ARGS="--flag value" (appended last: overrides any flag here). Relative paths are
@@ -23,11 +29,10 @@ DATA_ROOT="${DATA_ROOT:-data/places365}"
 TRAIN_LIST="${TRAIN_LIST:-$DATA_ROOT/Places_LT_train.txt}"
 VAL_LIST="${VAL_LIST:-$DATA_ROOT/Places_LT_val.txt}"
 TEST_LIST="${TEST_LIST:-$DATA_ROOT/Places_LT_test.txt}"
-PRETRAINED="${PRETRAINED-pretrained/resnet152-394f9c45.pth}"
 STAGE1="${STAGE1:-runs/MiSLAS/PlacesLT_stage1/best.pth}"  # the run folder of sh/MiSLAS/PlacesLT_stage1.sh
 OUTPUT_DIR="${OUTPUT_DIR:-runs/MiSLAS/PlacesLT_stage2}"
 exec bash "$ROOT/sh/launch.sh" tools/train.py \
-    --method mislas_stage2 --arch resnet152 --stage1 "$STAGE1" --shift-bn --lr-factor 0.05 \
+    --method mislas_stage2 --arch resnet152 --stage1 "$STAGE1" --new-last-block --shift-bn --lr-factor 0.05 \
     --las-head 0.4 --las-tail 0.1 --las-shape concave \
     --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$TEST_LIST" --num-classes 365 --image-size 224 --norm imagenet \
     --epochs 10 --batch-size 256 --lr 0.1 --wd 5e-4 --schedule cosine_plain \
