@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from gpaco.models.seg import build_seg_model
 from gpaco.segmentation.inference import inference
 
 COUNTS = [120 - 10 * c for c in range(11)]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,11 @@ def test_ceco_classifier_is_a_seeded_etf_kept_in_the_state_dict():
     assert a.ceco.scale == CECO_VARIANTS["ceco"]["scale"]
     lin = build_seg_model("r18", 11, method="ce", ceco="cecol")
     assert lin.ceco.scale == 1.0 and not lin.ceco.normalize
+    # cecol's random classifier is drawn from --etf-seed too (nn.Linear's distribution), not the global RNG
+    lin3 = [build_seg_model("r18", 11, method="ce", ceco="cecol", ceco_options={"etf_seed": s}).ceco.img_cls.weight
+            for s in (3, 3, 4)]
+    assert torch.equal(lin3[0], lin3[1]) and not torch.equal(lin3[0], lin3[2])
+    assert 0.9 / 512 ** 0.5 < lin3[0].abs().max() <= 1 / 512 ** 0.5
     assert build_seg_model("r18", 11, method="ce", ceco="ceco", ceco_options={"scale": 2.0}).ceco.scale == 2.0
 
 
@@ -166,7 +173,7 @@ def test_ceco_criterion_defaults_follow_the_variant_and_flags_override():
 
     args = parse_train_args(["--method", "ceco", "--ceco-weight", "0.2"])
     model_kw, loss_kw = method_options(get_method("ceco", "segmentation"), vars(args))
-    assert model_kw == {"ceco_scale": None, "etf_seed": 0}
+    assert model_kw == {"ceco_scale": None, "etf_seed": 0, "device_batch": None}
     assert loss_kw == {"aux_weight": 0.4, "ce_avg_non_ignore": False, "weight": 0.2, "smooth": None}
     assert get_method("ceco", "segmentation").build_criterion(num_classes=11, class_counts=COUNTS,
                                                               **loss_kw).ceco.weight == 0.2
@@ -316,18 +323,17 @@ CECO_RECIPES = {  # recipe stem -> (arch, method, ceco weight, scale, smooth): t
                                                                                          0.5),
 }
 RR_RECIPE = "sh/RR/Seg/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_rr.sh"
+SHIPPED_ADE20K = "gpaco/data/stats/ade20k_image_label_stats.txt"
 
 
 def _recipe_argv(recipe, **env):
     import os
     import subprocess
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
     e = {k: v for k, v in os.environ.items() if k not in ("CLASS_COUNTS", "EXTRA_ARGS", "DRY_RUN", "OUTPUT_DIR",
                                                             "DATA_ROOT", "PRETRAINED")}
     e.update(env, GPACO_PRINT_ARGV="1")
-    proc = subprocess.run(["bash", str(root / recipe)], env=e, capture_output=True, text=True, timeout=60, cwd=root)
+    proc = subprocess.run(["bash", str(ROOT / recipe)], env=e, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("GPACO_ARGV "))
     return json.loads(line[len("GPACO_ARGV "):])
@@ -338,7 +344,8 @@ def _check_common_ade20k_recipe(a):
     assert (a.power, a.min_lr, a.warmup_iters, a.warmup_ratio, tuple(a.betas)) == (1.0, 0.0, 1500, 1e-6, (0.9, 0.999))
     assert set(a.no_decay_keys.split(",")) == {"absolute_pos_embed", "relative_position_bias_table", "norm"}
     assert a.img_scale == [2048, 512] and a.crop_size == [512, 512] and tuple(a.ratio_range) == (0.5, 2.0)
-    assert a.aux_weight == 0.4 and a.eval_interval == 4000 and a.resume == "auto" and a.class_counts is None
+    assert a.aux_weight == 0.4 and a.eval_interval == 4000 and a.resume == "auto"
+    assert a.class_counts == SHIPPED_ADE20K  # the original's image-level counts, shipped with gpaco
 
 
 @pytest.mark.parametrize("stem", sorted(CECO_RECIPES))
@@ -351,6 +358,12 @@ def test_ceco_recipes_carry_the_original_configs(stem):
     assert (a.arch, a.method, a.ceco_weight, a.ceco_scale, a.ceco_smooth, a.etf_seed) == (arch, method, weight, scale,
                                                                                           smooth, 0)
     assert a.output_dir == f"runs/CeCo/Seg/{stem}"
+    # the original's 4 images per GPU: 4 virtual devices of the global 16, on 1, 2 or 4 GPUs
+    assert a.device_batch == 4 and a.batch_size == 16
+    header = (ROOT / f"sh/CeCo/Seg/{stem}.sh").read_text()
+    assert "# GPUs: the original ran 4 images per GPU (the config's samples_per_gpu 4)" in header
+    assert "same run on any GPU count" not in header
+    assert f"diff runs/ade20k_image_label_stats.txt {SHIPPED_ADE20K}" in header
     assert a.pretrained.endswith("in1k.safetensors" if arch == "swin_t" else "in22k.safetensors")
     # The recipe's flags equal the variant's defaults except Swin-B ceco's weight.
     variant = CECO_VARIANTS[method]
@@ -367,6 +380,8 @@ def test_rr_recipe_and_class_counts_file():
     assert (a.arch, a.method, a.rr_neg_w_precedence_bug, a.rr_prior) == ("swin_t", "rr", False, True)
     a = parse_train_args(_recipe_argv(RR_RECIPE, CLASS_COUNTS="stats/ade20k_image_label_stats.txt"))
     assert a.class_counts == "stats/ade20k_image_label_stats.txt"
+    for recipe in (RR_RECIPE, f"sh/CeCo/Seg/{sorted(CECO_RECIPES)[0]}.sh"):  # empty: counted from the masks
+        assert parse_train_args(_recipe_argv(recipe, CLASS_COUNTS="")).class_counts is None
 
 
 def test_sync_batchnorm_leaves_the_ceco_branch_per_process():

@@ -87,3 +87,24 @@ def test_bad_flag_is_one_error_line(tmp_path):
                      "--output-dir", str(tmp_path / "o"))
     assert proc.returncode == 2 and not (tmp_path / "o").exists()
     assert proc.stderr.strip() == f"error: demo: --data-root {tmp_path / 'absent'} does not exist"
+
+
+def test_masks_without_a_labelled_pixel_are_refused_before_training(tmp_path):
+    """Training masks that are all ignore label (255) trained with loss 0 and exited 0; now one
+    error line names the set and a mask, exit 2, and nothing is written."""
+    import numpy as np
+    from PIL import Image
+
+    from gpaco.data.demo_seg import build_demo_scenes
+
+    root = tmp_path / "scenes"
+    build_demo_scenes(root, num_train=3, num_val=1, num_test=1, size=32)
+    for mask in sorted((root / "labels" / "train").glob("*.png")):
+        Image.fromarray(np.full((32, 32), 255, np.uint8)).save(mask)
+    out = tmp_path / "o"
+    proc = train_seg(*argv(str(root), out))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip()
+    assert "\n" not in line and line.startswith("error: ") and "none of its 3 masks" in line, line
+    assert "00000.png) has a labelled pixel, only the ignore label 255" in line
+    assert not out.exists()

@@ -19,6 +19,15 @@ decoder output ``o`` [n, ch, h, w] with full-resolution labels ``y`` [n, H, W]:
 
 Every parameter of the branch is frozen; the gradient reaches only ``o``.
 
+**Virtual devices** (``device_batch`` N, ``--device-batch``): the original computes the BN
+statistics of step 1 and the class means of step 2 over each GPU's own batch, and DDP
+averages the per-GPU losses. With N, the batch is cut into ``G = n / N`` consecutive groups
+of N images ("virtual devices"): the BN normalises each group with its own statistics
+(running statistics from group 0's, as the original's rank 0's, whose buffers the
+checkpoint keeps), steps 2-4 run per group, and every term of the loss is the mean over
+the groups of each group's own loss. G processes of N images and one process of G x N
+images with ``device_batch=N`` then train the same (tests/test_ceco_device_batch.py).
+
 Class means without the H x W maps: up(u) = A_h u A_w^T per channel (bilinear
 upsampling is separable and linear), so
 ``sum_{p: y_p = c} up(u)(p) = sum_q (A_h^T M_c A_w)(q) u(q)`` with ``M_c`` the class mask.
@@ -50,7 +59,8 @@ CECO_VARIANTS: Dict[str, Dict[str, object]] = {
     "cecol": dict(etf=False, scale=1.0, smooth=0.5, weight=1.0),
 }
 
-#: keys of :meth:`CeCoBranch.forward`'s dict that :class:`CeCoLoss` reads.
+#: keys of :meth:`CeCoBranch.forward`'s dict that :class:`CeCoLoss` reads (and, when present,
+#: ``center_groups`` / ``device_groups``: the virtual device of each row and their number).
 CECO_OUTPUT_KEYS = ("center_logits", "center_labels")
 
 
@@ -176,9 +186,10 @@ class CeCoBranch(nn.Module):
     ``reduce``    Conv2d(ch -> reduce_channels, 1x1, no bias) + BatchNorm2d
     ``gain``      Linear(reduce_channels -> hidden_channels) + ReLU
     ``dropout``   element-wise Dropout(``dropout``)
-    ``img_cls``   Linear(hidden_channels -> C): ETF rows (:func:`simplex_etf`, drawn once
-                  from ``torch.Generator().manual_seed(etf_seed)``) and zero bias for
-                  ``variant='ceco'``; PyTorch's default init for ``'cecol'``
+    ``img_cls``   Linear(hidden_channels -> C), drawn once from
+                  ``torch.Generator().manual_seed(etf_seed)``: ETF rows
+                  (:func:`simplex_etf`) and zero bias for ``variant='ceco'``; nn.Linear's
+                  default distribution, U(+-1/sqrt(hidden_channels)), for ``'cecol'``
     ============  =========================================================================
 
     ``branch(features, labels)`` (training only) takes ``features`` o [n, ch, h, w] (the
@@ -189,17 +200,23 @@ class CeCoBranch(nn.Module):
     key                 shape       meaning
     ==================  ==========  =====================================================
     ``center_logits``   [K, C]      s = scale * img_cls(f), one row per present class
-    ``center_labels``   [K] long    the present classes, ascending
+                                    (per virtual device: group-major)
+    ``center_labels``   [K] long    the present classes, ascending (within each group)
+    ``center_groups``   [K] long    the virtual device of each row (all 0 without one)
+    ``device_groups``   int         G, the number of virtual devices (1 without one)
     ``centers``         [K, r]      mu: class means of up(BN(conv(o)))
     ==================  ==========  =====================================================
 
     BN uses batch statistics in ``train()`` mode (as the original) and updates its
-    running statistics.
+    running statistics. ``device_batch`` N: BN statistics and class means per group of N
+    consecutive images (module docstring, "Virtual devices"); the batch must be a multiple
+    of N.
     """
 
     def __init__(self, channels: int, num_classes: int, *, variant: str = "ceco", reduce_channels: int = 128,
                  hidden_channels: int = 512, scale: Optional[float] = None, dropout: float = 0.1,
-                 etf_seed: int = 0, ignore_index: int = 255, align_corners: bool = True):
+                 etf_seed: int = 0, ignore_index: int = 255, align_corners: bool = True,
+                 device_batch: Optional[int] = None):
         super().__init__()
         if variant not in CECO_VARIANTS:
             raise ValueError(f"CeCo variant must be one of {sorted(CECO_VARIANTS)}, got {variant!r}")
@@ -207,31 +224,64 @@ class CeCoBranch(nn.Module):
         self.normalize = bool(CECO_VARIANTS[variant]["etf"])
         self.scale = float(CECO_VARIANTS[variant]["scale"] if scale is None else scale)
         self.ignore_index, self.align_corners = ignore_index, align_corners
+        if device_batch is not None and (isinstance(device_batch, bool) or int(device_batch) < 1):
+            raise ValueError(f"--device-batch must be a positive number of images, got {device_batch!r}")
+        self.device_batch = None if device_batch is None else int(device_batch)
         self.reduce = nn.Sequential(nn.Conv2d(channels, reduce_channels, 1, bias=False),
                                     nn.BatchNorm2d(reduce_channels))
         self.gain = nn.Sequential(nn.Linear(reduce_channels, hidden_channels), nn.ReLU())
         self.dropout = nn.Dropout(dropout)
         self.img_cls = nn.Linear(hidden_channels, num_classes)
-        if CECO_VARIANTS[variant]["etf"]:
-            gen = torch.Generator().manual_seed(int(etf_seed))
-            with torch.no_grad():
+        gen = torch.Generator().manual_seed(int(etf_seed))
+        with torch.no_grad():
+            if CECO_VARIANTS[variant]["etf"]:
                 self.img_cls.weight.copy_(simplex_etf(num_classes, hidden_channels, generator=gen))
                 self.img_cls.bias.zero_()
+            else:  # nn.Linear's default distribution, U(+-1/sqrt(fan_in)), drawn from etf_seed
+                bound = 1.0 / math.sqrt(hidden_channels)
+                self.img_cls.weight.uniform_(-bound, bound, generator=gen)
+                self.img_cls.bias.uniform_(-bound, bound, generator=gen)
         self.requires_grad_(False)
 
+    def device_groups(self, batch: int) -> int:
+        """G: the virtual devices of ``device_batch`` images in a batch (1 without one)."""
+        if self.device_batch is None:
+            return 1
+        if batch % self.device_batch:
+            raise ValueError(f"--device-batch {self.device_batch} must divide the per-process batch {batch}")
+        return batch // self.device_batch
+
+    def _reduce(self, features: Tensor, groups: int) -> Tensor:
+        """u = BN(conv(o)), BN statistics per group; group 0 alone updates the running ones."""
+        conv, bn = self.reduce
+        x = conv(features)
+        if groups == 1 or not bn.training:
+            return bn(x)
+        first, *rest = x.chunk(groups)
+        return torch.cat([bn(first), *(F.batch_norm(c, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+                                       for c in rest)])
+
     def forward(self, features: Tensor, labels: Tensor) -> Dict[str, Tensor]:
-        u = self.reduce(features)
-        centers, classes = class_centers(u, labels, num_classes=self.num_classes, ignore_index=self.ignore_index,
-                                         align_corners=self.align_corners)
+        groups = self.device_groups(features.shape[0])
+        u = self._reduce(features, groups)
+        labels = _labels_3d(labels)
+        parts = [class_centers(u_g, y_g, num_classes=self.num_classes, ignore_index=self.ignore_index,
+                               align_corners=self.align_corners)
+                 for u_g, y_g in zip(u.chunk(groups), labels.chunk(groups))]
+        centers = torch.cat([c for c, _ in parts]) if groups > 1 else parts[0][0]
+        classes = torch.cat([k for _, k in parts]) if groups > 1 else parts[0][1]
+        group_of_row = torch.cat([torch.full((k.numel(),), g, dtype=torch.long, device=k.device)
+                                  for g, (_, k) in enumerate(parts)])  # sizes known on the host: no device read
         x = self.gain(centers.to(self.img_cls.weight.dtype))
         if self.normalize:
             x = F.normalize(x, dim=1)
         logits = self.scale * self.img_cls(self.dropout(x))
-        return {"center_logits": logits, "center_labels": classes, "centers": centers}
+        return {"center_logits": logits, "center_labels": classes, "center_groups": group_of_row,
+                "device_groups": groups, "centers": centers}
 
 
 def ceco_loss(center_logits: Tensor, center_labels: Tensor, *, log_prior: Optional[Tensor], smooth: float,
-              weight: float = 1.0) -> Tensor:
+              weight: float = 1.0, center_groups: Optional[Tensor] = None, device_groups: int = 1) -> Tensor:
     """Logit-adjusted, label-smoothed CE over the class centers, times ``weight``.
 
     Args:
@@ -239,13 +289,20 @@ def ceco_loss(center_logits: Tensor, center_labels: Tensor, *, log_prior: Option
         center_labels: [K] classes in [0, C).
         log_prior: [C] (:func:`ceco_log_prior`) added to the logits, or None.
         smooth: mass on the true class; ``(1 - smooth) / (C - 1)`` on each other class.
+        center_groups: [K] the virtual device of each row in [0, ``device_groups``), or None
+            (one device).
     Returns:
         Scalar: ``weight`` x the mean over the K rows (0, still attached to the graph, if
-        K = 0); float64 for float64 logits, else float32.
+        K = 0); with ``device_groups`` G > 1, the mean over the G devices of each one's mean
+        over its rows (a device without rows counts 0, as a GPU whose loss is 0 in DDP's
+        average); float64 for float64 logits, else float32.
     """
     if center_logits.ndim != 2 or center_labels.shape != center_logits.shape[:1]:
         raise ValueError(f"expected center_logits [K, C] and center_labels [K], got {tuple(center_logits.shape)} "
                          f"and {tuple(center_labels.shape)}")
+    if device_groups > 1 and (center_groups is None or center_groups.shape != center_labels.shape):
+        raise ValueError(f"{device_groups} device groups need center_groups [K], got "
+                         f"{None if center_groups is None else tuple(center_groups.shape)}")
     k, num_classes = center_logits.shape
     dtype = torch.float64 if center_logits.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=center_logits.device.type, enabled=False):
@@ -259,7 +316,12 @@ def ceco_loss(center_logits: Tensor, center_labels: Tensor, *, log_prior: Option
         logp = logits.log_softmax(dim=-1)
         t = torch.full_like(logp, (1.0 - smooth) / max(num_classes - 1, 1))
         t.scatter_(1, center_labels.long()[:, None], smooth)
-        return -weight * (t * logp).sum(-1).mean()
+        rows = (t * logp).sum(-1)
+        if device_groups <= 1:
+            return -weight * rows.mean()
+        groups = center_groups.long()
+        per_group = rows.new_zeros(device_groups).index_add_(0, groups, torch.ones_like(rows))  # K_g, no device read
+        return -weight * (rows / per_group[groups]).sum() / device_groups
 
 
 class CeCoLoss(nn.Module):
@@ -279,7 +341,8 @@ class CeCoLoss(nn.Module):
         if missing:
             raise KeyError(f"CeCo criterion needs {missing} in the model outputs (CeCoBranch called with labels)")
         return ceco_loss(out["center_logits"], out["center_labels"], log_prior=self.log_prior, smooth=self.smooth,
-                         weight=self.weight)
+                         weight=self.weight, center_groups=out.get("center_groups"),
+                         device_groups=int(out.get("device_groups", 1)))
 
 
 class CeCoSegmentationLoss(nn.Module):
@@ -294,7 +357,9 @@ class CeCoSegmentationLoss(nn.Module):
 
     ``criterion(out, labels, generator=None)`` -> ``(total, {'ce', 'aux', 'ceco'} detached)``,
     with ``out`` a SegModel's train outputs (``logits``, ``padded_size``, ``aux``,
-    ``center_logits``, ``center_labels``) and ``labels`` [B, H, W].
+    ``center_logits``, ``center_labels``, ``center_groups``, ``device_groups``) and
+    ``labels`` [B, H, W]. With G > 1 virtual devices (``--device-batch``) every term is the
+    mean over the devices of each device's own term.
     """
 
     def __init__(self, num_classes: int, *, class_counts: Sequence[float], variant: str = "ceco",
@@ -315,6 +380,19 @@ class CeCoSegmentationLoss(nn.Module):
 
     def forward(self, out: Mapping[str, Tensor], labels: Tensor,
                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
-        total, parts = self.seg(out, labels)
+        groups = int(out.get("device_groups", 1))
+        if groups > 1:
+            # Per virtual device, then averaged, as DDP averages the per-GPU losses (equal to
+            # the whole batch's CE when it averages over all pixels of equal-size crops; not with
+            # ``ce_avg_non_ignore``, whose denominators differ per device).
+            pixel = {k: out[k] for k in ("logits", "aux") if k in out}
+            size = labels.shape[0] // groups
+            per_device = [self.seg({"padded_size": out["padded_size"],
+                                    **{k: v[g * size:(g + 1) * size] for k, v in pixel.items()}},
+                                   labels[g * size:(g + 1) * size]) for g in range(groups)]
+            total = sum(t for t, _ in per_device) / groups
+            parts = {k: sum(p[k] for _, p in per_device) / groups for k in per_device[0][1]}
+        else:
+            total, parts = self.seg(out, labels)
         center = self.ceco(out)
         return total + center, {**parts, "ceco": center.detach()}

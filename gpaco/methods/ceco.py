@@ -18,15 +18,20 @@ CECO_SCALE = flag("--ceco-scale", type=float, default=None,
 ETF_SEED = flag("--etf-seed", type=int, default=0,
                 help="seed of the generator that draws the frozen classifier (ETF or random linear) once; it is "
                      "saved in the checkpoint")
+DEVICE_BATCH = flag("--device-batch", type=int, default=None, metavar="N", range="[1, inf)",
+                    help="per-GPU batch of the original run: the CeCo branch's BatchNorm and class centres work over "
+                         "groups of exactly N images, whatever the number of processes (the rest of the network "
+                         "keeps SyncBatchNorm over the global batch); it must divide --batch-size / processes. "
+                         "Default: per process, which depends on the GPU count "
+                         "(docs/recipes.md#same-statistics-on-any-gpu-count)")
 
 _PREFIXES = {"backbone": "encoder.", "classifier": "decoder."}
 
 
-_FLAGS = (AUX_WEIGHT, CE_AVG_NON_IGNORE, CLASS_COUNTS, CECO_WEIGHT, CECO_SMOOTH, CECO_SCALE, ETF_SEED)
-_MODEL_OPTIONS = ("ceco_scale", "etf_seed")
+_FLAGS = (AUX_WEIGHT, CE_AVG_NON_IGNORE, CLASS_COUNTS, CECO_WEIGHT, CECO_SMOOTH, CECO_SCALE, ETF_SEED, DEVICE_BATCH)
+_MODEL_OPTIONS = ("ceco_scale", "etf_seed", "device_batch")
 _LOSS_OPTIONS = {"aux_weight": "aux_weight", "ce_avg_non_ignore": "ce_avg_non_ignore", "ceco_weight": "weight",
                  "ceco_smooth": "smooth"}
-
 
 
 class CeCo(SegmentationMethod):
@@ -38,9 +43,16 @@ class CeCo(SegmentationMethod):
     checkpoint_prefixes = _PREFIXES
     takes_labels, needs_class_counts = True, True
 
-    def build_model(self, arch, num_classes, *, ceco_scale=None, etf_seed: int = 0, **options):
+    def build_model(self, arch, num_classes, *, ceco_scale=None, etf_seed: int = 0, device_batch=None, **options):
         return build_seg_model(arch, num_classes, method="ce", ceco=self.name,
-                               ceco_options={"scale": ceco_scale, "etf_seed": etf_seed}, **options)
+                               ceco_options={"scale": ceco_scale, "etf_seed": etf_seed, "device_batch": device_batch},
+                               **options)
+
+    def validate(self, options: dict) -> None:
+        n, batch = options.get("device_batch"), options.get("batch_size")
+        if n is not None and batch is not None and batch % n:
+            raise ValueError(f"--device-batch {n} must divide --batch-size {batch} (the global batch: "
+                             f"--batch-size / --device-batch is the original's GPU count)")
 
     def build_criterion(self, *, num_classes, class_counts=None, **options):
         return CeCoSegmentationLoss(num_classes, class_counts=class_counts, variant=self.name, **options)

@@ -34,7 +34,10 @@ Heads on the decoder's final 1/4-resolution map (``channels`` wide):
 * ``embed`` (GPaCo only): 1x1 ConvModule x2, 1x1 conv to ``embed_dim`` (128) with bias,
   L2-normalised per pixel;
 * ``ceco`` (CeCo only, :class:`gpaco.losses.ceco.CeCoBranch`): a frozen, training-only branch
-  on the decoder output; absent from the inference graph;
+  on the decoder output; absent from the inference graph. Its BatchNorm and class centres
+  work per process, or per virtual device of ``ceco_options["device_batch"]`` images
+  (``--device-batch``), as the original's per-GPU ones; :func:`convert_sync_batchnorm`
+  leaves it out, so only the rest of the network shares statistics across processes;
 * ``region`` (RR only, :class:`gpaco.losses.rr.RegionBranch`): the region classifier whose
   per-image class bias is added to the low-resolution logits, in training and at inference
   (so also to every sliding window and every scale of multi-scale testing).
@@ -163,8 +166,9 @@ class SegModel(nn.Module):
 
     #: state-dict prefixes of the branches that only training uses (the inference graph never runs them)
     TRAINING_ONLY_PREFIXES = ("embed.", "ceco.")
-    #: children whose BatchNorm stays per-process under SyncBatchNorm (the original's CeCo branch
-    #: has a plain BatchNorm2d that mmseg's SyncBN config does not reach)
+    #: children whose BatchNorm stays per-process (per virtual device with ``--device-batch``)
+    #: under SyncBatchNorm: the original's CeCo branch has a plain BatchNorm2d that mmseg's SyncBN
+    #: config does not reach
     LOCAL_BN_CHILDREN = ("ceco",)
 
     def __init__(self, arch: str, num_classes: int, *, gpaco: bool = False, embed_dim: int = 128,
@@ -243,7 +247,8 @@ class SegModel(nn.Module):
 
 
 def convert_sync_batchnorm(model: SegModel) -> SegModel:
-    """``nn.SyncBatchNorm.convert_sync_batchnorm`` on every child but :attr:`SegModel.LOCAL_BN_CHILDREN`."""
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` on every child but :attr:`SegModel.LOCAL_BN_CHILDREN`
+    (whose per-virtual-device BatchNorm, if any, is kept as built)."""
     for name, child in list(model.named_children()):
         if name not in model.LOCAL_BN_CHILDREN:
             setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))

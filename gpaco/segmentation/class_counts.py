@@ -5,12 +5,19 @@
 original's ``stats/ade20k_image_label_stats.txt``, read back by
 :func:`gpaco.losses.rr.read_class_counts`); ``tools/train_seg.py`` counts them at start when
 a method needs them and ``--class-counts`` names no file.
+
+gpaco ships ADE20K's (:data:`SHIPPED_CLASS_COUNTS`, ``gpaco/data/stats/``): the 150 values of
+the original's file, line c = ADE20K training images that contain class c (41 to 11588),
+the CeCo and RR recipes' default ``--class-counts``. ``tools/class_counts_seg.py --dataset
+ade20k`` on a local copy of the dataset writes the same file (compare them with ``diff``).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import time
+from importlib.resources import files
+from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
@@ -24,7 +31,20 @@ from gpaco.engine.logging import print_main
 from gpaco.engine.preemption import ignore_stop_signals
 from gpaco.losses.rr import classes_present, read_class_counts, write_class_counts
 
-__all__ = ["dataset_image_class_counts", "class_counts_for_training", "build_parser", "main", "cli"]
+__all__ = ["dataset_image_class_counts", "class_counts_for_training", "shipped_class_counts", "SHIPPED_CLASS_COUNTS",
+           "build_parser", "main", "cli"]
+
+#: dataset -> the file of its image-level class counts that gpaco ships (in ``gpaco/data/stats/``)
+SHIPPED_CLASS_COUNTS = {"ade20k": "ade20k_image_label_stats.txt"}
+
+
+def shipped_class_counts(dataset: str) -> Path:
+    """The path of the class-count file gpaco ships for ``dataset`` (:data:`SHIPPED_CLASS_COUNTS`),
+    as installed: pass it as ``--class-counts``."""
+    if dataset not in SHIPPED_CLASS_COUNTS:
+        raise KeyError(f"gpaco ships image-level class counts for {sorted(SHIPPED_CLASS_COUNTS)} only, not "
+                       f"{dataset!r}; tools/class_counts_seg.py counts them from the training masks")
+    return Path(str(files("gpaco.data").joinpath("stats").joinpath(SHIPPED_CLASS_COUNTS[dataset])))
 
 
 class _Presence(Dataset):

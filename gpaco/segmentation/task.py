@@ -77,6 +77,22 @@ def train_datasets(args, synthetic: bool):
     return train, val, test
 
 
+def _device_batch(args: argparse.Namespace, per_process: int, world: int) -> Optional[int]:
+    """The group size of ``--device-batch`` (a method flag; None without it). It must divide
+    the per-process batch; a dry run (per-process batch ``--dry-run-batch``) uses groups of
+    half its batch, so that it goes through the grouped path."""
+    n = getattr(args, "device_batch", None)
+    if n is None:
+        return None
+    if args.dry_run:
+        return per_process // 2 if per_process % 2 == 0 else None
+    if per_process % n:
+        raise FlagError(f"--device-batch {n} must divide the per-process batch {per_process} (--batch-size "
+                        f"{args.batch_size} / {world} process(es)); run on a number of GPUs that divides "
+                        f"--batch-size / --device-batch = {args.batch_size / n:g}")
+    return n
+
+
 class SegmentationTask(Task):
     """tools/train_seg.py's task (see the module docstring)."""
 
@@ -115,7 +131,10 @@ class SegmentationTask(Task):
             args.test_crop = [min(args.test_crop[0], c), min(args.test_crop[1], c)]
             args.test_stride = [max(x * 2 // 3, 1) for x in args.test_crop]
         self.train_set, self.val_set, self.test_set = train_datasets(args, synthetic)
+        if not synthetic:
+            self.train_set.check_labelled()  # all-ignore masks would train with loss 0 and exit 0
         self.per_process = args.dry_run_batch if args.dry_run else args.batch_size // world
+        self.device_batch = _device_batch(args, self.per_process, world)
         spec = seg_arch(args.arch)
         stand_in = f" (synthetic stand-in: --data-root {args.data_root} does not exist)" if synthetic else ""
         print_main(f"gpaco train_seg: {args.method} {args.arch} ({spec.decoder}, encoder "
@@ -124,9 +143,17 @@ class SegmentationTask(Task):
         print_main(f"processes {world} on {lc.device.type}, global batch {self.per_process * world} = "
                    f"{self.per_process} per process, crop {args.crop_size[0]}x{args.crop_size[1]}, {args.iters} "
                    f"iterations, {args.optimizer} lr {args.lr} wd {args.wd}")
+        if self.device_batch is not None:
+            devices, mine = args.batch_size // args.device_batch, self.per_process // self.device_batch
+            print_main(f"--device-batch {args.device_batch}: {devices} virtual devices ({mine} per process); the CeCo "
+                       f"branch's BatchNorm and class centres work per group of {self.device_batch} images, as on "
+                       f"{devices} GPUs"
+                       + (f" (dry run: groups of {self.device_batch})" if args.dry_run else ""))
 
     def model_options(self) -> Dict[str, Any]:
         options = {"encoder": self.args.encoder, **method_options(self.method, vars(self.args))[0]}
+        if "device_batch" in options:  # a dry run's smaller batch splits into smaller groups
+            options["device_batch"] = getattr(self, "device_batch", options["device_batch"])
         if getattr(self.args, "aux_weight", None) == 0:
             # an aux head whose loss weighs 0 gets no gradient, which DDP (without
             # find_unused_parameters) refuses at the second iteration: build none

@@ -11,6 +11,10 @@ loss and training step are the method's.
   docs/method.md). Methods with ``needs_class_counts`` get the image-level class counts of
   ``--class-counts`` or of the training masks (written to ``OUTPUT_DIR/class_counts.txt``).
 * Schedule: mmcv's poly (the ``poly`` row of :data:`gpaco.engine.schedule.SCHEDULES`).
+* Per-GPU statistics: the main network runs SyncBatchNorm under torchrun on CUDA (one global
+  batch, as mmseg's SyncBN); CeCo's ``--device-batch N`` computes its branch's BatchNorm and
+  class centres per virtual device of N images, as the original's per-GPU ones, so a run
+  trains the same on any number of GPUs dividing ``--batch-size / N``.
 * Resume is exact at any iteration (:mod:`gpaco.segmentation.task`).
 """
 from __future__ import annotations

@@ -4,9 +4,9 @@
 # Paper: no number: neither original repository publishes RR results (the paper's abstract claims +0.7 mIoU for BEiT on ADE20K, not this model).
 # Original: no configuration: GPaCo/Seg's RR heads (mmseg/models/decode_heads/rr.py) are not registered; this
 #   recipe is the CeCo Swin-T setting with the RR head instead of the CeCo branch
-# As the CeCo configs (samples_per_gpu 4, no launch script; their comment says 8 GPUs x 2
-# images): --batch-size 16 is the GLOBAL batch here (4 GPUs x 4 or 8 x 2: the same run on any
-# GPU count; lr is not rescaled). SyncBatchNorm under torchrun on CUDA.
+# GPUs: no original run (no config). --batch-size 16 is the GLOBAL batch (as the CeCo configs: 4 images per GPU);
+# RR's ground-truth regions (L5) pool over each process's batch, so the GPU count changes the run
+# (--device-batch is CeCo's only). SyncBatchNorm under torchrun on CUDA; lr is not rescaled.
 # Hyperparameters (docs/method.md#hyperparameters): 160000 iterations;
 # AdamW lr 6e-5, betas (0.9, 0.999), wd 0.01 (none on norms, relative position tables
 # and absolute position embeddings), poly power 1.0 to 0, linear warmup 1500 iterations from 1e-6.
@@ -21,11 +21,14 @@
 #
 # Data: DATA_ROOT is ADEChallengeData2016 (images/{training,validation}, annotations/...; 150
 # classes, label 0 = other -> ignored).
-# Class prior: CLASS_COUNTS is a file of image-level class counts (one integer per line, line c =
-# training images containing class c), e.g. written once by
-#   python tools/class_counts_seg.py --dataset ade20k --data-root DATA_ROOT --out stats/ade20k_image_label_stats.txt
-# CLASS_COUNTS= (empty, the default) counts them from the training masks at start (a minute or
-# two) and writes OUTPUT_DIR/class_counts.txt.
+# Class prior: CLASS_COUNTS, default gpaco/data/stats/ade20k_image_label_stats.txt (shipped with
+# gpaco): the 150 values of the original's stats/ade20k_image_label_stats.txt, one integer per
+# line, line c = ADE20K training images that contain class c (41 to 11588). To check it against
+# your copy of ADE20K (reads the training masks, a minute or two):
+#   python tools/class_counts_seg.py --dataset ade20k --data-root DATA_ROOT --out runs/ade20k_image_label_stats.txt
+#   diff runs/ade20k_image_label_stats.txt gpaco/data/stats/ade20k_image_label_stats.txt
+# CLASS_COUNTS= (empty) counts them from the training masks at start instead and writes
+# OUTPUT_DIR/class_counts.txt.
 # Weights: PRETRAINED is a local encoder file with timm key names, e.g. model.safetensors of the
 # Hugging Face repo timm/swin_tiny_patch4_window7_224.ms_in1k; nothing is downloaded. The paper's numbers need
 # it. PRETRAINED= (empty) trains from random initialisation.
@@ -39,7 +42,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 DATA_ROOT="${DATA_ROOT:-data/ade/ADEChallengeData2016}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/RR/Seg/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_rr}"
 PRETRAINED="${PRETRAINED-pretrained/swin_tiny_patch4_window7_224.ms_in1k.safetensors}"
-CLASS_COUNTS="${CLASS_COUNTS:-}"
+CLASS_COUNTS="${CLASS_COUNTS-gpaco/data/stats/ade20k_image_label_stats.txt}"
 PRETRAINED_ARGS=()
 [ -n "$PRETRAINED" ] && PRETRAINED_ARGS=(--pretrained "$PRETRAINED")
 COUNTS_ARGS=()
