@@ -3,7 +3,7 @@
 #
 # Paper row: ResLT CIFAR-10-LT imb 0.01: no number in the README.
 # Original: jiequancui/ResLT CIFAR/sh/CIFAR10 script for imb 0.01 (cifarTrain_reslt_cifar10.py);
-# batch 128 on one process (GPU count not stated).
+# batch 128 on one GPU (its SBATCH line: --gres=gpu:1): run it on one GPU (NGPUS=1).
 # Hyperparameters: 200 epochs, SGD Nesterov momentum .9 (--nesterov) lr .1,
 # wd 5e-4, warmup from lr/3 over 5 epochs then lr, x0.1 from epoch 160, x0.01 from 180
 # (--schedule step --warmup-start 0.3333333333333333), beta 0.998, no gamma (evaluation = the plain sum

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ResLT, ImageNet-LT, ResNeXt-101 32x4d: evaluate a checkpoint.
 #
-# Paper row: ResLT ImageNet-LT ResNeXt-101 32x4d: 55.1 top-1 (third-party listing, unverified; the README links the model only).
+# Paper row: ResLT ImageNet-LT ResNeXt-101 32x4d: no number in the ResLT README (it links the model and log only).
 # Original: jiequancui/ResLT ImageNetLT/sh/ (evaluation script of ImageNetLT/sh/X101.sh), gamma 0.7.
 # CHECKPOINT defaults to the best.pth of sh/ResLT/ImageNetLT_train_X101.sh; the model options
 # (branches, gamma, pooling) are the checkpoint's; --reslt-gamma / --reslt-original-eval-pooling

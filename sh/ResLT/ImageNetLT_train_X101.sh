@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ResLT, ImageNet-LT, ResNeXt-101 32x4d: train.
 #
-# Paper row: ResLT (TPAMI 2022) ImageNet-LT ResNeXt-101 32x4d: 55.1 top-1 (third-party listing, unverified; the README links the model only).
+# Paper row: ResLT (TPAMI 2022) ImageNet-LT ResNeXt-101 32x4d: no number in the ResLT README (it links the model
+# and log only; its ImageNet-LT numbers, 57.6 and 55.1, are the RIDE variant with and without ResLT).
 # Original: jiequancui/ResLT ImageNetLT/sh/X101.sh (ImageNetTrain_reslt.py); total batch 128.
 # GPU count not stated by the original. --batch-size is the GLOBAL batch: 128 on any
 # GPU count; lr is not rescaled.
