@@ -80,6 +80,8 @@ NORMALIZATION: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "inat": ((0.466, 0.471, 0.380), (0.195, 0.194, 0.192)),
     "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    # CIFAR-100's own statistics, as mdistiller normalises (its CIFAR-100 teachers expect them)
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
     "mnist": ((0.1307,) * 3, (0.3081,) * 3),
 }
 

@@ -16,10 +16,21 @@ from .contrastive import (
     build_paco,
 )
 from .heads import GPaCoProjection, PaCoProjection
+from .kd_zoo import (
+    KD_ARCHS,
+    MDISTILLER_CIFAR,
+    MDISTILLER_IMAGENET,
+    build_kd_net,
+    load_original_checkpoint,
+    to_classifier_state_dict,
+    to_original_state_dict,
+)
 
 __all__ = [
     "create_backbone", "list_archs", "load_backbone_weights",
     "PaCoProjection", "GPaCoProjection",
     "ContrastiveOutput", "FeatureQueue", "Encoder", "Classifier", "PaCoModel", "GPaCoModel",
     "build_classifier", "build_paco", "build_gpaco",
+    "KD_ARCHS", "MDISTILLER_CIFAR", "MDISTILLER_IMAGENET", "build_kd_net", "load_original_checkpoint",
+    "to_classifier_state_dict", "to_original_state_dict",
 ]

@@ -2,7 +2,8 @@
 
 ImageNet-scale ResNets come from timm (created with ``num_classes=0`` so the forward
 already returns the global-average-pooled feature the classifier and the projection
-both read). The CIFAR ResNets are ours (:mod:`gpaco.models.cifar_resnet`).
+both read). The CIFAR ResNets are ours (:mod:`gpaco.models.cifar_resnet`), and so are the
+``kd_*`` networks of the knowledge-distillation tables (:mod:`gpaco.models.kd_zoo`).
 
 ``pretrained``:
 
@@ -19,6 +20,7 @@ import logging
 import os
 import socket
 import warnings
+from functools import partial
 from typing import Any, Callable, Dict, List, Tuple, Union
 from urllib.parse import urlparse
 
@@ -27,9 +29,9 @@ from torch import nn
 
 from gpaco.checkpoint import CheckpointError, check_loadable_tensors, load_checkpoint, unwrap_state_dict
 
-from . import cifar_resnet
+from . import cifar_resnet, kd_zoo
 
-__all__ = ["create_backbone", "list_archs", "load_backbone_weights", "CIFAR_ARCHS", "TIMM_ARCHS"]
+__all__ = ["create_backbone", "list_archs", "load_backbone_weights", "CIFAR_ARCHS", "TIMM_ARCHS", "KD_ARCHS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -50,7 +52,15 @@ TIMM_ARCHS: Dict[str, Union[str, None]] = {
     "resnext50_32x4d": "tv_in1k",
     "resnext101_32x4d": None,  # [3, 4, 23, 3], 32 groups, width 4, as the original's local model
     "resnet10": None,  # BasicBlock [1, 1, 1, 1] (ResLT's ImageNet-LT R10); timm's resnet10t has another stem
+    # the ImageNet distillation pairs (ResNet-34 teacher, ResNet-18 student; torchvision's keys and init)
+    "resnet18": "tv_in1k",
+    "resnet34": "tv_in1k",
 }
+
+# The knowledge-distillation zoo (mdistiller's CIFAR nets + MobileNetV1; gpaco.models.kd_zoo):
+# `kd_<name>` -> the trunk without its classifier ([B,3,H,W] -> pooled [B,F]). Kept apart from
+# CIFAR_ARCHS, whose ResNet layout (conv1/bn1/layerN) other models rely on.
+KD_ARCHS: Dict[str, Callable[[], nn.Module]] = {name: partial(kd_zoo.kd_backbone, name) for name in kd_zoo.KD_ARCHS}
 
 # Archs timm has no registered name for: timm ResNet keywords.
 _TIMM_RESNET_LAYOUTS: Dict[str, Dict[str, Any]] = {"resnet10": {"layers": (1, 1, 1, 1)}}
@@ -66,7 +76,7 @@ _PRETRAINED_HINT = (
 
 def list_archs() -> List[str]:
     """The backbone names we document (any other timm model name also works)."""
-    return list(CIFAR_ARCHS) + list(TIMM_ARCHS)
+    return list(CIFAR_ARCHS) + list(TIMM_ARCHS) + list(KD_ARCHS)
 
 
 def known_arch(arch: str) -> bool:
@@ -75,6 +85,8 @@ def known_arch(arch: str) -> bool:
 
     from .vit import MAE_ARCHS
 
+    if arch in KD_ARCHS:
+        return True
     return (arch in CIFAR_ARCHS or arch in TIMM_ARCHS or arch in _TIMM_RESNET_LAYOUTS or arch in MAE_ARCHS
             or timm.is_model(arch.split(".")[0]))
 
@@ -96,6 +108,8 @@ def create_backbone(
     Returns:
         (module mapping [B,3,H,W] -> [B,F], F).
     """
+    if arch in KD_ARCHS:
+        return _create_kd(arch, pretrained, drop_path_rate, timm_kwargs)
     if arch in CIFAR_ARCHS:
         if drop_path_rate:
             raise ValueError(f"drop_path_rate is not supported by the CIFAR backbone '{arch}'")
@@ -106,6 +120,22 @@ def create_backbone(
         model = CIFAR_ARCHS[arch]()
     else:
         model = _create_timm(arch, pretrained is True, drop_path_rate, timm_kwargs)
+    if isinstance(pretrained, (str, os.PathLike)):
+        load_backbone_weights(model, pretrained)
+    return model, int(model.num_features)
+
+
+def _create_kd(arch: str, pretrained: Union[bool, str, os.PathLike], drop_path_rate: float,
+               kwargs: Dict[str, Any]) -> Tuple[nn.Module, int]:
+    """A distillation-zoo trunk; ``pretrained`` may be an original (mdistiller) checkpoint: its
+    classifier keys are dropped here (kd_zoo.load_original_checkpoint loads a whole model)."""
+    if drop_path_rate:
+        raise ValueError(f"drop_path_rate is not supported by the distillation-zoo backbone '{arch}'")
+    if kwargs:
+        raise TypeError(f"'{arch}' is not a timm model; unexpected arguments {sorted(kwargs)}")
+    if pretrained is True:
+        raise RuntimeError(f"there are no hub weights for the distillation-zoo backbone '{arch}'; {_PRETRAINED_HINT}")
+    model = KD_ARCHS[arch]()
     if isinstance(pretrained, (str, os.PathLike)):
         load_backbone_weights(model, pretrained)
     return model, int(model.num_features)

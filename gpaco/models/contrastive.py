@@ -186,6 +186,8 @@ class Classifier(nn.Module):
         self.feat_dim, self.num_classes = feat_dim, num_classes
         self.device_batch = device_batch
         self.fc = nn.Linear(feat_dim, num_classes)
+        if hasattr(backbone, "init_classifier"):  # a zoo network's own head init (gpaco.models.kd_cifar)
+            backbone.init_classifier(self.fc)
         if device_batch is not None:
             convert_view_batchnorm(self.backbone, device_batch=device_batch)
 
