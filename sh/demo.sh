@@ -7,6 +7,8 @@
 #
 #   METHODS="ce reslt mislas" bash sh/demo.sh   # pick the methods (default: ce balanced_ce gpaco)
 #   METHODS=all bash sh/demo.sh                 # ce balanced_ce gpaco reslt rescom mislas (mislas = stage 1 + 2)
+#   METHODS=kd bash sh/demo.sh                  # distillation: a kd_resnet20 teacher (balanced CE), then ResNet-8
+#                                               # students without KD, with KL, IKL and GKL (DEMO_KD_EPOCHS, 10)
 #
 # DEMO_DATA: any folder with train.txt, val.txt, test.txt ('relative/path label' lines) and
 # the images they name; the same code path as ImageNet-LT. DEMO_EPOCHS, DEMO_ARCH and
@@ -63,7 +65,25 @@ for m in $METHODS; do
                 "$PY" tools/train.py "${common[@]}" --method mislas_stage2 --aug digits --epochs 3 --lr 0.05 \
                     --schedule cosine_plain --stage1 "$OUT/mislas_stage1/best.pth" --shift-bn --lr-factor 0.2 \
                     --las-head 0.3 --las-tail 0.0 --output-dir "$OUT/mislas" ;;
-        *) echo "error: METHODS: unknown method '$m' (choose from ce balanced_ce gpaco reslt rescom mislas, or all)" >&2; exit 2 ;;
+        # Distillation: the teacher (a 3.6x larger kd_resnet20, balanced CE so that it knows the tail)
+        # is trained once, then the ResNet-8 students: no KD, KL (T 4), IKL and GKL with the CIFAR-100
+        # resnet32x4 -> resnet8x4 settings (T 4; IKL beta 8, T2 100, no GI; GKL beta 16, gamma 0.05,
+        # T2 4, GI), warm-up 2 epochs. Short schedule (DEMO_KD_EPOCHS) to fit in about 3 minutes.
+        kd) kd=(--epochs "${DEMO_KD_EPOCHS:-10}" --aug digits)
+            "$PY" tools/train.py "${common[@]}" "${kd[@]}" --method balanced_ce --arch kd_resnet20 \
+                --output-dir "$OUT/kd_teacher"
+            "$PY" tools/train.py "${common[@]}" "${kd[@]}" --method ce --output-dir "$OUT/kd_none"
+            student=("${common[@]}" "${kd[@]}" --teacher-weights "$OUT/kd_teacher" --kd-temperature 4
+                     --kd-warmup-epochs 2)
+            "$PY" tools/train.py "${student[@]}" --method kl_kd --output-dir "$OUT/kl_kd"
+            "$PY" tools/train.py "${student[@]}" --method ikl_kd --kd-beta 8 --kd-t2 100 --no-kd-gi \
+                --output-dir "$OUT/ikl_kd"
+            "$PY" tools/train.py "${student[@]}" --method gkl_kd --kd-beta 16 --kd-gamma 0.05 --kd-t2 4 --kd-gi \
+                --output-dir "$OUT/gkl_kd"
+            runs+=("$OUT/kd_teacher" "$OUT/kd_none" "$OUT/kl_kd" "$OUT/ikl_kd" "$OUT/gkl_kd")
+            continue ;;
+        *) echo "error: METHODS: unknown method '$m' (choose from ce balanced_ce gpaco reslt rescom mislas kd, or all)" >&2
+           exit 2 ;;
     esac
     runs+=("$OUT/$m")
 done

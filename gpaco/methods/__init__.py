@@ -13,6 +13,7 @@ from .registry import (
 from .ce import CE, BalancedCE
 from .ceco import CeCo, CeCoL
 from .gpaco import GPaCo
+from .kd import GKLKD, IKLKD, KLKD
 from .mislas import MiSLAS, MiSLASStage2
 from .multitask import MultiTask
 from .paco import PaCo
@@ -22,7 +23,8 @@ from .ride_reslt import RIDEResLT
 from .rr import RR
 from .segmentation import SegCE, SegGPaCo
 
-for _method in (CE, BalancedCE, PaCo, GPaCo, MultiTask, ResLT, RIDEResLT, ResCom, MiSLAS, MiSLASStage2,  # classification
+for _method in (CE, BalancedCE, PaCo, GPaCo, MultiTask, ResLT, RIDEResLT, ResCom, MiSLAS,  # classification
+                MiSLASStage2, KLKD, IKLKD, GKLKD,
                 SegCE, SegGPaCo, CeCo, CeCoL, RR):  # segmentation
     register_method(_method())
 
