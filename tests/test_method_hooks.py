@@ -47,8 +47,8 @@ class ToyKD(_Plain):
 
     name, summary = "toy_kd", "distillation from a frozen teacher (test toy)"
     flags = (flag("--teacher", default=None, metavar="PATH", help="the teacher's best.pth"),
-             flag("--kd-temperature", type=float, default=4.0, range="(0, inf)", help="distillation temperature"),
-             flag("--kd-weight", type=float, default=1.0, range="[0, inf)", help="weight of the KL term"))
+             flag("--toy-kd-temperature", type=float, default=4.0, range="(0, inf)", help="distillation temperature"),
+             flag("--toy-kd-weight", type=float, default=1.0, range="[0, inf)", help="weight of the KL term"))
     seen_modes: list = []  # the teacher's mode at every step (class-level: the run works on a copy)
 
     def validate(self, options):
@@ -68,10 +68,10 @@ class ToyKD(_Plain):
         ToyKD.seen_modes.append(self.teacher.training)
         with ctx.autocast():
             logits = ctx.model(batch.images)
-        t = ctx.options["kd_temperature"]
+        t = ctx.options["toy_kd_temperature"]
         kl = F.kl_div(F.log_softmax(logits.float() / t, 1), F.log_softmax(teacher_logits.float() / t, 1),
                       log_target=True, reduction="batchmean")
-        loss = ctx.criterion(logits, batch.loss_targets) + ctx.options["kd_weight"] * t * t * kl
+        loss = ctx.criterion(logits, batch.loss_targets) + ctx.options["toy_kd_weight"] * t * t * kl
         return StepOutput(loss, logits=logits, parts={"kl": kl.detach()})
 
 
@@ -150,7 +150,7 @@ def _stop_and_resume(demo_data, tmp_path, monkeypatch, method_flags):
 def test_distillation_with_a_frozen_teacher(toys, demo_data, teacher, tmp_path, monkeypatch):
     before = load_checkpoint(str(teacher))["model"]
     ToyKD.seen_modes.clear()
-    flags = ["--method", "toy_kd", "--teacher", str(teacher), "--kd-temperature", "2"]
+    flags = ["--method", "toy_kd", "--teacher", str(teacher), "--toy-kd-temperature", "2"]
     straight, result = _stop_and_resume(demo_data, tmp_path, monkeypatch, flags)
     assert result["num_samples"] > 0
     assert ToyKD.seen_modes and not any(ToyKD.seen_modes)  # eval mode at every step, the student's train() aside
