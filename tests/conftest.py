@@ -40,6 +40,22 @@ def demo_flags(demo_data: Path, *, lists: bool = True) -> list:
     return flags
 
 
+def run_worker(script, *args, nproc: int = 1, timeout: int = 300):
+    """Run a test worker script in one process, or under ``torchrun --standalone`` with ``nproc``
+    processes (gloo on the CPU, one intra-op thread each); assert that it exits 0, its output
+    in the message. Returns the completed process."""
+    import subprocess
+    import sys
+
+    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                      f"--nproc_per_node={nproc}"]
+    proc = subprocess.run([*launcher, str(script), *map(str, args)], env=subprocess_env(OMP_NUM_THREADS="1"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{nproc} process(es) failed ({proc.returncode})\nstdout:\n{proc.stdout[-3000:]}\n" \
+                                 f"stderr:\n{proc.stderr[-6000:]}"
+    return proc
+
+
 def subprocess_env(**extra) -> dict:
     """Environment of a tool run in a subprocess: this process's intra-op thread count (float
     sums, conv and matmul, are only bit-identical under the same parallelism, so an in-process

@@ -8,27 +8,18 @@ batch of 4 (tests/ceco_device_batch_worker.py): one torchrun launch serves the m
 """
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import run_worker
 from gpaco.engine.args import FlagError
 from gpaco.losses.ceco import CeCoBranch, ceco_loss, class_centers_full
 from gpaco.methods import get_method
 
 WORKER = Path(__file__).with_name("ceco_device_batch_worker.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, scale: float, what: str) -> None:
@@ -163,15 +154,7 @@ def layouts(tmp_path_factory):
     from ceco_device_batch_worker import train
 
     out = tmp_path_factory.mktemp("ceco_device_batch") / "two.pt"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-               HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(out),
-           "none"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode})\nstdout:\n{proc.stdout[-3000:]}\n" \
-                                 f"stderr:\n{proc.stderr[-6000:]}"
+    run_worker(WORKER, out, "none", nproc=2)
     return {"2 processes": torch.load(out, weights_only=True), "1 process, device batch 2": train(2),
             "1 process": train(None)}
 

@@ -110,19 +110,12 @@ def test_step_is_one_graph_under_ddp(tmp_path):
     shuffle-BN's permutation comes from the method's step (the same on every rank, nothing
     broadcast) and the queue's all-gather traces."""
     import json
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
+    from conftest import run_worker
+
     out = tmp_path / "graphs.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    worker = Path(__file__).with_name("compile_ddp_worker.py")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(worker), str(out)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_worker(Path(__file__).with_name("compile_ddp_worker.py"), out, nproc=2)
     result = json.loads(out.read_text())
     for name in ("paco", "gpaco"):
         assert (result[name]["graphs"], result[name]["breaks"]) == (1, 0), (name, result[name]["reasons"])

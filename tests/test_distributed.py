@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_worker
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 NPROC = 2
 LOCAL_BATCH = 4
@@ -122,16 +124,7 @@ def device_runs(tmp_path_factory):
     results = {}
     for name, (nproc, device_batch) in DEVICE_RUNS.items():
         out = out_dir / f"{nproc}.pt"
-        env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-                   HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
-        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-            env.pop(var, None)
-        launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                          f"--nproc_per_node={nproc}"]
-        proc = subprocess.run([*launcher, str(DEVICE_WORKER), str(out), device_batch], env=env, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, f"{name} failed ({proc.returncode})\nstdout:\n{proc.stdout[-3000:]}\n" \
-                                     f"stderr:\n{proc.stderr[-6000:]}"
+        run_worker(DEVICE_WORKER, out, device_batch, nproc=nproc)
         results[name] = torch.load(out, weights_only=True)
     return results
 

@@ -14,15 +14,13 @@ teacher (gpaco/methods/teacher.py).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import demo_flags, subprocess_env
+from conftest import demo_flags, run_worker
 from gpaco.checkpoint import load_checkpoint
 from gpaco.classification import train as trainer
 from gpaco.engine.args import FlagError
@@ -302,13 +300,8 @@ def test_class_stats_over_processes_equal_one_process(tmp_path):
     torch.save({"model": to_original_state_dict(teacher.state_dict(), "resnet8")}, tmp_path / "teacher.pth")
     results = {}
     for nproc in (1, 2):
-        env = subprocess_env(OMP_NUM_THREADS="1")
-        launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                          f"--nproc_per_node={nproc}"]
         out = tmp_path / f"{nproc}.pt"
-        proc = subprocess.run([*launcher, str(WORKER), str(tmp_path / "teacher.pth"), str(out)], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{nproc} process(es):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        run_worker(WORKER, tmp_path / "teacher.pth", out, nproc=nproc)
         results[nproc] = torch.load(out, weights_only=True)
     one, two = results[1], results[2]
     assert two["world_size"] == 2 and one["restored"] and two["restored"]

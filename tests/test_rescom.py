@@ -4,10 +4,6 @@ contrast (the original's crashing balsfx_n), the schedule, flags, a demo run tha
 process per device."""
 import copy
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import demo_flags
+from conftest import demo_flags, run_worker
 from gpaco.classification import evaluate as evaluator, train as trainer
 from gpaco.engine.schedule import build_schedule
 from gpaco.losses.criteria import ResComCriterion
 from gpaco.losses.rescom import rescom_mine
 from gpaco.methods import get_method
-from gpaco.models.rescom import ResComModel, ResComOutput, build_rescom
+from gpaco.models.rescom import ResComModel, build_rescom
 from test_losses_recognition_methods import DTYPES, RESCOM, check, rescom_inputs
 
 
@@ -208,24 +204,8 @@ def test_device_batch_is_each_device_on_its_own():
     torch.testing.assert_close(output_logits(out, 8), torch.cat([out.logits[0, :4], out.logits[1, :4]]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_worker(out: Path, nproc: int, device_batch: str) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-               HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(var, None)
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                      f"--nproc_per_node={nproc}"]
-    worker = Path(__file__).with_name("rescom_device_batch_worker.py")
-    proc = subprocess.run([*launcher, str(worker), str(out), device_batch], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, f"{nproc} process(es) failed ({proc.returncode})\nstdout:\n{proc.stdout[-3000:]}\n" \
-                                 f"stderr:\n{proc.stderr[-6000:]}"
+    run_worker(Path(__file__).with_name("rescom_device_batch_worker.py"), out, device_batch, nproc=nproc)
     return torch.load(out, weights_only=True)
 
 
