@@ -89,7 +89,10 @@ def load_teacher(weights: str, *, arch: Optional[str], num_classes: int) -> Froz
     :class:`~gpaco.checkpoint.CheckpointError` (the file is not a checkpoint) with one line."""
     path = teacher_file(weights)
     # a .safetensors file is one of ours (tools/convert_checkpoint.py), its header says what it holds
-    if path.endswith(".safetensors") or _is_gpaco_checkpoint(load_checkpoint(path, allow_data_objects=True)):
+    if path.endswith(".safetensors"):
+        return _rebuilt(path, arch, num_classes)
+    loaded = load_checkpoint(path, allow_data_objects=True)
+    if _is_gpaco_checkpoint(loaded):
         return _rebuilt(path, arch, num_classes)
     if not arch:
         raise FlagError(f"--teacher-weights {path} is not a gpaco checkpoint (an mdistiller or torchvision file?): "
@@ -99,7 +102,7 @@ def load_teacher(weights: str, *, arch: Optional[str], num_classes: int) -> Froz
     except (ValueError, KeyError, RuntimeError) as e:
         raise FlagError(f"--teacher-arch {arch}: {e}") from None
     try:
-        load_original_checkpoint(net, path, arch)
+        load_original_checkpoint(net, loaded, arch, name=path)  # the file read above, not read again
     except CheckpointError as e:
         raise FlagError(f"--teacher-arch {arch} does not fit --teacher-weights (wrong arch, or a teacher of "
                         f"another class count than the data's {num_classes}?): {e}") from None

@@ -168,12 +168,17 @@ def to_original_state_dict(state: Mapping[str, torch.Tensor], arch: str) -> "Ord
     return out
 
 
-def read_original_state_dict(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]]
-                             ) -> "OrderedDict[str, torch.Tensor]":
+def _source_name(source, name: Optional[str]) -> str:
+    return name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "state dict")
+
+
+def read_original_state_dict(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *,
+                             name: Optional[str] = None) -> "OrderedDict[str, torch.Tensor]":
     """The state dict of an original checkpoint: a path (read without running pickled code; the
     dict under ``model`` / ``state_dict`` of a training checkpoint, or the file itself) or a
-    mapping; DDP's ``module.`` prefixes stripped."""
-    where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    mapping (a file already read: ``name`` is the file messages name); DDP's ``module.``
+    prefixes stripped."""
+    where = _source_name(source, name)
     obj = load_checkpoint(source, allow_data_objects=True) if isinstance(source, (str, os.PathLike)) else source
     try:
         return unwrap_state_dict(obj, where)
@@ -182,7 +187,7 @@ def read_original_state_dict(source: Union[str, os.PathLike, Mapping[str, torch.
 
 
 def load_original_checkpoint(model: nn.Module, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
-                             arch: Optional[str] = None) -> nn.Module:
+                             arch: Optional[str] = None, *, name: Optional[str] = None) -> nn.Module:
     """Load an original checkpoint strictly into ``model`` and return it.
 
     ``model`` is either a network in the original's layout (:func:`build_kd_net`, or a timm
@@ -192,14 +197,14 @@ def load_original_checkpoint(model: nn.Module, source: Union[str, os.PathLike, M
     :func:`read_original_state_dict`. Missing, unexpected or misshapen keys raise
     :class:`~gpaco.checkpoint.CheckpointError` naming them.
     """
-    state = read_original_state_dict(source)
+    state = read_original_state_dict(source, name=name)
     own = model.state_dict()
     if any(k.startswith("backbone.") for k in own) and not any(k.startswith("backbone.") for k in state):
         if arch is None:
             raise ValueError("loading an original checkpoint into a gpaco Classifier needs its arch "
                              "(the classifier's key names depend on it)")
         state = to_classifier_state_dict(state, arch)
-    where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    where = _source_name(source, name)
     # files from before PyTorch 0.4.1 (torchvision's v1 ResNet weights) have no BN step
     # counters; load_state_dict fills them in
     missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]
