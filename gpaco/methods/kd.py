@@ -48,6 +48,7 @@ from gpaco.losses.criteria import CrossEntropyLoss
 from gpaco.losses.kd import ClassStats, gkl_loss, ikl_loss, kl_kd_loss
 from gpaco.metrics import format_accuracy
 from gpaco.models.contrastive import build_classifier
+from gpaco.models.view_bn import group_count
 
 from .base import ClassificationMethod, flag
 from .teacher import FrozenTeacher, load_teacher, random_teacher
@@ -92,12 +93,6 @@ _COMMON = (TEACHER_WEIGHTS, TEACHER_ARCH, TEMPERATURE, CE_WEIGHT, WARMUP, DROP_L
 def warmup_factor(epoch: int, warmup_epochs: int) -> float:
     """``min(epoch / W, 1)`` for the 0-based ``epoch`` counted from 1 (W 20: 0.05 in the first); W 0: 1."""
     return 1.0 if warmup_epochs <= 0 else min((epoch + 1) / warmup_epochs, 1.0)
-
-
-def _groups(batch: int, group: Optional[int]) -> int:
-    """How many groups of ``group`` rows (``--device-batch`` / ``--bn-device-batch``) ``batch`` rows
-    make (a partial batch: ceil(batch / N) near-equal groups, as :mod:`gpaco.models.view_bn`)."""
-    return 1 if not group else max(-(-batch // group), 1)
 
 
 class Distillation(ClassificationMethod):
@@ -182,7 +177,7 @@ class Distillation(ClassificationMethod):
             logits = ctx.model(batch.images)
         class_prior = self.stats.rows(labels) if self.stats is not None and self.kd.get("kd_gi") else None
         factor = warmup_factor(ctx.epoch, self.kd["kd_warmup_epochs"])
-        groups = _groups(labels.shape[0], ctx.options.get("device_batch") or ctx.options.get("bn_device_batch"))
+        groups = group_count(labels.shape[0], ctx.options.get("device_batch") or ctx.options.get("bn_device_batch"))
         ce_terms, kd_terms = [], []
         for i, (s, t, y) in enumerate(zip(logits.tensor_split(groups), teacher_logits.tensor_split(groups),
                                           batch.loss_targets.tensor_split(groups))):

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["ViewBatchNorm1d", "ViewBatchNorm2d", "ViewBatchNorm3d", "convert_view_batchnorm", "set_bn_device_batch",
-           "batchnorm_views", "per_group_batchnorm", "supports_one_pass", "has_batchnorm"]
+           "group_count", "batchnorm_views", "per_group_batchnorm", "supports_one_pass", "has_batchnorm"]
 
 
 def supports_one_pass(module: nn.Module, views: int = 2) -> bool:
@@ -140,6 +140,13 @@ def _chunked_forward(bn: _BatchNorm, x: Tensor, views: int, groups: int) -> Tens
         for chunk, m in zip(x.split(_chunk_sizes(x.shape[0], chunks)), momenta)])
 
 
+def group_count(batch: int, group: Optional[int]) -> int:
+    """How many groups of ``group`` rows (``--device-batch`` / ``--bn-device-batch``) ``batch``
+    rows make: a partial batch (an epoch's last, when kept) gives ceil(batch / N) near-equal
+    groups; no group size: 1."""
+    return 1 if not group else max(-(-batch // group), 1)
+
+
 def _chunk_sizes(n: int, chunks: int) -> List[int]:
     """``chunks`` sizes summing to ``n``, the first ``n % chunks`` one larger (tensor_split's;
     explicit sizes because inductor's gradient of tensor_split came out wrong, torch 2.14)."""
@@ -163,8 +170,7 @@ class _ViewBatchNorm:
             return super().forward(x)
         groups = self.groups
         if self.device_batch is not None and self.views == 1:
-            # a partial batch (an epoch's last, when kept) gets ceil(b / N) groups of near-equal size
-            groups = -(-x.shape[0] // self.device_batch)
+            groups = group_count(x.shape[0], self.device_batch)
         elif self.device_batch is not None:
             groups = max(x.shape[0] // (self.views * self.device_batch), 1)
         if self.views * groups == 1:
