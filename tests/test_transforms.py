@@ -37,6 +37,7 @@ def test_required_names_are_registered():
         "sim_sim", "randcls_sim", "randclsstack_sim", "randclsstack_sim02", "randcls_randclsstack",
         "regular_regular", "mocov2_mocov2", "cifar100", "sim_cifar_sim_cifar", "regular_aug_cifar",
         "digits_digits", "randclsgray_randclsgray", "cifar_regular_cifar_regular",
+        "cifar_crop_flip_cifar_autoaugment",
     }
     assert {"randcls", "regular", "sim", "cifar_regular", "none"} <= set(SINGLE_VIEW_STRATEGIES)
     assert TWO_VIEW_STRATEGIES["regular_regular"] == ("regular", "mocov2")

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from gpaco.data.build import is_cifar
 from gpaco.data.gpu_aug import GPU_AUG_STRATEGIES
-from gpaco.data.transforms import SINGLE_VIEW_STRATEGIES, TWO_VIEW_STRATEGIES
+from gpaco.data.transforms import NORMALIZATION, SINGLE_VIEW_STRATEGIES, TWO_VIEW_STRATEGIES
 from gpaco.engine.args import (
     MAX_WORKERS_PER_CPU, FlagError, HelpFormatter, add_run_flags, check_finite, check_positive, clamp_workers,
     parse_with_config, validate_run_args,
@@ -57,8 +57,9 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int, default=224, help="training crop / evaluation crop size")
     g.add_argument("--resize-size", type=int, default=None, help="evaluation resize before the center crop, >= "
                                                                   "--image-size (default: image-size / 0.875)")
-    g.add_argument("--norm", default="imagenet", choices=("imagenet", "inat", "cifar", "cifar100", "mnist"),
-                   help="normalisation statistics")
+    g.add_argument("--norm", default="imagenet", choices=tuple(NORMALIZATION),
+                   help="normalisation statistics (none: the model sees pixels in [0, 1], as adversarial training "
+                        "needs)")
     g.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic"),
                    help="resize interpolation of the evaluation transform (ResNets: bilinear; MAE ViTs: bicubic)")
     g.add_argument("--reduced-jpeg-decode", action="store_true",
@@ -83,7 +84,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", "-a", default="resnet50", help="resnet50/101/152/200, resnext50_32x4d, "
                    "resnext101_32x4d, resnet32/resnet20/resnet8 (CIFAR), resnet50_cifar, mae_vit_base_patch16, "
                    "mae_vit_large_patch16 (MAE fine-tuning ViTs: avg pool + fc_norm), kd_resnet8x4 ... kd_mobilenetv1 "
-                   "(the distillation zoo, gpaco.models.kd_zoo), any timm name")
+                   "(the distillation zoo, gpaco.models.kd_zoo), wrn34_10, wrn28_10 (adversarial training's "
+                   "WideResNets, gpaco.models.wideresnet; use --norm none), any timm name")
     g.add_argument("--method", default="gpaco", choices=method_names(TASK),
                    help="training method (gpaco.methods registry; docs/recipes.md#methods)")
     g.add_argument("--pretrained", default=None,
@@ -248,10 +250,11 @@ def check_arch(arch: str) -> None:
 def check_layer_decay_arch(arch) -> None:
     """--layer-decay scales the LR per ViT block: refuse it now for our archs, all CNNs, instead
     of a traceback when the optimizer is built. Other timm names are only known once built."""
-    from gpaco.models.backbones import CIFAR_ARCHS, KD_ARCHS, TIMM_ARCHS
+    from gpaco.models.backbones import CIFAR_ARCHS, KD_ARCHS, TIMM_ARCHS, WRN_ARCHS
     from gpaco.models.vit import is_vit
 
-    if isinstance(arch, str) and not is_vit(arch) and arch.split(".")[0] in {**CIFAR_ARCHS, **TIMM_ARCHS, **KD_ARCHS}:
+    ours = {**CIFAR_ARCHS, **TIMM_ARCHS, **KD_ARCHS, **WRN_ARCHS}
+    if isinstance(arch, str) and not is_vit(arch) and arch.split(".")[0] in ours:
         raise FlagError(f"--layer-decay is for ViT archs (layer-wise LR decay over the transformer blocks, e.g. "
                         f"--arch mae_vit_base_patch16); --arch {arch} is not a ViT (leave --layer-decay out)")
 
@@ -352,7 +355,7 @@ def validate_train_args(args: argparse.Namespace) -> None:
     elif method.views == 2 and args.aug not in TWO_VIEW_STRATEGIES:
         raise FlagError(f"--method {args.method} trains on two views: --aug must be one of "
                         f"{', '.join(TWO_VIEW_STRATEGIES)}, got {args.aug}")
-    elif method.views == 1 and args.aug in TWO_VIEW_STRATEGIES:
+    elif method.views == 1 and args.aug in TWO_VIEW_STRATEGIES and not method.paired_views:
         raise FlagError(f"--method {args.method} trains on one view: --aug {args.aug} makes two; use one of "
                         f"{', '.join(SINGLE_VIEW_STRATEGIES)}")
     if args.gpu_aug and args.aug not in GPU_AUG_STRATEGIES:

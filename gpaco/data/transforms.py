@@ -14,6 +14,7 @@ Components (``S`` = ``image_size``, 224 for ImageNet recipes, 32 for CIFAR):
 ``randcls``               RRC(S) > HFlip > ColorJitter(.4,.4,.4,0) p1 > RandAugment(n, m)
 ``randclsstack``          RRC(S) > HFlip > ColorJitter p1 > Gray .2 > Blur p.5 > RandAugment(n, m)
 ``cifar_regular``         [fit to SxS] > RandomCrop(S, pad S/8) > HFlip > AutoAugment(CIFAR10) > Cutout(1, S/2)
+``cifar_autoaugment``     ``cifar_regular`` without Cutout (the DKL adversarial training's "autoaug" view)
 ``sim_cifar``             RRC(S, .2-1) > HFlip > ColorJitter(.4,.4,.4,.1) p.8 > Gray .2 > Blur p.5
 ``aug_cifar``             ``sim_cifar`` with Blur p.2 (GPaCo CIFAR-LT)
 ``crop_flip``               RRC(S) > HFlip (ResLT iNaturalist)
@@ -75,7 +76,8 @@ __all__ = [
 
 # (mean, std) per dataset family (docs/method.md#data-and-augmentation). MNIST: the
 # standard full-MNIST values (the 5,000-digit demo subset measures 0.1313 / 0.3086),
-# replicated over RGB.
+# replicated over RGB. "none" is the identity: pixels stay in [0, 1], where adversarial
+# training measures its epsilon (TRADES / AWP / DKL feed ToTensor's output to the model).
 NORMALIZATION: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "inat": ((0.466, 0.471, 0.380), (0.195, 0.194, 0.192)),
@@ -83,6 +85,7 @@ NORMALIZATION: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
     # CIFAR-100's own statistics, as mdistiller normalises (its CIFAR-100 teachers expect them)
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
     "mnist": ((0.1307,) * 3, (0.3081,) * 3),
+    "none": ((0.0,) * 3, (1.0,) * 3),
 }
 
 # name -> (view1 component, view2 component)
@@ -100,11 +103,13 @@ TWO_VIEW_STRATEGIES: Dict[str, Tuple[str, str]] = {
     "digits_digits": ("digits", "digits"),  # the MNIST-LT demo
     "randclsgray_randclsgray": ("randclsgray", "randclsgray"),  # ResCom
     "cifar_regular_cifar_regular": ("cifar_regular", "cifar_regular"),  # ResCom CIFAR
+    # DKL adversarial training's "autoaug" batch: [basic view, AutoAugment view] of each image
+    "cifar_crop_flip_cifar_autoaugment": ("cifar_crop_flip", "cifar_autoaugment"),
 }
 SINGLE_VIEW_STRATEGIES: Tuple[str, ...] = (
     "randcls", "randclsstack", "randclsgray", "regular", "sim", "sim02", "mocov2",
     "cifar_regular", "sim_cifar", "aug_cifar", "digits", "timm_randaug", "none",
-    "crop_flip", "cifar_crop_flip",
+    "crop_flip", "cifar_crop_flip", "cifar_autoaugment",
 )
 
 
@@ -183,7 +188,7 @@ def _component(name: str, size: int, randaug_n: int, randaug_m: int,
         return [_RandomResizedCrop(size), fast_flip]
     if name == "cifar_crop_flip":
         return [_FitSquare(size), T.RandomCrop(size, padding=max(1, size // 8)), flip]
-    if name == "cifar_regular":
+    if name in ("cifar_regular", "cifar_autoaugment"):  # the same PIL stage; cifar_regular adds Cutout
         # torchvision's CIFAR10 AutoAugment policy has the same sub-policies and magnitude
         # bins as the original's CIFAR10Policy. Differences: gray fill 128 is passed to
         # match the original, but resampling is nearest for all geometric ops (the

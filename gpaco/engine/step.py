@@ -300,6 +300,7 @@ class _Epoch:
                 self.stepper.backward(out.loss)
         if step_now:
             self.stepper.step()
+            ctx.method.after_optimizer_step(ctx)  # e.g. adversarial weight perturbation taken back
         if not nonfinite:
             self.tally.add(out, batch.targets)
             self.seen += batch.targets.shape[0]

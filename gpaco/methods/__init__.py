@@ -10,6 +10,7 @@ from .registry import (
     add_method_flags, all_methods, build_criterion, describe, flag_problem, get_method, method_names, method_options,
     register_method, unregister_method,
 )
+from .adversarial import GKLAT, IKLAT, PGDAT, TRADESAT
 from .ce import CE, BalancedCE
 from .ceco import CeCo, CeCoL
 from .gpaco import GPaCo
@@ -24,7 +25,7 @@ from .rr import RR
 from .segmentation import SegCE, SegGPaCo
 
 for _method in (CE, BalancedCE, PaCo, GPaCo, MultiTask, ResLT, RIDEResLT, ResCom, MiSLAS,  # classification
-                MiSLASStage2, KLKD, IKLKD, GKLKD,
+                MiSLASStage2, KLKD, IKLKD, GKLKD, PGDAT, TRADESAT, IKLAT, GKLAT,
                 SegCE, SegGPaCo, CeCo, CeCoL, RR):  # segmentation
     register_method(_method())
 

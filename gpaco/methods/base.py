@@ -14,6 +14,7 @@ hook                            default
 ``lr_scales(model, options)``   ``{parameter-name prefix: LR factor}`` or None (one optimizer group)
 ``setup(ctx)``                  once per run, before DDP wraps the model (a teacher, class statistics)
 ``training_step(ctx, batch)``   forward + loss -> :class:`~gpaco.engine.step.StepOutput`
+``after_optimizer_step(ctx)``   after each optimizer step (a weight perturbation is taken back)
 ``eval_forward(model, x)``      test-time logits [B, C] (``model(x)``)
 ``on_train_epoch_end(ctx)``     after every epoch, before validation (statistics all-reduced)
 ``state_dict()`` / ``load...``  the method's own state in ``checkpoint.pth`` (``{}``)
@@ -108,6 +109,8 @@ class Method:
         sampler: ``random`` (shuffled, every image once per epoch) or ``class_aware``
             (class-balanced batches).
         views: augmented views per training sample the loader yields (2: two-view methods).
+        paired_views: a one-view method that also takes a two-view ``--aug`` (adversarial
+            training's batch of a plain and an AutoAugment view of every image).
         drop_last: the random sampler drops each epoch's last, partial batch (True; a queue
             needs a constant batch) or keeps it (False, as MiSLAS's original loader).
     """
@@ -122,6 +125,7 @@ class Method:
     checkpoint_prefixes: Mapping[str, str] = {}
     sampler: str = "random"
     views: int = 1
+    paired_views: bool = False
     drop_last: bool = True
 
     def __init__(self) -> None:
@@ -164,6 +168,9 @@ class Method:
 
     def training_step(self, ctx: FitContext, batch: Batch) -> StepOutput:
         raise NotImplementedError
+
+    def after_optimizer_step(self, ctx: FitContext) -> None:
+        """After each optimizer step (also one that had no gradient: a skipped non-finite step)."""
 
     def eval_forward(self, model: nn.Module, images: Tensor) -> Tensor:
         """Test-time logits [B, C] of an image batch."""

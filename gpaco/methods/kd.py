@@ -53,7 +53,7 @@ from gpaco.models.view_bn import group_count
 from .base import ClassificationMethod, flag
 from .teacher import FrozenTeacher, load_teacher, random_teacher
 
-__all__ = ["Distillation", "KLKD", "IKLKD", "GKLKD", "warmup_factor"]
+__all__ = ["Distillation", "KLKD", "IKLKD", "GKLKD", "warmup_factor", "class_stats_state", "load_class_stats_state"]
 
 # Flags several methods own are defined once (their definitions must agree); those whose
 # default differs per method default to None and are resolved by Distillation.settings.
@@ -197,30 +197,38 @@ class Distillation(ClassificationMethod):
     # ------------------------------------------------------------------ checkpointed state
 
     def state_dict(self) -> Dict[str, Any]:
-        """The class matrix, and every process's accumulator of the current epoch (non-zero
-        after a mid-epoch stop). Called on every process at once (the engine's save):
-        the accumulators are gathered."""
-        if self.stats is None:
-            return {}
-        return {"class_matrix": self.stats.matrix.detach().cpu().clone(),
-                "class_accumulators": gdist.all_gather_nograd(self.stats.accumulator[None]).cpu().clone()}
+        return {} if self.stats is None else class_stats_state(self.stats)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.stats is None:
             return super().load_state_dict(state)
-        if "class_matrix" not in state or "class_accumulators" not in state:
-            raise ValueError(f"method {self.name!r}: the checkpoint holds no class statistics (keys {sorted(state)})")
-        matrix, accumulators = state["class_matrix"], state["class_accumulators"]
-        C = self.stats.matrix.shape[0]
-        if tuple(matrix.shape) != (C, C) or accumulators.ndim != 3 or tuple(accumulators.shape[1:]) != (C, C):
-            raise ValueError(f"method {self.name!r}: the checkpoint's class statistics are for "
-                             f"{tuple(matrix.shape)} classes, this run has {C}")
-        rank, world = gdist.get_rank(), gdist.get_world_size()
-        self.stats.matrix.copy_(matrix)
-        if accumulators.shape[0] == world:
-            self.stats.accumulator.copy_(accumulators[rank])
-        else:  # another process count: the epoch's sum is kept (on rank 0), not each process's share
-            self.stats.accumulator.copy_(accumulators.sum(0) if rank == 0 else torch.zeros_like(accumulators[0]))
+        load_class_stats_state(self.stats, state, self.name)
+
+
+def class_stats_state(stats: ClassStats) -> Dict[str, Any]:
+    """A method's checkpoint entries for its class statistics: the class matrix, and every
+    process's accumulator of the current epoch (non-zero after a mid-epoch stop). Called on
+    every process at once (the engine's save): the accumulators are gathered."""
+    return {"class_matrix": stats.matrix.detach().cpu().clone(),
+            "class_accumulators": gdist.all_gather_nograd(stats.accumulator[None]).cpu().clone()}
+
+
+def load_class_stats_state(stats: ClassStats, state: Mapping[str, Any], method: str) -> None:
+    """Restore :func:`class_stats_state` into ``stats`` (``ValueError`` naming ``method`` when the
+    entries are missing or for another class count)."""
+    if "class_matrix" not in state or "class_accumulators" not in state:
+        raise ValueError(f"method {method!r}: the checkpoint holds no class statistics (keys {sorted(state)})")
+    matrix, accumulators = state["class_matrix"], state["class_accumulators"]
+    C = stats.matrix.shape[0]
+    if tuple(matrix.shape) != (C, C) or accumulators.ndim != 3 or tuple(accumulators.shape[1:]) != (C, C):
+        raise ValueError(f"method {method!r}: the checkpoint's class statistics are for "
+                         f"{tuple(matrix.shape)} classes, this run has {C}")
+    rank, world = gdist.get_rank(), gdist.get_world_size()
+    stats.matrix.copy_(matrix)
+    if accumulators.shape[0] == world:
+        stats.accumulator.copy_(accumulators[rank])
+    else:  # another process count: the epoch's sum is kept (on rank 0), not each process's share
+        stats.accumulator.copy_(accumulators.sum(0) if rank == 0 else torch.zeros_like(accumulators[0]))
 
 
 class KLKD(Distillation):

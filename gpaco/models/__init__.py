@@ -25,6 +25,7 @@ from .kd_zoo import (
     to_classifier_state_dict,
     to_original_state_dict,
 )
+from .wideresnet import WRN_ARCHS, WideResNet
 
 __all__ = [
     "create_backbone", "list_archs", "load_backbone_weights",
@@ -33,4 +34,5 @@ __all__ = [
     "build_classifier", "build_paco", "build_gpaco",
     "KD_ARCHS", "MDISTILLER_CIFAR", "MDISTILLER_IMAGENET", "build_kd_net", "load_original_checkpoint",
     "to_classifier_state_dict", "to_original_state_dict",
+    "WRN_ARCHS", "WideResNet",
 ]

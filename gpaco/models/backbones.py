@@ -3,7 +3,8 @@
 ImageNet-scale ResNets come from timm (created with ``num_classes=0`` so the forward
 already returns the global-average-pooled feature the classifier and the projection
 both read). The CIFAR ResNets are ours (:mod:`gpaco.models.cifar_resnet`), and so are the
-``kd_*`` networks of the knowledge-distillation tables (:mod:`gpaco.models.kd_zoo`).
+``kd_*`` networks of the knowledge-distillation tables (:mod:`gpaco.models.kd_zoo`) and the
+``wrn*`` WideResNets of adversarial training (:mod:`gpaco.models.wideresnet`).
 
 ``pretrained``:
 
@@ -29,9 +30,10 @@ from torch import nn
 
 from gpaco.checkpoint import CheckpointError, check_loadable_tensors, load_checkpoint, unwrap_state_dict
 
-from . import cifar_resnet, kd_zoo
+from . import cifar_resnet, kd_zoo, wideresnet
 
-__all__ = ["create_backbone", "list_archs", "load_backbone_weights", "CIFAR_ARCHS", "TIMM_ARCHS", "KD_ARCHS"]
+__all__ = ["create_backbone", "list_archs", "load_backbone_weights", "CIFAR_ARCHS", "TIMM_ARCHS", "KD_ARCHS",
+           "WRN_ARCHS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -62,6 +64,11 @@ TIMM_ARCHS: Dict[str, Union[str, None]] = {
 # CIFAR_ARCHS, whose ResNet layout (conv1/bn1/layerN) other models rely on.
 KD_ARCHS: Dict[str, Callable[[], nn.Module]] = {name: partial(kd_zoo.kd_backbone, name) for name in kd_zoo.KD_ARCHS}
 
+# The WideResNets of adversarial training (TRADES / AWP / DKL; gpaco.models.wideresnet): `wrn<depth>_<widen>`
+# -> the trunk without its classifier. 32-px inputs in [0, 1] (--norm none), as the originals train them.
+WRN_ARCHS: Dict[str, Callable[[], nn.Module]] = {name: partial(wideresnet.wrn_backbone, name)
+                                                 for name in wideresnet.WRN_ARCHS}
+
 # Archs timm has no registered name for: timm ResNet keywords.
 _TIMM_RESNET_LAYOUTS: Dict[str, Dict[str, Any]] = {"resnet10": {"layers": (1, 1, 1, 1)}}
 
@@ -76,7 +83,7 @@ _PRETRAINED_HINT = (
 
 def list_archs() -> List[str]:
     """The backbone names we document (any other timm model name also works)."""
-    return list(CIFAR_ARCHS) + list(TIMM_ARCHS) + list(KD_ARCHS)
+    return list(CIFAR_ARCHS) + list(TIMM_ARCHS) + list(KD_ARCHS) + list(WRN_ARCHS)
 
 
 def known_arch(arch: str) -> bool:
@@ -85,7 +92,7 @@ def known_arch(arch: str) -> bool:
 
     from .vit import MAE_ARCHS
 
-    if arch in KD_ARCHS:
+    if arch in KD_ARCHS or arch in WRN_ARCHS:
         return True
     return (arch in CIFAR_ARCHS or arch in TIMM_ARCHS or arch in _TIMM_RESNET_LAYOUTS or arch in MAE_ARCHS
             or timm.is_model(arch.split(".")[0]))
@@ -110,14 +117,14 @@ def create_backbone(
     """
     if arch in KD_ARCHS:
         return _create_kd(arch, pretrained, drop_path_rate, timm_kwargs)
-    if arch in CIFAR_ARCHS:
+    if arch in CIFAR_ARCHS or arch in WRN_ARCHS:
         if drop_path_rate:
             raise ValueError(f"drop_path_rate is not supported by the CIFAR backbone '{arch}'")
         if timm_kwargs:
             raise TypeError(f"'{arch}' is not a timm model; unexpected arguments {sorted(timm_kwargs)}")
         if pretrained is True:
             raise RuntimeError(f"there are no hub weights for the CIFAR backbone '{arch}'; {_PRETRAINED_HINT}")
-        model = CIFAR_ARCHS[arch]()
+        model = CIFAR_ARCHS[arch]() if arch in CIFAR_ARCHS else WRN_ARCHS[arch]()
     else:
         model = _create_timm(arch, pretrained is True, drop_path_rate, timm_kwargs)
     if isinstance(pretrained, (str, os.PathLike)):

@@ -40,6 +40,7 @@ archs                                     original classifier keys    gpaco
 ========================================  ==========================  ================
 kd_resnet*, kd_wrn_*, kd_mobilenetv1,     ``fc.weight``, ``fc.bias``  ``fc.weight``,
 torchvision / timm ResNets                                            ``fc.bias``
+timm BEiT (``beitv2_*``)                  ``head.*``                  ``fc.*``
 kd_resnet50, kd_shufflev1, kd_shufflev2   ``linear.*``                ``fc.*``
 kd_vgg8, kd_vgg13                         ``classifier.*``            ``fc.*``
 kd_mobilenetv2                            ``classifier.0.*``          ``fc.*``
@@ -64,6 +65,7 @@ from torch import nn
 from gpaco.checkpoint import CheckpointError, check_loadable_tensors, load_checkpoint, unwrap_state_dict
 
 from . import kd_cifar
+from .beit_teacher import BEIT_HEAD_PREFIX, is_beit
 from .kd_cifar import KDNet
 from .mobilenet_v1 import MobileNetV1
 
@@ -139,8 +141,11 @@ def kd_backbone(arch: str) -> KDNet:
 
 
 def original_head_prefix(arch: str) -> str:
-    """The key prefix of the original's classifier: ``fc.`` for timm / torchvision ResNets."""
-    return KD_ARCHS[arch].head_prefix if arch in KD_ARCHS else "fc."
+    """The key prefix of the original's classifier: ``fc.`` for timm / torchvision ResNets,
+    ``head.`` for timm's BEiT (:mod:`gpaco.models.beit_teacher`)."""
+    if arch in KD_ARCHS:
+        return KD_ARCHS[arch].head_prefix
+    return BEIT_HEAD_PREFIX if is_beit(arch) else "fc."
 
 
 def to_classifier_state_dict(state: Mapping[str, torch.Tensor], arch: str) -> "OrderedDict[str, torch.Tensor]":
@@ -193,7 +198,8 @@ def load_original_checkpoint(model: nn.Module, source: Union[str, os.PathLike, M
     ``model`` is either a network in the original's layout (:func:`build_kd_net`, or a timm
     ResNet with ``num_classes`` set), which takes the keys as they are, or a gpaco
     ``Classifier`` (``backbone`` + ``fc``), which takes them through :func:`to_classifier_state_dict`
-    for ``arch`` (a ``kd_*`` name or a timm / torchvision ResNet name). ``source``: see
+    for ``arch`` (a ``kd_*`` name, a timm / torchvision ResNet name, or a ``wrn*`` WideResNet of
+    :mod:`gpaco.models.wideresnet`, whose classifier is ``fc`` too). ``source``: see
     :func:`read_original_state_dict`. Missing, unexpected or misshapen keys raise
     :class:`~gpaco.checkpoint.CheckpointError` naming them.
     """
