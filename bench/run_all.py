@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-BENCHES = ("pipeline_speed", "train_step", "eval_speed", "memory", "scale", "loss_speed", "kd_loss")
+BENCHES = ("pipeline_speed", "train_step", "eval_speed", "memory", "scale", "loss_speed", "kd_loss", "gendd_sampler")
 DOC = os.path.join(C.ROOT, "docs", "benchmarks.md")
 PLOT = os.path.join(C.ROOT, "docs", "benchmarks_scale.png")
 BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
