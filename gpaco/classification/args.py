@@ -169,13 +169,16 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (timm backbones)")
     g.add_argument("--schedule", "--sched", default="cosine",
                    choices=("cosine", "cosine_epoch", "step_cifar", "mae_cosine", "cosine_plain", "step", "cosine_min",
-                            "constant"),
+                            "constant", "gendd_step", "gendd_cosine", "mae_cosine_epoch"),
                    help="cosine (= cosine_epoch): per-epoch warmup + off-by-one cosine; step_cifar: the CIFAR "
                         "warmup + steps at 320/360; mae_cosine: per-iteration warmup + half-cycle cosine to "
                         "--min-lr (MAE fine-tuning); cosine_plain: lr/2 (1 + cos(pi e / E)), no warmup (ResLT "
                         "iNat, MiSLAS); step: warmup from --warmup-start x lr, x0.1 at each of --milestones "
-                        "(ResLT, MiSLAS CIFAR); cosine_min: warmup + cosine to lr x 1e-5 (ResCom); constant "
-                        "(docs/method.md#learning-rate-schedules)")
+                        "(ResLT, MiSLAS CIFAR); cosine_min: warmup + cosine to lr x 1e-5 (ResCom); constant; "
+                        "gendd_step: GenDD CIFAR, warmup lr e/W then (W-1)/W x lr until the first of --milestones "
+                        "(the original's plateau; step is the intended one); gendd_cosine: warmup + cosine to "
+                        "--min-lr reached at the last epoch (GenDD ImageNet); mae_cosine_epoch: mae_cosine set once "
+                        "per epoch (docs/method.md#learning-rate-schedules)")
     g.add_argument("--warmup-epochs", type=int, default=None,
                    help=f"LR warmup epochs (default {DEFAULT_WARMUP_EPOCHS}, shortened with a note when --epochs "
                         f"is shorter; a value you give that does not fit --epochs is an error)")
@@ -273,9 +276,10 @@ def resolve_warmup(args: argparse.Namespace) -> None:
     if args.warmup_epochs is not None:
         return
     args.warmup_epochs = DEFAULT_WARMUP_EPOCHS
-    fits = args.epochs - 1 if args.schedule in ("mae_cosine", "cosine_min") else args.epochs
-    if args.warmup_epochs > fits and args.schedule in ("cosine", "mae_cosine", "cosine_min", "step_cifar", "step"):
-        args.warmup_epochs = max(fits, 1 if args.schedule == "step_cifar" else 0)
+    below_epochs = ("mae_cosine", "cosine_min", "gendd_cosine", "mae_cosine_epoch")  # they divide by E - W
+    fits = args.epochs - 1 if args.schedule in below_epochs else args.epochs
+    if args.warmup_epochs > fits and args.schedule in ("cosine", "step_cifar", "step", "gendd_step", *below_epochs):
+        args.warmup_epochs = max(fits, 1 if args.schedule in ("step_cifar", "gendd_step") else 0)
         if os.environ.get("RANK", "0") == "0":  # parsed before the process group exists
             print(f"note: --warmup-epochs {args.warmup_epochs} (the default {DEFAULT_WARMUP_EPOCHS} shortened to fit "
                   f"--epochs {args.epochs}; pass --warmup-epochs to choose)", flush=True)
@@ -323,11 +327,15 @@ def validate_train_args(args: argparse.Namespace) -> None:
         raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be <= --epochs ({args.epochs})")
     if args.schedule == "cosine_min" and args.warmup_epochs >= args.epochs:
         raise FlagError(f"--schedule cosine_min needs --warmup-epochs ({args.warmup_epochs}) < --epochs ({args.epochs})")
-    if args.schedule == "step_cifar" and args.warmup_epochs == 0:
-        raise FlagError("--schedule step_cifar needs --warmup-epochs > 0")
+    if args.schedule in ("step_cifar", "gendd_step") and args.warmup_epochs == 0:
+        raise FlagError(f"--schedule {args.schedule} needs --warmup-epochs > 0")
+    if args.schedule in ("gendd_cosine", "mae_cosine_epoch") and args.warmup_epochs >= args.epochs:
+        raise FlagError(f"--schedule {args.schedule} needs --warmup-epochs ({args.warmup_epochs}) < --epochs "
+                        f"({args.epochs})")
     if not 0.0 <= args.warmup_start <= 1.0:
         raise FlagError(f"--warmup-start must be in [0, 1], got {args.warmup_start}")
-    if args.schedule == "step" and (any(m < 0 for m in args.milestones) or args.milestones != sorted(args.milestones)):
+    if args.schedule in ("step", "gendd_step") and (any(m < 0 for m in args.milestones)
+                                                     or args.milestones != sorted(args.milestones)):
         raise FlagError(f"--milestones must be ascending epochs >= 0, got {args.milestones}")
     if args.schedule == "mae_cosine" and args.warmup_epochs >= args.epochs:
         raise FlagError(f"--warmup-epochs ({args.warmup_epochs}) must be < --epochs ({args.epochs}) with "

@@ -43,7 +43,7 @@ from gpaco.models.convert import CheckpointMismatchError, LoadedCheckpoint, read
 from gpaco.engine.eval_suites import EvalSuite, run_eval_suites
 from gpaco.engine.logging import print_main, write_json
 from gpaco.metrics import format_accuracy
-from gpaco.classification.predict import predict
+from gpaco.classification.predict import head_metrics, predict
 from gpaco.classification.report import fairness_line, write_eval_report
 
 
@@ -387,16 +387,21 @@ class EvalContext:
 def _clean(ctx: EvalContext) -> dict:
     """The --test-list split: top-1/5, many/medium/few, per class, confusion."""
     args = ctx.args
-    meter, local = predict(ctx.models, ctx.loader_of(ctx.test_set), keep_logits=bool(args.save_logits), **ctx.common)
+    heads: dict = {}  # a second head's meter (GenDD's linear probe)
+    meter, local = predict(ctx.models, ctx.loader_of(ctx.test_set), keep_logits=bool(args.save_logits), heads=heads,
+                           **ctx.common)
     metrics = meter.compute(ctx.train_counts)  # with the confusion matrix up to 100 classes
+    if heads:
+        metrics["heads"] = head_metrics(heads)
     if meter.confusion is not None:
         ctx.confusion = meter.confusion.cpu()
     if args.save_logits and not args.dry_run:
         ctx.logits_all = gather_in_order(local, len(ctx.test_set), ctx.common["device"])
     shots = (" | " + " ".join(f"{g} {format_accuracy(metrics[g])}" for g in ("many", "medium", "few"))
              if "many" in metrics else " | many/medium/few need the train counts (--train-list)")
+    extra = "".join(f" | {name} top-1 {m['top1']:.2f}" for name, m in metrics.get("heads", {}).items())
     print_main(f"{ctx.name}: top-1 {metrics['top1']:.2f} top-5 {metrics['top5']:.2f}{shots} | "
-               f"{metrics['num_samples']} images")
+               f"{metrics['num_samples']} images{extra}")
     print_main(fairness_line(metrics))
     return metrics
 

@@ -235,6 +235,11 @@ def check_data_found(data_root: str, splits) -> None:
             raise DataError(f"{ds.list_path}:{line} ({flag}): image {path} not found; {where}")
 
 
+def _heads_note(metrics: dict) -> str:
+    """``; probe top-1 71.20`` for each extra head of an evaluation (a forward with heads)."""
+    return "".join(f"; {head} top-1 {m['top1']:.2f}" for head, m in metrics.get("heads", {}).items())
+
+
 class ClassificationTask(Task):
     """tools/train.py's task (see the module docstring)."""
 
@@ -384,6 +389,7 @@ class ClassificationTask(Task):
         if len(loader) == 0:
             raise FlagError(f"the train split has {len(self.train_set)} images, fewer than one global batch "
                             f"(--batch-size {args.batch_size}); lower --batch-size")
+        ctx.steps_per_epoch = len(loader)  # the full epoch (a method's per-iteration clock: GenDD's beta2)
         return loader
 
     def evaluate(self, ctx: FitContext, loader, **kw) -> dict:
@@ -506,12 +512,13 @@ class ClassificationTask(Task):
         if self.val_dl is not None and ((epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs):
             val = self.evaluate(ctx, self.val_dl)
             record.update({f"val_{k}": val.get(k) for k in _TEST_KEYS})
+            record.update({f"val_{head}_top1": m["top1"] for head, m in val.get("heads", {}).items()})
             is_best = val["top1"] > self.best_metric
             if is_best:
                 self.best_metric, self.best_step = val["top1"], epoch + 1
             groups = " / ".join(f"{g} {format_accuracy(val[g])}" for g in ("many", "medium", "few"))
-            print_main(f"[epoch {epoch + 1}] val top-1 {val['top1']:.2f} ({groups}); best {self.best_metric:.2f} at "
-                       f"epoch {self.best_step}")
+            print_main(f"[epoch {epoch + 1}] val top-1 {val['top1']:.2f} ({groups}){_heads_note(val)}; best "
+                       f"{self.best_metric:.2f} at epoch {self.best_step}")
         # The record rides in the checkpoint: a kill or full disk before the lines below is
         # made good on resume (RunLogger.log_pending). TensorBoard first: a record in log.jsonl
         # then implies its scalars were written.
@@ -537,7 +544,7 @@ class ClassificationTask(Task):
             result.update(test)
             groups = " ".join(f"{g} {format_accuracy(test[g])}" for g in ("many", "medium", "few"))
             print_main(f"test ({selection}): top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} | {groups} | "
-                       f"{test['num_samples']} images")
+                       f"{test['num_samples']} images{_heads_note(test)}")
             print_main(fairness_line(test))
             lc.logger.log_scalars({f"test_{k}": test.get(k) for k in _TEST_KEYS}, args.epochs)
             if lc.is_main:

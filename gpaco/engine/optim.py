@@ -17,6 +17,11 @@
   No weight decay for 1-D parameters (biases, LayerNorm weights) and the ViT's
   ``no_weight_decay()`` set (``pos_embed``, ``cls_token``...). Each group carries
   ``lr_scale``, which :meth:`gpaco.engine.schedule.LRSchedule.apply` honours.
+* ``adamw`` with ``decay_1d`` and ``no_decay_keys`` (GenDD): weight decay on every parameter,
+  1-D ones included, except those whose name contains one of the keys (the original's
+  ``'diffloss' in name or 'ln' in name``, which in its model matches the denoiser alone);
+  ``betas`` sets AdamW's starting betas (GenDD's beta2 then follows
+  :class:`gpaco.engine.schedule.Beta2Schedule`).
 """
 from __future__ import annotations
 
@@ -119,17 +124,22 @@ def _sgd(params, **kw) -> torch.optim.SGD:
 
 def build_optimizer(model: nn.Module, *, name: str = "sgd", lr: float, momentum: float = 0.9, wd: float = 0.0,
                     nesterov: bool = False, layer_decay: Optional[float] = None,
-                    lr_scales: Optional[Dict[str, float]] = None) -> torch.optim.Optimizer:
+                    lr_scales: Optional[Dict[str, float]] = None, decay_1d: bool = False,
+                    no_decay_keys: Sequence[str] = (), betas: Tuple[float, float] = (0.9, 0.999)
+                    ) -> torch.optim.Optimizer:
     """The classification optimizer: ``sgd`` | ``adamw`` at ``lr`` (already resolved from ``--blr``).
 
     ``sgd`` without ``layer_decay`` is exactly the ResNet recipes' single-group SGD (weight
     decay on every parameter), with Nesterov momentum when ``nesterov`` (ResLT's CIFAR
-    recipes); otherwise :func:`param_groups` (``adamw``: betas 0.9/0.999, eps 1e-8, as MAE
-    fine-tuning). ``lr_scales`` (SGD; MiSLAS stage 2): per-prefix LR factors
-    (:func:`lr_scale_groups`).
+    recipes); otherwise :func:`param_groups` (``adamw``: eps 1e-8 and ``betas``, 0.9/0.999 as
+    MAE fine-tuning). ``lr_scales`` (SGD; MiSLAS stage 2): per-prefix LR factors
+    (:func:`lr_scale_groups`). ``decay_1d`` / ``no_decay_keys`` / ``betas`` (AdamW; GenDD):
+    decay 1-D parameters too / no decay for the parameters whose name contains a key.
     """
     if nesterov and (name != "sgd" or momentum <= 0):
         raise ValueError("Nesterov momentum is for SGD with momentum > 0")
+    if name != "adamw" and (decay_1d or no_decay_keys or tuple(betas) != (0.9, 0.999)):
+        raise ValueError("decay_1d, no_decay_keys and betas are AdamW options")
     sgd = dict(lr=lr, momentum=momentum, nesterov=nesterov)
     if lr_scales:
         if name != "sgd" or layer_decay is not None:
@@ -142,11 +152,12 @@ def build_optimizer(model: nn.Module, *, name: str = "sgd", lr: float, momentum:
         return _sgd(params, weight_decay=wd, **sgd)
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-    groups = param_groups(model, weight_decay=wd, layer_decay=layer_decay)
+    keyed = [n for n, _ in model.named_parameters() if any(k in n for k in no_decay_keys)]
+    groups = param_groups(model, weight_decay=wd, layer_decay=layer_decay, no_weight_decay=keyed, decay_1d=decay_1d)
     if name == "sgd":
         optimizer: torch.optim.Optimizer = _sgd(groups, **sgd)
     else:
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=1e-8)
     apply_lr(optimizer, lr)  # each group starts at lr * lr_scale
     return optimizer
 

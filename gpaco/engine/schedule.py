@@ -13,6 +13,16 @@
 * ``cosine_min`` (ResCom): with the 1-based epoch ``e = epoch + 1``: ``lr*e/W`` while ``e < W``,
   then ``eta + (lr-eta)*0.5*(1+cos(pi*(e-W)/(E-W)))`` with ``eta = lr*1e-5``.
 * ``constant``: ``lr`` throughout (ResCom's CIFAR runs as released).
+* ``gendd_step`` (GenDD CIFAR stage 2): with the 1-based epoch ``e = epoch + 1``, ``lr*e/W`` while
+  ``e < W``; then the original sets nothing until the first milestone, so those epochs keep the
+  last warm-up value ``lr*(W-1)/W`` (0.98 lr for W = 50, a quirk the published numbers trained
+  with; ``step`` with the same ``--warmup-epochs`` and ``--milestones`` is the intended
+  schedule, at ``lr``); then ``lr*0.1**k`` for the ``k`` milestones ``m <= epoch``.
+* ``gendd_cosine`` (GenDD ImageNet / ImageNet-LT / CC3M stage 2, ImageNet and CIFAR stage 1):
+  ``lr*(e+1)/W`` while ``e < W``, then ``min_lr + (lr-min_lr)*0.5*(1+cos(pi*(e-W+1)/(E-W)))``;
+  the last epoch runs at ``min_lr`` exactly.
+* ``mae_cosine_epoch`` (GenDD's ImageNet-LT teacher): ``mae_cosine`` set once per epoch at the
+  integer epoch, so epoch 0 runs at lr 0.
 * ``poly`` (segmentation): mmcv's PolyLrUpdaterHook by iteration,
   ``(lr-min_lr)*(1-it/max_iters)**power + min_lr``, times mmcv's linear warmup factor
   ``1-(1-it/warmup_iters)*(1-warmup_ratio)`` while ``it < warmup_iters``. Its clock is the
@@ -39,12 +49,18 @@ step          per epoch  base_lr, [warmup_epochs], [milestones], [warmup_start]
 cosine_min    per epoch  base_lr, epochs, warmup_epochs, [min_lr_ratio] (not read from flags)
 constant      per epoch  base_lr
 poly          per step   base_lr, max_iters, [power], [min_lr], [warmup_iters], [warmup_ratio]
+gendd_step    per epoch  base_lr, warmup_epochs, [milestones]
+gendd_cosine  per epoch  base_lr, min_lr, epochs, warmup_epochs
+mae_cosine_e  per epoch  (``mae_cosine_epoch``) base_lr, min_lr, epochs, warmup_epochs
 ============  =========  ====================================================================
 
 A keyword's flag has the keyword's name (the dest of ``tools/train.py --help``,
 ``tools/train_seg.py --help``) except ``base_lr`` (``--lr``) and ``max_iters`` (``--iters``).
 step_cifar keeps its 320/360 milestones (``--milestones`` is ``step``'s) and cosine_min its
 1e-5 floor ratio (no flag). ``cosine_epoch`` is another name of ``cosine``.
+
+AdamW's second-moment decay can follow a schedule too: :class:`Beta2Schedule` (GenDD's
+per-iteration cosine rise of beta2, applied with :func:`apply_beta2`).
 """
 from __future__ import annotations
 
@@ -56,7 +72,8 @@ import torch
 
 __all__ = [
     "lr_at_epoch_cosine", "lr_at_epoch_cifar_step", "lr_at_iter_mae", "lr_at_epoch_cosine_plain", "lr_at_epoch_step",
-    "lr_constant", "lr_at_epoch_cosine_min", "poly_lr",
+    "lr_constant", "lr_at_epoch_cosine_min", "poly_lr", "lr_at_epoch_gendd_step", "lr_at_epoch_gendd_cosine",
+    "beta2_at_step", "Beta2Schedule", "apply_beta2",
     "LRSchedule", "ScheduleEntry", "build_schedule", "schedule_from_flags", "apply_lr", "SCHEDULES",
     "SCHEDULE_ALIASES", "FLAG_OF_KEYWORD",
 ]
@@ -136,6 +153,35 @@ def poly_lr(it: int, *, base_lr: float, max_iters: int, power: float = 0.9, min_
     return lr
 
 
+def lr_at_epoch_gendd_step(epoch: int, *, base_lr: float, warmup_epochs: int,
+                           milestones: Sequence[int] = (150, 180, 210)) -> float:
+    """GenDD's CIFAR stage-2 step schedule (train_student_gendd.py:188-200) for 0-based ``epoch``.
+
+    With ``e = epoch + 1``: ``base_lr * e / W`` while ``e < W``. The original then sets nothing
+    until the first milestone, so the optimizer keeps the last warm-up value ``base_lr * (W-1) / W``
+    (with W = 1 no warm-up epoch ran: it keeps its initial ``base_lr``). After that,
+    ``base_lr * 0.1 ** k`` for the ``k`` milestones ``m <= epoch`` (the original's ``e > m``).
+    """
+    e = epoch + 1
+    if e < warmup_epochs:
+        return base_lr * e / warmup_epochs
+    passed = sum(1 for m in milestones if e > m)
+    if passed:
+        return base_lr * 0.1 ** passed  # the original's arithmetic (0.001 * 0.1 ** 2 = 1.0000000000000003e-05)
+    return base_lr * (warmup_epochs - 1) / warmup_epochs if warmup_epochs > 1 else base_lr
+
+
+def lr_at_epoch_gendd_cosine(epoch: int, *, base_lr: float, min_lr: float, epochs: int, warmup_epochs: int) -> float:
+    """GenDD's ImageNet cosine (main_supervised_gendd.py:707-716) for 0-based ``epoch``:
+    ``base_lr * (epoch+1) / W`` while ``epoch < W``, then
+    ``min_lr + (base_lr - min_lr) * 0.5 * (1 + cos(pi * (epoch - W + 1) / (E - W)))``, which is
+    ``min_lr`` at the last epoch. With W = 0 it is also the CIFAR stage-1 cosine (epochs from 1, no +1)."""
+    if epoch < warmup_epochs:
+        return base_lr * (epoch + 1) / warmup_epochs
+    w = warmup_epochs
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - w + 1) / (epochs - w)))
+
+
 def apply_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every param group's lr to ``lr * group.get('lr_scale', 1)`` (MAE layer decay)."""
     for group in optimizer.param_groups:
@@ -170,6 +216,49 @@ class LRSchedule:
     def apply(optimizer: torch.optim.Optimizer, lr: float) -> None:
         """See :func:`apply_lr`."""
         apply_lr(optimizer, lr)
+
+
+def beta2_at_step(step: int, *, total_steps: int, beta2_min: float, beta2_max: float = 0.999) -> float:
+    """GenDD's AdamW beta2 (main_supervised_gendd.py:139-143): a half cosine rising from
+    ``beta2_min`` at step 0 to ``beta2_max`` at ``step = total_steps``,
+    ``beta2_max - 0.5 * (beta2_max - beta2_min) * (1 + cos(pi * step / total_steps))``."""
+    return beta2_max - 0.5 * (beta2_max - beta2_min) * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
+
+
+@dataclass(frozen=True)
+class Beta2Schedule:
+    """AdamW's beta2 per optimizer step: ``sched(epoch, iter_in_epoch, iters_per_epoch) -> beta2``.
+
+    The step is ``epoch * iters_per_epoch + iter_in_epoch`` of ``epochs * iters_per_epoch - 1``
+    (:func:`beta2_at_step`), the original's clock (CIFAR's 1-based epoch minus one, ImageNet's
+    0-based epoch, CC3M's epoch of T iterations). The value is a function of the position alone, so
+    a resumed run (its epoch and step restored from the checkpoint) continues the rise exactly;
+    nothing of the schedule is saved. With gradient accumulation give the micro-batch that starts
+    the accumulation cycle, as the per-iteration LR does.
+    """
+
+    beta2_min: float
+    epochs: int
+    beta2_max: float = 0.999
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.beta2_min <= self.beta2_max < 1.0:
+            raise ValueError(f"need 0 <= beta2_min <= beta2_max < 1, got {self.beta2_min}, {self.beta2_max}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+
+    def __call__(self, epoch: int, iter_in_epoch: int, iters_per_epoch: int) -> float:
+        if iters_per_epoch < 1:
+            raise ValueError(f"iters_per_epoch must be >= 1, got {iters_per_epoch}")
+        return beta2_at_step(epoch * iters_per_epoch + iter_in_epoch, total_steps=self.epochs * iters_per_epoch - 1,
+                             beta2_min=self.beta2_min, beta2_max=self.beta2_max)
+
+
+def apply_beta2(optimizer: torch.optim.Optimizer, beta2: float) -> None:
+    """Set the second beta of every param group (Adam/AdamW) to ``beta2``, keeping the first.
+    A Python float: the next ``optimizer.step()`` reads it, nothing is moved to the device."""
+    for group in optimizer.param_groups:
+        group["betas"] = (group["betas"][0], beta2)
 
 
 @dataclass(frozen=True)
@@ -216,6 +305,10 @@ SCHEDULES: dict[str, ScheduleEntry] = {
     # Counts global iterations, not epochs: sched(it).
     "poly": ScheduleEntry(poly_lr, True, {"base_lr", "max_iters"},
                           {"power", "min_lr", "warmup_iters", "warmup_ratio"}, by_iteration=True),
+    "gendd_step": ScheduleEntry(lr_at_epoch_gendd_step, False, {"base_lr", "warmup_epochs"}, {"milestones"}),
+    "gendd_cosine": ScheduleEntry(lr_at_epoch_gendd_cosine, False, {"base_lr", "min_lr", "epochs", "warmup_epochs"}),
+    # mae_cosine at integer epochs (GenDD's ImageNet-LT teacher, main_lt_sgd.py:543-552)
+    "mae_cosine_epoch": ScheduleEntry(lr_at_iter_mae, False, {"base_lr", "min_lr", "epochs", "warmup_epochs"}),
 }
 
 #: Other names of a schedule (``--schedule cosine_epoch``).
@@ -249,14 +342,15 @@ def build_schedule(name: str, **kwargs: Any) -> LRSchedule:
     if kwargs["base_lr"] < 0:
         raise ValueError(f"base_lr must be >= 0, got {kwargs['base_lr']}")
     w = kwargs.get("warmup_epochs", 10 if "warmup_epochs" in entry.keywords else 0)
-    if w < 0 or (name == "step_cifar" and w == 0):
-        raise ValueError(f"warmup_epochs must be {'> 0' if name == 'step_cifar' else '>= 0'}, got {w}")
+    positive_warmup = name in ("step_cifar", "gendd_step")  # they divide by W
+    if w < 0 or (positive_warmup and w == 0):
+        raise ValueError(f"warmup_epochs must be {'> 0' if positive_warmup else '>= 0'}, got {w}")
     if not 0.0 <= kwargs.get("warmup_start", 0.0) <= 1.0:
         raise ValueError(f"warmup_start must be in [0, 1], got {kwargs['warmup_start']}")
     if "epochs" in kwargs:
         e = kwargs["epochs"]
-        # mae_cosine and cosine_min divide by (E - W); cosine by (E - W + 1).
-        if e < 1 or w > e or (name in ("mae_cosine", "cosine_min") and w == e):
+        # mae_cosine(_epoch), cosine_min and gendd_cosine divide by (E - W); cosine by (E - W + 1).
+        if e < 1 or w > e or (name in ("mae_cosine", "cosine_min", "gendd_cosine", "mae_cosine_epoch") and w == e):
             raise ValueError(f"schedule {name!r}: need epochs >= 1 and warmup_epochs < epochs, got {e}, {w}")
     if "max_iters" in kwargs and kwargs["max_iters"] < 1:  # poly divides by it
         raise ValueError(f"schedule {name!r}: need max_iters >= 1, got {kwargs['max_iters']}")

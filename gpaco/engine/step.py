@@ -59,7 +59,8 @@ class FitContext:
     plain model (state dicts, evaluation). ``options``: every flag value by ``dest``.
     ``to_batch``: the loader's items -> :class:`Batch` on the device (the task's).
     ``schedule``: a per-iteration LR schedule the loop applies (per-epoch ones: the caller).
-    ``steps_per_epoch``: the full epoch, for step labels, the per-iteration LR and the ETA.
+    ``steps_per_epoch``: the full epoch, for step labels, the per-iteration LR, the ETA and a
+    method's per-iteration schedule (GenDD's AdamW beta2); the classification task sets it.
     ``progress``: ``(ctx, info) -> None`` prints (and logs) a progress line (default
     :func:`default_progress`: the epoch's running loss, LR, data time, images/s and ETA).
     ``before_step``: ``(ctx, step) -> None`` called before each micro-batch (per-step seeds).

@@ -13,6 +13,7 @@ from .registry import (
 from .adversarial import GKLAT, IKLAT, PGDAT, TRADESAT
 from .ce import CE, BalancedCE
 from .ceco import CeCo, CeCoL
+from .gendd import GenDD, GenDDStage1
 from .gpaco import GPaCo
 from .kd import GKLKD, IKLKD, KLKD
 from .mislas import MiSLAS, MiSLASStage2
@@ -25,7 +26,7 @@ from .rr import RR
 from .segmentation import SegCE, SegGPaCo
 
 for _method in (CE, BalancedCE, PaCo, GPaCo, MultiTask, ResLT, RIDEResLT, ResCom, MiSLAS,  # classification
-                MiSLASStage2, KLKD, IKLKD, GKLKD, PGDAT, TRADESAT, IKLAT, GKLAT,
+                MiSLASStage2, KLKD, IKLKD, GKLKD, GenDDStage1, GenDD, PGDAT, TRADESAT, IKLAT, GKLAT,
                 SegCE, SegGPaCo, CeCo, CeCoL, RR):  # segmentation
     register_method(_method())
 

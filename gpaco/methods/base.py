@@ -15,7 +15,7 @@ hook                            default
 ``setup(ctx)``                  once per run, before DDP wraps the model (a teacher, class statistics)
 ``training_step(ctx, batch)``   forward + loss -> :class:`~gpaco.engine.step.StepOutput`
 ``after_optimizer_step(ctx)``   after each optimizer step (a weight perturbation is taken back)
-``eval_forward(model, x)``      test-time logits [B, C] (``model(x)``)
+``eval_forward(model, x)``      test-time logits [B, C] (``model(x)``), or ``{"logits": ..., head: ...}``: extra heads measured apart
 ``on_train_epoch_end(ctx)``     after every epoch, before validation (statistics all-reduced)
 ``state_dict()`` / ``load...``  the method's own state in ``checkpoint.pth`` (``{}``)
 ==============================  ==============================================================

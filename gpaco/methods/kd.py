@@ -53,7 +53,8 @@ from gpaco.models.view_bn import group_count
 from .base import ClassificationMethod, flag
 from .teacher import FrozenTeacher, load_teacher, random_teacher
 
-__all__ = ["Distillation", "KLKD", "IKLKD", "GKLKD", "warmup_factor", "class_stats_state", "load_class_stats_state"]
+__all__ = ["Distillation", "KLKD", "IKLKD", "GKLKD", "warmup_factor", "class_stats_state", "load_class_stats_state",
+           "dry_run_teacher", "report_teacher"]
 
 # Flags several methods own are defined once (their definitions must agree); those whose
 # default differs per method default to None and are resolved by Distillation.settings.
@@ -142,29 +143,14 @@ class Distillation(ClassificationMethod):
         weights, arch = self.kd["teacher_weights"], self.kd["teacher_arch"]
         try:
             return load_teacher(weights, arch=arch, num_classes=num_classes) if weights else \
-                self._dry_run_teacher("no --teacher-weights", arch, options, num_classes)
+                dry_run_teacher("no --teacher-weights", arch, options, num_classes)
         except FileNotFoundError as e:
             if not options.get("dry_run"):
                 raise FlagError(str(e)) from None
-            return self._dry_run_teacher(str(e), arch, options, num_classes)
-
-    @staticmethod
-    def _dry_run_teacher(why: str, arch: Optional[str], options: Mapping[str, Any], num_classes: int) -> FrozenTeacher:
-        arch = arch or options["arch"]
-        print_main(f"warning: {why}; the dry run distils from a {arch} teacher with random weights")
-        return random_teacher(arch, num_classes)
+            return dry_run_teacher(str(e), arch, options, num_classes)
 
     def report_teacher(self, ctx: FitContext) -> None:
-        """One line with the teacher's top-1 on the test split (val without one), before
-        training: a wrong teacher shows at once."""
-        result = ctx.evaluate(self.teacher) if ctx.evaluate is not None else None
-        if result is None:
-            print_main(f"teacher {self.teacher.arch} from {self.teacher.source}")
-            return
-        split, m = result
-        groups = " / ".join(f"{g} {format_accuracy(m[g])}" for g in ("many", "medium", "few"))
-        print_main(f"teacher {self.teacher.arch} from {self.teacher.source}: top-1 {format_accuracy(m['top1'])} on "
-                   f"{split} ({groups})")
+        report_teacher(ctx, self.teacher)
 
     def distill(self, student: Tensor, teacher: Tensor, class_prior: Optional[Tensor]) -> Tensor:
         """The KD term of one group (scalar)."""
@@ -203,6 +189,26 @@ class Distillation(ClassificationMethod):
         if self.stats is None:
             return super().load_state_dict(state)
         load_class_stats_state(self.stats, state, self.name)
+
+
+def dry_run_teacher(why: str, arch: Optional[str], options: Mapping[str, Any], num_classes: int) -> FrozenTeacher:
+    """A teacher with random weights for a dry run without the teacher's file (``why``: what is missing)."""
+    arch = arch or options["arch"]
+    print_main(f"warning: {why}; the dry run distils from a {arch} teacher with random weights")
+    return random_teacher(arch, num_classes)
+
+
+def report_teacher(ctx: FitContext, teacher: FrozenTeacher) -> None:
+    """One line with the teacher's top-1 on the test split (val without one), before training:
+    a wrong teacher shows at once."""
+    result = ctx.evaluate(teacher) if ctx.evaluate is not None else None
+    if result is None:
+        print_main(f"teacher {teacher.arch} from {teacher.source}")
+        return
+    split, m = result
+    groups = " / ".join(f"{g} {format_accuracy(m[g])}" for g in ("many", "medium", "few"))
+    print_main(f"teacher {teacher.arch} from {teacher.source}: top-1 {format_accuracy(m['top1'])} on "
+               f"{split} ({groups})")
 
 
 def class_stats_state(stats: ClassStats) -> Dict[str, Any]:

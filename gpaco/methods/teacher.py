@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +126,8 @@ class FrozenTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        return self.net(images) if self._forward is None else self._forward(self.net, images)
+        out = self.net(images) if self._forward is None else self._forward(self.net, images)
+        return out["logits"] if isinstance(out, Mapping) else out  # a method's forward with extra heads (GenDD)
 
     @property
     def has_features(self) -> bool:

@@ -422,13 +422,13 @@ class GPaCoModel(nn.Module):
 
 # Keyword arguments that only the contrastive models take; build_classifier drops them so
 # checkpoint loading can pass one uniform set (device_batch is common to all).
-_CONTRASTIVE_ONLY = {"proj_dim", "hidden_dim", "queue_size", "momentum", "global_batch",
+CONTRASTIVE_ONLY = {"proj_dim", "hidden_dim", "queue_size", "momentum", "global_batch",
                      "normalize_pooled", "single_view", "projection_act"}
 
 
 def build_classifier(arch: Union[str, nn.Module], num_classes: int, **kw: Any) -> Classifier:
     """:class:`Classifier` (backbone + ``fc``); contrastive-only options are ignored."""
-    kw = {k: v for k, v in kw.items() if k not in _CONTRASTIVE_ONLY}
+    kw = {k: v for k, v in kw.items() if k not in CONTRASTIVE_ONLY}
     backbone, dim = make_backbone(arch, feat_dim=kw.pop("feat_dim", None), pretrained=kw.pop("pretrained", False),
                                   drop_path_rate=kw.pop("drop_path_rate", 0.0),
                                   backbone_kwargs=kw.pop("backbone_kwargs", None))
