@@ -95,6 +95,8 @@ def build_eval_dataset(list_path: Optional[str], *, dataset: str, data_root: str
     """The val/test split (None if ``list_path`` is not given); CIFAR's test set for the CIFAR datasets.
     ``reduced_decode``: JPEGs decoded at reduced size (changes pixels; default full decode)."""
     mean, std = NORMALIZATION[norm]
+    if is_cifar(dataset) and resize_size is None:
+        resize_size = image_size  # CIFAR's test images as they are (ToTensor > Normalize), not resized and cropped
     transform = build_eval_transform(image_size, resize_size=resize_size, mean=mean, std=std,
                                      interpolation=interpolation, reduced_decode=reduced_decode)
     if synthetic:
