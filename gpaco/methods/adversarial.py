@@ -154,6 +154,7 @@ class AdversarialTraining(ClassificationMethod):
         self.num_classes = int(ctx.options["num_classes"])
         self.base_lr = float(ctx.options["lr"])  # the AWP proxy's step: the initial LR, never scheduled
         self.average = EpochAverage(self.at["at_average_decay"])
+        self.device = ctx.device  # the average lives beside the weights it blends (a resume loads it there)
         self.direction: Optional[Dict[str, Tensor]] = None
         self.stats = None
 
@@ -253,7 +254,7 @@ class AdversarialTraining(ClassificationMethod):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "weight_average" not in state:
             raise ValueError(f"method {self.name!r}: the checkpoint holds no weight average (keys {sorted(state)})")
-        self.average.load_state_dict(state["weight_average"])
+        self.average.load_state_dict(state["weight_average"], device=self.device)
         if self.stats is not None:
             load_class_stats_state(self.stats, state, self.name)
 
