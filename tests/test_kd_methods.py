@@ -308,3 +308,26 @@ def test_class_stats_over_processes_equal_one_process(tmp_path):
     assert torch.allclose(two["matrix"], one["matrix"], rtol=1e-6, atol=1e-7)
     assert torch.allclose(one["matrix"].sum(1), torch.ones(5)) and not torch.allclose(one["matrix"],
                                                                                     torch.full((5, 5), 0.2))
+
+
+def test_kl_kd_can_keep_the_student_classifier_at_its_random_init(demo_data, kd_teacher, tmp_path):
+    """--kd-freeze-classifier (the original's CC3M KL baseline): the fc is left out of the optimizer
+    and keeps its initial value (the same after 1 and 2 epochs from the same seed) while the trunk
+    trains; the option is part of the model's rebuild record, so tools/eval.py rebuilds it alike."""
+    runs = {}
+    for epochs in (1, 2):
+        out = tmp_path / f"kl_{epochs}"
+        trainer.main(demo_flags(demo_data) + [
+            "--method", "kl_kd", "--teacher-weights", str(kd_teacher), "--epochs", str(epochs), "--warmup-epochs", "0",
+            "--batch-size", "32", "--seed", "4", "--kd-freeze-classifier", "--output-dir", str(out)])
+        runs[epochs] = load_checkpoint(out / "checkpoint.pth")
+    one, two = runs[1], runs[2]
+    assert "'kd_freeze_classifier': True" in str(one["model_config"])
+    for k in ("fc.weight", "fc.bias"):
+        assert torch.equal(one["model"][k], two["model"][k]), k
+    trunk = [k for k, v in one["model"].items() if k.endswith("conv1.weight")]
+    assert trunk and not torch.equal(one["model"][trunk[0]], two["model"][trunk[0]])
+    model = get_method("kl_kd").build_model("resnet8", 10, kd_freeze_classifier=True)
+    assert not any(p.requires_grad for p in model.fc.parameters())
+    assert sum(len(g["params"]) for g in one["optimizer"]["param_groups"]) == sum(
+        p.requires_grad for p in model.parameters())

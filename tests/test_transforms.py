@@ -39,7 +39,8 @@ def test_required_names_are_registered():
         "digits_digits", "randclsgray_randclsgray", "cifar_regular_cifar_regular",
         "cifar_crop_flip_cifar_autoaugment",
     }
-    assert {"randcls", "regular", "sim", "cifar_regular", "none"} <= set(SINGLE_VIEW_STRATEGIES)
+    assert {"randcls", "regular", "sim", "cifar_regular", "none", "crop_flip", "crop_flip06"} <= set(
+        SINGLE_VIEW_STRATEGIES)
     assert TWO_VIEW_STRATEGIES["regular_regular"] == ("regular", "mocov2")
     assert TWO_VIEW_STRATEGIES["cifar100"] == ("cifar_regular", "sim_cifar")
     assert TWO_VIEW_STRATEGIES["randclsgray_randclsgray"] == ("randclsgray", "randclsgray")  # ResCom

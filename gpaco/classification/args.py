@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from gpaco.data.build import is_cifar
+from gpaco.data.build import is_cifar, is_label_free
 from gpaco.data.gpu_aug import GPU_AUG_STRATEGIES
 from gpaco.data.transforms import NORMALIZATION, SINGLE_VIEW_STRATEGIES, TWO_VIEW_STRATEGIES
 from gpaco.engine.args import (
@@ -32,7 +32,7 @@ def train_data_kwargs(args: argparse.Namespace, *, synthetic: bool = False) -> d
                 image_size=args.image_size, norm=args.norm, num_classes=args.num_classes, imb_factor=args.imb_factor,
                 randaug_n=args.randaug_n, randaug_m=args.randaug_m, allow_outside_root=args.allow_outside_root,
                 skip_bad_images=args.skip_bad_images, follow_symlinks=args.follow_symlinks, synthetic=synthetic,
-                gpu_aug=getattr(args, "gpu_aug", False))
+                gpu_aug=getattr(args, "gpu_aug", False), epoch_iters=getattr(args, "epoch_iters", None))
 
 
 def eval_data_kwargs(args: argparse.Namespace, *, num_classes: int, synthetic: bool = False) -> dict:
@@ -43,13 +43,22 @@ def eval_data_kwargs(args: argparse.Namespace, *, num_classes: int, synthetic: b
                 follow_symlinks=args.follow_symlinks, synthetic=synthetic, reduced_decode=args.reduced_jpeg_decode)
 
 
-def add_data_flags(p: argparse.ArgumentParser) -> None:
+def add_data_flags(p: argparse.ArgumentParser, *, train: bool = False) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="split", choices=("split", "cifar100", "cifar10"),
+    g.add_argument("--dataset", default="split", choices=("split", "cifar100", "cifar10", "webdataset"),
                    help="split: image files named by split lists (ImageNet-LT, iNat, Places-LT, ImageNet, demo); "
-                        "cifar100/cifar10: the CIFAR python pickles under --data-root")
+                        "cifar100/cifar10: the CIFAR python pickles under --data-root; webdataset: label-free "
+                        "training images in tar shards (CC3M; pip install 'gpaco[webdataset]'), --train-list names "
+                        "them, val/test are split lists")
     g.add_argument("--data-root", default="data", help="folder the split lists' paths are relative to")
-    g.add_argument("--train-list", default=None, help="split file: one 'relative/path label' per line")
+    g.add_argument("--train-list", default=None, help="split file: one 'relative/path label' per line; --dataset "
+                                                      "webdataset: the shard files, relative to --data-root or "
+                                                      "absolute, with braces and wildcards "
+                                                      "(cc3m-train-{000000..000575}.tar)")
+    if train:
+        g.add_argument("--epoch-iters", type=int, default=None, metavar="STEPS",
+                       help="--dataset webdataset: training steps per epoch (the shards are a stream with no "
+                            "epoch of their own; the original CC3M runs: 5501 steps of 64 images per GPU)")
     g.add_argument("--val-list", default=None, help="selection split (best.pth is chosen on it)")
     g.add_argument("--test-list", default=None, help="final report split (metrics.json)")
     g.add_argument("--num-classes", type=int, default=None, help="class count (default: what the train list implies)")
@@ -108,7 +117,7 @@ def build_train_parser() -> argparse.ArgumentParser:
         description="Train a long-tailed classifier with CE, balanced CE, PaCo, GPaCo or the multi-task baseline. "
                     "Runs as one process (CPU or one GPU) or under torchrun.",
     )
-    add_data_flags(p)
+    add_data_flags(p, train=True)
     add_model_flags(p)
     g = p.add_argument_group("augmentation and regularisation")
     g.add_argument("--aug", default=None, help=f"augmentation strategy by the original's names; two views: "
@@ -215,7 +224,8 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
 
 
 _POSITIVE_INTS = ("batch_size", "device_batch", "bn_device_batch", "epochs", "accum_iter", "image_size", "eval_freq",
-                  "dry_run_batch", "dry_run_image_size", "recount", "num_classes", "stop_after", "resize_size")
+                  "dry_run_batch", "dry_run_image_size", "recount", "num_classes", "stop_after", "resize_size",
+                  "epoch_iters")
 _NON_NEGATIVE_INTS = ("workers", "warmup_epochs", "randaug_n", "randaug_m", "proj_dim")
 #: Run flags that must be finite (method flags check themselves: gpaco.methods.base.Flag).
 _FLOATS = ("imb_factor", "lr", "blr", "min_lr", "layer_decay", "momentum", "wd", "clip_grad", "drop_path",
@@ -285,6 +295,25 @@ def resolve_warmup(args: argparse.Namespace) -> None:
                   f"--epochs {args.epochs}; pass --warmup-epochs to choose)", flush=True)
 
 
+def check_label_free(args: argparse.Namespace) -> None:
+    """``--dataset webdataset``: unlabelled images (every label is -1), so the class count and
+    the epoch length are flags, and the method must train without labels with these flags."""
+    missing = [flag for flag, value in (("--num-classes", args.num_classes), ("--epoch-iters", args.epoch_iters))
+               if value is None]
+    if missing:
+        raise FlagError(f"--dataset webdataset needs {' and '.join(missing)}: the shards' images have no labels "
+                        f"(the class count is the teacher's) and no epoch (it is a number of steps; CC3M 5501)")
+    if get_method(args.method).needs_labels(vars(args)):
+        raise FlagError(f"--method {args.method} trains on labels with these flags, and --dataset webdataset has "
+                        f"none (unlabelled shards); train label-free with --method gendd --gendd-label-free, or "
+                        f"--method kl_kd --kd-ce-weight 0")
+    if args.mixup > 0 or args.cutmix > 0:
+        raise FlagError("--mixup/--cutmix mix the labels, and --dataset webdataset has none")
+    if args.skip_bad_images:
+        raise FlagError("--skip-bad-images is for split lists; --dataset webdataset stops at an image it cannot "
+                        "decode, naming its shard")
+
+
 def validate_train_args(args: argparse.Namespace) -> None:
     validate_common_args(args)
     check_method_flags(args)
@@ -347,8 +376,13 @@ def validate_train_args(args: argparse.Namespace) -> None:
     if (args.mixup > 0 or args.cutmix > 0) and method.takes_labels:
         raise FlagError(f"--mixup/--cutmix mix the labels, which --method {args.method} needs unmixed; "
                         f"use them with --method ce (the MAE baseline)")
-    if args.dataset == "split" and not args.train_list and not args.dry_run:
-        raise FlagError("--train-list is required with --dataset split")
+    if args.dataset in ("split", "webdataset") and not args.train_list and not args.dry_run:
+        raise FlagError(f"--train-list is required with --dataset {args.dataset}")
+    if is_label_free(args.dataset):
+        check_label_free(args)
+    elif args.epoch_iters is not None:
+        raise FlagError(f"--epoch-iters is for --dataset webdataset (a stream of shards); an epoch of --dataset "
+                        f"{args.dataset} is one pass over the training split")
     if args.aug is None and args.single_view:
         args.aug = "randclsstack"
     if args.aug is None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from gpaco.data.build import build_eval_dataset, data_available, eval_loader
-from gpaco.data.splits import class_counts, read_split
+from gpaco.data.splits import DataError, class_counts, read_split
 from gpaco.distributed import cleanup, gather_in_order, init_distributed
 from gpaco.classification.args import (
     FlagError, add_data_flags, add_model_flags, eval_data_kwargs, is_cifar, validate_common_args,
@@ -44,7 +44,7 @@ from gpaco.engine.eval_suites import EvalSuite, run_eval_suites
 from gpaco.engine.logging import print_main, write_json
 from gpaco.metrics import format_accuracy
 from gpaco.classification.predict import head_metrics, predict
-from gpaco.classification.report import fairness_line, write_eval_report
+from gpaco.classification.report import fairness_line, find_class_names, write_eval_report
 
 
 # Method flags that may override a checkpoint's model options at evaluation (the sizes have their own flags).
@@ -223,6 +223,20 @@ def training_counts(args: argparse.Namespace, first: Optional[LoadedCheckpoint],
     return None
 
 
+def report_class_names(args: argparse.Namespace, first: Optional[LoadedCheckpoint], num_classes: int):
+    """The names the report gives the classes: the checkpoint's, else a classes.txt beside
+    --test-list or --train-list (or in --data-root), else the checkpoint's run folder's; None
+    (class indices) when there are none, and in a dry run."""
+    if args.dry_run:
+        return None
+    try:
+        return find_class_names(checkpoint=first.path if first is not None else None,
+                                checkpoint_meta=first.meta if first is not None else None,
+                                paths=[args.test_list, args.train_list, args.data_root], num_classes=num_classes)
+    except DataError as e:
+        raise FlagError(str(e)) from None
+
+
 def eval_split(args: argparse.Namespace, num_classes: int):
     """The --test-list dataset (synthetic in a dry run without data), or None when only
     robustness roots are evaluated. A dry run also shrinks the images (here, before any
@@ -314,6 +328,7 @@ def run(args: argparse.Namespace) -> dict:
         for m in models:
             m.to(memory_format=torch.channels_last)
     train_counts = training_counts(args, first, num_classes)
+    class_names = report_class_names(args, first, num_classes)
     test_set = eval_split(args, num_classes)
     baseline = mce_baseline(args)
     batch = 4 if args.dry_run else args.batch_size // dist.world_size
@@ -329,7 +344,7 @@ def run(args: argparse.Namespace) -> dict:
     common = dict(num_classes=num_classes, device=device, amp=amp, channels_last=channels_last,
                   max_steps=1 if args.dry_run else None, forward=forwards)
     ctx = EvalContext(args=args, models=models, loader_of=loader_of, common=common, num_classes=num_classes,
-                      test_set=test_set, train_counts=train_counts, baseline=baseline,
+                      test_set=test_set, train_counts=train_counts, baseline=baseline, class_names=class_names,
                       name=paths[0] if len(paths) == 1 else "ensemble of " + " + ".join(paths))
     result: dict = {"checkpoint": paths[0] if len(paths) == 1 else list(paths)}
     result.update(run_eval_suites(EVAL_SUITES, args, ctx))
@@ -360,6 +375,7 @@ class EvalContext:
     train_counts: Optional[Sequence[int]]
     baseline: Optional[tuple]
     name: str
+    class_names: Optional[List[str]] = None
     confusion: Optional[torch.Tensor] = None
     logits_all: Optional[torch.Tensor] = None
 
@@ -391,6 +407,8 @@ def _clean(ctx: EvalContext) -> dict:
     meter, local = predict(ctx.models, ctx.loader_of(ctx.test_set), keep_logits=bool(args.save_logits), heads=heads,
                            **ctx.common)
     metrics = meter.compute(ctx.train_counts)  # with the confusion matrix up to 100 classes
+    if ctx.class_names is not None:  # metrics.json, per_class.csv/png, confusion.png and the worst class name them
+        metrics["class_names"] = list(ctx.class_names)
     if heads:
         metrics["heads"] = head_metrics(heads)
     if meter.confusion is not None:

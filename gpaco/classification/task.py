@@ -17,11 +17,11 @@ import torch
 from gpaco.checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from gpaco.classification.args import FlagError, eval_data_kwargs, train_data_kwargs
 from gpaco.classification.predict import evaluate
-from gpaco.classification.report import fairness_line, plot_curves, write_eval_report
+from gpaco.classification.report import class_names_beside, fairness_line, plot_curves, write_eval_report
 from gpaco.data import DataError
 from gpaco.data.splits import special_file_kind
 from gpaco.data.build import (
-    build_eval_dataset, build_train_dataset, check_ranks_agree, class_counts_of, eval_loader, is_cifar,
+    build_eval_dataset, build_train_dataset, check_ranks_agree, class_counts_of, eval_loader, is_cifar, is_label_free,
     set_train_epoch, train_loader,
 )
 from gpaco.data.gpu_aug import DeviceAugment
@@ -44,10 +44,11 @@ __all__ = ["ClassificationTask", "model_kwargs", "optimizer_kwargs", "finetune_f
            "freeze_all_but_last_block"]
 
 #: What best.pth holds.
-BEST_KEYS = ("model", "epoch", "args", "num_classes", "arch", "method", "best_top1", "class_counts", "model_config")
+BEST_KEYS = ("model", "epoch", "args", "num_classes", "arch", "method", "best_top1", "class_counts", "model_config",
+             "class_names")
 #: Flags a resume may not change: they change the model or the data (plus the method's model options).
 RESUME_FIXED = ("arch", "method", "num_classes", "dataset", "data_root", "train_list", "val_list", "imb_factor",
-                "image_size", "norm", "device_batch", "bn_device_batch", "freeze")
+                "image_size", "norm", "device_batch", "bn_device_batch", "freeze", "epoch_iters")
 _TEST_KEYS = ("top1", "top5", "many", "medium", "few", *FAIRNESS_KEYS)
 
 
@@ -262,7 +263,12 @@ class ClassificationTask(Task):
             args.resize_size = None
         self.train_set = build_train_dataset(**train_data_kwargs(args, synthetic=synthetic))
         self.num_classes = args.num_classes = args.num_classes or self.train_set.num_classes
-        self.train_counts = class_counts_of(self.train_set, self.num_classes)
+        # unlabelled shards: no class counts, so no prior and no many/medium/few groups
+        self.train_counts = None if is_label_free(args.dataset) else class_counts_of(self.train_set, self.num_classes)
+        # the classes' names (checkpoint, metrics.json, report figures, gpaco-predict): the train set's own (class
+        # folders), else a classes.txt beside the split lists; None: the reports show class indices
+        self.class_names = None if synthetic else getattr(self.train_set, "class_names", None) or class_names_beside(
+            [args.train_list, args.val_list, args.test_list, args.data_root], num_classes=self.num_classes)
         eval_kw = eval_data_kwargs(args, num_classes=self.num_classes, synthetic=synthetic)
         self.val_set = build_eval_dataset(args.val_list, **eval_kw)
         self.test_set = build_eval_dataset(args.test_list, **eval_kw)
@@ -270,7 +276,10 @@ class ClassificationTask(Task):
         check_ranks_agree(splits)
         if not synthetic:
             check_data_found(args.data_root, list(splits.items()))
-        print_main(f"gpaco train: {args.method} {args.arch} on {len(self.train_set)} images, {self.num_classes} "
+        shards = getattr(self.train_set, "shards", None)
+        images = f"{len(shards)} shard files ({args.epoch_iters} steps per epoch)" if shards is not None else \
+            f"{len(self.train_set)} images"
+        print_main(f"gpaco train: {args.method} {args.arch} on {images}, {self.num_classes} "
                    f"classes{f' (synthetic stand-in: --data-root {args.data_root} does not exist)' if synthetic else ''}")
         self._print_batch_plan(lc)
 
@@ -393,9 +402,17 @@ class ClassificationTask(Task):
         return loader
 
     def evaluate(self, ctx: FitContext, loader, **kw) -> dict:
-        return evaluate(ctx.module, loader, num_classes=self.num_classes, train_counts=self.train_counts,
-                        device=ctx.device, amp=ctx.amp, channels_last=ctx.channels_last,
-                        forward=self.method.eval_forward, **kw)
+        return self._with_shots(evaluate(ctx.module, loader, num_classes=self.num_classes,
+                                         train_counts=self.train_counts, device=ctx.device, amp=ctx.amp,
+                                         channels_last=ctx.channels_last, forward=self.method.eval_forward, **kw))
+
+    def _with_shots(self, metrics: dict) -> dict:
+        """Without training class counts (unlabelled shards) many/medium/few do not exist: None
+        (printed "—", null in metrics.json) rather than absent."""
+        if self.train_counts is None:
+            for key in ("many", "medium", "few"):
+                metrics.setdefault(key, None)
+        return metrics
 
     def evaluate_other(self, model: torch.nn.Module, forward=None) -> Optional[Tuple[str, dict]]:
         """``ctx.evaluate``: (split, metrics) of a model other than the trained one (a teacher) on
@@ -408,9 +425,10 @@ class ClassificationTask(Task):
         args, ctx, lc = self.args, self.fit.ctx, self.fit.lc
         loader = eval_loader(dataset, batch_size=self.batch, workers=0 if args.dry_run else args.workers,
                              rank=lc.rank, world_size=lc.world_size, pin_memory=ctx.device.type == "cuda")
-        return split, evaluate(model, loader, num_classes=self.num_classes, train_counts=self.train_counts,
-                               device=ctx.device, amp=ctx.amp, channels_last=ctx.channels_last, forward=forward,
-                               max_steps=1 if args.dry_run else None)
+        return split, self._with_shots(evaluate(model, loader, num_classes=self.num_classes,
+                                                train_counts=self.train_counts, device=ctx.device, amp=ctx.amp,
+                                                channels_last=ctx.channels_last, forward=forward,
+                                                max_steps=1 if args.dry_run else None))
 
     # ------------------------------------------------------------------ the run
     def dry_run(self, ctx: FitContext, loader) -> dict:
@@ -435,11 +453,13 @@ class ClassificationTask(Task):
     def resumed(self, position: Position, loader, lc: TrainingRun) -> str:
         path, epoch, step = lc.resume_path, position["epoch"], position["step"]
         counts = position.get("class_counts")
-        if counts is not None and list(counts) != list(self.train_counts):
+        if counts is not None and self.train_counts is not None and list(counts) != list(self.train_counts):
             changed = sum(a != b for a, b in zip(counts, self.train_counts)) + abs(len(counts) - len(self.train_counts))
             raise FlagError(f"--resume: the training split's class counts differ from {path}'s in {changed} "
                             f"class(es) (was the train list edited?): the prior, the sampler and the order would "
                             f"change; restore the list, or start a new run in another --output-dir")
+        if is_label_free(self.args.dataset):
+            self._note_stream_change(loader, path)
         if step:
             if position.get("batch_size") not in (None, self.args.batch_size):
                 raise FlagError(f"--resume: --batch-size {position['batch_size']} -> {self.args.batch_size} in the "
@@ -461,6 +481,14 @@ class ClassificationTask(Task):
                     f"train, its results are reported again (--overwrite trains it anew)")
         return f"resumed from {path}: epoch {epoch} done"
 
+    def _note_stream_change(self, loader, path: str) -> None:
+        """Tar shards: each loader worker reads its own shards, so the worker count shapes the
+        batches; a resume with another count trains on, from other batches."""
+        before, now = ((self.checkpoint or {}).get("args") or {}).get("workers"), self.args.workers
+        if before is not None and loader.streams_with(before) != loader.streams_with(now):
+            print_main(f"warning: {path} read the shards with --workers {before}, this run with {now}: each worker "
+                       f"reads its own shards, so the batches from here on are not those of an uninterrupted run")
+
     def say_resumed(self, note: str) -> None:
         ckpt = self.checkpoint or {}
         if int(ckpt.get("epoch", 0)) >= self.epochs and not ckpt.get("step"):
@@ -472,6 +500,7 @@ class ClassificationTask(Task):
 
     def position_state(self, position: Position) -> Dict[str, Any]:
         state = {"epoch": position["epoch"], "step": position["step"], "class_counts": self.train_counts,
+                 "class_names": self.class_names,
                  "channels_last": self.fit.ctx.channels_last}
         if position.get("log"):
             state["pending_log"] = to_jsonable(position["log"])  # plain values: weights_only loads them
@@ -539,8 +568,12 @@ class ClassificationTask(Task):
             ctx.module.load_state_dict(lc.load_best("epoch", self.best_step)["model"])
             selection = f"best val top-1 {self.best_metric:.2f} at epoch {self.best_step}"
         result = {"selection": selection, "selected_epoch": self.best_step if self.best_step > 0 else args.epochs}
+        if self.class_names is not None:  # metrics.json names the classes (tools/compare_runs.py, gpaco-predict)
+            result["class_names"] = list(self.class_names)
         if self.test_dl is not None:
             test = self.evaluate(ctx, self.test_dl)
+            if self.class_names is not None:  # per_class.csv/png, confusion.png and the worst class name them
+                test["class_names"] = list(self.class_names)
             result.update(test)
             groups = " ".join(f"{g} {format_accuracy(test[g])}" for g in ("many", "medium", "few"))
             print_main(f"test ({selection}): top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} | {groups} | "

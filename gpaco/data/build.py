@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import zlib
 from typing import Iterator, List, Optional
 
 import numpy as np
@@ -62,14 +63,24 @@ def is_cifar(dataset: str) -> bool:
     return dataset in ("cifar10", "cifar100")
 
 
+def is_label_free(dataset: str) -> bool:
+    """``webdataset``: training images without labels (tar shards read as a stream; CC3M)."""
+    return dataset == "webdataset"
+
+
 def build_train_dataset(*, dataset: str, data_root: str, train_list: Optional[str], aug: str, image_size: int,
                         norm: str, num_classes: Optional[int] = None, imb_factor: float = 0.01, randaug_n: int = 2,
                         randaug_m: int = 10, allow_outside_root: bool = False, skip_bad_images: bool = False,
-                        follow_symlinks: bool = False, synthetic: bool = False, gpu_aug: bool = False) -> Dataset:
+                        follow_symlinks: bool = False, synthetic: bool = False, gpu_aug: bool = False,
+                        epoch_iters: Optional[int] = None):
     """The training split: ``dataset`` ``split`` (the ``train_list`` file under ``data_root``),
-    ``cifar10``/``cifar100`` (the long-tailed subset of ``imb_factor``), or ``synthetic``
-    random images (dry runs without data), with the ``aug`` strategy's transform. ``gpu_aug``: the
-    workers' half of ``--gpu-aug`` (:class:`~gpaco.data.gpu_aug.GpuAugViews`; uint8 crops + parameters)."""
+    ``cifar10``/``cifar100`` (the long-tailed subset of ``imb_factor``), ``webdataset`` (the
+    label-free images of the tar shards the pattern ``train_list`` names, under ``data_root``
+    unless absolute, ``epoch_iters`` batches per process per epoch:
+    :class:`~gpaco.data.webdataset_reader.WebDatasetImages`, not a map-style Dataset), or
+    ``synthetic`` random images (dry runs without data), with the ``aug`` strategy's transform.
+    ``gpu_aug``: the workers' half of ``--gpu-aug`` (:class:`~gpaco.data.gpu_aug.GpuAugViews`;
+    uint8 crops + parameters)."""
     mean, std = NORMALIZATION[norm]
     if gpu_aug:
         from .gpu_aug import GpuAugViews
@@ -83,6 +94,13 @@ def build_train_dataset(*, dataset: str, data_root: str, train_list: Optional[st
     if is_cifar(dataset):
         return CIFARLT(data_root, num_classes=100 if dataset == "cifar100" else 10, imb_factor=imb_factor,
                        train=True, transform=transform, seed=0)
+    if is_label_free(dataset):
+        from .webdataset_reader import WebDatasetImages, expand_shards  # it imports this module
+
+        if epoch_iters is None:
+            raise ValueError("dataset 'webdataset' needs epoch_iters (its shards are read as a stream)")
+        return WebDatasetImages(expand_shards(train_list, data_root), transform, epoch_iters=epoch_iters,
+                                num_classes=num_classes, name=train_list)
     return SplitDataset(train_list, data_root, transform, num_classes=num_classes,
                         allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images,
                         follow_symlinks=follow_symlinks)
@@ -113,9 +131,16 @@ def build_eval_dataset(list_path: Optional[str], *, dataset: str, data_root: str
 
 def data_fingerprint(dataset: Optional[Dataset]) -> Optional[dict]:
     """What every rank must agree on about a dataset: its file, size, class count and (split
-    lists) the CRC-32 of its lines; None for no dataset."""
+    lists) the CRC-32 of its lines; tar shards: the pattern, the number of shard files and the
+    CRC-32 of their names (the ranks deal the sorted list out among themselves); None for no dataset."""
     if dataset is None:
         return None
+    from .webdataset_reader import WebDatasetImages  # it imports this module
+
+    if isinstance(dataset, WebDatasetImages):
+        names = "\n".join(os.path.basename(s) for s in dataset.shards).encode()
+        return {"file": dataset.name, "samples": len(dataset.shards), "classes": dataset.num_classes,
+                "crc": zlib.crc32(names)}
     return {"file": getattr(dataset, "list_path", None) or getattr(dataset, "name", None) or type(dataset).__name__,
             "samples": len(dataset), "classes": getattr(dataset, "num_classes", None),
             "crc": getattr(dataset, "list_crc", None)}
@@ -251,7 +276,16 @@ def train_loader(dataset: Dataset, *, batch_size: int, workers: int, rank: int, 
     the sampler repeating a few images to even them out); call :func:`set_train_epoch`
     before every epoch. Each sample is augmented from its own (seed, epoch, index) seed
     (:class:`EpochSeededDataset`), the loader's base seed comes from a per-epoch generator.
-    ``sampler="class_aware"``: class-balanced batches (:class:`~gpaco.data.samplers.ClassAwareSampler`)."""
+    ``sampler="class_aware"``: class-balanced batches (:class:`~gpaco.data.samplers.ClassAwareSampler`).
+    Tar shards (:class:`~gpaco.data.webdataset_reader.WebDatasetImages`): their own loader, full
+    batches always, the images of each rank's shards in a shuffled stream (random sampling only)."""
+    from .webdataset_reader import WebDatasetImages  # it imports this module
+
+    if isinstance(dataset, WebDatasetImages):
+        if sampler != "random":
+            raise ValueError(f"sampler {sampler!r} needs labels; tar shards are read in a random stream")
+        return dataset.loader(batch_size=batch_size, workers=workers, rank=rank, world_size=world_size, seed=seed,
+                              pin_memory=pin_memory)
     if sampler == "class_aware":
         from .samplers import ClassAwareSampler
 
@@ -272,6 +306,11 @@ def train_loader(dataset: Dataset, *, batch_size: int, workers: int, rank: int, 
 def set_train_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
     """Point a :func:`train_loader` at ``epoch``, skipping its first ``start_batch`` batches
     (mid-epoch resume): sampler order, per-sample augmentation seeds, worker base seed."""
+    from .webdataset_reader import WebDatasetLoader  # it imports this module
+
+    if isinstance(loader, WebDatasetLoader):  # tar shards: the epoch sets every seed of the stream
+        loader.set_epoch(epoch, start_batch)
+        return
     loader.sampler.set_epoch(epoch)
     loader.sampler.set_start(start_batch * loader.batch_size)
     if isinstance(loader.dataset, EpochSeededDataset):

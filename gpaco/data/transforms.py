@@ -18,6 +18,7 @@ Components (``S`` = ``image_size``, 224 for ImageNet recipes, 32 for CIFAR):
 ``sim_cifar``             RRC(S, .2-1) > HFlip > ColorJitter(.4,.4,.4,.1) p.8 > Gray .2 > Blur p.5
 ``aug_cifar``             ``sim_cifar`` with Blur p.2 (GPaCo CIFAR-LT)
 ``crop_flip``               RRC(S) > HFlip (ResLT iNaturalist)
+``crop_flip06``             ``crop_flip`` with RRC scale (.6, 1) (GenDD ImageNet stage 2 and CC3M)
 ``cifar_crop_flip``         [fit to SxS] > RandomCrop(S, pad S/8) > HFlip (ResLT, MiSLAS CIFAR)
 ``timm_randaug``          RRC(S, bicubic) > HFlip > RandAugment(rand-m{m}-n{n}-mstd0.5-inc1, bicubic): timm's
                           training transform as the MAE CE baseline uses it (random erasing: ``--reprob``)
@@ -109,7 +110,7 @@ TWO_VIEW_STRATEGIES: Dict[str, Tuple[str, str]] = {
 SINGLE_VIEW_STRATEGIES: Tuple[str, ...] = (
     "randcls", "randclsstack", "randclsgray", "regular", "sim", "sim02", "mocov2",
     "cifar_regular", "sim_cifar", "aug_cifar", "digits", "timm_randaug", "none",
-    "crop_flip", "cifar_crop_flip", "cifar_autoaugment",
+    "crop_flip", "crop_flip06", "cifar_crop_flip", "cifar_autoaugment",
 )
 
 
@@ -184,8 +185,8 @@ def _component(name: str, size: int, randaug_n: int, randaug_m: int,
     if name == "randclsgray":  # ResCom: randclsstack without the blur
         return [_RandomResizedCrop(size), fast_flip, fast_jitter, fast_gray, _ToPIL(),
                 _rand_augment(size, randaug_n, randaug_m)]
-    if name == "crop_flip":
-        return [_RandomResizedCrop(size), fast_flip]
+    if name in ("crop_flip", "crop_flip06"):
+        return [_RandomResizedCrop(size, scale=(0.6, 1.0) if name == "crop_flip06" else (0.08, 1.0)), fast_flip]
     if name == "cifar_crop_flip":
         return [_FitSquare(size), T.RandomCrop(size, padding=max(1, size // 8)), flip]
     if name in ("cifar_regular", "cifar_autoaugment"):  # the same PIL stage; cifar_regular adds Cutout

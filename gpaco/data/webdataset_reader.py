@@ -31,7 +31,9 @@ re-creates its remaining batches exactly (a mid-epoch resume; the skipped sample
 not decoded). With another worker count the streams hold other shards and the epoch differs.
 
 Entry point: :func:`build_webdataset_train` (the split datasets' ``--aug`` transform) or
-:class:`WebDatasetImages` (any transform), then :meth:`WebDatasetImages.loader`.
+:class:`WebDatasetImages` (any transform), then :meth:`WebDatasetImages.loader`. tools/train.py
+reads shards with ``--dataset webdataset --train-list PATTERN --epoch-iters N``
+(:func:`gpaco.data.build.build_train_dataset`, :func:`gpaco.data.build.train_loader`).
 """
 from __future__ import annotations
 
@@ -119,10 +121,12 @@ class WebDatasetImages:
         epoch_iters: batches per process per epoch.
         num_classes: the class count of the teacher that labels the images (informative).
         shuffle_buffer: samples held per stream to shuffle (raw bytes, before decoding).
+        name: what the shards are called in messages (the pattern; default: the first shard).
     """
 
     def __init__(self, shards: Sequence[str], transform: Callable, *, epoch_iters: int,
-                 num_classes: Optional[int] = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> None:
+                 num_classes: Optional[int] = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+                 name: Optional[str] = None) -> None:
         require_webdataset()
         if not shards:
             raise DataError("no shard files given")
@@ -135,6 +139,7 @@ class WebDatasetImages:
         self.epoch_iters = int(epoch_iters)
         self.num_classes = num_classes
         self.shuffle_buffer = int(shuffle_buffer)
+        self.name = name or self.shards[0]
 
     def rank_shards(self, rank: int, world_size: int) -> List[str]:
         """The shards process ``rank`` of ``world_size`` reads (disjoint, together all of them)."""
@@ -153,9 +158,14 @@ class WebDatasetImages:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
         shards = self.rank_shards(rank, world_size)
-        streams = _EpochStreams(self, shards, batch_size=batch_size, streams=max(1, min(workers, len(shards))),
+        streams = _EpochStreams(self, shards, batch_size=batch_size, streams=_stream_count(workers, shards),
                                 rank=rank, seed=seed)
         return WebDatasetLoader(streams, workers=workers, pin_memory=pin_memory)
+
+
+def _stream_count(workers: int, shards: Sequence[str]) -> int:
+    """Streams of a process: one per loader worker, at most one per shard (0 workers: one)."""
+    return max(1, min(workers, len(shards)))
 
 
 class _EpochStreams(IterableDataset):
@@ -245,6 +255,11 @@ class WebDatasetLoader:
         self.num_workers = streams.streams if workers > 0 else 0
         self.pin_memory = pin_memory
 
+    def streams_with(self, workers: int) -> int:
+        """The number of streams ``workers`` loader workers make of this process's shards: the
+        epoch's batches are the same for the same number (not with another)."""
+        return _stream_count(workers, self.dataset.shards)
+
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Point at ``epoch``, skipping its first ``start_batch`` batches (a mid-epoch resume)."""
         if not 0 <= start_batch <= self.dataset.images.epoch_iters:
@@ -272,4 +287,4 @@ def build_webdataset_train(pattern: str, *, epoch_iters: int, aug: str, image_si
     transform = build_train_transform(aug, image_size=image_size, mean=mean, std=std, randaug_n=randaug_n,
                                       randaug_m=randaug_m)
     return WebDatasetImages(expand_shards(pattern, data_root), transform, epoch_iters=epoch_iters,
-                            num_classes=num_classes, shuffle_buffer=shuffle_buffer)
+                            num_classes=num_classes, shuffle_buffer=shuffle_buffer, name=pattern)

@@ -232,6 +232,11 @@ class ClassificationMethod(Method):
         """The model keeps a queue of past features (its batch must divide the queue size)."""
         return "queue" in self.checkpoint_prefixes
 
+    def needs_labels(self, options: Mapping[str, Any]) -> bool:
+        """Whether a training step with these options reads the labels: ``--dataset webdataset``
+        (unlabelled images, every label -1) refuses a method that does."""
+        return True
+
     def forward_train(self, model: nn.Module, images, targets: Tensor):
         """The training forward: two views ``model(v1, v2, labels)``, one view with labels
         ``model(v, None, labels)``, a classifier ``model(images)``."""

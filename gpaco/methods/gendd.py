@@ -201,6 +201,9 @@ class GenDD(_TeacherClassifier):
     def build_model(self, arch, num_classes, **options):
         return build_gendd_student(arch, num_classes, **options)
 
+    def needs_labels(self, options: Mapping[str, Any]) -> bool:
+        return not options.get("gendd_label_free")  # label-free: the teacher's probabilities, no CE
+
     def validate(self, options: dict) -> None:
         super().validate(options)
         check_sampling_steps(options.get("gendd_steps", "100"))

@@ -87,6 +87,9 @@ GAMMA = flag("--kd-gamma", type=float, default=1.0, range="[0, inf)",
              help="GKL: the gap weights are raised to this power (0: all weights 1)")
 KD_WEIGHT = flag("--kd-weight", type=float, default=1.0, range="[0, inf)",
                  help="KL-KD: weight of the T^2-scaled KL term")
+FREEZE_CLASSIFIER = flag("--kd-freeze-classifier", action="store_true", default=None,
+                         help="KL-KD: the student's classifier stays at its random initialisation (the original's "
+                              "label-free CC3M KL baseline, whose published number depends on it)")
 
 _COMMON = (TEACHER_WEIGHTS, TEACHER_ARCH, TEMPERATURE, CE_WEIGHT, WARMUP, DROP_LAST)
 
@@ -123,6 +126,11 @@ class Distillation(ClassificationMethod):
         if not options.get("teacher_weights") and not options.get("dry_run"):
             raise ValueError(f"--method {self.name} needs --teacher-weights PATH (a gpaco run folder or checkpoint, an "
                              f"mdistiller or torchvision file; the last two also need --teacher-arch)")
+
+    def needs_labels(self, options: Mapping[str, Any]) -> bool:
+        """The cross-entropy and the class statistics read the labels: kl_kd with
+        ``--kd-ce-weight 0`` does not (the CC3M KL baseline)."""
+        return self.class_stats or self.settings(options)["kd_ce_weight"] > 0
 
     # ------------------------------------------------------------------ the run
 
@@ -168,7 +176,9 @@ class Distillation(ClassificationMethod):
         for i, (s, t, y) in enumerate(zip(logits.tensor_split(groups), teacher_logits.tensor_split(groups),
                                           batch.loss_targets.tensor_split(groups))):
             prior = class_prior.tensor_split(groups)[i] if class_prior is not None else None
-            ce_terms.append(self.kd["kd_ce_weight"] * ctx.criterion(s, y))
+            # weight 0 skips the CE (not 0 x CE): label-free batches hold no label to read
+            ce_terms.append(self.kd["kd_ce_weight"] * ctx.criterion(s, y) if self.kd["kd_ce_weight"] else
+                            torch.zeros((), device=s.device))
             kd_terms.append(factor * self.distill(s, t, prior))
         ce, kd = (torch.stack(terms).mean() if groups > 1 else terms[0] for terms in (ce_terms, kd_terms))
         if self.stats is not None:
@@ -241,8 +251,15 @@ class KLKD(Distillation):
     name = "kl_kd"
     summary = "distillation: CE + w x T^2 KL(teacher ‖ student) from a frozen teacher"
     paper = "Hinton et al. 2015"
-    flags = _COMMON + (KD_WEIGHT,)
+    flags = _COMMON + (KD_WEIGHT, FREEZE_CLASSIFIER)
+    model_options = ("kd_freeze_classifier",)
     defaults = {"kd_warmup_epochs": 0}
+
+    def build_model(self, arch, num_classes, *, kd_freeze_classifier: Optional[bool] = None, **options):
+        model = build_classifier(arch, num_classes, **options)
+        if kd_freeze_classifier:  # left out of the optimizer (it takes trainable parameters only)
+            model.fc.requires_grad_(False)
+        return model
 
     def distill(self, student, teacher, class_prior):
         return self.kd["kd_weight"] * kl_kd_loss(student, teacher, temperature=self.kd["kd_temperature"])

@@ -216,7 +216,7 @@ def unwrap(obj: Mapping[str, Any]) -> Tuple["OrderedDict[str, Tensor]", Dict[str
         args = obj.get("args")
         if isinstance(args, Mapping):
             meta["args"] = dict(args)
-        for key in ("method", "arch", "num_classes", "class_counts", "epoch"):
+        for key in ("method", "arch", "num_classes", "class_counts", "class_names", "epoch"):
             if obj.get(key) is not None and not isinstance(obj.get(key), Tensor):
                 meta[key] = obj[key]
         if is_model_config(obj.get("model_config")):
