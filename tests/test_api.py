@@ -57,7 +57,9 @@ def test_api_example_trains_a_timm_model_with_gpaco(capsys):
     assert "top-1 " in out and "worst class " in out
 
 
-SCRIPTS = {"gpaco-train": "tools/train.py", "gpaco-eval": "tools/eval.py", "gpaco-check-data": "tools/check_data.py"}
+SCRIPTS = {"gpaco-train": "tools/train.py", "gpaco-eval": "tools/eval.py", "gpaco-check-data": "tools/check_data.py",
+           "gpaco-eval-adv": "tools/eval_adversarial.py", "gpaco-predict": "tools/predict.py",
+           "gpaco-study": "tools/study.py"}
 
 
 def _entry_points():

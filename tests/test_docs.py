@@ -30,7 +30,7 @@ DOC_FILES = [ROOT / "README.md"] + sorted(DOCS.glob("*.md"))
 RECIPES_MD = DOCS / "recipes.md"
 
 # Scripts under sh/ that are not recipes (no paper row).
-INFRA = {"launch.sh", "slurm.sh", "setup_env.sh", "test.sh", "demo.sh", "demo_seg.sh"}
+INFRA = {"launch.sh", "slurm.sh", "setup_env.sh", "test.sh", "demo.sh", "demo_seg.sh", "study.sh"}
 
 README_TOP = [
     "# gpaco",
@@ -266,7 +266,7 @@ def _documented_calls() -> List[Tuple[str, str, List[str]]]:
                 rel = doc.relative_to(ROOT).as_posix()
                 for i, tok in enumerate(argv):
                     if TOOL_PATH.fullmatch(tok):
-                        calls.append((rel, tok, [a.split("=")[0] for a in argv[i + 1:] if a.startswith("--")]))
+                        calls.append((rel, tok, [a.split("=")[0] for a in argv[i + 1:] if a.startswith("--") and a != "--"]))
                         break
                     if SH_PATH.fullmatch(tok) and (ROOT / tok).is_file():
                         extra = [a for a in argv[:i] if a.startswith("EXTRA_ARGS=")]

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SH = ROOT / "sh"
 
 # Scripts under sh/ that are not recipes.
-INFRA_NAMES = {"launch.sh", "slurm.sh", "setup_env.sh", "test.sh"}
+INFRA_NAMES = {"launch.sh", "slurm.sh", "setup_env.sh", "test.sh", "study.sh"}
 # Entry script (as passed to launch.sh) -> module whose main(argv) runs it.
 ENTRY_MODULES: Dict[str, str] = {
     "tools/train.py": "gpaco.classification.train",
