@@ -59,7 +59,7 @@ def test_api_example_trains_a_timm_model_with_gpaco(capsys):
 
 SCRIPTS = {"gpaco-train": "tools/train.py", "gpaco-eval": "tools/eval.py", "gpaco-check-data": "tools/check_data.py",
            "gpaco-eval-adv": "tools/eval_adversarial.py", "gpaco-predict": "tools/predict.py",
-           "gpaco-study": "tools/study.py"}
+           "gpaco-study": "tools/study.py", "gpaco-make-lists": "tools/make_lists.py"}
 
 
 def _entry_points():

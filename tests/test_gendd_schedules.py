@@ -130,8 +130,8 @@ def test_schedules_from_the_command_line():
     assert sched(49) == 1e-3 * 49 / 50 and sched(150) == 1e-3 * 0.1
     args = train_args("--schedule", "gendd_cosine", "--lr", "2e-3", "--epochs", "100", "--warmup-epochs", "10")
     assert schedule_from_flags(args.schedule, vars(args))(99) == args.min_lr == 1e-6
-    args = train_args("--schedule", "gendd_cosine", "--epochs", "5")  # the default warm-up shortened to fit
-    assert args.warmup_epochs == 4
+    args = train_args("--schedule", "gendd_cosine", "--epochs", "5")  # the default warm-up: a third of a short run
+    assert args.warmup_epochs == 1
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -104,7 +104,7 @@ def test_default_warmup_is_shortened_for_a_short_run_but_an_explicit_one_is_chec
     assert args.warmup_epochs == 1
     assert "note: --warmup-epochs 1 (the default 10 shortened to fit --epochs 1" in capsys.readouterr().out
     assert parse_train_args(["--train-list", "x", "--epochs", "30"]).warmup_epochs == 10
-    assert parse_train_args(["--train-list", "x", "--epochs", "3", "--schedule", "mae_cosine"]).warmup_epochs == 2
+    assert parse_train_args(["--train-list", "x", "--epochs", "3", "--schedule", "mae_cosine"]).warmup_epochs == 1
     with pytest.raises(SystemExit, match=r"--warmup-epochs \(10\) must be <= --epochs \(1\)"):
         parse_train_args(["--train-list", "x", "--epochs", "1", "--warmup-epochs", "10"])
 

@@ -12,18 +12,39 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from gpaco.data.build import is_cifar, is_label_free
+from gpaco.data.build import is_cifar, is_folder, is_label_free
+from gpaco.data.folder import DEFAULT_SPLIT_SEED
 from gpaco.data.gpu_aug import GPU_AUG_STRATEGIES
 from gpaco.data.transforms import NORMALIZATION, SINGLE_VIEW_STRATEGIES, TWO_VIEW_STRATEGIES
 from gpaco.engine.args import (
     MAX_WORKERS_PER_CPU, FlagError, HelpFormatter, add_run_flags, check_finite, check_positive, clamp_workers,
-    parse_with_config, validate_run_args,
+    cpu_count, parse_with_config, validate_run_args,
 )
 from gpaco.engine.cli import add_debug_flag
 from gpaco.methods import add_method_flags, flag_problem, get_method, method_names
 
 TASK = "classification"
 DEFAULT_WARMUP_EPOCHS = 10
+#: ``--select-metric`` choices: keys of the evaluation's metrics (the first is the default).
+SELECT_METRICS = ("mean_class_acc", "top1")
+#: Training images at most this size are "small" for the augmentation warning.
+SMALL_IMAGE_SIZE = 64
+#: Augmentation components made for 224-px ImageNet images: what each does that a small image does not survive.
+IMAGENET_SIZED_VIEWS = {
+    "randcls": "crops down to 8 % of the area, RandAugment",
+    "randclsstack": "crops down to 8 % of the area, RandAugment, a blur of up to 2 px",
+    "randclsgray": "crops down to 8 % of the area, RandAugment",
+    "sim": "crops down to 8 % of the area, a blur of up to 2 px",
+    "sim02": "a blur of up to 2 px",
+    "mocov2": "a blur of up to 2 px",
+    "timm_randaug": "crops down to 8 % of the area, RandAugment",
+}
+
+
+def print_warning(message: str) -> None:
+    """``warning: message`` on stdout, once (rank 0: flags are parsed before the process group exists)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"warning: {message}", flush=True)
 
 
 def train_data_kwargs(args: argparse.Namespace, *, synthetic: bool = False) -> dict:
@@ -32,7 +53,8 @@ def train_data_kwargs(args: argparse.Namespace, *, synthetic: bool = False) -> d
                 image_size=args.image_size, norm=args.norm, num_classes=args.num_classes, imb_factor=args.imb_factor,
                 randaug_n=args.randaug_n, randaug_m=args.randaug_m, allow_outside_root=args.allow_outside_root,
                 skip_bad_images=args.skip_bad_images, follow_symlinks=args.follow_symlinks, synthetic=synthetic,
-                gpu_aug=getattr(args, "gpu_aug", False), epoch_iters=getattr(args, "epoch_iters", None))
+                gpu_aug=getattr(args, "gpu_aug", False), epoch_iters=getattr(args, "epoch_iters", None),
+                split_seed=getattr(args, "split_seed", DEFAULT_SPLIT_SEED))
 
 
 def eval_data_kwargs(args: argparse.Namespace, *, num_classes: int, synthetic: bool = False) -> dict:
@@ -40,17 +62,24 @@ def eval_data_kwargs(args: argparse.Namespace, *, num_classes: int, synthetic: b
     return dict(dataset=args.dataset, data_root=args.data_root, num_classes=num_classes, image_size=args.image_size,
                 norm=args.norm, resize_size=args.resize_size, interpolation=args.interpolation,
                 allow_outside_root=args.allow_outside_root, skip_bad_images=args.skip_bad_images,
-                follow_symlinks=args.follow_symlinks, synthetic=synthetic, reduced_decode=args.reduced_jpeg_decode)
+                follow_symlinks=args.follow_symlinks, synthetic=synthetic, reduced_decode=args.reduced_jpeg_decode,
+                split_seed=getattr(args, "split_seed", DEFAULT_SPLIT_SEED))
 
 
 def add_data_flags(p: argparse.ArgumentParser, *, train: bool = False) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="split", choices=("split", "cifar100", "cifar10", "webdataset"),
-                   help="split: image files named by split lists (ImageNet-LT, iNat, Places-LT, ImageNet, demo); "
-                        "cifar100/cifar10: the CIFAR python pickles under --data-root; webdataset: label-free "
-                        "training images in tar shards (CC3M; pip install 'gpaco[webdataset]'), --train-list names "
-                        "them, val/test are split lists")
-    g.add_argument("--data-root", default="data", help="folder the split lists' paths are relative to")
+    g.add_argument("--dataset", default="split", choices=("split", "folder", "cifar100", "cifar10", "webdataset"),
+                   help="split: image files named by split lists (ImageNet-LT, iNat, Places-LT, ImageNet, demo; "
+                        "tools/make_lists.py writes them for a tree of class folders); folder: a tree of class "
+                        "folders, --data-root/<class>/<image>, split into train/val/test at start-up as "
+                        "tools/make_lists.py splits it (--split-seed); cifar100/cifar10: the CIFAR python pickles "
+                        "under --data-root; webdataset: label-free training images in tar shards (CC3M; pip "
+                        "install 'gpaco[webdataset]'), --train-list names them, val/test are split lists")
+    g.add_argument("--data-root", default="data", help="folder the split lists' paths are relative to (--dataset "
+                                                      "folder: the tree of class folders)")
+    g.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED,
+                   help="--dataset folder: the seed of its train/val/test split (tools/make_lists.py --seed); "
+                        "not --seed, so that runs of several seeds share one split")
     g.add_argument("--train-list", default=None, help="split file: one 'relative/path label' per line; --dataset "
                                                       "webdataset: the shard files, relative to --data-root or "
                                                       "absolute, with braces and wildcards "
@@ -61,7 +90,10 @@ def add_data_flags(p: argparse.ArgumentParser, *, train: bool = False) -> None:
                             "epoch of their own; the original CC3M runs: 5501 steps of 64 images per GPU)")
     g.add_argument("--val-list", default=None, help="selection split (best.pth is chosen on it)")
     g.add_argument("--test-list", default=None, help="final report split (metrics.json)")
-    g.add_argument("--num-classes", type=int, default=None, help="class count (default: what the train list implies)")
+    g.add_argument("--num-classes", type=int, default=None,
+                   help="class count (default: the data's: the class folders, classes.txt beside the lists, or the "
+                        "train list's labels); a value that differs from the data's is an error (a warning in a "
+                        "dry run)")
     g.add_argument("--imb-factor", type=float, default=0.01, help="CIFAR-LT imbalance factor (0.01 = ratio 100)")
     g.add_argument("--image-size", type=int, default=224, help="training crop / evaluation crop size")
     g.add_argument("--resize-size", type=int, default=None, help="evaluation resize before the center crop, >= "
@@ -208,6 +240,11 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="leave after this many epochs of this run with a checkpoint, as if preempted; the "
                         "schedule still follows --epochs and --resume auto continues")
     g.add_argument("--eval-freq", type=int, default=1, help="epochs between validations")
+    g.add_argument("--select-metric", default=None, choices=SELECT_METRICS,
+                   help="what best.pth is chosen on over the val split: mean_class_acc (mean per-class accuracy, "
+                        "the default; equal to top1 on a balanced val split, so the paper recipes' choice is "
+                        "unchanged) or top1 (accuracy over all val images, which a head class dominates on "
+                        "imbalanced val data). A resumed run keeps its own")
     g.add_argument("--dry-run", action="store_true",
                    help="check the configuration, build data (synthetic when --data-root is absent), model, "
                         "loss and optimizer, run two small steps, write nothing")
@@ -280,19 +317,44 @@ def check_method_flags(args: argparse.Namespace, task: str = TASK) -> None:
         raise FlagError(problem)
 
 
+#: The schedules with a linear warm-up: how many of the first epochs ``--warmup-epochs W`` covers
+#: (step_cifar warms up through epoch W itself, cosine_min reaches the full rate at epoch W - 1).
+WARMUP_EPOCHS_COVERED = {"cosine": lambda w: w, "step": lambda w: w, "gendd_step": lambda w: w,
+                         "step_cifar": lambda w: w + 1, "cosine_min": lambda w: w - 1, "gendd_cosine": lambda w: w,
+                         "mae_cosine": lambda w: w, "mae_cosine_epoch": lambda w: w}
+#: Schedules whose warm-up must end before the last epoch (they divide by ``--epochs`` minus it).
+_WARMUP_BELOW_EPOCHS = ("mae_cosine", "cosine_min", "gendd_cosine", "mae_cosine_epoch")
+
+
+def default_warmup_epochs(epochs: int, schedule: str) -> int:
+    """``--warmup-epochs`` left out: :data:`DEFAULT_WARMUP_EPOCHS`, or a third of a shorter run (rounded
+    down), so that most of the run decays from the peak rate (a warm-up shortened only to fit gave a
+    5-epoch run 5 epochs of rising rate, and a new user's GPaCo on 455 images stayed at chance).
+    A 1-epoch run cannot decay: 1 where the schedule allows it (its epoch at ``--lr``), else 0;
+    step_cifar and gendd_step need at least 1."""
+    if schedule in ("step_cifar", "gendd_step"):
+        return max(1, min(DEFAULT_WARMUP_EPOCHS, epochs // 3))
+    if epochs == 1 and schedule not in _WARMUP_BELOW_EPOCHS:
+        return 1
+    return min(DEFAULT_WARMUP_EPOCHS, epochs // 3)
+
+
 def resolve_warmup(args: argparse.Namespace) -> None:
-    """``--warmup-epochs`` left out: the default, shortened to fit a short ``--epochs`` (with a
-    note); a value the user gave is kept as is (and checked against ``--epochs``)."""
-    if args.warmup_epochs is not None:
-        return
-    args.warmup_epochs = DEFAULT_WARMUP_EPOCHS
-    below_epochs = ("mae_cosine", "cosine_min", "gendd_cosine", "mae_cosine_epoch")  # they divide by E - W
-    fits = args.epochs - 1 if args.schedule in below_epochs else args.epochs
-    if args.warmup_epochs > fits and args.schedule in ("cosine", "step_cifar", "step", "gendd_step", *below_epochs):
-        args.warmup_epochs = max(fits, 1 if args.schedule in ("step_cifar", "gendd_step") else 0)
-        if os.environ.get("RANK", "0") == "0":  # parsed before the process group exists
+    """``--warmup-epochs`` left out: :func:`default_warmup_epochs` (a note when shortened); a value the
+    user gave is kept as is (and checked against ``--epochs``). Either way, a warm-up that covers the
+    whole run (the rate only rises, to ``--lr`` at the end) gets a warning."""
+    if args.warmup_epochs is None and args.schedule in WARMUP_EPOCHS_COVERED:
+        args.warmup_epochs = default_warmup_epochs(args.epochs, args.schedule)
+        if args.warmup_epochs != DEFAULT_WARMUP_EPOCHS and os.environ.get("RANK", "0") == "0":
             print(f"note: --warmup-epochs {args.warmup_epochs} (the default {DEFAULT_WARMUP_EPOCHS} shortened to fit "
                   f"--epochs {args.epochs}; pass --warmup-epochs to choose)", flush=True)
+    elif args.warmup_epochs is None:
+        args.warmup_epochs = DEFAULT_WARMUP_EPOCHS  # read by no schedule of the run
+    covered = WARMUP_EPOCHS_COVERED.get(args.schedule)
+    if covered is not None and args.epochs > 1 and covered(args.warmup_epochs) >= args.epochs:
+        print_warning(f"--warmup-epochs {args.warmup_epochs} covers all --epochs {args.epochs} of --schedule "
+                      f"{args.schedule}: the learning rate only rises and never decays; pass --warmup-epochs below "
+                      f"{args.epochs} (e.g. 1 for a short run)")
 
 
 def check_label_free(args: argparse.Namespace) -> None:
@@ -312,6 +374,70 @@ def check_label_free(args: argparse.Namespace) -> None:
     if args.skip_bad_images:
         raise FlagError("--skip-bad-images is for split lists; --dataset webdataset stops at an image it cannot "
                         "decode, naming its shard")
+
+
+def default_aug(args: argparse.Namespace, method) -> str:
+    """``--aug`` left out: the method's strategy, its CIFAR one on CIFAR and on other images of at most
+    :data:`SMALL_IMAGE_SIZE` px (with a note; not with ``--gpu-aug``, which runs the ImageNet ones): the
+    ImageNet strategies' crops, RandAugment and blur are made for 224 px."""
+    small = method.cifar_aug or "cifar_regular"
+    if is_cifar(args.dataset):
+        return small
+    if args.image_size <= SMALL_IMAGE_SIZE and not getattr(args, "gpu_aug", False):  # --gpu-aug: ImageNet's only
+        if os.environ.get("RANK", "0") == "0":
+            print(f"note: --aug {small} (the method's strategy for small images, as on CIFAR: --image-size "
+                  f"{args.image_size} <= {SMALL_IMAGE_SIZE}; pass --aug to choose)", flush=True)
+        return small
+    return method.default_aug or "randcls"
+
+
+def check_dataset_lists(args: argparse.Namespace) -> None:
+    """The split flags a ``--dataset`` needs: ``split``/``webdataset`` a ``--train-list`` (its error
+    points at the class-folder ways in); ``folder`` none (it splits the tree itself)."""
+    if is_folder(args.dataset):
+        given = [f for f, v in (("--train-list", args.train_list), ("--val-list", args.val_list),
+                                ("--test-list", args.test_list)) if v]
+        if given:
+            raise FlagError(f"--dataset folder splits the class folders of --data-root itself and takes no "
+                            f"{'/'.join(given)}; to train on split lists (tools/make_lists.py writes them), use "
+                            f"--dataset split")
+        return
+    if args.dataset == "split" and not args.train_list and not args.dry_run:
+        raise FlagError("--train-list is required with --dataset split (a file of 'relative/path label' lines); "
+                        "for a tree of class folders DIR/<class>/<image>, train with --dataset folder --data-root "
+                        "DIR, or write the lists with tools/make_lists.py DIR (gpaco-make-lists; "
+                        "docs/data.md#your-own-data)")
+    if args.dataset == "webdataset" and not args.train_list and not args.dry_run:
+        raise FlagError("--train-list is required with --dataset webdataset (the tar shards' pattern)")
+
+
+def warn_small_image_aug(args: argparse.Namespace) -> None:
+    """One warning when ``--aug`` has a view made for 224-px images and ``--image-size`` is small."""
+    if args.image_size > SMALL_IMAGE_SIZE:
+        return
+    views = TWO_VIEW_STRATEGIES.get(args.aug, (args.aug,))
+    found = [v for v in dict.fromkeys(views) if v in IMAGENET_SIZED_VIEWS]
+    if not found:
+        return
+    what = "; ".join(f"{v}: {IMAGENET_SIZED_VIEWS[v]}" for v in found)
+    instead = "--aug sim_cifar_sim_cifar (colour) or digits_digits (grey, no flips)" if args.aug in \
+        TWO_VIEW_STRATEGIES else "--aug cifar_crop_flip (colour) or digits (grey, no flips)"
+    print_warning(f"--aug {args.aug} is made for 224-px images ({what}) and --image-size is {args.image_size}: "
+                  f"at that size they can wipe out what an image shows; for small images use {instead}")
+
+
+def warn_workers(args: argparse.Namespace) -> None:
+    """One warning when the loader workers of this node's processes outnumber its CPU cores."""
+    if args.dry_run or not args.workers:  # a dry run loads in the main process
+        return
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    cores = cpu_count()
+    if args.workers * processes <= cores:
+        return
+    per_process = f" for each of {processes} training processes" if processes > 1 else ""
+    print_warning(f"--workers {args.workers} loader processes{per_process} on {cores} CPU core(s): they compete "
+                  f"with training for the cores and slow it down; pass --workers {max(cores // processes, 0)} "
+                  f"(or fewer; 0 loads in the main process)")
 
 
 def validate_train_args(args: argparse.Namespace) -> None:
@@ -376,8 +502,7 @@ def validate_train_args(args: argparse.Namespace) -> None:
     if (args.mixup > 0 or args.cutmix > 0) and method.takes_labels:
         raise FlagError(f"--mixup/--cutmix mix the labels, which --method {args.method} needs unmixed; "
                         f"use them with --method ce (the MAE baseline)")
-    if args.dataset in ("split", "webdataset") and not args.train_list and not args.dry_run:
-        raise FlagError(f"--train-list is required with --dataset {args.dataset}")
+    check_dataset_lists(args)
     if is_label_free(args.dataset):
         check_label_free(args)
     elif args.epoch_iters is not None:
@@ -386,7 +511,7 @@ def validate_train_args(args: argparse.Namespace) -> None:
     if args.aug is None and args.single_view:
         args.aug = "randclsstack"
     if args.aug is None:
-        args.aug = (method.cifar_aug or "cifar_regular") if is_cifar(args.dataset) else (method.default_aug or "randcls")
+        args.aug = default_aug(args, method)
     if args.aug not in TWO_VIEW_STRATEGIES and args.aug not in SINGLE_VIEW_STRATEGIES:
         raise FlagError(f"unknown --aug {args.aug!r}; two-view strategies: {', '.join(TWO_VIEW_STRATEGIES)}; "
                         f"single-view: {', '.join(SINGLE_VIEW_STRATEGIES)}")
@@ -402,3 +527,5 @@ def validate_train_args(args: argparse.Namespace) -> None:
                         f"{', '.join(SINGLE_VIEW_STRATEGIES)}")
     if args.gpu_aug and args.aug not in GPU_AUG_STRATEGIES:
         raise FlagError(f"--gpu-aug supports --aug {', '.join(GPU_AUG_STRATEGIES)}; got --aug {args.aug}")
+    warn_small_image_aug(args)
+    warn_workers(args)

@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from gpaco.data.build import build_eval_dataset, data_available, eval_loader
+from gpaco.data.build import build_eval_dataset, data_available, eval_loader, is_folder
 from gpaco.data.splits import DataError, class_counts, read_split
 from gpaco.distributed import cleanup, gather_in_order, init_distributed
 from gpaco.classification.args import (
@@ -79,8 +79,11 @@ def build_eval_parser() -> argparse.ArgumentParser:
             action.default = argparse.SUPPRESS
     g = p.add_argument_group("checkpoints (repeat --checkpoint for an ensemble)")
     g.add_argument("--checkpoint", action=_Repeatable, required=True, metavar="PATH",
-                   help="ours (best.pth, checkpoint.pth), the original's released .pth.tar / MAE .pth, a converted "
-                        "file or .safetensors; repeat it to sum the logits of several models")
+                   help="ours (best.pth, checkpoint.pth, or a run folder: its best.pth), the original's released "
+                        ".pth.tar / MAE .pth, a converted file or .safetensors; repeat it to sum the logits of "
+                        "several models. Without --test-list (and --dataset, robustness roots) the first "
+                        "checkpoint's run is evaluated on its own test split (its --test-list, --data-root, "
+                        "--dataset)")
     g.add_argument("--arch", "-a", action=_Repeatable, default=None,
                    help="backbone; repeat in --checkpoint order for an ensemble (one value: all). Default: the "
                         "checkpoint's own (ours, the original's 'arch', MAE's args.model)")
@@ -91,6 +94,8 @@ def build_eval_parser() -> argparse.ArgumentParser:
     # Unset model/data flags fall back to the checkpoint's training flags, then to the defaults.
     p.set_defaults(proj_dim=None, queue_size=None, norm=None, image_size=None, interpolation=None, arch_list=None,
                    method_list=None, checkpoint_list=None)
+    # Unset: the run's own test split (use_run_test_split), else "split" under "data" as for training.
+    p.set_defaults(dataset=None, data_root=None)
     p.add_argument("--batch-size", "-b", type=int, default=128, help="global evaluation batch")
     p.add_argument("--output-dir", default=None, help="where metrics.json and per_class.* go "
                                                       "(default: CHECKPOINT_DIR/eval, ensembles .../eval_ensemble); "
@@ -119,6 +124,9 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 FALLBACKS = {"method": "ce", "arch": "resnet50", "proj_dim": 128, "queue_size": 8192, "norm": "imagenet",
              "image_size": 224}
+#: --dataset and --data-root when neither the command line nor the run's own test split sets them.
+DATA_FALLBACKS = {"dataset": "split", "data_root": "data"}
+_ROBUSTNESS_ROOTS = ("corrupted_root", "imagenet_r_root", "imagenet_sketch_root")
 
 
 def resolve_from_checkpoint(args: argparse.Namespace, train_args: dict) -> None:
@@ -129,6 +137,48 @@ def resolve_from_checkpoint(args: argparse.Namespace, train_args: dict) -> None:
         args.resize_size = train_args["resize_size"]
     if getattr(args, "interpolation", None) is None:
         args.interpolation = train_args.get("interpolation") or "bilinear"
+
+
+def checkpoint_file(path: str) -> str:
+    """A run folder's ``best.pth`` (else its ``checkpoint.pth``); any other path as given."""
+    if os.path.isdir(path):
+        for name in ("best.pth", "checkpoint.pth"):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise FlagError(f"--checkpoint {path}: the folder holds no best.pth or checkpoint.pth (a tools/train.py run "
+                        f"folder, or a checkpoint file)")
+    return path
+
+
+def use_run_test_split(args: argparse.Namespace, train_args: dict, checkpoint: Optional[str]) -> None:
+    """Nothing to evaluate on the command line (no --test-list, --dataset or robustness root): the
+    run's own test split, from its training flags (``train_args``): its --dataset, --test-list (or
+    CIFAR's test set, or the class folders' test part with its --split-seed) and --data-root (unless
+    given). The unset data flags then take :data:`DATA_FALLBACKS`."""
+    own = not args.test_list and args.dataset is None and not any(getattr(args, r) for r in _ROBUSTNESS_ROOTS)
+    if own and train_args:
+        dataset = train_args.get("dataset") or "split"
+        args.dataset = "split" if dataset == "webdataset" else dataset  # shards train; their val/test are lists
+        args.split_seed = train_args.get("split_seed", args.split_seed)
+        if args.data_root is None:
+            args.data_root = train_args.get("data_root")
+        if dataset in ("split", "webdataset"):
+            args.test_list = train_args.get("test_list")
+            if not args.test_list:
+                raise FlagError(f"--test-list is required: the run of {checkpoint} had no --test-list to evaluate "
+                                f"on; give one (with --data-root)")
+        split = f"--test-list {args.test_list}" if args.test_list else f"the {args.dataset} test split"
+        print_main(f"evaluating on the run's own test split: {split} under --data-root {args.data_root} (from the "
+                   f"checkpoint's training flags; --test-list chooses another)")
+        if args.test_list and not args.dry_run and not os.path.isfile(args.test_list):
+            raise FlagError(f"--test-list {args.test_list} (the run's own, from its training flags): no such file; "
+                            f"give --test-list (and --data-root) where the test split is now")
+    for name, default in DATA_FALLBACKS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if not args.dry_run and (args.test_list or is_cifar(args.dataset) or is_folder(args.dataset)) \
+            and not os.path.isdir(args.data_root):
+        raise FlagError(f"--data-root {args.data_root}: no such folder (the --test-list paths are relative to it)")
 
 
 def per_checkpoint(values: Optional[List[str]], n: int, flag: str) -> List[Optional[str]]:
@@ -175,8 +225,9 @@ def check_data_flags(args: argparse.Namespace) -> None:
         return
     if args.test_list and not os.path.isfile(args.test_list):
         raise FlagError(f"--test-list {args.test_list}: no such file (expected '<relative/path> <label>' lines)")
-    if (args.test_list or is_cifar(args.dataset)) and not os.path.isdir(args.data_root):
-        raise FlagError(f"--data-root {args.data_root}: no such folder (the --test-list paths are relative to it)")
+    data_root = args.data_root if args.data_root is not None else DATA_FALLBACKS["data_root"]
+    if (args.test_list or is_cifar(args.dataset) or is_folder(args.dataset)) and not os.path.isdir(data_root):
+        raise FlagError(f"--data-root {data_root}: no such folder (the --test-list paths are relative to it)")
 
 
 def build_members(args: argparse.Namespace, loaded: Sequence[Optional[LoadedCheckpoint]],
@@ -248,7 +299,7 @@ def eval_split(args: argparse.Namespace, num_classes: int):
                                                     list_path=args.test_list)
     robustness = [x for x in (args.corrupted_root, args.imagenet_r_root, args.imagenet_sketch_root) if x]
     test_set = None
-    if args.test_list or is_cifar(args.dataset) or synthetic and not robustness:
+    if args.test_list or is_cifar(args.dataset) or is_folder(args.dataset) or synthetic and not robustness:
         test_set = build_eval_dataset(args.test_list, **eval_data_kwargs(args, num_classes=num_classes,
                                                                          synthetic=synthetic))
     if test_set is None and not robustness:
@@ -307,19 +358,21 @@ def run(args: argparse.Namespace) -> dict:
         raise FlagError(f"--batch-size {args.batch_size} must be divisible by the number of processes "
                         f"({dist.world_size})")
     check_data_flags(args)
-    paths = list(args.checkpoint_list or [args.checkpoint])
+    paths = [checkpoint_file(p) for p in (args.checkpoint_list or [args.checkpoint])]
     archs, methods, loaded = _load_members(args, paths, args.dry_run)
+    first = next((c for c in loaded if c is not None), None)
+    train_args = (first.meta.get("args") or {}) if first is not None else {}
+    use_run_test_split(args, train_args, first.path if first is not None else None)  # before a folder is made
     out = None
     if not args.dry_run:  # refused before anything is evaluated (a missing checkpoint first: no folder made)
         out = claim_eval_dir(args.output_dir or os.path.join(os.path.dirname(os.path.abspath(paths[0])),
                                                              "eval" if len(paths) == 1 else "eval_ensemble"),
                              overwrite=args.overwrite)
-    first = next((c for c in loaded if c is not None), None)
     # data flags: the command line, then the first checkpoint's training flags, then the defaults
     if first is not None:
         args.arch = args.arch or first.meta.get("arch")
         args.method = args.method or first.meta.get("method")
-    resolve_from_checkpoint(args, (first.meta.get("args") or {}) if first is not None else {})
+    resolve_from_checkpoint(args, train_args)
     models, reports = build_members(args, loaded, archs, methods, device)
     num_classes = int(models[0].fc.out_features)
     amp = resolve_amp(args.amp, device, dry_run=args.dry_run)

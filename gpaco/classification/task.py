@@ -9,20 +9,21 @@ schedule of the flags, timm's batch augmentations, evaluation and the report.
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from gpaco.checkpoint import CheckpointError, load_checkpoint, set_rng_state
-from gpaco.classification.args import FlagError, eval_data_kwargs, train_data_kwargs
+from gpaco.classification.args import SELECT_METRICS, FlagError, eval_data_kwargs, print_warning, train_data_kwargs
 from gpaco.classification.predict import evaluate
-from gpaco.classification.report import class_names_beside, fairness_line, plot_curves, write_eval_report
+from gpaco.classification.report import CLASSES_FILE, fairness_line, plot_curves, read_class_names, write_eval_report
 from gpaco.data import DataError
 from gpaco.data.splits import special_file_kind
 from gpaco.data.build import (
-    build_eval_dataset, build_train_dataset, check_ranks_agree, class_counts_of, eval_loader, is_cifar, is_label_free,
-    set_train_epoch, train_loader,
+    build_eval_dataset, build_train_dataset, check_ranks_agree, class_counts_of, eval_loader, is_cifar, is_folder,
+    is_label_free, set_train_epoch, train_loader,
 )
 from gpaco.data.gpu_aug import DeviceAugment
 from gpaco.data.transforms import NORMALIZATION
@@ -46,10 +47,16 @@ __all__ = ["ClassificationTask", "model_kwargs", "optimizer_kwargs", "finetune_f
 #: What best.pth holds.
 BEST_KEYS = ("model", "epoch", "args", "num_classes", "arch", "method", "best_top1", "class_counts", "model_config",
              "class_names")
-#: Flags a resume may not change: they change the model or the data (plus the method's model options).
+#: Flags a resume may not change: they change the model or the data (plus the method's model options), or
+#: what the best checkpoint so far was chosen on.
 RESUME_FIXED = ("arch", "method", "num_classes", "dataset", "data_root", "train_list", "val_list", "imb_factor",
-                "image_size", "norm", "device_batch", "bn_device_batch", "freeze", "epoch_iters")
-_TEST_KEYS = ("top1", "top5", "many", "medium", "few", *FAIRNESS_KEYS)
+                "image_size", "norm", "device_batch", "bn_device_batch", "freeze", "epoch_iters", "split_seed",
+                "select_metric")
+_TEST_KEYS = ("top1", "top5", "mean_class_acc", "many", "medium", "few", *FAIRNESS_KEYS)
+#: How the selection metrics are named in the run's messages.
+_METRIC_LABELS = {"top1": "top-1", "mean_class_acc": "mean per-class accuracy"}
+#: What a checkpoint without --select-metric (written before it existed) selected on.
+_LEGACY_SELECT_METRIC = "top1"
 
 
 def _dry_run_groups(args: argparse.Namespace, size: Optional[int]) -> Optional[int]:
@@ -208,7 +215,7 @@ def dry_run_stand_in(args: argparse.Namespace) -> bool:
     recipe checked on a machine without the data). A data root that exists is the real data:
     a missing split list there is an error naming it, not a silent stand-in."""
     if not args.dry_run or os.path.isdir(args.data_root):
-        if args.dry_run and not is_cifar(args.dataset) and not args.train_list:
+        if args.dry_run and not is_cifar(args.dataset) and not is_folder(args.dataset) and not args.train_list:
             raise FlagError(f"--train-list is required: --data-root {args.data_root} exists, so the dry run checks "
                             f"the real data")
         return False
@@ -236,6 +243,17 @@ def check_data_found(data_root: str, splits) -> None:
             raise DataError(f"{ds.list_path}:{line} ({flag}): image {path} not found; {where}")
 
 
+def _balanced(dataset) -> bool:
+    """Whether every class present in ``dataset`` has the same number of images (then its mean
+    per-class accuracy equals its top-1); True for no dataset (nothing to select on)."""
+    if dataset is None:
+        return True
+    counts = getattr(dataset, "class_counts", None)
+    if counts is None:
+        counts = torch.bincount(torch.as_tensor(list(dataset.targets))).tolist()
+    return len({c for c in counts if c}) <= 1
+
+
 def _heads_note(metrics: dict) -> str:
     """``; probe top-1 71.20`` for each extra head of an evaluation (a forward with heads)."""
     return "".join(f"; {head} top-1 {m['top1']:.2f}" for head, m in metrics.get("heads", {}).items())
@@ -261,27 +279,122 @@ class ClassificationTask(Task):
         if args.dry_run and not is_cifar(args.dataset):
             args.image_size = min(args.image_size, args.dry_run_image_size)
             args.resize_size = None
+        given_classes = args.num_classes
         self.train_set = build_train_dataset(**train_data_kwargs(args, synthetic=synthetic))
-        self.num_classes = args.num_classes = args.num_classes or self.train_set.num_classes
-        # unlabelled shards: no class counts, so no prior and no many/medium/few groups
-        self.train_counts = None if is_label_free(args.dataset) else class_counts_of(self.train_set, self.num_classes)
         # the classes' names (checkpoint, metrics.json, report figures, gpaco-predict): the train set's own (class
         # folders), else a classes.txt beside the split lists; None: the reports show class indices
-        self.class_names = None if synthetic else getattr(self.train_set, "class_names", None) or class_names_beside(
-            [args.train_list, args.val_list, args.test_list, args.data_root], num_classes=self.num_classes)
+        names, names_file = (None, None) if synthetic else self._find_class_names()
+        if given_classes is not None and not synthetic and not is_label_free(args.dataset):
+            if not self._class_count_agrees(given_classes, names, names_file):
+                names = None  # a dry run goes on with the flag's count (the warning said so)
+        self.num_classes = args.num_classes = args.num_classes or self.train_set.num_classes
+        if names is not None and len(names) != self.num_classes:
+            raise DataError(f"{names_file}: {len(names)} class names for {self.num_classes} classes (the labels of "
+                            f"--train-list); expected one name per class, in label order")
+        self.class_names = names
+        # unlabelled shards: no class counts, so no prior and no many/medium/few groups
+        self.train_counts = None if is_label_free(args.dataset) else class_counts_of(self.train_set, self.num_classes)
         eval_kw = eval_data_kwargs(args, num_classes=self.num_classes, synthetic=synthetic)
-        self.val_set = build_eval_dataset(args.val_list, **eval_kw)
-        self.test_set = build_eval_dataset(args.test_list, **eval_kw)
+        if is_folder(args.dataset) and not synthetic:  # val and test: the other parts of the train set's split
+            eval_kw["folder_split"] = self.train_set.folder_split
+            self._print_folder_split()
+        self.val_set = build_eval_dataset(args.val_list, split="val", **eval_kw)
+        self.test_set = build_eval_dataset(args.test_list, split="test", **eval_kw)
         splits = {"--train-list": self.train_set, "--val-list": self.val_set, "--test-list": self.test_set}
         check_ranks_agree(splits)
         if not synthetic:
             check_data_found(args.data_root, list(splits.items()))
+            self._cap_queue()
         shards = getattr(self.train_set, "shards", None)
         images = f"{len(shards)} shard files ({args.epoch_iters} steps per epoch)" if shards is not None else \
             f"{len(self.train_set)} images"
         print_main(f"gpaco train: {args.method} {args.arch} on {images}, {self.num_classes} "
                    f"classes{f' (synthetic stand-in: --data-root {args.data_root} does not exist)' if synthetic else ''}")
         self._print_batch_plan(lc)
+
+    def _find_class_names(self) -> Tuple[Optional[List[str]], Optional[str]]:
+        """(names, where they come from): the train set's own (class folders), else the first
+        classes.txt beside the split lists or in the data root; (None, None) when there is none."""
+        args = self.args
+        own = getattr(self.train_set, "class_names", None)
+        if own:
+            return list(own), f"the class folders of --data-root {args.data_root}"
+        for path in (args.train_list, args.val_list, args.test_list, args.data_root):
+            if not path:
+                continue
+            folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+            candidate = os.path.join(folder, CLASSES_FILE)
+            if os.path.isfile(candidate):
+                return read_class_names(candidate), candidate
+        return None, None
+
+    def _class_count_agrees(self, given: int, names: Optional[List[str]], names_file: Optional[str]) -> bool:
+        """``--num-classes`` against the data's class count (its class names, else the train
+        labels, CIFAR's own): a real run stops on a difference, a dry run with more classes than
+        the data warns (a recipe checked on other data) and goes on with the flag's count; True
+        when they agree."""
+        args = self.args
+        if names is not None:
+            found, source = len(names), f"{len(names)} in {names_file}"
+        elif is_cifar(args.dataset):
+            found, source = self.train_set.num_classes, f"--dataset {args.dataset}"
+        else:
+            top = max(self.train_set.targets, default=-1)
+            found, source = top + 1, f"labels 0..{top} in --train-list {args.train_list}"
+        if found == given:
+            return True
+        message = (f"--num-classes {given}, but the data has {found} classes ({source}); leave --num-classes out "
+                   f"to take the data's count, or give the data the recipe was written for")
+        if not args.dry_run or given < found:  # fewer classes than labels: not even a dry run can go on
+            raise FlagError(message)
+        print_warning(message + "; a real run stops here")
+        return False
+
+    def _print_folder_split(self) -> None:
+        split, args = self.train_set.folder_split, self.args
+        print_main(f"--dataset folder: {args.data_root}: {split.describe()}, split with --split-seed {split.seed} "
+                   f"(tools/make_lists.py {args.data_root} --seed {split.seed} writes the same split as lists)")
+        for note in split.notes:
+            print_main(f"note: {note}")
+
+    def _cap_queue(self) -> None:
+        """A contrastive queue larger than the training set is capped to the images of one epoch (the
+        largest multiple of the global batch within the training set), with a warning: a larger
+        queue keeps its random initial features for epochs and then features many steps old."""
+        args, size = self.args, getattr(self.args, "queue_size", None)
+        if not self.method.contrastive or not size or is_label_free(args.dataset):  # shards: a stream, no size
+            return
+        images = len(self.train_set)
+        if size <= images:
+            return
+        capped = images // args.batch_size * args.batch_size
+        if capped == 0:
+            return  # fewer images than one batch: the train loader says so
+        print_warning(f"--queue-size {size} is larger than the training set ({images} images): capped to {capped}, "
+                      f"one epoch of --batch-size {args.batch_size} batches (a larger queue would hold its random "
+                      f"initial features for {math.ceil(size / capped)} epochs, then stale ones); pass --queue-size "
+                      f"(a multiple of --batch-size, at most {images}) to choose")
+        args.queue_size = capped
+
+    def _resolve_selection(self) -> None:
+        """What best.pth is chosen on: ``--select-metric`` (a fresh run's default mean_class_acc; a
+        resumed run keeps the one its checkpoint recorded, top1 for one written before the flag
+        existed; another value is refused). On a balanced val split the mean per-class accuracy IS
+        the top-1 (every class weighs the same), so it is read as the top-1 there: the same number to
+        the last bit and the checkpoint key ``best_top1``, so the balanced paper recipes select as before."""
+        args, ckpt = self.args, self.checkpoint
+        if ckpt is None:
+            args.select_metric = args.select_metric or SELECT_METRICS[0]
+        else:
+            recorded = (ckpt.get("args") or {}).get("select_metric") or _LEGACY_SELECT_METRIC
+            if args.select_metric not in (None, recorded):
+                raise FlagError(f"--resume: --select-metric {args.select_metric}, but the run chose its best "
+                                f"checkpoint so far on {recorded}; resume with --select-metric {recorded} (or leave "
+                                f"it out), or start a new run in another --output-dir")
+            args.select_metric = recorded
+        self.select_key = "top1" if args.select_metric == "top1" or _balanced(self.val_set) else "mean_class_acc"
+        self.best_metric_key = f"best_{self.select_key}"
+        self.best_keys = tuple(self.best_metric_key if k == "best_top1" else k for k in BEST_KEYS)
 
     def _print_batch_plan(self, lc: TrainingRun) -> None:
         args, per_process, world = self.args, self.per_process_batch, lc.world_size
@@ -313,6 +426,7 @@ class ClassificationTask(Task):
 
     def build_model(self, lc: TrainingRun, fresh: bool) -> torch.nn.Module:
         args, method = self.args, self.method
+        self._resolve_selection()  # needs the resumed checkpoint, known from here on
         if args.dry_run and args.pretrained and not os.path.exists(args.pretrained):
             print_main(f"warning: --pretrained {args.pretrained} not found; the dry run uses random weights")
             args.pretrained = None
@@ -494,8 +608,8 @@ class ClassificationTask(Task):
         if int(ckpt.get("epoch", 0)) >= self.epochs and not ckpt.get("step"):
             print_main(note)  # a finished run: its results are reported again below
             return
-        best = f"best val top-1 {self.best_metric:.2f} at epoch {self.best_step}" if self.best_step > 0 else \
-            "no best yet"
+        best = f"best val {_METRIC_LABELS[self.select_key]} {self.best_metric:.2f} at epoch {self.best_step}" \
+            if self.best_step > 0 else "no best yet"
         print_main(f"{note}, {best}")
 
     def position_state(self, position: Position) -> Dict[str, Any]:
@@ -542,12 +656,13 @@ class ClassificationTask(Task):
             val = self.evaluate(ctx, self.val_dl)
             record.update({f"val_{k}": val.get(k) for k in _TEST_KEYS})
             record.update({f"val_{head}_top1": m["top1"] for head, m in val.get("heads", {}).items()})
-            is_best = val["top1"] > self.best_metric
+            is_best = val[self.select_key] > self.best_metric
             if is_best:
-                self.best_metric, self.best_step = val["top1"], epoch + 1
+                self.best_metric, self.best_step = val[self.select_key], epoch + 1
             groups = " / ".join(f"{g} {format_accuracy(val[g])}" for g in ("many", "medium", "few"))
-            print_main(f"[epoch {epoch + 1}] val top-1 {val['top1']:.2f} ({groups}){_heads_note(val)}; best "
-                       f"{self.best_metric:.2f} at epoch {self.best_step}")
+            mean_class = f", mean per-class {val['mean_class_acc']:.2f}" if self.select_key != "top1" else ""
+            print_main(f"[epoch {epoch + 1}] val top-1 {val['top1']:.2f}{mean_class} ({groups}){_heads_note(val)}; "
+                       f"best {self.best_metric:.2f} at epoch {self.best_step}")
         # The record rides in the checkpoint: a kill or full disk before the lines below is
         # made good on resume (RunLogger.log_pending). TensorBoard first: a record in log.jsonl
         # then implies its scalars were written.
@@ -566,8 +681,9 @@ class ClassificationTask(Task):
         if self.val_dl is not None and self.best_step > 0:
             lc.barrier()
             ctx.module.load_state_dict(lc.load_best("epoch", self.best_step)["model"])
-            selection = f"best val top-1 {self.best_metric:.2f} at epoch {self.best_step}"
-        result = {"selection": selection, "selected_epoch": self.best_step if self.best_step > 0 else args.epochs}
+            selection = f"best val {_METRIC_LABELS[self.select_key]} {self.best_metric:.2f} at epoch {self.best_step}"
+        result = {"selection": selection, "selected_epoch": self.best_step if self.best_step > 0 else args.epochs,
+                  "select_metric": args.select_metric}
         if self.class_names is not None:  # metrics.json names the classes (tools/compare_runs.py, gpaco-predict)
             result["class_names"] = list(self.class_names)
         if self.test_dl is not None:

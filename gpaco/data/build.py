@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from .cifar_lt import CIFARLT
+from .folder import DEFAULT_SPLIT_SEED, FolderDataset, FolderSplit
 from .splits import DataError, SplitDataset
 from .transforms import NORMALIZATION, build_eval_transform, build_train_transform
 from .workers import ignore_stop_signals
@@ -63,6 +64,11 @@ def is_cifar(dataset: str) -> bool:
     return dataset in ("cifar10", "cifar100")
 
 
+def is_folder(dataset: str) -> bool:
+    """``folder``: a tree of class folders under the data root, split at start-up (:mod:`gpaco.data.folder`)."""
+    return dataset == "folder"
+
+
 def is_label_free(dataset: str) -> bool:
     """``webdataset``: training images without labels (tar shards read as a stream; CC3M)."""
     return dataset == "webdataset"
@@ -72,8 +78,10 @@ def build_train_dataset(*, dataset: str, data_root: str, train_list: Optional[st
                         norm: str, num_classes: Optional[int] = None, imb_factor: float = 0.01, randaug_n: int = 2,
                         randaug_m: int = 10, allow_outside_root: bool = False, skip_bad_images: bool = False,
                         follow_symlinks: bool = False, synthetic: bool = False, gpu_aug: bool = False,
-                        epoch_iters: Optional[int] = None):
+                        epoch_iters: Optional[int] = None, split_seed: int = DEFAULT_SPLIT_SEED):
     """The training split: ``dataset`` ``split`` (the ``train_list`` file under ``data_root``),
+    ``folder`` (the train part of the class folders under ``data_root``, split with ``split_seed``:
+    :class:`~gpaco.data.folder.FolderDataset`),
     ``cifar10``/``cifar100`` (the long-tailed subset of ``imb_factor``), ``webdataset`` (the
     label-free images of the tar shards the pattern ``train_list`` names, under ``data_root``
     unless absolute, ``epoch_iters`` batches per process per epoch:
@@ -101,6 +109,10 @@ def build_train_dataset(*, dataset: str, data_root: str, train_list: Optional[st
             raise ValueError("dataset 'webdataset' needs epoch_iters (its shards are read as a stream)")
         return WebDatasetImages(expand_shards(train_list, data_root), transform, epoch_iters=epoch_iters,
                                 num_classes=num_classes, name=train_list)
+    if is_folder(dataset):
+        return FolderDataset(data_root, "train", transform, seed=split_seed, num_classes=num_classes,
+                             allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images,
+                             follow_symlinks=follow_symlinks)
     return SplitDataset(train_list, data_root, transform, num_classes=num_classes,
                         allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images,
                         follow_symlinks=follow_symlinks)
@@ -109,8 +121,12 @@ def build_train_dataset(*, dataset: str, data_root: str, train_list: Optional[st
 def build_eval_dataset(list_path: Optional[str], *, dataset: str, data_root: str, num_classes: int, image_size: int,
                        norm: str, resize_size: Optional[int] = None, interpolation: str = "bilinear",
                        allow_outside_root: bool = False, skip_bad_images: bool = False, follow_symlinks: bool = False,
-                       synthetic: bool = False, reduced_decode: bool = False) -> Optional[Dataset]:
-    """The val/test split (None if ``list_path`` is not given); CIFAR's test set for the CIFAR datasets.
+                       synthetic: bool = False, reduced_decode: bool = False, split: str = "test",
+                       split_seed: int = DEFAULT_SPLIT_SEED,
+                       folder_split: Optional[FolderSplit] = None) -> Optional[Dataset]:
+    """The val/test split (None if ``list_path`` is not given); CIFAR's test set for the CIFAR datasets;
+    ``folder``: the ``split`` part (``"val"`` or ``"test"``) of the class folders under ``data_root``
+    (split with ``split_seed``, or ``folder_split``, the train set's; None when the split is empty).
     ``reduced_decode``: JPEGs decoded at reduced size (changes pixels; default full decode)."""
     mean, std = NORMALIZATION[norm]
     if is_cifar(dataset) and resize_size is None:
@@ -122,6 +138,13 @@ def build_eval_dataset(list_path: Optional[str], *, dataset: str, data_root: str
     if is_cifar(dataset):
         return CIFARLT(data_root, num_classes=100 if dataset == "cifar100" else 10, imb_factor=1.0, train=False,
                        transform=transform)
+    if is_folder(dataset):
+        if folder_split is not None and not folder_split.samples[split]:
+            return None  # every class too small to spare an image for it
+        ds = FolderDataset(data_root, split, transform, seed=split_seed, num_classes=num_classes,
+                           allow_outside_root=allow_outside_root, skip_bad_images=skip_bad_images,
+                           follow_symlinks=follow_symlinks, folder_split=folder_split)
+        return ds if len(ds) else None
     if not list_path:
         return None
     return SplitDataset(list_path, data_root, transform, num_classes=num_classes,
@@ -173,7 +196,7 @@ def check_ranks_agree(datasets: dict) -> None:
 
 def data_available(*, dataset: str, data_root: str, list_path: Optional[str]) -> bool:
     """Whether the data a run needs is on disk (else a dry run uses synthetic images)."""
-    if is_cifar(dataset):
+    if is_cifar(dataset) or is_folder(dataset):
         return os.path.isdir(data_root)
     return bool(list_path) and os.path.isfile(list_path) and os.path.isdir(data_root)
 

@@ -277,6 +277,10 @@ class SplitDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def where(self, index: int) -> str:
+        """Where sample ``index`` comes from, for messages: ``LIST:LINE``."""
+        return f"{self.list_path}:{self._lines[index]}"
+
     @property
     def num_skipped(self) -> int:
         return self._skips.value if self._skips is not None else self._local_skips
@@ -310,14 +314,14 @@ class SplitDataset(Dataset):
         if self._real_root is not None:
             target = link_outside_root(path, self._real_root)
             if target is not None:
-                raise DataError(f"{self.list_path}:{self._lines[index]}: {path} is a symbolic link to {target}, "
+                raise DataError(f"{self.where(index)}: {path} is a symbolic link to {target}, "
                                 f"outside the data root {self._real_root} (--follow-symlinks accepts it)")
         try:  # stat before open: opening a FIFO would block (see special_file_kind)
             kind = special_file_kind(os.stat(path).st_mode)
         except OSError:
             kind = None  # missing or unreadable: open() below reports it
         if kind is not None:
-            raise DataError(f"{self.list_path}:{self._lines[index]}: {path} is not a regular file ({kind}); "
+            raise DataError(f"{self.where(index)}: {path} is not a regular file ({kind}); "
                             f"a split list names image files")
         try:
             with open(path, "rb") as f:
@@ -334,7 +338,7 @@ class SplitDataset(Dataset):
         except _IMAGE_ERRORS as exc:
             raise DataError(
                 f"{path}: cannot read image ({type(exc).__name__}: {exc}); "
-                f"listed at {self.list_path}:{self._lines[index]}"
+                f"listed at {self.where(index)}"
             ) from exc
 
     def __getitem__(self, index: int):
