@@ -9,6 +9,9 @@
 #   METHODS=all bash sh/demo.sh                 # ce balanced_ce gpaco reslt rescom mislas (mislas = stage 1 + 2)
 #   METHODS=kd bash sh/demo.sh                  # distillation: a kd_resnet20 teacher (balanced CE), then ResNet-8
 #                                               # students without KD, with KL, IKL and GKL (DEMO_KD_EPOCHS, 10)
+#   METHODS=robust bash sh/demo.sh              # adversarial training on balanced digits: CE, PGD-AT, TRADES and
+#                                               # IKL-AT, then clean and PGD-20 accuracy side by side in
+#                                               # $DEMO_OUT/robust.md (DEMO_ROBUST_EPOCHS, 8)
 #
 # DEMO_DATA: any folder with train.txt, val.txt, test.txt ('relative/path label' lines) and
 # the images they name; the same code path as ImageNet-LT. DEMO_EPOCHS, DEMO_ARCH and
@@ -69,6 +72,10 @@ for m in $METHODS; do
         # is trained once, then the ResNet-8 students: no KD, KL (T 4), IKL and GKL with the CIFAR-100
         # resnet32x4 -> resnet8x4 settings (T 4; IKL beta 8, T2 100, no GI; GKL beta 16, gamma 0.05,
         # T2 4, GI), warm-up 2 epochs. Short schedule (DEMO_KD_EPOCHS) to fit in about 3 minutes.
+        # GenDD: stage 1 (CE through the teacher's frozen classifier; the CIFAR stage-1 optimiser,
+        # AdamW lr 3e-3 wd 5e-2, cosine to 0), then stage 2 from its last epoch with a shrunk
+        # denoiser (width 256, 2 blocks, 4 tokens of 16 of the teacher's 64-d feature, 8 copies per
+        # token, 20 sampling steps) and no contraction, as the imbalanced (ImageNet-LT) recipes.
         kd) kd=(--epochs "${DEMO_KD_EPOCHS:-10}" --aug digits)
             "$PY" tools/train.py "${common[@]}" "${kd[@]}" --method balanced_ce --arch kd_resnet20 \
                 --output-dir "$OUT/kd_teacher"
@@ -80,14 +87,77 @@ for m in $METHODS; do
                 --output-dir "$OUT/ikl_kd"
             "$PY" tools/train.py "${student[@]}" --method gkl_kd --kd-beta 16 --kd-gamma 0.05 --kd-t2 4 --kd-gi \
                 --output-dir "$OUT/gkl_kd"
-            runs+=("$OUT/kd_teacher" "$OUT/kd_none" "$OUT/kl_kd" "$OUT/ikl_kd" "$OUT/gkl_kd")
+            gendd=("${common[@]}" "${kd[@]}" --teacher-weights "$OUT/kd_teacher" --gendd-teacher-dim 64
+                   --optimizer adamw --wd 5e-2)
+            "$PY" tools/train.py "${gendd[@]}" --method gendd_stage1 --lr 3e-3 --schedule gendd_cosine \
+                --warmup-epochs 0 --min-lr 0 --output-dir "$OUT/gendd_stage1"
+            "$PY" tools/train.py "${gendd[@]}" --method gendd --gendd-stage1 "$OUT/gendd_stage1/checkpoint.pth" \
+                --lr 2e-3 --gendd-token-dim 16 --gendd-width 256 --gendd-depth 2 --gendd-batch-mul 8 \
+                --gendd-steps 20 --gendd-contraction 0 --output-dir "$OUT/gendd"
+            runs+=("$OUT/kd_teacher" "$OUT/kd_none" "$OUT/kl_kd" "$OUT/ikl_kd" "$OUT/gkl_kd" "$OUT/gendd_stage1"
+                   "$OUT/gendd")
             continue ;;
-        *) echo "error: METHODS: unknown method '$m' (choose from ce balanced_ce gpaco reslt rescom mislas kd, or all)" >&2
+        # Adversarial training on balanced digits (the first 100 per class of data/demo_mnist, the
+        # digits without the long tail; the same val and test images as MNIST-LT), in pixels [0, 1]
+        # (--norm none) at 16 px with ResNet-8: a plain CE model, then
+        # PGD-AT, TRADES (beta 9, the DKL repository's script) and IKL-AT (the CIFAR-10 recipe's
+        # alpha 4, beta 20, T 4, attack beta 0) with the recipes' loop: radius ramped over the run,
+        # AWP from epoch 3, the epoch weight average (decay 0.5: about the last two epochs of a
+        # short run; the recipes' 0.9 spans ten of 200). The radius is 32/255 (~0.125 of the pixel
+        # range): CIFAR's 8/255 barely moves a digit's strokes, MNIST's usual 0.3 needs far longer
+        # training than a demo has. The 'low' budget (2 steps of the radius) keeps each step about
+        # 3-4x a CE step. Every model is then attacked with PGD-20 at the same radius (steps of
+        # radius / 4) on the 1,000 test digits: the averaged weights, the CE model's best.pth.
+        robust)
+            rdata="data/demo_mnist"
+            "$PY" tools/make_demo_data.py --out "$rdata" --imb-factor 1.0
+            mkdir -p "$OUT/robust"
+            awk '{ if (n[$2]++ < 100) print }' "$rdata/train.txt" > "$OUT/robust/train.txt"
+            eps="${DEMO_ROBUST_EPSILON:-32}"
+            robust_common=(--data-root "$rdata" --train-list "$OUT/robust/train.txt" --val-list "$rdata/val.txt"
+                           --test-list "$rdata/test.txt" --arch resnet8 --image-size 16 --resize-size 16 --norm none
+                           --epochs "${DEMO_ROBUST_EPOCHS:-8}" --batch-size 50 --lr 0.05 --wd 5e-4
+                           --schedule cosine --warmup-epochs 0 --aug digits --workers 0 --print-freq 0 --seed 0
+                           --resume auto)
+            at=(--at-epsilon "$eps" --at-budget low --awp-warmup 3 --at-average-decay 0.5)
+            "$PY" tools/train.py "${robust_common[@]}" --method ce --output-dir "$OUT/robust/ce"
+            "$PY" tools/train.py "${robust_common[@]}" "${at[@]}" --method pgd_at --output-dir "$OUT/robust/pgd_at"
+            "$PY" tools/train.py "${robust_common[@]}" "${at[@]}" --method trades_at --trades-beta 9 \
+                --output-dir "$OUT/robust/trades_at"
+            "$PY" tools/train.py "${robust_common[@]}" "${at[@]}" --method ikl_at --at-alpha 4 --at-beta 20 \
+                --at-temperature 4 --attack-alpha 1 --attack-beta 0 --output-dir "$OUT/robust/ikl_at"
+            for r in ce pgd_at trades_at ikl_at; do
+                model="$OUT/robust/$r/best.pth"
+                if [ "$r" != ce ]; then
+                    "$PY" tools/average_weights.py "$OUT/robust/$r" --overwrite
+                    model="$OUT/robust/$r/averaged.pth"
+                fi
+                "$PY" tools/eval_adversarial.py --checkpoint "$model" --data-root "$rdata" --test-list "$rdata/test.txt" \
+                    --attacks clean pgd20 --epsilon "$eps" --step-size "$(awk "BEGIN { print $eps / 4 }")" --workers 0 \
+                    --output-dir "$OUT/robust/$r/adversarial" --overwrite | tail -n 4
+            done
+            "$PY" - "$OUT" "$eps" <<'PYEOF' | tee "$OUT/robust.md"
+import json, sys
+out, eps = sys.argv[1], sys.argv[2]
+runs = ["ce", "pgd_at", "trades_at", "ikl_at"]
+rows = {r: {row["attack"]: row["accuracy"] for row in json.load(open(f"{out}/robust/{r}/adversarial/adversarial.json"))["rows"]}
+        for r in runs}
+print("| | " + " | ".join(runs) + " |")
+print("|---|" + "---:|" * len(runs))
+for attack, label in (("clean", "clean"), ("pgd20", f"PGD-20 (ε {eps}/255)")):
+    print(f"| {label} | " + " | ".join(f"{rows[r][attack]:.2f}" for r in runs) + " |")
+PYEOF
+            continue ;;
+        *) echo "error: METHODS: unknown method '$m' (choose from ce balanced_ce gpaco reslt rescom mislas kd robust, or all)" >&2
            exit 2 ;;
     esac
     runs+=("$OUT/$m")
 done
 
+if [ "${#runs[@]}" -eq 0 ]; then  # METHODS=robust alone: its table is the summary
+    echo "summary: $OUT/robust.md"
+    exit 0
+fi
 "$PY" tools/summarize_runs.py "${runs[@]}" --out "$OUT/summary.md" --plot "$OUT/summary.png"
 if [ "${#runs[@]}" -ge 2 ]; then
     "$PY" tools/compare_runs.py "${runs[@]}" --plot "$OUT/compare.png" | tee "$OUT/compare.txt"

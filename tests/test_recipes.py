@@ -35,12 +35,14 @@ ENTRY_MODULES: Dict[str, str] = {
     "tools/train.py": "gpaco.classification.train",
     "tools/eval.py": "gpaco.classification.evaluate",
     "tools/train_seg.py": "gpaco.segmentation.train", "tools/eval_seg.py": "gpaco.segmentation.evaluate",
+    "tools/eval_adversarial.py": "gpaco.classification.adversarial_eval",
 }
 # Environment the recipes read that must not leak in from the caller's shell.
 RECIPE_ENV = ("DATA_ROOT", "TRAIN_LIST", "VAL_LIST", "TEST_LIST", "OUTPUT_DIR", "CHECKPOINT", "TRAIN_DIR",
               "PRETRAINED", "CLASS_COUNTS", "WORKERS", "SEED", "EXTRA_ARGS", "DRY_RUN", "GPACO_PRINT_ARGV",
               "GPACO_PRINT_CMD", "NGPUS", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "PYTHON",
-              "RESCOM_SCHEDULE", "IMAGENET_C_ROOT", "TEACHER_WEIGHTS")
+              "RESCOM_SCHEDULE", "IMAGENET_C_ROOT", "TEACHER_WEIGHTS", "STAGE1", "PAIR", "ARCH", "TEACHER_DIM",
+              "CC3M_ROOT")
 
 
 def _is_infra(path: Path) -> bool:
@@ -127,6 +129,10 @@ def parse(script: str, argv: List[str]):
         from gpaco.segmentation.evaluate import build_eval_parser as build_seg_eval_parser
 
         return build_seg_eval_parser().parse_args(argv)
+    if script == "tools/eval_adversarial.py":
+        from gpaco.classification.adversarial_eval import build_parser as build_adversarial_eval_parser
+
+        return build_adversarial_eval_parser().parse_args(argv)
     pytest.skip(f"no parser known for {script}")
 
 
@@ -165,16 +171,18 @@ def test_recipe_argv(recipe, tmp_path):
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_default_paths(recipe):
-    """OUTPUT_DIR defaults to runs/<recipe path>; eval recipes read a train recipe's best.pth."""
+    """OUTPUT_DIR defaults to runs/<recipe path>; eval recipes read a train recipe's best.pth, and a
+    second stage (or a student) starts from a file of an earlier recipe's run."""
     script, argv = print_argv(recipe, _env())
     rel = recipe[len("sh/"):-len(".sh")]
     out = flag(argv, "--output-dir")
     if out is not None:
         assert out == f"runs/{rel}"
-    ckpt = flag(argv, "--checkpoint")
-    if ckpt is not None and ckpt.startswith("runs/"):
-        train_dir = os.path.dirname(ckpt)[len("runs/"):]
-        assert (SH / f"{train_dir}.sh").is_file(), f"{recipe}: --checkpoint {ckpt} is not a train recipe's run"
+    for name in ("--checkpoint", "--stage1", "--gendd-stage1", "--teacher-weights"):
+        path = flag(argv, name)
+        if path is not None and path.startswith("runs/"):
+            train_dir = os.path.dirname(path)[len("runs/"):]
+            assert (SH / f"{train_dir}.sh").is_file(), f"{recipe}: {name} {path} is not a train recipe's run"
 
 
 # The paper's hyperparameters (docs/method.md#hyperparameters) for key recipes, as parsed flags.
@@ -251,7 +259,7 @@ def test_recipe_states_the_original_gpus_and_sets_device_batch(recipe):
     for an original that ran DataParallel, as --bn-device-batch (BatchNorm per GPU only)."""
     import re
 
-    _, argv = print_argv(recipe, _env())
+    script, argv = print_argv(recipe, _env())
     header = re.search(r"# GPUs: the original ran (\d+) GPUs? x (\d+) images( \(DataParallel: BatchNorm per GPU)?",
                        (ROOT / recipe).read_text())
     assert header, f"{recipe}: no 'GPUs: the original ran N GPUs x M images' header line"
@@ -260,7 +268,14 @@ def test_recipe_states_the_original_gpus_and_sets_device_batch(recipe):
         ("--device-batch", "--bn-device-batch")
     assert flag(argv, grouped) == str(per_gpu), f"{recipe}: {grouped} is not {per_gpu}"
     assert flag(argv, other) is None, f"{recipe}: {other} with a header that asks for {grouped}"
-    assert int(flag(argv, "--batch-size")) == gpus * per_gpu
+    # A method that stacks a two-view --aug into one batch (adversarial training's [plain; AutoAugment]
+    # views) normalises two images per sample: the header counts images, --batch-size samples.
+    from gpaco.data.transforms import TWO_VIEW_STRATEGIES
+    from gpaco.methods import get_method
+
+    args = parse(script, argv)
+    images_per_sample = 2 if get_method(args.method).paired_views and args.aug in TWO_VIEW_STRATEGIES else 1
+    assert int(flag(argv, "--batch-size")) * images_per_sample == gpus * per_gpu
 
 
 def test_launch_prints_the_per_device_grouping():

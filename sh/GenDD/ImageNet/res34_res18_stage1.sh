@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# GenDD stage 1, ImageNet-1k, ResNet-34 -> ResNet-18: pre-train the student (resnet18) through the
+# frozen teacher classifier.
+#
+# Paper row: GenDD ResNet-34 -> ResNet-18: 72.38 top-1 (GenDD README.md line 25; KD 71.24 and IKL-KD
+# 71.91 on lines 23-24). This stage prepares sh/GenDD/ImageNet/res34_res18_stage2.sh, which starts
+# from its last epoch (checkpoint.pth; the script --reload's stage 1's checkpoint.pth.tar).
+# Original: jiequancui/Generative-Distribution-Distillation @ 9246d0b,
+# GenDD_imagenet/sh/imagenet_train_res34res18_gendd.sh, its first command (main_gendd_pretrain.py),
+# the source of every hyperparameter below.
+# GPUs: the original ran 8 GPUs x 64 images (SBATCH --gres=gpu:8, -b 512, DDP). --batch-size is the
+# global batch (lr not rescaled); --device-batch 64 computes BatchNorm over groups of 64 images, as
+# its GPUs did, on any GPU count whose processes hold a multiple of 64
+# (docs/recipes.md#same-statistics-on-any-gpu-count).
+# Hyperparameters: 20 epochs, batch 512, AdamW betas (0.9, 0.999) lr 2e-3, wd 2e-2 on every
+# trainable parameter (--optimizer adamw), per-epoch cosine without warmup from lr to 1e-6, epoch e
+# from 0 at 1e-6 + (lr - 1e-6)/2 (1 + cos(pi (e + 1) / 20)), the last at 1e-6 (--schedule
+# gendd_cosine --warmup-epochs 0 --min-lr 1e-6); loss CE of the frozen teacher classifier applied to
+# the student feature as it is (F = D = 512) (--method gendd_stage1 --gendd-teacher-dim 512); the
+# student's own classifier is not trained (it becomes stage 2's linear probe). The student trains
+# from scratch.
+# Aug: RandomResizedCrop 224 (scale .08-1) + flip (--aug crop_flip; the stage-1 driver's crop keeps
+# torchvision's default scale, stage 2 uses .6-1); evaluation Resize 256 + CenterCrop 224; ImageNet
+# mean/std.
+# Teacher: torchvision's ImageNet ResNet-34 (--teacher-arch resnet34, as the original's
+# pretrained=True), TEACHER_WEIGHTS (default data/imagenet_teachers/resnet34-333f7ec4.pth:
+# torchvision's resnet34-333f7ec4.pth, put there by hand; nothing is downloaded). Frozen in eval
+# mode on the student's augmented image; its fc (512-d features) is copied into the student model as
+# a frozen buffer pair.
+#
+# Data: DATA_ROOT is the ImageNet-2012 folder (train/, val/) with the split lists train.txt and
+# val.txt ('relative/path label' lines, labels 0..999 in sorted-wnid order). There is no held-out
+# selection split: VAL_LIST and TEST_LIST are both val.txt (the 50k val set), as in the original
+# (its model_best.pth.tar, selected on val, is what its eval scripts report).
+# Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
+# MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent, a teacher with
+# random weights when TEACHER_WEIGHTS is absent); EXTRA_ARGS="--flag value" (appended last:
+# overrides any flag here). Relative paths are relative to the repository root. Under SLURM: bash
+# sh/slurm.sh <this recipe> [sbatch args].
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+DATA_ROOT="${DATA_ROOT:-data/imagenet}"
+TRAIN_LIST="${TRAIN_LIST:-$DATA_ROOT/train.txt}"
+VAL_LIST="${VAL_LIST:-$DATA_ROOT/val.txt}"
+TEST_LIST="${TEST_LIST:-$DATA_ROOT/val.txt}"
+TEACHER_WEIGHTS="${TEACHER_WEIGHTS:-data/imagenet_teachers/resnet34-333f7ec4.pth}"
+OUTPUT_DIR="${OUTPUT_DIR:-runs/GenDD/ImageNet/res34_res18_stage1}"
+exec bash "$ROOT/sh/launch.sh" tools/train.py \
+    --method gendd_stage1 --arch resnet18 --teacher-arch resnet34 --teacher-weights "$TEACHER_WEIGHTS" --gendd-teacher-dim 512 \
+    --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$TEST_LIST" \
+    --num-classes 1000 --image-size 224 --norm imagenet \
+    --epochs 20 --batch-size 512 --device-batch 64 --optimizer adamw --lr 2e-3 --wd 2e-2 \
+    --schedule gendd_cosine --warmup-epochs 0 --min-lr 1e-6 \
+    --aug crop_flip \
+    --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto

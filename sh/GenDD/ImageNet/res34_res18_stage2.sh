@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# GenDD stage 2, ImageNet-1k, ResNet-34 -> ResNet-18: train the student (resnet18) to condition a
+# diffusion model of the teacher's feature.
+#
+# Paper row: GenDD ResNet-34 -> ResNet-18: 72.38 top-1 (GenDD README.md line 25; KD 71.24 and IKL-KD
+# 71.91 on lines 23-24). The published number is best.pth evaluated with 5 sampled features per
+# image: sh/GenDD/ImageNet/res34_res18_eval.sh.
+# Original: jiequancui/Generative-Distribution-Distillation @ 9246d0b,
+# GenDD_imagenet/sh/imagenet_train_res34res18_gendd.sh, its second command
+# (main_supervised_gendd.py), the source of every hyperparameter below.
+# GPUs: the original ran 8 GPUs x 64 images (SBATCH --gres=gpu:8, -b 512, DDP). --batch-size is the
+# global batch (lr not rescaled); --device-batch 64 computes BatchNorm over groups of 64 images, as
+# its GPUs did, on any GPU count whose processes hold a multiple of 64
+# (docs/recipes.md#same-statistics-on-any-gpu-count). GenDD's feature mixup pairs samples within
+# each process's batch (the original: within each GPU's 64); on 8 GPUs the two are the same.
+# Hyperparameters: 100 epochs, batch 512, AdamW lr 2e-3 with beta2 rising per step from .96 to .999
+# by a half cosine (--gendd-beta2-min 0.96), wd 2e-2 on every parameter but the denoiser's (0); LR:
+# lr (e + 1) / 10 in epochs e < 10 (from 0), then 1e-6 + (lr - 1e-6)/2 (1 + cos(pi (e - 10 + 1) /
+# (100 - 10))), the last epoch at 1e-6 (--schedule gendd_cosine --warmup-epochs 10 --min-lr 1e-6).
+# GenDD: the teacher's 512-d feature is cut into 8 tokens of 64 (--gendd-token-dim 64), contracted
+# toward the label's teacher-classifier row with s .9 (--gendd-contraction 0.9), feature mixup of
+# condition and target with one m ~ Beta(1, 1) and partner per batch (--gendd-mixup-beta 1), each
+# token row repeated 10 times with its own step and noise (--gendd-batch-mul 10), conditions dropped
+# with p .2 (--gendd-cond-drop 0.2); the denoiser is an adaLN MLP, width 1024, 3 blocks, conditioned
+# on LayerNorm(student feature). Loss: diffusion + CE of the linear probe (the student classifier on
+# the detached feature), weight 1 each. Validation: the teacher classifier on 1 sampled feature per
+# image, 64 respaced steps, guidance 2 (--gendd-samples 1 --gendd-steps 64 --gendd-cfg 2); the
+# probe's accuracy beside it.
+# Stage 1: STAGE1 (default: checkpoint.pth, the last epoch, of
+# sh/GenDD/ImageNet/res34_res18_stage1.sh, as the script reloads stage 1's checkpoint.pth.tar; the
+# trunk and the never-trained student classifier are loaded, the projection dropped; STAGE1= (empty)
+# trains from scratch).
+# Aug: RandomResizedCrop 224 (scale .6-1, the driver's --crop_scale 0.6) + flip (--aug crop_flip06).
+# Evaluation Resize 256 + CenterCrop 224; ImageNet mean/std.
+# Teacher: torchvision's ImageNet ResNet-34 (--teacher-arch resnet34, as the original's
+# pretrained=True), TEACHER_WEIGHTS (default data/imagenet_teachers/resnet34-333f7ec4.pth:
+# torchvision's resnet34-333f7ec4.pth, put there by hand; nothing is downloaded). Frozen in eval
+# mode on the student's augmented image; its fc (512-d features) is copied into the student model as
+# a frozen buffer pair.
+#
+# Data: DATA_ROOT is the ImageNet-2012 folder (train/, val/) with the split lists train.txt and
+# val.txt ('relative/path label' lines, labels 0..999 in sorted-wnid order). There is no held-out
+# selection split: VAL_LIST and TEST_LIST are both val.txt (the 50k val set), as in the original
+# (its model_best.pth.tar, selected on val, is what its eval scripts report).
+# Launcher (sh/launch.sh): NGPUS (default: all visible GPUs), NNODES, NODE_RANK, MASTER_ADDR,
+# MASTER_PORT; DRY_RUN=1 (a quick check; synthetic data when DATA_ROOT is absent, a teacher with
+# random weights when TEACHER_WEIGHTS is absent, a student from scratch when STAGE1 is absent);
+# EXTRA_ARGS="--flag value" (appended last: overrides any flag here). Relative paths are relative to
+# the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+DATA_ROOT="${DATA_ROOT:-data/imagenet}"
+TRAIN_LIST="${TRAIN_LIST:-$DATA_ROOT/train.txt}"
+VAL_LIST="${VAL_LIST:-$DATA_ROOT/val.txt}"
+TEST_LIST="${TEST_LIST:-$DATA_ROOT/val.txt}"
+TEACHER_WEIGHTS="${TEACHER_WEIGHTS:-data/imagenet_teachers/resnet34-333f7ec4.pth}"
+STAGE1="${STAGE1-runs/GenDD/ImageNet/res34_res18_stage1/checkpoint.pth}"  # the run folder of sh/GenDD/ImageNet/res34_res18_stage1.sh
+OUTPUT_DIR="${OUTPUT_DIR:-runs/GenDD/ImageNet/res34_res18_stage2}"
+exec bash "$ROOT/sh/launch.sh" tools/train.py \
+    --method gendd --arch resnet18 --teacher-arch resnet34 --teacher-weights "$TEACHER_WEIGHTS" --gendd-stage1 "$STAGE1" \
+    --gendd-teacher-dim 512 --gendd-token-dim 64 --gendd-width 1024 --gendd-depth 3 --gendd-batch-mul 10 \
+    --gendd-contraction 0.9 --gendd-mixup-beta 1 --gendd-cond-drop 0.2 --gendd-beta2-min 0.96 \
+    --gendd-steps 64 --gendd-samples 1 --gendd-cfg 2 \
+    --dataset split --data-root "$DATA_ROOT" --train-list "$TRAIN_LIST" --val-list "$VAL_LIST" --test-list "$TEST_LIST" \
+    --num-classes 1000 --image-size 224 --norm imagenet \
+    --epochs 100 --batch-size 512 --device-batch 64 --optimizer adamw --lr 2e-3 --wd 2e-2 \
+    --schedule gendd_cosine --warmup-epochs 10 --min-lr 1e-6 \
+    --aug crop_flip06 \
+    --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto
