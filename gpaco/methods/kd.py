@@ -205,7 +205,7 @@ def dry_run_teacher(why: str, arch: Optional[str], options: Mapping[str, Any], n
     """A teacher with random weights for a dry run without the teacher's file (``why``: what is missing)."""
     arch = arch or options["arch"]
     print_main(f"warning: {why}; the dry run distils from a {arch} teacher with random weights")
-    return random_teacher(arch, num_classes)
+    return random_teacher(arch, num_classes, image_size=options.get("dry_run_image_size"))
 
 
 def report_teacher(ctx: FitContext, teacher: FrozenTeacher) -> None:

@@ -76,7 +76,7 @@ def _plain(value: Any, where: str) -> Any:
                     f"plain numbers, strings, lists and dicts only")
 
 
-def build_from_config(cfg: Mapping[str, Any], **overrides: Any) -> nn.Module:
+def build_from_config(cfg: Mapping[str, Any], /, **overrides: Any) -> nn.Module:
     """The model ``cfg`` (a :func:`model_config`) records, with random weights; ``overrides``
     replace recorded options (evaluation-time options such as ResLT's ``eval_gamma``)."""
     if not is_model_config(cfg):

@@ -229,6 +229,9 @@ def _rebuilt(path: str, arch: Optional[str], num_classes: int) -> FrozenTeacher:
     return FrozenTeacher(net, arch=cfg["arch"], source=path, forward=method.eval_forward if own_forward else None)
 
 
-def random_teacher(arch: str, num_classes: int) -> FrozenTeacher:
-    """A teacher with random weights (dry runs without the teacher's file)."""
-    return FrozenTeacher(build_classifier(arch, num_classes), arch=arch, source="random weights")
+def random_teacher(arch: str, num_classes: int, *, image_size: Optional[int] = None) -> FrozenTeacher:
+    """A teacher with random weights (dry runs without the teacher's file). With ``image_size`` a BEiT
+    teacher is a one-block stand-in at that input size (its grid is fixed; BEiT-v2-L has 300M parameters)."""
+    kwargs = {"backbone_kwargs": {"depth": 1, "img_size": image_size}} if image_size and is_beit(arch) else {}
+    return FrozenTeacher(build_classifier(arch, num_classes, **kwargs), arch=arch,
+                         source="random weights" + (", one block" if kwargs else ""))
