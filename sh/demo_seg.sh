@@ -7,6 +7,8 @@
 #   bash sh/demo_seg.sh                       # builds data/demo_seg, writes runs/demo_seg/{ce,gpaco,ceco}
 #   DEMO_ITERS=1500 bash sh/demo_seg.sh       # longer schedule (default 700; better numbers)
 #   DEMO_METHODS="ce ceco" bash sh/demo_seg.sh
+#   DEMO_DATA=my_scenes DEMO_OUT=runs/mine bash sh/demo_seg.sh   # relative paths: from your directory
+#   bash sh/demo_seg.sh --help                # this text
 #
 # Same pipeline as the recipes (random rescale, category-limited crop, photometric distortion,
 # normalisation, ignore padding, poly schedule, aux FCN head 0.4), shrunk to fit a 2-core CPU:
@@ -25,6 +27,12 @@
 # pretrained schedules, as in the papers; not tuned here).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
+# A relative DEMO_DATA / DEMO_OUT is read from the caller's directory (the script then runs from the
+# repository root).
+for v in DEMO_DATA DEMO_OUT; do
+    if [ -n "${!v:-}" ] && [ "${!v#/}" = "${!v}" ]; then printf -v "$v" '%s' "$PWD/${!v}"; fi
+done
 cd "$ROOT"
 bash sh/setup_env.sh demo
 PY="$ROOT/.venv/bin/python"

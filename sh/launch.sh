@@ -36,6 +36,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+GPACO_TAKES_ARGS=1 . "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 cd "$ROOT"
 
 if [ $# -lt 1 ]; then

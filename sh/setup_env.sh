@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install gpaco with the given extras.
 # Idempotent: re-installs only when pyproject.toml changed since the last install.
-# Usage: source sh/setup_env.sh [extras]   (extras default: test)
+# Usage: bash sh/setup_env.sh [extras]   (extras default: test; e.g. demo, "test,autoattack")
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+GPACO_TAKES_ARGS=1 . "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 EXTRAS="${1:-test}"
 PY="${PYTHON:-python3}"
 VENV="$ROOT/.venv"

@@ -13,6 +13,8 @@
 #SBATCH --ntasks-per-node=1
 #SBATCH --output=slurm-%j.out
 set -euo pipefail
+# (Inside the job sbatch runs a spooled copy of this file: the repository is GPACO_ROOT then.)
+GPACO_TAKES_ARGS=1 . "${GPACO_ROOT:-$(dirname "${BASH_SOURCE[0]}")/..}/sh/lib/usage.bash" "$@"   # --help: the header
 
 if [ $# -lt 1 ]; then
     echo "usage: bash sh/slurm.sh RECIPE [sbatch args...]" >&2

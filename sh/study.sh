@@ -23,9 +23,7 @@
 # 58.73 ± 2.11 (docs/study.md has the report).
 # Docs: docs/study.md.
 set -euo pipefail
-case "${1:-}" in
-    -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-esac
+GPACO_TAKES_ARGS=1 . "$(dirname "${BASH_SOURCE[0]}")/lib/usage.bash" "$@"   # --help: print the header above
 OUT="${STUDY_OUT:-}"
 if [ -n "$OUT" ] && [ "${OUT#/}" = "$OUT" ]; then
     OUT="$PWD/$OUT"  # relative to the caller's directory, not the repository's

@@ -4,9 +4,11 @@
 # about half the time of one worker with two threads (most tests are small or wait on
 # subprocesses, which one process cannot overlap).
 # Extra arguments go to pytest, e.g. `bash sh/test.sh -m "not slow"` for the fast subset,
-# `bash sh/test.sh -n 0` for one process, `bash sh/test.sh tests/test_losses.py`.
+# `bash sh/test.sh -n 0` for one process, `bash sh/test.sh tests/test_losses.py`; pytest's own
+# help: `bash sh/test.sh tests --help`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+GPACO_TAKES_ARGS=1 . "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 bash "$ROOT/sh/setup_env.sh" test
 cd "$ROOT"
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

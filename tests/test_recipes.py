@@ -407,3 +407,44 @@ def test_recipe_end_to_end_through_bash(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert "[launch]" in out and "tools/train.py" in out
     assert "dry run ok" in out
+
+
+def _header_first_line(script: str) -> str:
+    return (ROOT / script).read_text().splitlines()[1].lstrip("#").strip()
+
+
+def test_every_script_prints_its_header_on_help_and_starts_nothing(tmp_path: Path) -> None:
+    # Run from an empty folder with no interpreter on PATH but bash's own tools: --help must
+    # exit before a set-up, a pip install, a launch or a folder is created.
+    env = _env(DEMO_OUT="out", DEMO_DATA="data", STUDY_OUT="out", OUTPUT_DIR="out")
+    for script in ALL_SH:
+        for flag in ("--help", "-h"):
+            proc = subprocess.run(["bash", str(ROOT / script), flag], cwd=str(tmp_path), env=env,
+                                  capture_output=True, text=True, timeout=30)
+            assert proc.returncode == 0, f"{script} {flag}: exit {proc.returncode}\n{proc.stderr}"
+            assert proc.stderr == "", f"{script} {flag}: {proc.stderr}"
+            assert proc.stdout.splitlines()[0] == _header_first_line(script), script
+            assert "--job-name" not in proc.stdout, script  # slurm.sh's #SBATCH directives are not usage
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("script", ["sh/demo.sh", "sh/demo_seg.sh", next(r for r in RECIPES if _uses_launcher(r))])
+def test_a_script_without_arguments_refuses_one_in_a_line(script: str, tmp_path: Path) -> None:
+    proc = subprocess.run(["bash", str(ROOT / script), "--epochs", "5"], cwd=str(tmp_path), env=_env(),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and "takes no arguments (got: --epochs 5)" in proc.stderr
+    if script in RECIPES:
+        assert 'EXTRA_ARGS="--epochs 5"' in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_relative_demo_data_is_read_from_the_callers_directory(tmp_path: Path) -> None:
+    # Checked before the set-up: the error names the folder under the caller's directory.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train.txt").write_text("a.png 0\n")
+    proc = subprocess.run(["bash", str(ROOT / "sh" / "demo.sh")], cwd=str(tmp_path), env=_env(DEMO_DATA="mine"),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: DEMO_DATA={tmp_path}/mine has no val.txt "
+                                   "(expected train.txt, val.txt, test.txt)")

@@ -32,6 +32,7 @@
 # relative to the repository root.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cifar}"
 TRAIN_DIR="${TRAIN_DIR:-runs/AT/CIFAR10/ikl_at}"  # the run folder of a train recipe under sh/AT/
 CHECKPOINT="${CHECKPOINT:-$TRAIN_DIR/averaged.pth}"

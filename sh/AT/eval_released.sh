@@ -26,6 +26,7 @@
 # repository root.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cifar}"
 DATASET="${DATASET:-cifar10}"
 CHECKPOINT="${CHECKPOINT:-pretrained/dkl_at/ikl_at_${DATASET}.pt}"

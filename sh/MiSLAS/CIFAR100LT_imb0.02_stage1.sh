@@ -18,6 +18,7 @@
 # relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cifar}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/MiSLAS/CIFAR100LT_imb0.02_stage1}"
 exec bash "$ROOT/sh/launch.sh" tools/train.py \

@@ -22,6 +22,7 @@
 # relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cifar}"
 STAGE1="${STAGE1:-runs/MiSLAS/CIFAR10LT_imb0.01_stage1/best.pth}"  # the run folder of sh/MiSLAS/CIFAR10LT_imb0.01_stage1.sh
 OUTPUT_DIR="${OUTPUT_DIR:-runs/MiSLAS/CIFAR10LT_imb0.01_stage2}"

@@ -26,6 +26,7 @@
 # relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cifar}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/ResCom/CIFAR10LT_train_imb0.01}"
 case "${RESCOM_SCHEDULE:-constant}" in

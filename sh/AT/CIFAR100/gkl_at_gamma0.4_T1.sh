@@ -45,6 +45,7 @@
 # recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cifar}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/AT/CIFAR100/gkl_at_gamma0.4_T1}"
 bash "$ROOT/sh/launch.sh" tools/train.py \

@@ -52,6 +52,7 @@
 # recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cifar}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/AT/CIFAR100/ikl_at_autoaug}"
 bash "$ROOT/sh/launch.sh" tools/train.py \

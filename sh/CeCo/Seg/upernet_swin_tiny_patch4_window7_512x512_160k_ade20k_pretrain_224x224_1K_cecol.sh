@@ -50,6 +50,7 @@
 # bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/ade/ADEChallengeData2016}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/CeCo/Seg/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_cecol}"
 PRETRAINED="${PRETRAINED-pretrained/swin_tiny_patch4_window7_224.ms_in1k.safetensors}"

@@ -21,6 +21,7 @@
 # bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/coco_stuff10k}"
 TRAIN_DIR="${TRAIN_DIR:-runs/GPaCo/Seg/r101_deeplabv3plus_40k_coco10k_paco}"  # the run folder of sh/GPaCo/Seg/r101_deeplabv3plus_40k_coco10k_paco.sh
 CHECKPOINT="${CHECKPOINT:-$TRAIN_DIR/checkpoint.pth}"

@@ -26,6 +26,7 @@
 # bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cityscapes}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/GPaCo/Seg/r18_deeplabv3plus_80k_cityscapes_ce}"
 PRETRAINED="${PRETRAINED-pretrained/resnet18_v1c.pth}"

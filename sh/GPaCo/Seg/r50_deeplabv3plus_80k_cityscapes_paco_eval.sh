@@ -20,6 +20,7 @@
 # bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cityscapes}"
 TRAIN_DIR="${TRAIN_DIR:-runs/GPaCo/Seg/r50_deeplabv3plus_80k_cityscapes_paco}"  # the run folder of sh/GPaCo/Seg/r50_deeplabv3plus_80k_cityscapes_paco.sh
 CHECKPOINT="${CHECKPOINT:-$TRAIN_DIR/checkpoint.pth}"

@@ -27,6 +27,7 @@
 # bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/ade/ADEChallengeData2016}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/GPaCo/Seg/upernet_swinlarge_160k_ade20k_paco}"
 PRETRAINED="${PRETRAINED-pretrained/swin_large_patch4_window12_384.ms_in22k.safetensors}"

@@ -20,6 +20,7 @@
 # bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/ade/ADEChallengeData2016}"
 TRAIN_DIR="${TRAIN_DIR:-runs/GPaCo/Seg/upernet_swinlarge_160k_ade20k_paco}"  # the run folder of sh/GPaCo/Seg/upernet_swinlarge_160k_ade20k_paco.sh
 CHECKPOINT="${CHECKPOINT:-$TRAIN_DIR/checkpoint.pth}"

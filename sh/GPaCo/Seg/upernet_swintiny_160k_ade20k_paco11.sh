@@ -28,6 +28,7 @@
 # bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/ade/ADEChallengeData2016}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/GPaCo/Seg/upernet_swintiny_160k_ade20k_paco11}"
 PRETRAINED="${PRETRAINED-pretrained/swin_tiny_patch4_window7_224.ms_in1k.safetensors}"

@@ -50,6 +50,7 @@
 # sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/imagenet}"
 CC3M_ROOT="${CC3M_ROOT:-$ROOT/data/cc3m}"  # the shards (absolute, or relative to DATA_ROOT)
 TRAIN_LIST="${TRAIN_LIST:-$CC3M_ROOT/cc3m-train-*.tar}"

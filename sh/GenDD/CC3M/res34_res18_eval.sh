@@ -23,6 +23,7 @@
 # [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/imagenet}"
 TEST_LIST="${TEST_LIST:-$DATA_ROOT/val.txt}"
 ARCH="${ARCH:-resnet18}"  # the student

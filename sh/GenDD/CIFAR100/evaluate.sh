@@ -30,6 +30,7 @@
 # [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cifar}"
 PAIR="${PAIR:-res32x4_res8x4}"  # the student of sh/GenDD/CIFAR100/<PAIR>_stage2.sh
 case "$PAIR" in

@@ -50,6 +50,7 @@
 # the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cifar}"
 TEACHER_WEIGHTS="${TEACHER_WEIGHTS:-data/cifar_teachers/vgg13_vanilla/ckpt_epoch_240.pth}"
 STAGE1="${STAGE1-runs/GenDD/CIFAR100/vgg13_vgg8_stage1/checkpoint.pth}"  # the run folder of sh/GenDD/CIFAR100/vgg13_vgg8_stage1.sh

@@ -26,6 +26,7 @@
 # [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/imagenet}"
 TEST_LIST="${TEST_LIST:-$DATA_ROOT/val.txt}"
 TRAIN_DIR="${TRAIN_DIR:-runs/GenDD/ImageNet/res50_mv1_stage2}"  # the run folder of sh/GenDD/ImageNet/res50_mv1_stage2.sh

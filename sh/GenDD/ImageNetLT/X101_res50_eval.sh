@@ -21,6 +21,7 @@
 # [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/imagenet}"
 TRAIN_LIST="${TRAIN_LIST:-$DATA_ROOT/ImageNet_LT_train.txt}"
 TEST_LIST="${TEST_LIST:-$DATA_ROOT/ImageNet_LT_test.txt}"

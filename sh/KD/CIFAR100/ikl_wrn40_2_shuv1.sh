@@ -35,6 +35,7 @@
 # bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cifar}"
 TEACHER_WEIGHTS="${TEACHER_WEIGHTS:-data/cifar_teachers/wrn_40_2_vanilla/ckpt_epoch_240.pth}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/KD/CIFAR100/ikl_wrn40_2_shuv1}"

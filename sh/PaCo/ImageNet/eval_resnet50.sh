@@ -12,6 +12,7 @@
 # relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/imagenet}"
 TEST_LIST="${TEST_LIST:-$DATA_ROOT/val.txt}"
 TRAIN_DIR="${TRAIN_DIR:-runs/PaCo/ImageNet/train_resnet50}"  # the run folder of sh/PaCo/ImageNet/train_resnet50.sh

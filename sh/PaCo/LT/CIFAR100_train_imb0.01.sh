@@ -22,6 +22,7 @@
 # relative to the repository root. Under SLURM: bash sh/slurm.sh <this recipe> [sbatch args].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+. "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
 DATA_ROOT="${DATA_ROOT:-data/cifar}"
 OUTPUT_DIR="${OUTPUT_DIR:-runs/PaCo/LT/CIFAR100_train_imb0.01}"
 exec bash "$ROOT/sh/launch.sh" tools/train.py \
