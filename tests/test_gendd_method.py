@@ -218,6 +218,73 @@ def test_the_authors_layout_maps_onto_ours(tmp_path):
         load_stage1(fresh, str(tmp_path / "ckpt_stage1.pth"))
 
 
+def _authors_file(ours, arch: str, *, stage1: bool = False) -> dict:
+    """``ours`` in the authors' DiffModel layout, as their drivers save it."""
+    state = ours.state_dict()
+    student = {k: v for k, v in state.items() if k.startswith(("backbone.", "fc."))}
+    theirs = {f"module.model.{k}": v for k, v in to_original_state_dict(student, arch).items()}
+    theirs.update({f"module.{k}": v for k, v in state.items() if k.startswith(("diffloss.", "cls_projector.", "proj."))})
+    theirs.update({"module.classifier.weight": state["cls_centers"], "module.classifier.bias": state["cls_bias"]})
+    if not stage1:
+        theirs.update({"module.cls_centers": state["cls_centers"], "module.chunk_idx": torch.arange(4)[None]})
+    return {"epoch": 100, "state_dict": theirs, "best_acc1": 72.4}  # the ImageNet driver's model_best
+
+
+@pytest.mark.parametrize("arch", ["kd_vgg8", "kd_resnet8x4", "kd_mobilenetv2", "kd_shufflev1"])
+def test_the_authors_files_are_detected_and_evaluate_as_ours(tmp_path, arch):
+    """gpaco-eval / gpaco-convert on an authors' file, no method or sizes given: the layout
+    is recognised, stage 2 (a denoiser) or stage 1, the denoiser's size read off its tensors,
+    and the model predicts as the one the file was written from."""
+    from gpaco.methods.rebuild import build_model_from_checkpoint, convert_file
+    from gpaco.models.convert import read_checkpoint
+
+    torch.manual_seed(0)
+    ours = build_gendd_student(arch, 10, teacher_dim=32, token_dim=8, width=16, depth=2, sampling_steps="4")
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        ours.cls_centers.normal_(), ours.cls_bias.normal_()
+    torch.save(_authors_file(ours, arch), tmp_path / "model_best.pth.tar")
+    loaded = read_checkpoint(str(tmp_path / "model_best.pth.tar"))
+    assert loaded.layout == "gendd_original"
+    model, report = build_model_from_checkpoint(loaded, arch=arch, flag_values={"gendd_steps": "4"})
+    assert report.method == "gendd" and report.missing == []
+    assert [k for k, _ in report.unused] == ["chunk_idx"]
+    assert (model.token_dim, model.num_tokens, len(model.diffloss.net.res_blocks)) == (8, 4, 2)
+    for k, v in ours.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    x = torch.randn(3, 3, 32, 32)
+    ours.eval(), model.eval()
+    with torch.no_grad():
+        theirs_out, ours_out = model.predict(x), ours.predict(x)
+    assert torch.equal(theirs_out["logits"], ours_out["logits"]) and torch.equal(theirs_out["probe"], ours_out["probe"])
+
+    report, _ = convert_file(str(tmp_path / "model_best.pth.tar"), str(tmp_path / "converted.pth"), arch=arch)
+    again, _ = build_model_from_checkpoint(read_checkpoint(str(tmp_path / "converted.pth")))
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in ours.state_dict().items())
+
+    stage1 = build_gendd_stage1(arch, 10, teacher_dim=32)
+    torch.save(_authors_file(stage1, arch, stage1=True), tmp_path / "stage1.pth.tar")
+    model, report = build_model_from_checkpoint(read_checkpoint(str(tmp_path / "stage1.pth.tar")), arch=arch)
+    assert report.method == "gendd_stage1" and report.missing == [] and report.unused == []
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stage1.state_dict().items())
+
+
+def test_the_authors_student_head_names_are_every_student_arch_s():
+    """The layout's head pattern picks exactly the original head of every CIFAR/ImageNet
+    student arch (to_classifier_state_dict's, which knows the arch), nothing of its trunk."""
+    from gpaco.models.convert import assign_roles
+    from gpaco.models.kd_zoo import KD_ARCHS, original_head_prefix
+
+    for arch in list(KD_ARCHS) + ["resnet18"]:
+        state = to_original_state_dict(build_classifier(arch, 10).state_dict(), arch)
+        roles, unused = assign_roles({f"model.{k}": v for k, v in state.items()} | {"cls_centers": torch.ones(1)},
+                                     "gendd_original")
+        head = original_head_prefix(arch)
+        assert set(roles["classifier"]) == {"weight", "bias"} and not unused, arch
+        assert roles["backbone"].keys() == {k for k in state if not k.startswith(head)}, arch
+
+
 # --------------------------------------------------------------------------- flags
 
 

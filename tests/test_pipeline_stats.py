@@ -65,6 +65,7 @@ def _original(component, size):
         "sim": [T.RandomResizedCrop(size), cj, gray, blur, T.RandomHorizontalFlip()],
         "sim02": [T.RandomResizedCrop(size, scale=(0.2, 1.0)), cj, gray, blur, T.RandomHorizontalFlip()],
         "randcls": [T.RandomResizedCrop(size), T.RandomHorizontalFlip(), cj, ra],
+        "randcls06": [T.RandomResizedCrop(size, scale=(0.6, 1.0)), T.RandomHorizontalFlip(), cj, ra],
         "randclsstack": [T.RandomResizedCrop(size), T.RandomHorizontalFlip(), cj, gray, blur, ra],
         "regular": [T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4, 0.4, 0.0)],
     }[component]
@@ -174,6 +175,26 @@ def test_pipeline_matches_original_sample_by_sample(photos, aug):
         for v in range(2):
             levels = ((a[v] - b[v]).abs() * STD_T * 255).mean().item()
             assert levels < 1.5, f"{aug} seed {s} view {v + 1}: mean |diff| {levels:.2f} levels"
+
+
+def test_randcls06_matches_the_original_sample_by_sample(photos):
+    """GenDD's BEiT stage 2: ``randcls`` with the crop at scale .6-1 (the driver's --crop_scale 0.6),
+    one view; the same draws as the torchvision/timm composition, and not ``randcls``'s crops."""
+    size = 112
+    ours = build_train_transform("randcls06", image_size=size, mean=MEAN, std=STD)
+    wide = build_train_transform("randcls", image_size=size, mean=MEAN, std=STD)
+    orig = _original("randcls06", size)
+    differs = 0
+    for s in range(16):
+        img = photos[s % len(photos)]
+        outs = []
+        for t in (ours, orig, wide):
+            _seed(s)
+            outs.append(t(img))
+        levels = ((outs[0] - outs[1]).abs() * STD_T * 255).mean().item()
+        assert levels < 1.5, f"seed {s}: mean |diff| {levels:.2f} levels"
+        differs += ((outs[0] - outs[2]).abs() * STD_T * 255).mean().item() > 5
+    assert differs >= 12
 
 
 @pytest.mark.parametrize("aug", ("randcls_sim", "randcls_randclsstack", "sim_sim"))

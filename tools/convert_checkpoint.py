@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert a checkpoint (the original's released PaCo/GPaCo ResNets, MAE-style ViTs, ours) into our layout.
+"""Convert a checkpoint (the original's released PaCo/GPaCo ResNets, MAE-style ViTs, the GenDD authors'
+students, ours) into our layout.
 
     python tools/convert_checkpoint.py IN OUT.pth            # weights-only .pth with metadata
     python tools/convert_checkpoint.py IN OUT.safetensors    # weights only (metadata in the header)

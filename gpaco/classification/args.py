@@ -32,6 +32,7 @@ SMALL_IMAGE_SIZE = 64
 #: Augmentation components made for 224-px ImageNet images: what each does that a small image does not survive.
 IMAGENET_SIZED_VIEWS = {
     "randcls": "crops down to 8 % of the area, RandAugment",
+    "randcls06": "RandAugment",
     "randclsstack": "crops down to 8 % of the area, RandAugment, a blur of up to 2 px",
     "randclsgray": "crops down to 8 % of the area, RandAugment",
     "sim": "crops down to 8 % of the area, a blur of up to 2 px",

@@ -12,6 +12,7 @@ Components (``S`` = ``image_size``, 224 for ImageNet recipes, 32 for CIFAR):
 ``sim``                   RRC(S) > ColorJitter(.4,.4,.4,0) p1 > Gray .2 > Blur p.5 > HFlip
 ``sim02``                 ``sim`` with RRC scale (.2, 1)
 ``randcls``               RRC(S) > HFlip > ColorJitter(.4,.4,.4,0) p1 > RandAugment(n, m)
+``randcls06``             ``randcls`` with RRC scale (.6, 1) (GenDD's BEiT rows, stage 2)
 ``randclsstack``          RRC(S) > HFlip > ColorJitter p1 > Gray .2 > Blur p.5 > RandAugment(n, m)
 ``cifar_regular``         [fit to SxS] > RandomCrop(S, pad S/8) > HFlip > AutoAugment(CIFAR10) > Cutout(1, S/2)
 ``cifar_autoaugment``     ``cifar_regular`` without Cutout (the DKL adversarial training's "autoaug" view)
@@ -30,7 +31,7 @@ Blur is PIL's GaussianBlur with radius sigma ~ U[.1, 2] pixels, as in MoCo v2; l
 the original it is not rescaled for small images.
 
 The ops themselves live in :mod:`gpaco.data.pil_ops`, including the fast path of the
-ImageNet components (``regular``, ``sim``, ``sim02``, ``randcls``, ``randclsstack``): the
+ImageNet components (``regular``, ``sim``, ``sim02``, ``randcls``, ``randcls06``, ``randclsstack``): the
 same ops and random draws as the original's torchvision/PIL composition, computed on a
 float tensor of 0..255 pixels after the crop. ``TwoViews`` converts the decoded image once
 for both views.
@@ -108,7 +109,7 @@ TWO_VIEW_STRATEGIES: Dict[str, Tuple[str, str]] = {
     "cifar_crop_flip_cifar_autoaugment": ("cifar_crop_flip", "cifar_autoaugment"),
 }
 SINGLE_VIEW_STRATEGIES: Tuple[str, ...] = (
-    "randcls", "randclsstack", "randclsgray", "regular", "sim", "sim02", "mocov2",
+    "randcls", "randcls06", "randclsstack", "randclsgray", "regular", "sim", "sim02", "mocov2",
     "cifar_regular", "sim_cifar", "aug_cifar", "digits", "timm_randaug", "none",
     "crop_flip", "crop_flip06", "cifar_crop_flip", "cifar_autoaugment",
 )
@@ -176,8 +177,9 @@ def _component(name: str, size: int, randaug_n: int, randaug_m: int,
     if name in ("sim", "sim02"):
         scale = (0.2, 1.0) if name == "sim02" else (0.08, 1.0)
         return [_RandomResizedCrop(size, scale=scale), fast_jitter, fast_gray, blur, fast_flip]
-    if name == "randcls":
-        return [_RandomResizedCrop(size), fast_flip, fast_jitter, _ToPIL(),
+    if name in ("randcls", "randcls06"):
+        scale = (0.6, 1.0) if name == "randcls06" else (0.08, 1.0)
+        return [_RandomResizedCrop(size, scale=scale), fast_flip, fast_jitter, _ToPIL(),
                 _rand_augment(size, randaug_n, randaug_m)]
     if name == "randclsstack":
         return [_RandomResizedCrop(size), fast_flip, fast_jitter, fast_gray, blur, _ToPIL(),

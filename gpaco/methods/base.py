@@ -157,6 +157,11 @@ class Method:
         ``FileNotFoundError`` / ``ValueError`` naming its flag."""
         return None
 
+    def options_from_weights(self, state: Mapping[str, Any]) -> Dict[str, Any]:
+        """Model options (``build_model`` keywords) a checkpoint's tensors imply, for a file that
+        does not record its training flags (another codebase's); ``{}`` when none."""
+        return {}
+
     def lr_scales(self, model: nn.Module, options: Dict[str, Any]) -> Optional[Dict[str, float]]:
         """``{parameter-name prefix: LR factor}``: one optimizer group per prefix (the rest at 1)."""
         return None

@@ -35,6 +35,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from gpaco import distributed as gdist
 from gpaco.data.build import is_cifar
@@ -97,6 +98,13 @@ BETA2_MIN = flag("--gendd-beta2-min", type=float, default=None, range="[0, 0.999
 STAGE1 = flag("--gendd-stage1", default=None, metavar="PATH",
               help="start the student from a gendd_stage1 run: its best.pth / checkpoint.pth (or the authors' "
                    "stage-1 file); the trunk and the student classifier (the probe's start) are loaded")
+
+
+def teacher_dim_of(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """``{"teacher_dim": D}`` from the teacher classifier [C, D] a GenDD file holds (ours:
+    ``cls_centers``; the authors': also ``classifier.weight``), else ``{}``."""
+    weight = state.get("cls_centers", state.get("classifier.weight"))
+    return {"teacher_dim": int(weight.shape[1])} if isinstance(weight, Tensor) and weight.ndim == 2 else {}
 
 
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -177,6 +185,9 @@ class GenDDStage1(_TeacherClassifier):
     def build_model(self, arch, num_classes, **options):
         return build_gendd_stage1(arch, num_classes, **options)
 
+    def options_from_weights(self, state: Mapping[str, Any]) -> Dict[str, Any]:
+        return teacher_dim_of(state)
+
     def setup(self, ctx: FitContext) -> None:
         self.teacher = self.load_teacher(ctx)
         self.report_teacher(ctx)
@@ -200,6 +211,18 @@ class GenDD(_TeacherClassifier):
 
     def build_model(self, arch, num_classes, **options):
         return build_gendd_student(arch, num_classes, **options)
+
+    def options_from_weights(self, state: Mapping[str, Any]) -> Dict[str, Any]:
+        """The denoiser's size from its tensors (the authors' files record no flags): width and
+        token size from ``input_proj`` [W, d], depth from the residual blocks."""
+        options = teacher_dim_of(state)
+        proj = state.get("diffloss.net.input_proj.weight")
+        if isinstance(proj, Tensor) and proj.ndim == 2:
+            options.update(width=int(proj.shape[0]), token_dim=int(proj.shape[1]))
+        blocks = {k.split(".")[3] for k in state if k.startswith("diffloss.net.res_blocks.")}
+        if blocks:
+            options["depth"] = len(blocks)
+        return options
 
     def needs_labels(self, options: Mapping[str, Any]) -> bool:
         return not options.get("gendd_label_free")  # label-free: the teacher's probabilities, no CE

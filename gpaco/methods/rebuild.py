@@ -93,6 +93,14 @@ def checkpoint_prefixes(method: str, task: str = "classification") -> Dict[str, 
     return dict(get_method(method, task).checkpoint_prefixes)
 
 
+def method_for_layout(loaded: LoadedCheckpoint) -> Optional[str]:
+    """The method a file without a recorded one was trained with: the GenDD authors' files are
+    ``gendd`` (with a denoiser) or ``gendd_stage1``; any other, :func:`method_for_roles`."""
+    if loaded.layout == "gendd_original":
+        return "gendd" if any(k.startswith("diffloss.") for k in loaded.state) else "gendd_stage1"
+    return method_for_roles(file_roles(loaded))
+
+
 def method_for_roles(roles: Sequence[str], task: str = "classification") -> Optional[str]:
     """The method whose model holds every role of a file (its tensors) with the fewest roles
     of its own; among equals the first registered. None when no row holds them all.
@@ -130,7 +138,7 @@ def checkpoint_model_config(loaded: Optional[LoadedCheckpoint], *, method: Optio
     args = meta.get("args") or {}
     roles = assign_roles(loaded.state, loaded.layout)[0] if loaded is not None else {}
     method = method or meta.get("method") or args.get("method") or \
-        (method_for_roles(file_roles(loaded)) if loaded is not None else None) or defaults.get("method", "ce")
+        (method_for_layout(loaded) if loaded is not None else None) or defaults.get("method", "ce")
     arch = arch or meta.get("arch") or defaults.get("arch")
     if arch is None:
         raise CheckpointError(f"{loaded.path if loaded else 'checkpoint'}: the file does not name its architecture; "
@@ -161,6 +169,9 @@ def checkpoint_model_config(loaded: Optional[LoadedCheckpoint], *, method: Optio
         raise CheckpointError(f"{loaded.path if loaded else 'checkpoint'}: {e}") from None
     for name, value in method_options(row, args)[0].items():  # the method's model options as trained
         options.setdefault(name, value)
+    if loaded is not None:  # what only the tensors say (a file without training flags)
+        for name, value in row.options_from_weights(loaded.state).items():
+            options.setdefault(name, value)
     try:
         return model_config(method, "classification", arch, int(num_classes), options)
     except (TypeError, ValueError) as e:

@@ -17,6 +17,10 @@ layout             keys
                    classifier), ``mlp.*`` (projection), ``queue*``
 ``mae``            MAE-style ViT without projection/queue: ViT keys + ``head.*``
 ``classifier``     a plain torchvision/timm classifier: backbone keys + ``fc.*``
+``gendd_original`` the GenDD authors' ``DiffModel`` (stage 1 or 2): ``model.*`` (the student,
+                   its head ``model.{fc,linear,classifier,classifier.0}.*``), ``diffloss.*``,
+                   ``cls_projector.*``, ``proj.*``, the teacher classifier ``classifier.*`` (also
+                   ``cls_centers``), the constant ``chunk_idx``
 =================  =================================================================
 
 Every source key is given a *role* (``backbone``, ``projection``, ``backbone_k``,
@@ -53,7 +57,7 @@ __all__ = [
     "MAE_ARCH_NAMES",
 ]
 
-LAYOUTS = ("gpaco", "paco_original", "gpaco_original", "mae_gpaco", "mae", "classifier")
+LAYOUTS = ("gpaco", "paco_original", "gpaco_original", "mae_gpaco", "mae", "classifier", "gendd_original")
 ROLES = ("backbone", "projection", "backbone_k", "projection_k", "classifier", "queue", "extra")
 
 #: The keys of a checkpoint's ``model_config`` (:func:`gpaco.methods.rebuild.model_config`).
@@ -64,6 +68,12 @@ MAE_ARCH_NAMES = {"vit_base_patch16": "mae_vit_base_patch16", "vit_large_patch16
                   "vit_huge_patch14": "mae_vit_huge_patch14"}
 
 _QUEUE_NAMES = {"queue": "features", "queue_l": "labels", "queue_ptr": "ptr"}
+#: The student head of the GenDD authors' files: the original classifier name of every student
+#: they train (``fc.`` ResNets/WRNs/MobileNetV1, ``classifier.`` VGG, ``classifier.0.``
+#: MobileNetV2, ``linear.`` ShuffleNets and the CIFAR ResNet-50), weight and bias only.
+_GENDD_STUDENT_HEAD = re.compile(r"model\.(?:fc|linear|classifier(?:\.0)?)\.(weight|bias)")
+#: The GenDD authors' own modules, kept under their names (ours are the same).
+_GENDD_OWN = ("diffloss.", "cls_projector.", "proj.")
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -158,7 +168,8 @@ def read_checkpoint(path: str, *, trust_pickle: bool = False) -> LoadedCheckpoin
         raise CheckpointError(
             f"{path}: unknown key layout (keys like {list(state)[:6]}); expected ours (tools/train.py), the "
             f"original's PaCo/GPaCo ResNets (module.encoder_q.*, module.linear.*), an MAE-style ViT "
-            f"({{'model': ...}} with blocks.*, head.*) or a torchvision classifier (conv1.*, fc.*)")
+            f"({{'model': ...}} with blocks.*, head.*), a torchvision classifier (conv1.*, fc.*) or the GenDD "
+            f"authors' DiffModel (model.*, diffloss.*, cls_centers)")
     return LoadedCheckpoint(path, state, layout, meta, notes)
 
 
@@ -247,6 +258,8 @@ def detect_layout(state: Mapping[str, Tensor]) -> Optional[str]:
 
     if has("encoder.backbone.") or has("encoder_q.backbone.") or has("backbone."):
         return "gpaco"
+    if has("model.") and (has("diffloss.") or has("cls_projector.") or "cls_centers" in state or has("proj.")):
+        return "gendd_original"
     if has("encoder_q.") and (has("linear.") or has("queue")):
         if has("encoder_k.") or has("linear_k.") or "encoder_q.fc.1.running_mean" in state:
             return "paco_original"
@@ -299,6 +312,21 @@ def _role_of(key: str, layout: str) -> Tuple[Optional[str], str]:
         if key.startswith("fc."):
             return "classifier", key[len("fc."):]
         return "backbone", key
+    if layout == "gendd_original":
+        head = _GENDD_STUDENT_HEAD.fullmatch(key)
+        if head:
+            return "classifier", head.group(1)  # the student's own head: our linear probe fc.*
+        if key.startswith("model."):
+            return "backbone", key[len("model."):]
+        if key.startswith(_GENDD_OWN):
+            return "extra", key
+        if key in ("cls_centers", "classifier.weight"):  # the teacher classifier (the same tensor twice)
+            return "extra", "cls_centers"
+        if key == "classifier.bias":
+            return "extra", "cls_bias"
+        if key == "chunk_idx":
+            return None, "the token index 0..K-1, a constant the model rebuilds"
+        return None, "not part of the GenDD model"
     raise ValueError(f"unknown layout {layout!r}; one of {LAYOUTS}")
 
 

@@ -38,9 +38,7 @@
 # (empty) trains from scratch).
 # Aug: RandomResizedCrop 224 (scale .6-1) + flip + ColorJitter(.4, .4, .4) + RandAugment
 # rand-n2-m7-mstd0.5 (timm's, translate .45 x 224, fill = the mean) (the driver's --aug_type randaug
-# with --crop_scale 0.6): --aug randcls --randaug-n 2 --randaug-m 7. Not quite: gpaco's randcls
-# crops at scale .08-1 (no RandAugment strategy with the .6-1 crop exists yet), so this stage trains
-# on wider-range crops than the original (docs/migrating.md). Evaluation Resize 256 + CenterCrop
+# with --crop_scale 0.6): --aug randcls06 --randaug-n 2 --randaug-m 7. Evaluation Resize 256 + CenterCrop
 # 224; ImageNet mean/std.
 # Teacher: BEiT-v2 Large (--teacher-arch beitv2_large_patch16_224, timm's network), TEACHER_WEIGHTS
 # (default data/imagenet_teachers/beitv2_large_patch16_224_pt1k_ft21kto1k_new.pth: the flat state
@@ -77,6 +75,6 @@ exec bash "$ROOT/sh/launch.sh" tools/train.py \
     --num-classes 1000 --image-size 224 --norm imagenet \
     --epochs 600 --batch-size 512 --device-batch 64 --optimizer adamw --lr 2e-3 --wd 1e-2 \
     --schedule gendd_cosine --warmup-epochs 20 --min-lr 1e-6 \
-    --aug randcls --randaug-n 2 --randaug-m 7 \
+    --aug randcls06 --randaug-n 2 --randaug-m 7 \
     --mixup 0.2 --cutmix 1.0 --mixup-prob 1 --mixup-switch-prob 0.5 --label-smoothing 0.1 \
     --workers "${WORKERS:-8}" --seed "${SEED:-0}" --output-dir "$OUTPUT_DIR" --resume auto
