@@ -9,7 +9,8 @@
 #   METHODS="ce reslt mislas" bash sh/demo.sh   # pick the methods (default: ce balanced_ce gpaco)
 #   METHODS=all bash sh/demo.sh                 # ce balanced_ce gpaco reslt rescom mislas (mislas = stage 1 + 2)
 #   METHODS=kd bash sh/demo.sh                  # distillation: a kd_resnet20 teacher (balanced CE), then ResNet-8
-#                                               # students without KD, with KL, IKL and GKL (DEMO_KD_EPOCHS, 10)
+#                                               # students without KD, with KL, IKL and GKL, and GenDD
+#                                               # (stage 1, then stage 2; DEMO_KD_EPOCHS, 10 each)
 #   METHODS=robust bash sh/demo.sh              # adversarial training on balanced digits: CE, PGD-AT, TRADES and
 #                                               # IKL-AT, then clean and PGD-20 accuracy side by side in
 #                                               # $DEMO_OUT/robust.md (DEMO_ROBUST_EPOCHS, 8)
