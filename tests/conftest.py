@@ -5,6 +5,30 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+#: Set to 1 (or pass --full) to run the full tier as well.
+FULL_ENV = "GPACO_FULL_TESTS"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", default=False,
+                     help=f"also run the tests marked 'full' (the full tier; same as {FULL_ENV}=1)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "full: the full tier, skipped unless --full: checks that repeat a default-tier check on more "
+        "inputs at a high cost (every recipe's dry run beyond one per entry script and method, the longest "
+        "end-to-end runs whose logic faster tests cover). Run it when recipes or those paths change.")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full") or os.environ.get(FULL_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason="full tier: run with `bash sh/test.sh --full`")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
+
 ROOT = Path(__file__).resolve().parents[1]
 REFVECTORS = Path(__file__).resolve().parent / "data" / "refvectors"
 

@@ -398,6 +398,7 @@ def ridge_fitted_resnet8(demo_data: Path, size: int) -> nn.Module:
 
 
 @pytest.mark.slow
+@pytest.mark.full  # a minute; the stop/resume logic is tested above in seconds (with model-call counts)
 def test_cli_autoattack_on_demo_digits_resumes_to_the_same_numbers(demo_data, tmp_path):
     """The demo digits through the whole tool, AutoAttack included: stopped inside the AutoAttack
     rows, resumed, and equal to an uninterrupted run image for image."""

@@ -112,6 +112,17 @@ def test_more_workers_than_cores_warns(two_cores, capsys, monkeypatch):
         "with training for the cores and slow it down; pass --workers 1 (or fewer; 0 loads in the main process)"]
 
 
+def test_the_default_workers_fit_the_cores(two_cores, capsys, monkeypatch):
+    """Left out, --workers is 4 or the cores per training process when fewer: no warning, and no
+    loader that torch itself warns about."""
+    assert parse_train_args(["--train-list", "x"]).workers == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert parse_train_args(["--train-list", "x"]).workers == 1
+    monkeypatch.setattr(train_args_module, "cpu_count", lambda: 64)
+    assert parse_train_args(["--train-list", "x"]).workers == 4
+    assert not warnings_of(capsys.readouterr().out)
+
+
 # ----------------------------------------------------------------------------- queue and class count (the data)
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import re
 import shlex
@@ -235,6 +236,7 @@ PARSERS = {
 
 
 @lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)  # one --help per tool and worker, not one per documented call
 def tool_options(tool: str) -> Optional[frozenset]:
     """Option strings of a tool (None when the tool does not exist: test_named_paths_exist reports it)."""
     if not (ROOT / tool).is_file():

@@ -376,10 +376,33 @@ def test_launch_rejects_bad_env():
 
 # ----------------------------------------------------------------------------- dry runs
 
+def _dry_run_signature(recipe: str) -> Tuple[Optional[str], Optional[str]]:
+    """(entry script, --method): recipes that share it take the same code path in a dry run."""
+    import re
+
+    text = (ROOT / recipe).read_text()
+    entry, method = re.search(r'launch\.sh"? (tools/\S+)', text), re.search(r"--method (\S+)", text)
+    return (entry.group(1) if entry else None, method.group(1) if method else None)
+
+
+def _dry_run_representatives() -> set:
+    """One recipe per :func:`_dry_run_signature`, a CIFAR one where there is (the cheapest data)."""
+    chosen: Dict[Tuple[Optional[str], Optional[str]], str] = {}
+    for recipe in sorted(RECIPES, key=lambda r: ("CIFAR" not in r, r)):
+        chosen.setdefault(_dry_run_signature(recipe), recipe)
+    return set(chosen.values())
+
+
+DRY_RUN_REPRESENTATIVES = _dry_run_representatives()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("recipe", [r if r in DRY_RUN_REPRESENTATIVES else pytest.param(r, marks=pytest.mark.full)
+                                    for r in RECIPES])
 def test_recipe_dry_run(recipe, tmp_path):
-    """Every recipe's configuration builds and takes two steps (synthetic data, 64 px, batch 4)."""
+    """Every recipe's configuration builds and takes two steps (synthetic data, 64 px, batch 4).
+    The default tier runs one recipe per entry script and method (every recipe's flags parse and
+    validate in test_recipe_argv); ``bash sh/test.sh --full`` runs them all."""
     script, argv = print_argv(recipe, _dry_env(tmp_path))
     assert "--dry-run" in argv
     main = entry_main(script)

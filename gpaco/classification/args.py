@@ -27,6 +27,8 @@ TASK = "classification"
 DEFAULT_WARMUP_EPOCHS = 10
 #: ``--select-metric`` choices: keys of the evaluation's metrics (the first is the default).
 SELECT_METRICS = ("mean_class_acc", "top1")
+#: ``--workers`` when left out (capped by the cores per training process, :func:`resolve_workers`).
+DEFAULT_WORKERS = 4
 #: Training images at most this size are "small" for the augmentation warning.
 SMALL_IMAGE_SIZE = 64
 #: Augmentation components made for 224-px ImageNet images: what each does that a small image does not survive.
@@ -109,9 +111,10 @@ def add_data_flags(p: argparse.ArgumentParser, *, train: bool = False) -> None:
                         ">= the resize) before the evaluation resize. Several times faster on large images, but "
                         "it CHANGES THE PIXELS (another downsampling filter), so accuracies can differ from the "
                         "standard full decode that published numbers use")
-    g.add_argument("--workers", "-j", type=int, default=4,
+    g.add_argument("--workers", "-j", type=int, default=None,
                    help=f"data loader worker processes per process (0: load in the main process; at most "
-                        f"{MAX_WORKERS_PER_CPU} x the CPU count)")
+                        f"{MAX_WORKERS_PER_CPU} x the CPU count; default {DEFAULT_WORKERS}, or this node's CPU cores "
+                        f"per training process when fewer)")
     g.add_argument("--allow-outside-root", action="store_true",
                    help="accept split lines whose paths leave --data-root (absolute, '..' or symbolic links)")
     g.add_argument("--follow-symlinks", action="store_true",
@@ -286,6 +289,8 @@ def validate_common_args(args: argparse.Namespace) -> None:
     arch = getattr(args, "arch", None)
     if isinstance(arch, str):
         check_arch(arch)
+    if getattr(args, "workers", 0) is None:
+        args.workers = default_workers()
     clamp_workers(args)
 
 
@@ -425,6 +430,12 @@ def warn_small_image_aug(args: argparse.Namespace) -> None:
         TWO_VIEW_STRATEGIES else "--aug cifar_crop_flip (colour) or digits (grey, no flips)"
     print_warning(f"--aug {args.aug} is made for 224-px images ({what}) and --image-size is {args.image_size}: "
                   f"at that size they can wipe out what an image shows; for small images use {instead}")
+
+
+def default_workers() -> int:
+    """``--workers`` left out: :data:`DEFAULT_WORKERS`, or fewer so that the loader workers of this
+    node's training processes do not outnumber its cores (such a default never needs a warning)."""
+    return min(DEFAULT_WORKERS, cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
 
 
 def warn_workers(args: argparse.Namespace) -> None:
