@@ -3,6 +3,8 @@
 # worker per CPU core (pytest-xdist), each with one intra-op thread: on 2 cores that takes
 # about half the time of one worker with two threads (most tests are small or wait on
 # subprocesses, which one process cannot overlap).
+# `bash sh/test.sh --full` adds the full tier (tests marked `full`: the dry run of every recipe, not only
+# one per entry script and method, and the longest end-to-end runs): run it when recipes change.
 # Extra arguments go to pytest, e.g. `bash sh/test.sh -m "not slow"` for the fast subset,
 # `bash sh/test.sh -n 0` for one process, `bash sh/test.sh tests/test_losses.py`; pytest's own
 # help: `bash sh/test.sh tests --help`.
