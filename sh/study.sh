@@ -13,14 +13,13 @@
 # What it runs, to fit in 10 minutes on a 2-core CPU: the demo's flags (ResNet-8, 32 px, batch
 # 64, lr 0.05) for STUDY_EPOCHS=15 epochs instead of the demo's 30, two runs at a time with one
 # thread each (--parallel 2); 9 runs. STUDY_EPOCHS=30 is the demo's schedule (about twice as
-# long). Segmentation: STUDY_ITERS=300 iterations (the demo's 700: 135-150 s a run in
-# sh/demo_seg.sh, about 20 minutes for 9), same 3 seeds; one 300-iteration GPaCo run took 94
-# CPU-seconds, so about 13 CPU-minutes for the 9 runs (6-7 minutes on an idle 2-core CPU,
-# estimated). An interrupted study continues where it stopped when run again.
-# Measured 2026-12-07 (2-core Intel Xeon shared with other jobs, load average 6-8): 17 min 1 s and
-# 15 min 53 s of wall time for 8.2 and 9.2 CPU-minutes, i.e. about 4-5 minutes on an idle 2-core
-# CPU (estimated); top-1 over seeds 0-2: CE 46.00 ± 0.98, balanced CE 64.13 ± 2.44, GPaCo
-# 58.73 ± 2.11 (docs/study.md has the report).
+# long). Segmentation: STUDY_ITERS=300 iterations (the demo's 700 took 15 min 45 s for the 9 runs,
+# the README's table), same 3 seeds; one 300-iteration GPaCo run took 94 CPU-seconds, so about 13
+# CPU-minutes for the 9 runs (6-7 minutes on an idle 2-core CPU, estimated). An interrupted study
+# continues where it stopped when run again.
+# Measured 2026-12-07 on a fresh clone, 2-core Intel Xeon otherwise idle: 7 min 23 s (2 min 7 s to
+# create .venv, 5 min 16 s for the runs and the report); top-1 over seeds 0-2: CE 46.00 ± 0.98,
+# balanced CE 64.13 ± 2.44, GPaCo 58.73 ± 2.11 (docs/study.md has the report).
 # Docs: docs/study.md.
 set -euo pipefail
 GPACO_TAKES_ARGS=1 . "$(dirname "${BASH_SOURCE[0]}")/lib/usage.bash" "$@"   # --help: print the header above
