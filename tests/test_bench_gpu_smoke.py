@@ -20,6 +20,7 @@ HAVE_SKIMAGE = importlib.util.find_spec("skimage") is not None  # the `bench` ex
 
 
 @pytest.mark.slow
+@pytest.mark.full  # run it before a GPU session; test_rows_stream_and_failures_become_rows checks the rows' logic
 def test_gpu_sh_smoke_on_cpu():
     # Compilation on, with a budget that the eager half uses up: every compiled row is skipped
     # and says so (compiling on 2 cores would take minutes), the end-to-end runs still come.

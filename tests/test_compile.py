@@ -83,6 +83,7 @@ def test_compiled_step_equals_eager(method, one_pass):
 
 
 @pytest.mark.slow
+@pytest.mark.full  # half a minute of C++ compilation; the graph and aot_eager tests check the capture
 def test_inductor_gpaco_step_equals_eager():
     """The same through inductor's generated code (~1 minute of compilation on 2 cores)."""
     _compare("gpaco", "inductor", one_pass=True)

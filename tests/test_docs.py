@@ -268,7 +268,8 @@ def _documented_calls() -> List[Tuple[str, str, List[str]]]:
                 rel = doc.relative_to(ROOT).as_posix()
                 for i, tok in enumerate(argv):
                     if TOOL_PATH.fullmatch(tok):
-                        calls.append((rel, tok, [a.split("=")[0] for a in argv[i + 1:] if a.startswith("--") and a != "--"]))
+                        own = argv[i + 1:argv.index("--")] if "--" in argv[i + 1:] else argv[i + 1:]  # after --: passed on
+                        calls.append((rel, tok, [a.split("=")[0] for a in own if a.startswith("--")]))
                         break
                     if SH_PATH.fullmatch(tok) and (ROOT / tok).is_file():
                         extra = [a for a in argv[:i] if a.startswith("EXTRA_ARGS=")]
@@ -350,7 +351,12 @@ def test_readme_links_the_docs_and_has_the_demo_section():
         assert f"]({doc})" in text, f"README.md does not link {doc}"
     assert "\n## Demo results\n" in text
     demo = text.split("\n## Demo results\n", 1)[1].split("\n## ", 1)[0]
-    assert "| method | top-1 | top-5 | many | medium | few |" in demo
+    # The demo tables are study tables (issue 28): every cell a mean ± std over seeds.
+    assert "| method | top-1 | many | medium | few |" in demo
+    rows = {line.split("|")[1].strip(): line for line in demo.splitlines() if line.startswith("| ")}
+    for method in ("ce", "balanced_ce", "gpaco", "reslt", "rescom", "mislas"):
+        assert re.fullmatch(r"\| \w+( \| \d+\.\d\d ± \d+\.\d\d){6} \|.*", rows[method]), rows[method]
+    assert re.fullmatch(r"\| mIoU( \| \d+\.\d\d ± \d+\.\d\d){3} \|", rows["mIoU"]), rows["mIoU"]
 
 
 # ----------------------------------------------------------------------------- data.md snippet
