@@ -129,8 +129,9 @@ def test_problems_are_all_reported_not_just_the_first(tiny, capsys):
     assert "and 25 more errors" in out and "30 errors: 30 missing" in out
 
 
-def test_command_line_exit_status(tiny):
-    """Run as a script: exit 1 on problems, 0 when valid, 2 on a bad command line."""
+def test_command_line_exit_status(tiny, capsys):
+    """Run as a script: exit 1 on problems, 0 when valid, 2 on a bad command line (the script for
+    1 and 2, its main in this process for 0 and the second bad command line)."""
     bad = write(tiny / "bad.txt", ["images/a/0.png 0", "images/a/0.png 0"])
     good = write(tiny / "good.txt", ["images/a/0.png 0", "images/a/1.png 1"])
     env = {**os.environ, "PYTHONPATH": ""}
@@ -141,10 +142,10 @@ def test_command_line_exit_status(tiny):
 
     proc = cli("--data-root", str(tiny), "--list", str(bad))
     assert proc.returncode == 1 and f"{bad}:2: duplicate of line 1" in proc.stdout
-    proc = cli("--data-root", str(tiny), "--list", str(good), "--num-classes", "2")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert run(capsys, "--data-root", str(tiny), "--list", str(good), "--num-classes", "2")[0] == 0
     assert cli("--data-root", str(tiny)).returncode == 2  # --list is required
-    assert cli("--data-root", str(tiny), "--list", str(good), "--num-classes", "0").returncode == 2
+    assert check_data.main(["--data-root", str(tiny), "--list", str(good), "--num-classes", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --num-classes must be positive, got 0"
 
 
 def test_class_count_problems(tiny, capsys):

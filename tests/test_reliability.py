@@ -371,20 +371,25 @@ def test_skip_bad_images_in_training_counts_in_the_log(demo_data, tmp_path, work
 
 
 @pytest.mark.slow
-def test_tools_train_prints_one_error_line(demo_data, tmp_path):
+def test_tools_train_prints_one_error_line(demo_data, tmp_path, capsys):
     """A corrupt image read in a DataLoader worker, and a split line outside the data root:
-    tools/train.py prints one `error: ...` line (naming the file) and exits 2, no traceback."""
+    tools/train.py prints one `error: ...` line (naming the file) and exits 2, no traceback.
+    The worker's error goes through the real script; the other two through its ``cli`` in this
+    process (the same error contract, without an interpreter start-up each)."""
     lst = _corrupt_demo_list(demo_data, tmp_path)
-    cases = [
-        (["--train-list", str(lst), "--allow-outside-root", "--workers", "1"], r"bad\.png: cannot read image"),
-        (["--train-list", str(lst)], r"train_bad\.txt:1: absolute path .* refused"),
-        (["--epochs", "0"], r"--epochs must be > 0"),
-    ]
-    for extra, pattern in cases:
-        proc = subprocess.run([sys.executable, TRAIN, *ce_args(demo_data, tmp_path / "run", *extra)],
-                              env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
-        err = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), proc.stderr[-3000:]
+    extra = ["--train-list", str(lst), "--allow-outside-root", "--workers", "1"]
+    proc = subprocess.run([sys.executable, TRAIN, *ce_args(demo_data, tmp_path / "run", *extra)],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), proc.stderr[-3000:]
+    assert re.search(r"bad\.png: cannot read image", err[0]), err[0]
+    capsys.readouterr()
+    for extra, pattern in ((["--train-list", str(lst)], r"train_bad\.txt:1: absolute path .* refused"),
+                           (["--epochs", "0"], r"--epochs must be > 0")):
+        with pytest.raises(SystemExit) as e:
+            trainer.cli(ce_args(demo_data, tmp_path / "run", *extra))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
         assert re.search(pattern, err[0]), err[0]
 
 

@@ -75,18 +75,24 @@ def test_nan_policy(scenes, tmp_path):
                if v.is_floating_point())
 
 
-def test_bad_flag_is_one_error_line(tmp_path):
+def test_bad_flag_is_one_error_line(tmp_path, capsys):
+    # the script itself once, then its cli in this process (the same contract, no interpreter start-up)
     proc = train_seg("--dataset", "demo", "--data-root", str(tmp_path), "--iters", "0",
                      "--output-dir", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --iters must be > 0, got 0"
-    proc = train_seg("--method", "ce", "--alpha", "0.5", "--dry-run")
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --alpha is an option of --method gpaco, not ce"
-    proc = train_seg("--dataset", "demo", "--data-root", str(tmp_path / "absent"), "--iters", "2",
-                     "--output-dir", str(tmp_path / "o"))
-    assert proc.returncode == 2 and not (tmp_path / "o").exists()
-    assert proc.stderr.strip() == f"error: demo: --data-root {tmp_path / 'absent'} does not exist"
+    from gpaco.segmentation.train import cli
+
+    for argv, line in ((["--method", "ce", "--alpha", "0.5", "--dry-run"],
+                        "error: --alpha is an option of --method gpaco, not ce"),
+                       (["--dataset", "demo", "--data-root", str(tmp_path / "absent"), "--iters", "2",
+                         "--output-dir", str(tmp_path / "o")],
+                        f"error: demo: --data-root {tmp_path / 'absent'} does not exist")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            cli(argv)
+        assert e.value.code == 2 and capsys.readouterr().err.strip() == line
+    assert not (tmp_path / "o").exists()
 
 
 def test_masks_without_a_labelled_pixel_are_refused_before_training(tmp_path):
