@@ -40,6 +40,8 @@ OUT="${DEMO_OUT:-runs/demo}"
 EPOCHS="${DEMO_EPOCHS:-30}"
 ARCH="${DEMO_ARCH:-resnet8}"
 SIZE="${DEMO_IMAGE_SIZE:-32}"
+[[ "$EPOCHS" =~ ^[1-9][0-9]*$ ]] || { echo "error: DEMO_EPOCHS=$EPOCHS: expected a positive whole number" >&2; exit 2; }
+WARMUP=$(( EPOCHS > 2 ? 2 : EPOCHS - 1 ))  # 2 epochs, fewer for a shorter run (DEMO_EPOCHS=1: none)
 if [ -n "${DEMO_DATA:-}" ]; then
     DATA="$DEMO_DATA"
 else
@@ -50,7 +52,7 @@ mkdir -p "$OUT"
 
 common=(--data-root "$DATA" --train-list "$DATA/train.txt" --val-list "$DATA/val.txt" --test-list "$DATA/test.txt"
         --arch "$ARCH" --image-size "$SIZE" --resize-size "$SIZE" --norm mnist --epochs "$EPOCHS"
-        --batch-size 64 --lr 0.05 --wd 5e-4 --warmup-epochs 2 --workers 0 --print-freq 0 --seed 0
+        --batch-size 64 --lr 0.05 --wd 5e-4 --warmup-epochs "$WARMUP" --workers 0 --print-freq 0 --seed 0
         --resume auto)
 METHODS="${METHODS:-ce balanced_ce gpaco}"
 [ "$METHODS" = all ] && METHODS="ce balanced_ce gpaco reslt rescom mislas"
