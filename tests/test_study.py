@@ -434,7 +434,7 @@ def test_presets_are_the_demo_flags():
     """The study starts from sh/demo.sh's and sh/demo_seg.sh's flags (the same numbers, so a study's
     seed 0 is the demo's run)."""
     text = (ROOT / "sh" / "demo.sh").read_text()
-    values = {"$ARCH": "resnet8", "$SIZE": "32", "$EPOCHS": "30"}
+    values = {"$ARCH": "resnet8", "$SIZE": "32", "$EPOCHS": "30", "$WARMUP": "2"}  # the defaults
     common = [values.get(t, t) for t in _bash_array(text, "common")]
     data_run = ("--data-root", "--train-list", "--val-list", "--test-list", "--seed", "--resume")
     assert tuple(_without(common, data_run)) == COMMON["classification"]
