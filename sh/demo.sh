@@ -22,11 +22,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
-# A relative DEMO_DATA / DEMO_OUT is read from the caller's directory (the script then runs from the
-# repository root).
-for v in DEMO_DATA DEMO_OUT; do
-    if [ -n "${!v:-}" ] && [ "${!v#/}" = "${!v}" ]; then printf -v "$v" '%s' "$PWD/${!v}"; fi
-done
+. "$ROOT/sh/lib/caller_paths.bash" DEMO_DATA DEMO_OUT  # relative: from the caller's directory
 for f in train.txt val.txt test.txt; do  # checked before the set-up, which can take a minute
     [ -z "${DEMO_DATA:-}" ] || [ -f "$DEMO_DATA/$f" ] \
         || { echo "error: DEMO_DATA=$DEMO_DATA has no $f (expected train.txt, val.txt, test.txt)" >&2; exit 2; }

@@ -28,11 +28,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/sh/lib/usage.bash" "$@"   # --help: print the header above
-# A relative DEMO_DATA / DEMO_OUT is read from the caller's directory (the script then runs from the
-# repository root).
-for v in DEMO_DATA DEMO_OUT; do
-    if [ -n "${!v:-}" ] && [ "${!v#/}" = "${!v}" ]; then printf -v "$v" '%s' "$PWD/${!v}"; fi
-done
+. "$ROOT/sh/lib/caller_paths.bash" DEMO_DATA DEMO_OUT  # relative: from the caller's directory
 cd "$ROOT"
 bash sh/setup_env.sh demo
 PY="$ROOT/.venv/bin/python"

@@ -23,13 +23,10 @@
 # Docs: docs/study.md.
 set -euo pipefail
 GPACO_TAKES_ARGS=1 . "$(dirname "${BASH_SOURCE[0]}")/lib/usage.bash" "$@"   # --help: print the header above
-OUT="${STUDY_OUT:-}"
-if [ -n "$OUT" ] && [ "${OUT#/}" = "$OUT" ]; then
-    OUT="$PWD/$OUT"  # relative to the caller's directory, not the repository's
-fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/sh/lib/caller_paths.bash" STUDY_OUT  # relative: from the caller's directory
 cd "$ROOT"
-OUT="${OUT:-runs/study}"
+OUT="${STUDY_OUT:-runs/study}"
 bash sh/setup_env.sh demo
 PY="$ROOT/.venv/bin/python"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" HF_HUB_OFFLINE=1

@@ -232,7 +232,7 @@ def test_features_are_frozen_on_any_input():
 
 # --------------------------------------------------------------------------- students
 
-# SPEC-gendd §9's students: --arch -> F, the width of model.backbone(x)
+# The students of the GenDD recipes (docs/recipes.md): --arch -> F, the width of model.backbone(x)
 STUDENTS = {"kd_resnet8x4": 256, "kd_resnet20": 64, "kd_resnet32": 64, "kd_wrn_16_2": 128, "kd_wrn_40_1": 64,
             "kd_vgg8": 512, "resnet18": 512, "resnet50": 2048, "kd_mobilenetv1": 1024}
 

@@ -27,7 +27,7 @@ TASK = "classification"
 DEFAULT_WARMUP_EPOCHS = 10
 #: ``--select-metric`` choices: keys of the evaluation's metrics (the first is the default).
 SELECT_METRICS = ("mean_class_acc", "top1")
-#: ``--workers`` when left out (capped by the cores per training process, :func:`resolve_workers`).
+#: ``--workers`` when left out (capped by the cores per training process, :func:`default_workers`).
 DEFAULT_WORKERS = 4
 #: Training images at most this size are "small" for the augmentation warning.
 SMALL_IMAGE_SIZE = 64
@@ -432,17 +432,22 @@ def warn_small_image_aug(args: argparse.Namespace) -> None:
                   f"at that size they can wipe out what an image shows; for small images use {instead}")
 
 
+def local_processes() -> int:
+    """Training processes on this node: torchrun's LOCAL_WORLD_SIZE (1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+
+
 def default_workers() -> int:
     """``--workers`` left out: :data:`DEFAULT_WORKERS`, or fewer so that the loader workers of this
     node's training processes do not outnumber its cores (such a default never needs a warning)."""
-    return min(DEFAULT_WORKERS, cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return min(DEFAULT_WORKERS, cpu_count() // local_processes())
 
 
 def warn_workers(args: argparse.Namespace) -> None:
     """One warning when the loader workers of this node's processes outnumber its CPU cores."""
     if args.dry_run or not args.workers:  # a dry run loads in the main process
         return
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    processes = local_processes()
     cores = cpu_count()
     if args.workers * processes <= cores:
         return

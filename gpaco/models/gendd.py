@@ -25,13 +25,14 @@ ours                   what                                the authors' ``DiffMo
 :func:`from_original_state_dict` maps the authors' layout onto ours. The teacher classifier is a
 pair of buffers: saved with the model (a checkpoint evaluates alone), outside the optimizer.
 
-The training forward of stage 2 (:func:`stage2_forward`, SPEC of the original's
-``forward_train_stage2``): probe logits ``fc(f.detach())``; ``z = LayerNorm(f)``; the target is
-the teacher feature contracted toward the label's classifier row; condition and target are
-mixed with one ``(m, perm)`` per batch; the target is cut into K = D / d tokens, each a row with
-its sample's condition, the rows repeated M times; a fraction of the conditions is dropped to
-zero; the diffusion loss of the rows. Every random draw of a step is one :class:`Stage2Draws`,
-so a step can be replayed exactly (the method draws it from a per-step generator).
+The training forward of stage 2 (:func:`stage2_forward`, what the original's
+``forward_train_stage2`` computes; docs/method.md#generative-distribution-distillation): probe
+logits ``fc(f.detach())``; ``z = LayerNorm(f)``; the target is the teacher feature contracted toward
+the label's classifier row; condition and target are mixed with one ``(m, perm)`` per batch; the
+target is cut into K = D / d tokens, each a row with its sample's condition, the rows repeated M
+times; a fraction of the conditions is dropped to zero; the diffusion loss of the rows. Every random
+draw of a step is one :class:`Stage2Draws`, so a step can be replayed exactly (the method draws it
+from a per-step generator).
 
 Evaluation (:meth:`GenDDStudent.predict`): ``num_samples`` features are sampled per image
 (``sampling_steps`` respaced steps, guidance ``cfg``, temperature 1), averaged, and decoded by
